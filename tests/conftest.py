@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny datasets written in the real file formats, an isolated cache."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_images(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 28, 28) uint8 images with structure (a bar at a random place) and noise."""
+    rng = np.random.default_rng(seed)
+    img = (rng.random((n, 28, 28)) * 40).astype(np.uint8)
+    for i in range(n):
+        r = rng.integers(4, 24)
+        if i % 2:
+            img[i, r - 2:r + 2, 4:24] = 255
+        else:
+            img[i, 4:24, r - 2:r + 2] = 255
+    return img
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool) -> None:
+    """Write ``array`` (uint8) as an IDX file (the MNIST format)."""
+    magic = 0x0800 | array.ndim
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def write_mnist(root: Path, *, layout: str = "flat", dataset: str = "mnist",
+                n_train: int = 300, n_test: int = 100, gz: bool = True) -> Path:
+    """MNIST-format files under ``root``, in the flat (<root>/mnist/*.gz) or torchvision layout."""
+    folder = root / dataset if layout == "flat" else root / {
+        "mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[dataset] / "raw"
+    rng = np.random.default_rng(1)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", tiny_images(n, seed),
+                  gz=gz and layout == "flat")
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte",
+                  rng.integers(0, 10, n).astype(np.uint8), gz=gz and layout == "flat")
+    return root
+
+
+def write_amat(root: Path, *, n: tuple[int, int, int] = (200, 60, 60), gz: bool = True) -> Path:
+    folder = root / "binarized_mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count, seed in zip(("train", "valid", "test"), n, (0, 1, 2), strict=True):
+        bits = (tiny_images(count, seed) > 127).astype(np.uint8).reshape(count, 784)
+        text = "".join(" ".join(str(b) for b in row) + "\n" for row in bits)
+        name = folder / f"binarized_mnist_{split}.amat"
+        if gz:
+            with gzip.open(str(name) + ".gz", "wt") as f:
+                f.write(text)
+        else:
+            name.write_text(text)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    """No test reads the user's cache or $VAE_STUDY_DATA, or uses more than 2 threads."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("VAE_STUDY_DATA", raising=False)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def mnist_root(tmp_path) -> Path:
+    return write_mnist(tmp_path / "data")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA}")
+    return SHARED_DATA

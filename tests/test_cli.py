@@ -1,0 +1,92 @@
+"""The command line: the fit command end to end, and one line + exit 2 for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vae_study.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _study(tmp_path, root, extra: str = "") -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "name: tiny\n"
+        f"data: {{root: {root}, val_size: 50}}\n"
+        "model: {latent_dim: 3, hidden: [16]}\n"
+        "train: {epochs: 2, batch_size: 64, device: cpu}\n"
+        "eval: {k: 4, surgery_examples: 50}\n" + extra)
+    return path
+
+
+def test_fit_writes_metrics_final_and_checkpoint(tmp_path, mnist_root, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", str(_study(tmp_path, mnist_root)), "--out", str(out),
+                 "--set", "train.beta=0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   2/2" in printed and "test/nll" in printed
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    assert {"epoch", "train/loss", "val/neg_elbo", "val/rate", "val/distortion",
+            "time/epoch_s"} <= set(rows[0])
+    assert json.loads((out / "final.json").read_text())["test/nll"] > 0
+    assert "beta: 0.5" in (out / "config.yaml").read_text()
+
+
+def test_fit_again_resumes_and_fresh_restarts(tmp_path, mnist_root, capsys):
+    study = _study(tmp_path, mnist_root)
+    out = tmp_path / "out"
+    assert main(["fit", str(study), "--out", str(out), "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["fit", str(study), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   2/2" in printed and "epoch   1/2" not in printed
+    assert main(["fit", str(study), "--out", str(out), "--fresh"]) == 0
+    assert "epoch   1/2" in capsys.readouterr().out
+    assert main(["fit", str(study), "--out", str(out), "--set", "model.latent_dim=5"]) == 2
+    assert "model.latent_dim: 3 -> 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "train.beta=0"], "train.beta: got 0.0"),
+    (["--set", "train.k=0"], "train.k: got 0"),
+    (["--set", "model.latent_dim=0"], "model.latent_dim"),
+    (["--set", "data.dataset=imagenet"], "data.dataset"),
+    (["--set", "train.unknown=1"], "unknown key train.unknown"),
+    (["--set", "oops"], "expected section.key=value"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path, mnist_root, capsys, args, fragment):
+    out = tmp_path / "never"
+    code = main(["fit", str(_study(tmp_path, mnist_root)), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_data_is_one_line_naming_the_paths(tmp_path, capsys, monkeypatch):
+    import torchvision.datasets.mnist as tvm
+
+    monkeypatch.setattr(tvm.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    code = main(["fit", str(_study(tmp_path, tmp_path / "nothing")), "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(tmp_path / "nothing" / "mnist") in err
+    assert "Traceback" not in err
+
+
+def test_python_dash_m_and_console_script(tmp_path, mnist_root):
+    study = _study(tmp_path, mnist_root)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "vae_study", "fit", str(study), "--set",
+                        "train.beta=-1"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "train.beta" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(["vae-study", "--help"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "fit" in r.stdout

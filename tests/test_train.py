@@ -1,0 +1,143 @@
+"""The trainer: reproducible, exactly resumable, loud on divergence, files it promises."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from vae_study import checkpoint as ckpt
+from vae_study import metrics as M
+from vae_study.config import RunConfig, replace_keys
+from vae_study.data import Datasets, Split, load_datasets
+from vae_study.errors import CheckpointError, TrainingDiverged
+from vae_study.train import fit
+
+
+def _config(root, **keys) -> RunConfig:
+    base = {"data.root": str(root), "data.val_size": 50, "model.latent_dim": 4,
+            "model.hidden": [32], "train.epochs": 2, "train.batch_size": 32,
+            "train.device": "cpu", "eval.k": 8, "eval.surgery_examples": 50}
+    base.update(keys)
+    return replace_keys(RunConfig(), base)
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values(), strict=True))
+
+
+def test_fit_learns_and_writes_its_files(mnist_root, tmp_path):
+    out = tmp_path / "run"
+    res = fit(_config(mnist_root, **{"train.epochs": 4}), out_dir=out)
+    hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h[M.EPOCH] for h in hist] == [1, 2, 3, 4]
+    for key in (M.TRAIN_LOSS, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, M.EPOCH_SECONDS):
+        assert all(math.isfinite(h[key]) for h in hist)
+    assert hist[-1][M.VAL_NEG_ELBO] < hist[0][M.VAL_NEG_ELBO] - 5  # it learns
+    for h in hist:
+        assert h[M.VAL_NEG_ELBO] == pytest.approx(h[M.VAL_RATE] + h[M.VAL_DISTORTION])
+    final = json.loads((out / "final.json").read_text())
+    assert set(M.TEST_SCALARS) <= set(final) and final[M.EPOCH] == 4
+    assert final == pytest.approx({**res.final, M.EPOCH: 4})
+    assert (out / "checkpoint" / "state.pt").is_file()
+    assert (out / "checkpoint" / "config.yaml").is_file() and (out / "config.yaml").is_file()
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(mnist_root):
+    a = fit(_config(mnist_root))
+    b = fit(_config(mnist_root))
+    c = fit(_config(mnist_root, **{"train.seed": 1}))
+    assert a.history[-1][M.TRAIN_LOSS] == b.history[-1][M.TRAIN_LOSS]
+    assert a.final[M.TEST_NLL] == b.final[M.TEST_NLL]
+    assert _same_weights(a.model, b.model)
+    assert a.history[-1][M.TRAIN_LOSS] != c.history[-1][M.TRAIN_LOSS]
+
+
+@pytest.mark.parametrize("binarize", ["none", "dynamic"])
+def test_resume_continues_exactly_where_it_stopped(mnist_root, tmp_path, binarize):
+    keys = {"train.epochs": 3, "data.binarize": binarize, "train.k": 2}
+    straight = fit(_config(mnist_root, **keys), out_dir=tmp_path / "a")
+    fit(_config(mnist_root, **{**keys, "train.epochs": 1}), out_dir=tmp_path / "b",
+        final_eval=False)
+    resumed = fit(_config(mnist_root, **keys), out_dir=tmp_path / "b")
+    assert _same_weights(straight.model, resumed.model)
+    strip = lambda hist: [{k: v for k, v in h.items() if k != M.EPOCH_SECONDS}  # noqa: E731
+                          for h in hist]
+    assert strip(straight.history) == strip(resumed.history)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)[M.EPOCH] for x in lines] == [1, 2, 3]
+
+
+def test_resume_from_an_explicit_checkpoint_folder(mnist_root, tmp_path):
+    fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
+    saved = ckpt.load(tmp_path / "a" / "checkpoint")
+    assert saved.epoch == 1 and saved.config["model"]["latent_dim"] == 4
+    res = fit(_config(mnist_root), resume_from=tmp_path / "a" / "checkpoint")
+    assert [h[M.EPOCH] for h in res.history] == [1, 2]
+
+
+def test_resume_with_another_config_is_refused(mnist_root, tmp_path):
+    fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
+    with pytest.raises(CheckpointError, match=r"train.beta: 1.0 -> 2.0.*--fresh"):
+        fit(_config(mnist_root, **{"train.beta": 2.0}), out_dir=tmp_path / "a")
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_not_overwritten(mnist_root, tmp_path):
+    fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
+    state = tmp_path / "a" / "checkpoint" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="damaged"):
+        fit(_config(mnist_root), out_dir=tmp_path / "a")
+    assert state.stat().st_size == 1000
+
+
+def test_checkpoints_refuse_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "state.pt").write_bytes(b"")
+    torch.save({"format": 1, "payload": Evil()}, tmp_path / "state.pt")
+    with pytest.raises(CheckpointError):
+        ckpt.load(tmp_path)
+
+
+def test_nan_loss_stops_with_training_diverged_naming_epoch_and_batch(mnist_root, tmp_path):
+    cfg = _config(mnist_root, **{"train.epochs": 2})
+    data = load_datasets(cfg.data)
+    x = data.train.x.clone()
+    x[70] = float("nan")  # one poisoned example: whichever of the 8 batches draws it
+    poisoned = Datasets(Split(x, None), data.val, data.test, dynamic=False)
+    with pytest.raises(TrainingDiverged) as err:
+        fit(cfg, data=poisoned, out_dir=tmp_path / "nan")
+    assert err.value.epoch == 1 and 1 <= err.value.batch <= 8
+    assert "epoch 1" in str(err.value) and f"batch {err.value.batch}" in str(err.value)
+    assert not (tmp_path / "nan" / "checkpoint").exists()  # nothing trained on NaN is kept
+
+
+def test_huge_learning_rate_diverges_loudly_rather_than_silently(mnist_root):
+    cfg = _config(mnist_root, **{"train.lr": 1e8, "train.epochs": 3, "model.activation": "elu"})
+    with pytest.raises(TrainingDiverged):
+        fit(cfg)
+
+
+def test_on_epoch_hook_sees_each_epoch_and_its_checkpoint(mnist_root, tmp_path):
+    seen = []
+    fit(_config(mnist_root), out_dir=tmp_path / "r",
+        on_epoch=lambda row, folder: seen.append((row[M.EPOCH], ckpt.load(folder).epoch)))
+    assert seen == [(1, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("keys", [
+    {"model.arch": "conv", "model.hidden": [64]},
+    {"train.objective": "iwae", "train.k": 4, "train.beta": 0.5},
+    {"model.likelihood": "gaussian", "model.learn_std": True},
+    {"model.hidden": [32, 16], "model.activation": "tanh", "data.binarize": "static"},
+])
+def test_every_model_and_objective_trains(mnist_root, keys):
+    res = fit(_config(mnist_root, **{"train.epochs": 1, **keys}))
+    assert math.isfinite(res.history[-1][M.VAL_NEG_ELBO])
+    assert math.isfinite(res.final[M.TEST_NLL])

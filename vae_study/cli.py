@@ -1,0 +1,109 @@
+"""The command line: ``python -m vae_study`` / ``vae-study``.
+
+Every ``VaeStudyError`` (a user's mistake or an environment problem) becomes one line on
+stderr and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import VaeStudyError
+
+
+def _progress_printer(epochs: int):
+    """A one-line progress bar on a terminal; silent per batch when output is redirected."""
+    tty = sys.stderr.isatty()
+    started = time.perf_counter()
+
+    def progress(epoch: int, done: int, total: int) -> None:
+        if not tty or (done % 10 and done != total):
+            return
+        width = 30
+        filled = width * done // total
+        elapsed = time.perf_counter() - started
+        sys.stderr.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{total} batches, {elapsed:.0f}s")
+        sys.stderr.flush()
+
+    return progress
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from . import metrics as M
+    from .config import load_run_config
+    from .train import FINAL_FILE, fit
+
+    config = load_run_config(args.config, args.set, extra_sections=_study_sections())
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.fresh and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    print(f"vae_study fit: {args.config} -> {out}", flush=True)
+    progress = _progress_printer(config.train.epochs)
+    tty = sys.stderr.isatty()
+
+    def on_epoch(row: dict[str, float], _ckpt: Path | None) -> None:
+        if tty:
+            sys.stderr.write("\r\033[K")
+        print(f"epoch {int(row[M.EPOCH]):>3}/{config.train.epochs}  "
+              f"loss {row[M.TRAIN_LOSS]:8.3f}  "
+              f"val -elbo {row.get(M.VAL_NEG_ELBO, float('nan')):8.3f}  "
+              f"rate {row.get(M.VAL_RATE, float('nan')):7.3f}  "
+              f"distortion {row.get(M.VAL_DISTORTION, float('nan')):8.3f}  "
+              f"({row[M.EPOCH_SECONDS]:.1f}s)", flush=True)
+
+    result = fit(config, out_dir=out, on_epoch=on_epoch, progress=progress)
+    print(f"test metrics (nats per example), eval.k={config.eval.k}:")
+    for key, value in result.final.items():
+        if isinstance(value, float):
+            print(f"  {key:22s} {value:10.3f}")
+        elif isinstance(value, int):
+            print(f"  {key:22s} {value:10d}")
+    print(f"wrote {out / FINAL_FILE}, {out / 'metrics.jsonl'}, {out / 'checkpoint'}")
+    return 0
+
+
+def _study_sections() -> tuple[str, ...]:
+    """Top-level keys of a study file that ``fit`` ignores (it trains the base config)."""
+    return ("name", "output", "search", "scheduler", "resources", "ray", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vae-study",
+        description="Hyperparameter studies of variational autoencoders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit_p = sub.add_parser("fit", help="train the one configuration a study file describes "
+                                       "(no search, no Ray)")
+    fit_p.add_argument("config", help="a study or run YAML file")
+    fit_p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a key, e.g. --set train.beta=0.5 (repeatable)")
+    fit_p.add_argument("--out", help="output folder (default runs/<config name>)")
+    fit_p.add_argument("--fresh", action="store_true",
+                       help="delete the output folder first instead of resuming it")
+    fit_p.set_defaults(func=cmd_fit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VaeStudyError as exc:
+        print(f"vae-study: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vae-study: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

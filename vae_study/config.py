@@ -1,0 +1,359 @@
+"""Typed run configuration: frozen dataclasses read and validated once from YAML.
+
+A run configuration has four sections, ``data``, ``model``, ``train`` and ``eval``; a study
+file adds its own sections (see ``vae_study.study_config``). Every key is checked here, so
+the rest of the code receives typed objects and never a raw dict. Errors name the key, the
+value received, what is allowed and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu", "softplus", "leaky_relu")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it lives and how it is presented to the model."""
+
+    dataset: Literal["mnist", "fashion_mnist", "binarized_mnist"] = "mnist"
+    # Folder holding the datasets; None: $VAE_STUDY_DATA, else a per-user cache folder.
+    root: str | None = None
+    # none: grey levels in [0, 1]; dynamic: a fresh Bernoulli draw each time an example is
+    # used (Burda et al. 2015); static: one draw made with the seed and kept.
+    binarize: Literal["none", "dynamic", "static"] = "none"
+    # Train on the first N training examples only (quick runs); None: all of them.
+    train_subset: int | None = None
+    # Validation examples held out of the training split (binarized_mnist: taken from its
+    # official 10k validation split). 0 disables validation metrics.
+    val_size: int = 5000
+
+    def validate(self) -> None:
+        _check(self.train_subset is None or self.train_subset >= 1, "data.train_subset",
+               self.train_subset, "a positive number of examples, or null for all")
+        _check(self.val_size >= 0, "data.val_size", self.val_size,
+               "a number of examples >= 0 (0 turns validation off)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder q(z|x) = N(mu, diag sigma^2), decoder p(x|z), prior N(0, I)."""
+
+    arch: Literal["mlp", "conv"] = "mlp"
+    latent_dim: int = 20
+    # Hidden widths of the encoder; the decoder mirrors them (784-400-20 is the seed VAE).
+    hidden: tuple[int, ...] = (400,)
+    activation: Literal["relu", "tanh", "elu", "gelu", "silu", "softplus", "leaky_relu"] = "relu"
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    # Gaussian likelihood only: the decoder's standard deviation (fixed, or its initial value
+    # when learn_std is true; learned per pixel).
+    gaussian_std: float = 0.1
+    learn_std: bool = False
+
+    def validate(self) -> None:
+        _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim,
+               "an integer >= 1 (the number of latent dimensions)")
+        _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "model.hidden",
+               list(self.hidden), "a non-empty list of positive layer widths such as [400]")
+        _check(self.gaussian_std > 0 and math.isfinite(self.gaussian_std), "model.gaussian_std",
+               self.gaussian_std, "a positive standard deviation such as 0.1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one run: Adam on the beta-weighted objective."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    # Weight of the rate: loss = D + beta * R. For iwae it scales log p(z) - log q(z|x) in
+    # each importance weight (beta = 1 is the IWAE bound of Burda et al. 2015).
+    beta: float = 1.0
+    # Samples z_k ~ q(z|x) per example: the average of K terms (elbo) or the K-sample bound.
+    k: int = 1
+    objective: Literal["elbo", "iwae"] = "elbo"
+    seed: int = 0
+    # auto: the GPU when there is one, else the CPU.
+    device: str = "auto"
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr,
+               "a positive learning rate such as 1e-3")
+        _check(self.beta > 0 and math.isfinite(self.beta), "train.beta", self.beta,
+               "a positive weight of the rate such as 1.0 (beta < 1 favours reconstruction)")
+        _check(self.k >= 1, "train.k", self.k, "an integer >= 1 (samples per example)")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               "train.device", self.device, "one of auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Test-set evaluation after training."""
+
+    # Importance samples for test/nll = -L_K (5000 is the literature's standard).
+    k: int = 5000
+    # Test examples used for test/nll (null: the whole test split); lower it for quick runs.
+    nll_examples: int | None = None
+    # Rows (examples x samples) decoded at once while estimating test/nll: bounds memory.
+    chunk_size: int = 65536
+    # Test examples used for the ELBO surgery terms (mutual information, marginal KL).
+    surgery_examples: int = 10000
+
+    def validate(self) -> None:
+        _check(self.k >= 1, "eval.k", self.k, "an integer >= 1 (importance samples)")
+        _check(self.nll_examples is None or self.nll_examples >= 1, "eval.nll_examples",
+               self.nll_examples, "a positive number of test examples, or null for all")
+        _check(self.chunk_size >= 1, "eval.chunk_size", self.chunk_size, "an integer >= 1")
+        _check(self.surgery_examples >= 2, "eval.surgery_examples", self.surgery_examples,
+               "an integer >= 2")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The configuration of one training run: what ``fit`` needs and nothing else."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+RUN_SECTIONS = ("data", "model", "train", "eval")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
+
+
+# ---------------------------------------------------------------------------------------
+# Generic conversion: plain YAML values -> typed, frozen dataclasses.
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (tree) as plain YAML/JSON-able values."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def build_section(cls: type, raw: Any, section: str) -> Any:
+    """Make the dataclass ``cls`` from the mapping ``raw``, checking every key and type."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {type(raw).__name__} "
+                          f"{raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"unknown key {section}.{key}; the keys of {section} are: "
+                              + ", ".join(names) + _did_you_mean(str(key), names))
+        kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def _did_you_mean(key: str, names: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, names, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint``; convert where it is lossless."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        allowed = " or ".join(_describe(a) for a in args)
+        raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: got {value!r}, expected one of "
+                              + ", ".join(str(a) for a in args))
+        return value
+    if origin is tuple:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: got {value!r}, expected a list such as [400]")
+        return tuple(coerce(v, args[0], key) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}, expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not value.is_integer()
+        ):
+            raise ConfigError(f"{key}: got {value!r}, expected an integer")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 as a string; accept it as the number it means.
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: got {value!r}, expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: got {value!r}, expected a string")
+        return value
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return build_section(hint, value, key)
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug, not user input
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+# ---------------------------------------------------------------------------------------
+# Reading files and --set overrides.
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (no ``!!python`` tags)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...), "
+                          f"got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config."""
+    raw = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, such as "
+                              "train.beta=0.5")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"--set {item!r}: the key must name a section and a key, such as "
+                              "train.beta=0.5")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw
+
+
+def run_config_from_dict(raw: Mapping[str, Any], *, extra_sections: Sequence[str] = ()
+                         ) -> RunConfig:
+    """Build a ``RunConfig`` from the run sections of ``raw``.
+
+    ``extra_sections`` are top-level keys another layer (the study) owns and checks itself.
+    """
+    allowed = set(RUN_SECTIONS) | set(extra_sections)
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"unknown section {key!r}; the sections are: "
+                              + ", ".join(sorted(allowed)) + _did_you_mean(str(key),
+                                                                           sorted(allowed)))
+    return RunConfig(
+        data=build_section(DataConfig, raw.get("data"), "data"),
+        model=build_section(ModelConfig, raw.get("model"), "model"),
+        train=build_section(TrainConfig, raw.get("train"), "train"),
+        eval=build_section(EvalConfig, raw.get("eval"), "eval"),
+    )
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = (), *,
+                    extra_sections: Sequence[str] = ()) -> RunConfig:
+    """Read a run (or study) file and build its run configuration."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    return run_config_from_dict(raw, extra_sections=extra_sections)
+
+
+def replace_keys(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """A copy of ``config`` with dotted keys (``train.beta``) replaced, all checked again."""
+    raw = to_dict(config)
+    raw = apply_overrides(raw, [])
+    for dotted, value in values.items():
+        section, _, key = dotted.partition(".")
+        if section not in RUN_SECTIONS or not key:
+            raise ConfigError(f"{dotted}: expected section.key with section one of "
+                              + ", ".join(RUN_SECTIONS))
+        raw[section][key] = value
+    return run_config_from_dict(raw)

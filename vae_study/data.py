@@ -1,0 +1,328 @@
+"""Datasets as tensors on the training device.
+
+``load_datasets`` reads a dataset once (MNIST and Fashion-MNIST through torchvision's own
+classes from the original IDX files, binarized MNIST from Larochelle's ``.amat`` files) into
+uint8/float tensors; ``Batches`` then serves shuffled mini-batches by index permutation on
+the trial's device, so the hot loop never touches PIL, a DataLoader or the disk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import DataConfig
+from .errors import DataError
+
+IMAGE_SHAPE = (1, 28, 28)
+NUM_PIXELS = 28 * 28
+
+# torchvision class name and the folder of the shared (flat) layout, per dataset.
+_TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+_IDX_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_AMAT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+_AMAT_SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: images flattened to (N, 784) floats in [0, 1]; labels (N,) or None."""
+
+    x: torch.Tensor  # (N, 784) float32
+    labels: torch.Tensor | None  # (N,) int64; binarized_mnist has no labels
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device: torch.device | str) -> Split:
+        labels = None if self.labels is None else self.labels.to(device)
+        return Split(self.x.to(device, non_blocking=True), labels)
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """Train, validation and test splits, on one device, binarized as configured."""
+
+    train: Split
+    val: Split
+    test: Split
+    # dynamic: draw x ~ Bernoulli(grey level) per batch (the stored x are grey levels).
+    dynamic: bool
+
+    def to(self, device: torch.device | str) -> Datasets:
+        return Datasets(self.train.to(device), self.val.to(device), self.test.to(device),
+                        self.dynamic)
+
+
+# ---------------------------------------------------------------------------------------
+# Where the files are.
+
+
+def default_cache_dir() -> Path:
+    """The per-user cache folder: $XDG_CACHE_HOME/vae_study or ~/.cache/vae_study."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vae_study"
+
+
+def resolve_root(root: str | None) -> Path:
+    """data.root, else $VAE_STUDY_DATA, else the per-user cache's data folder."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("VAE_STUDY_DATA")
+    if env:
+        return Path(env).expanduser()
+    return default_cache_dir() / "data"
+
+
+def _how_to_fix(dataset: str) -> str:
+    return (f"put the {dataset} files under one of these paths (or set data.root / "
+            "VAE_STUDY_DATA to the folder that holds them), or run once where the internet is "
+            "reachable so they can be downloaded")
+
+
+# ---------------------------------------------------------------------------------------
+# MNIST and Fashion-MNIST through torchvision.
+
+
+def _read_torchvision(dataset: str, root: Path) -> tuple[Split, Split]:
+    """Read train and test through torchvision's class, finding or fetching its files."""
+    tried: list[str] = []
+    cls_name = _TORCHVISION[dataset]
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+
+    # 1. torchvision's own layout: <root>/MNIST/raw/train-images-idx3-ubyte ...
+    tv_raw = root / cls_name / "raw"
+    tried.append(str(tv_raw))
+    if _has_idx(tv_raw, gz=False):
+        return _from_class(cls, root)
+
+    # 2. the flat layout of ../shared/data: <root>/mnist/train-images-idx3-ubyte.gz ...
+    flat = root / dataset
+    tried.append(str(flat))
+    if _has_idx(flat, gz=True) or _has_idx(flat, gz=False):
+        tv_root = _extract_flat(flat, cls_name)
+        return _from_class(cls, tv_root)
+
+    # 3. download through torchvision into <root> (it prints its own progress).
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        cls(str(root), train=True, download=True)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError ...
+        raise DataError(
+            f"dataset {dataset} not found and its download failed ({_reason(exc)}); paths tried: "
+            + ", ".join(tried) + "; " + _how_to_fix(dataset)) from None
+    return _from_class(cls, root)
+
+
+def _reason(exc: BaseException) -> str:
+    """A download error in one line: torchvision's own messages span several."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
+
+
+def _has_idx(folder: Path, *, gz: bool) -> bool:
+    names = _IDX_FILES[True] + _IDX_FILES[False]
+    return all((folder / (n + (".gz" if gz else ""))).is_file() for n in names)
+
+
+def _extract_flat(flat: Path, cls_name: str) -> Path:
+    """Decompress a flat folder of IDX files into torchvision's layout in the cache.
+
+    Keyed by the source folder, written atomically, reused while the sources are unchanged.
+    """
+    key = hashlib.sha1(str(flat.resolve()).encode()).hexdigest()[:12]
+    tv_root = default_cache_dir() / "idx" / key
+    raw = tv_root / cls_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in _IDX_FILES[True] + _IDX_FILES[False]:
+        src = flat / (name + ".gz")
+        if not src.is_file():
+            src = flat / name
+        dst = raw / name
+        if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
+        try:
+            opener = gzip.open if src.suffix == ".gz" else open
+            with opener(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            os.replace(tmp, dst)
+        except (OSError, EOFError) as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise DataError(f"cannot read {src}: {exc}; the file is damaged, replace it") from None
+    return tv_root
+
+
+def _from_class(cls: type, root: Path) -> tuple[Split, Split]:
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except Exception as exc:  # a truncated or corrupt IDX file fails deep in torchvision
+            raise DataError(f"cannot read {cls.__name__} from {root}: "
+                            f"{exc or type(exc).__name__}; the files are damaged, replace "
+                            "them") from None
+        images = ds.data  # (N, 28, 28) uint8, read straight from the IDX file
+        if images.ndim != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE[1:]:
+            raise DataError(f"{cls.__name__} under {root}: expected 28x28 images, got shape "
+                            f"{tuple(images.shape)}")
+        x = images.reshape(images.shape[0], NUM_PIXELS).float().div_(255.0)  # (N, 784)
+        splits.append(Split(x, ds.targets.long()))
+    return splits[0], splits[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Larochelle's binarized MNIST (.amat: 784 space-separated 0/1 a line).
+
+
+def read_amat(path: Path) -> torch.Tensor:
+    """Read an ``.amat`` or ``.amat.gz`` file into a (N, 784) float tensor of 0s and 1s."""
+    import numpy as np
+
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}; the file is damaged, replace it") from None
+    chars = np.frombuffer(raw, dtype=np.uint8)
+    lines = int(np.count_nonzero(chars == ord("\n")))
+    if chars.size and chars[-1] != ord("\n"):
+        lines += 1
+    digits = chars[(chars == ord("0")) | (chars == ord("1"))]
+    others = chars[(chars != ord("0")) & (chars != ord("1")) & (chars != ord(" "))
+                   & (chars != ord("\n")) & (chars != ord("\r"))]
+    if others.size or lines == 0 or digits.size != lines * NUM_PIXELS:
+        raise DataError(f"{path} is not a binarized-MNIST .amat file: expected lines of 784 "
+                        f"0/1 values, found {digits.size} values on {lines} lines")
+    return torch.from_numpy((digits - ord("0")).astype(np.float32)).reshape(lines, NUM_PIXELS)
+
+
+def _amat_path(root: Path, split: str) -> Path | None:
+    for folder in (root / "binarized_mnist", root):
+        for suffix in (".amat", ".amat.gz"):
+            p = folder / f"binarized_mnist_{split}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _read_binarized(root: Path) -> tuple[Split, Split, Split]:
+    paths = {s: _amat_path(root, s) for s in _AMAT_SPLITS}
+    if any(p is None for p in paths.values()):
+        target = root / "binarized_mnist"
+        try:
+            from torchvision.datasets.utils import download_url
+
+            for split in _AMAT_SPLITS:
+                if paths[split] is None:
+                    name = f"binarized_mnist_{split}.amat"
+                    download_url(_AMAT_URL + name, str(target), filename=name)
+        except Exception as exc:
+            tried = [str(root / "binarized_mnist"), str(root)]
+            raise DataError(
+                "dataset binarized_mnist not found (binarized_mnist_{train,valid,test}.amat[.gz]) "
+                f"and its download failed ({_reason(exc)}); paths tried: " + ", ".join(tried) + "; "
+                + _how_to_fix("binarized_mnist")) from None
+        paths = {s: _amat_path(root, s) for s in _AMAT_SPLITS}
+    tr, va, te = (Split(read_amat(paths[s]), None) for s in _AMAT_SPLITS)  # type: ignore[arg-type]
+    return tr, va, te
+
+
+# ---------------------------------------------------------------------------------------
+# Splits, subsets, binarization.
+
+
+def load_datasets(cfg: DataConfig, *, seed: int = 0,
+                  device: torch.device | str = "cpu") -> Datasets:
+    """Read ``cfg.dataset`` and return its splits on ``device``.
+
+    The validation split is held out of the training split by a permutation with a fixed seed
+    (0), so every trial of a study validates on the same examples; ``seed`` drives only the
+    static binarization.
+    """
+    root = resolve_root(cfg.root)
+    if cfg.dataset == "binarized_mnist":
+        train, official_val, test = _read_binarized(root)
+        if cfg.val_size > len(official_val):
+            raise DataError(f"data.val_size: got {cfg.val_size}, but binarized_mnist's "
+                            f"validation split has {len(official_val)} examples")
+        val = Split(official_val.x[: cfg.val_size], None)
+    elif cfg.dataset in _TORCHVISION:
+        full, test = _read_torchvision(cfg.dataset, root)
+        train, val = _hold_out(full, cfg.val_size)
+    else:  # validated by DataConfig; kept for direct callers
+        raise DataError(f"unknown dataset {cfg.dataset!r}; expected one of mnist, "
+                        "fashion_mnist, binarized_mnist")
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(train):
+            raise DataError(f"data.train_subset: got {cfg.train_subset}, but {cfg.dataset} has "
+                            f"only {len(train)} training examples after holding out "
+                            f"data.val_size={cfg.val_size}")
+        train = _index(train, torch.arange(cfg.train_subset))
+    if cfg.binarize == "static":
+        g = torch.Generator().manual_seed(seed)
+        train, val, test = (Split(torch.bernoulli(s.x, generator=g), s.labels)
+                            for s in (train, val, test))
+    return Datasets(train, val, test, dynamic=cfg.binarize == "dynamic").to(device)
+
+
+def _hold_out(full: Split, val_size: int) -> tuple[Split, Split]:
+    if val_size >= len(full):
+        raise DataError(f"data.val_size: got {val_size}, but the training split has only "
+                        f"{len(full)} examples; use a smaller value")
+    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))
+    train_idx = perm[: len(full) - val_size].sort().values
+    val_idx = perm[len(full) - val_size:].sort().values
+    return _index(full, train_idx), _index(full, val_idx)
+
+
+def _index(split: Split, idx: torch.Tensor) -> Split:
+    return Split(split.x[idx], None if split.labels is None else split.labels[idx])
+
+
+class Batches:
+    """Shuffled mini-batches of a split by index permutation, on the split's device.
+
+    With ``dynamic`` each batch is a fresh Bernoulli draw of its grey levels (Burda et al.
+    2015, section 5). ``generator`` must live on the split's device; its state is what makes
+    a resumed run draw the same batches.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, dynamic: bool,
+                 generator: torch.Generator | None = None) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.dynamic = dynamic
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        x = self.split.x
+        n = x.shape[0]
+        if self.shuffle:
+            order = torch.randperm(n, device=x.device, generator=self.generator)
+        for start in range(0, n, self.batch_size):
+            if self.shuffle:
+                batch = x[order[start:start + self.batch_size]]  # (B, 784) gather
+            else:
+                batch = x[start:start + self.batch_size]
+            if self.dynamic:
+                batch = torch.bernoulli(batch, generator=self.generator)
+            yield batch

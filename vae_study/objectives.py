@@ -1,0 +1,85 @@
+"""Objectives in nats per example: rate, distortion, the beta-ELBO and the IWAE bound.
+
+With q(z|x) = N(mu, diag sigma^2) and p(z) = N(0, I):
+- rate R = KL(q(z|x) || p(z)), analytic (Kingma & Welling 2014, appendix B);
+- distortion D = -E_q[log p(x|z)], a K-sample Monte Carlo average;
+- -ELBO = R + D; the beta-VAE loss is D + beta * R (Higgins et al. 2017);
+- the IWAE bound L_K = E[log 1/K sum_k p(x, z_k) / q(z_k|x)] (Burda et al. 2015, eq. 8),
+  L_1 = ELBO <= L_K <= log p(x).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .model import VAE
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) per dimension: (..., D) -> (..., D)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
+
+
+def rate(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """R = KL(q(z|x) || p(z)) summed over latent dimensions: (B, D) -> (B,)."""
+    return gaussian_kl(mu, logvar).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I): (..., D) -> (...)."""
+    return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag exp(logvar)): (..., D) -> (...), broadcasting mu, logvar."""
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
+
+
+def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log (1/K) sum_k exp(log_w_k), stably."""
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Per-example terms of one batch, each (B,), in nats."""
+
+    loss: torch.Tensor  # what is minimised: D + beta*R (elbo) or -L_K^beta (iwae)
+    rate: torch.Tensor
+    distortion: torch.Tensor
+
+    @property
+    def neg_elbo(self) -> torch.Tensor:
+        return self.rate + self.distortion
+
+
+def log_weights(log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
+                logvar: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """log p(x|z_k) + beta * (log p(z_k) - log q(z_k|x)): (K, B).
+
+    beta = 1 gives the importance weights log p(x, z_k) / q(z_k|x) of the IWAE bound. Other
+    betas scale the prior-to-posterior log ratio, whose expectation under q is -R, so with
+    K = 1 the bound's expectation is the beta-VAE objective -(D + beta * R).
+    """
+    return log_px_z + beta * (log_standard_normal(z) - log_normal(z, mu, logvar))
+
+
+def compute_terms(model: VAE, x: torch.Tensor, *, k: int = 1, beta: float = 1.0,
+                  objective: Literal["elbo", "iwae"] = "elbo",
+                  generator: torch.Generator | None = None) -> Terms:
+    """The training loss and its rate and distortion for a batch x (B, 784)."""
+    out, mu, logvar, z = model(x, k, generator)  # out (K, B, 784), z (K, B, D)
+    r = rate(mu, logvar)  # (B,)
+    log_px_z = model.log_likelihood(x, out)  # (K, B)
+    d = -log_px_z.mean(0)  # (B,)
+    if objective == "elbo":
+        loss = d + beta * r
+    else:
+        loss = -log_mean_exp(log_weights(log_px_z, z, mu, logvar, beta), 0)
+    return Terms(loss=loss, rate=r, distortion=d)

@@ -1,0 +1,229 @@
+"""The trainer: ``fit`` one configuration, reproducibly, resumably, on a CPU or a GPU.
+
+``fit`` is built from ``train_epoch`` (one pass of Adam over shuffled device-resident
+batches) and ``validate``; after each epoch it writes a checkpoint and calls ``on_epoch``,
+the hook the Ray trainable reports through. Torch and the standard library only: no Ray,
+no Optuna here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt
+from . import metrics as M
+from .config import RunConfig, TrainConfig, to_dict
+from .data import Batches, Datasets, load_datasets
+from .errors import CheckpointError, TrainingDiverged
+from .evaluate import elbo_terms, evaluate_test
+from .model import VAE
+from .objectives import compute_terms
+
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.jsonl"
+FINAL_FILE = "final.json"
+CONFIG_FILE = "config.yaml"
+
+# Keys that may change between a checkpoint and the run that resumes it: they do not change
+# what was trained so far (more epochs, another device, another evaluation).
+RESUMABLE_CHANGES = ("train.epochs", "train.device", "data.root", "eval.")
+
+EpochHook = Callable[[dict[str, float], Path | None], None]
+ProgressHook = Callable[[int, int, int], None]  # (epoch, batches done, batches in epoch)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError(f"train.device: got {name!r}, but no CUDA GPU is visible; use auto "
+                          "or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class FitResult:
+    model: VAE
+    history: list[dict[str, float]]
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def make_model(config: RunConfig, device: torch.device) -> VAE:
+    """The model with its seeded initial weights (same seed, same weights)."""
+    torch.manual_seed(config.train.seed)
+    return VAE(config.model).to(device)
+
+
+def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, batches: Batches,
+                cfg: TrainConfig, epoch: int, *, generator: torch.Generator | None = None,
+                progress: ProgressHook | None = None) -> dict[str, float]:
+    """One pass over the training batches; mean loss, rate and distortion per example.
+
+    Sums stay on the device (no host sync per batch on a GPU); the loss is checked for NaN or
+    inf every ``check_every`` batches, and a bad one raises ``TrainingDiverged`` naming the
+    first bad batch before any checkpoint of it is written.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    n_batches = len(batches)
+    check_every = 1 if device.type == "cpu" else 25
+    losses = torch.empty(n_batches, device=device)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, rate, distortion
+    seen = 0
+    checked = 0
+    for i, x in enumerate(batches):
+        terms = compute_terms(model, x, k=cfg.k, beta=cfg.beta, objective=cfg.objective,
+                              generator=generator)
+        loss = terms.loss.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            losses[i] = loss.detach()
+            sums += torch.stack([terms.loss.sum(), terms.rate.sum(), terms.distortion.sum()]
+                                ).double()
+        seen += x.shape[0]
+        if (i + 1) % check_every == 0 or i + 1 == n_batches:
+            _check_finite(losses[checked:i + 1], epoch, first_batch=checked + 1)
+            checked = i + 1
+        if progress is not None:
+            progress(epoch, i + 1, n_batches)
+    loss_sum, rate_sum, dist_sum = (sums / max(seen, 1)).tolist()
+    return {M.TRAIN_LOSS: loss_sum, M.TRAIN_RATE: rate_sum, M.TRAIN_DISTORTION: dist_sum}
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, first_batch: int) -> None:
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise TrainingDiverged(epoch, first_batch + bad, float(losses[bad]))
+
+
+def validate(model: VAE, data: Datasets, seed: int, epoch: int) -> dict[str, float]:
+    """-ELBO, rate and distortion on the validation split (its own RNG stream per epoch)."""
+    if len(data.val) == 0:
+        return {}
+    model.eval()
+    device = data.val.x.device
+    g = torch.Generator(device).manual_seed(seed * 1_000_003 + epoch)
+    x = torch.bernoulli(data.val.x, generator=g) if data.dynamic else data.val.x
+    terms = elbo_terms(model, x, generator=g)
+    model.train()
+    out = {M.VAL_NEG_ELBO: terms["neg_elbo"], M.VAL_RATE: terms["rate"],
+           M.VAL_DISTORTION: terms["distortion"]}
+    if not all(math.isfinite(v) for v in out.values()):
+        raise TrainingDiverged(epoch, len(data.train), out[M.VAL_NEG_ELBO])
+    return out
+
+
+def test_metrics(model: VAE, data: Datasets, config: RunConfig) -> dict[str, Any]:
+    """The ``test/...`` metrics, computed once when training ends."""
+    device = data.test.x.device
+    g = torch.Generator(device).manual_seed(config.train.seed + 7)
+    x = torch.bernoulli(data.test.x, generator=g) if data.dynamic else data.test.x
+    return evaluate_test(model, x, config.eval, generator=g)
+
+
+def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> None:
+    """Refuse to continue a checkpoint trained under a different configuration."""
+    now = _flatten(to_dict(config))
+    before = _flatten(saved)
+    changed = [k for k in sorted(set(now) | set(before))
+               if now.get(k) != before.get(k)
+               and not any(k == c or (c.endswith(".") and k.startswith(c))
+                           for c in RESUMABLE_CHANGES)]
+    if changed:
+        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise CheckpointError(f"the checkpoint in {where} was trained with another "
+                              f"configuration ({diffs}); use another output folder or "
+                              "--fresh to start over")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return flat
+
+
+def fit(config: RunConfig, *, out_dir: str | Path | None = None,
+        resume_from: str | Path | None = None, data: Datasets | None = None,
+        on_epoch: EpochHook | None = None, progress: ProgressHook | None = None,
+        final_eval: bool = True) -> FitResult:
+    """Train ``config`` and evaluate it on the test split.
+
+    out_dir: where ``metrics.jsonl``, ``final.json``, ``config.yaml`` and ``checkpoint/``
+    go (None: nothing is written). A checkpoint in ``resume_from``, else in
+    ``out_dir/checkpoint``, is continued exactly: weights, optimizer, epoch and RNG state.
+    on_epoch(metrics, checkpoint folder) runs after each epoch's checkpoint is written.
+    """
+    device = resolve_device(config.train.device)
+    if data is None:
+        data = load_datasets(config.data, seed=config.train.seed, device=device)
+    else:
+        data = data.to(device)
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_dir = out / CHECKPOINT_DIR if out is not None else None
+
+    model = make_model(config, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    generator = torch.Generator(device).manual_seed(config.train.seed)
+    history: list[dict[str, float]] = []
+    source = Path(resume_from) if resume_from is not None else ckpt_dir
+    if ckpt.exists(source):
+        assert source is not None
+        state = ckpt.load(source, map_location=device)
+        check_resumable(state.config, config, source)
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        generator.set_state(state.generator)
+        history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
+    if out is not None:
+        ckpt.write_yaml(out / CONFIG_FILE, to_dict(config))
+        _rewrite_metrics(out / METRICS_FILE, history)
+
+    batches = Batches(data.train, config.train.batch_size, shuffle=True, dynamic=data.dynamic,
+                      generator=generator)
+    start = int(history[-1][M.EPOCH]) if history else 0
+    for epoch in range(start + 1, config.train.epochs + 1):
+        t0 = time.perf_counter()
+        row: dict[str, float] = {M.EPOCH: epoch}
+        row.update(train_epoch(model, optimizer, batches, config.train, epoch,
+                               generator=generator, progress=progress))
+        row.update(validate(model, data, config.train.seed, epoch))
+        row[M.EPOCH_SECONDS] = time.perf_counter() - t0
+        history.append(row)
+        if ckpt_dir is not None:
+            ckpt.save(ckpt_dir, ckpt.TrainingState(
+                epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                generator=generator.get_state(), config=to_dict(config), history=history))
+            with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore[operator]
+                f.write(json.dumps(row) + "\n")
+        if on_epoch is not None:
+            on_epoch(row, ckpt_dir)
+
+    result = FitResult(model=model, history=history)
+    if final_eval:
+        result.final = test_metrics(model, data, config)
+        if out is not None:
+            ckpt.write_json(out / FINAL_FILE, {**result.final, M.EPOCH: len(history)})
+    return result
+
+
+def _rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    """metrics.jsonl as the checkpoint knows it (drops epochs a crash left unsaved)."""
+    ckpt.atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
