@@ -36,9 +36,10 @@ def _progress_printer(epochs: int):
 def cmd_fit(args: argparse.Namespace) -> int:
     from . import metrics as M
     from .config import load_run_config
+    from .study_config import STUDY_SECTIONS
     from .train import FINAL_FILE, fit
 
-    config = load_run_config(args.config, args.set, extra_sections=_study_sections())
+    config = load_run_config(args.config, args.set, extra_sections=STUDY_SECTIONS)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if args.fresh and out.exists():
         import shutil
@@ -69,9 +70,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _study_sections() -> tuple[str, ...]:
-    """Top-level keys of a study file that ``fit`` ignores (it trains the base config)."""
-    return ("name", "output", "search", "scheduler", "resources", "ray", "report")
+def cmd_run(args: argparse.Namespace) -> int:
+    from .study_config import load_study
+
+    study = load_study(args.study, args.set)  # every key checked before Ray starts
+    from .tune import run_study  # imports Ray: only once the study file is known to be good
+
+    folder = run_study(study, fresh=args.fresh)
+    if study.report.enabled and not args.no_report:
+        from .report import build_report
+
+        out = build_report(folder, Path(study.report.dir) / study.name)
+        print(f"report: {out / 'index.html'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument("--fresh", action="store_true",
                        help="delete the output folder first instead of resuming it")
     fit_p.set_defaults(func=cmd_fit)
+
+    run_p = sub.add_parser("run", help="run (or continue) a study: many trials under Ray Tune, "
+                                       "chosen by Optuna")
+    run_p.add_argument("study", help="a study YAML file, e.g. studies/beta_sweep.yaml")
+    run_p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a key, e.g. --set search.num_trials=50 (repeatable)")
+    run_p.add_argument("--fresh", action="store_true",
+                       help="delete the study folder first instead of continuing it")
+    run_p.add_argument("--no-report", action="store_true",
+                       help="do not build the report when the study ends")
+    run_p.set_defaults(func=cmd_run)
     return parser
 
 

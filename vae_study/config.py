@@ -110,7 +110,7 @@ class EvalConfig:
     # Test examples used for test/nll (null: the whole test split); lower it for quick runs.
     nll_examples: int | None = None
     # Rows (examples x samples) decoded at once while estimating test/nll: bounds memory.
-    chunk_size: int = 65536
+    chunk_size: int = 8192
     # Test examples used for the ELBO surgery terms (mutual information, marginal KL).
     surgery_examples: int = 10000
 

@@ -95,36 +95,41 @@ def _how_to_fix(dataset: str) -> str:
 # MNIST and Fashion-MNIST through torchvision.
 
 
-def _read_torchvision(dataset: str, root: Path) -> tuple[Split, Split]:
-    """Read train and test through torchvision's class, finding or fetching its files."""
+def torchvision_root(dataset: str, root: Path) -> Path:
+    """The folder to give torchvision's class for ``dataset``, finding or fetching its files.
+
+    Accepts torchvision's own layout (<root>/MNIST/raw/...) and the flat layout of
+    ../shared/data (<root>/mnist/*.gz, decompressed once into the cache); else downloads.
+    """
     tried: list[str] = []
     cls_name = _TORCHVISION[dataset]
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, cls_name)
-
     # 1. torchvision's own layout: <root>/MNIST/raw/train-images-idx3-ubyte ...
     tv_raw = root / cls_name / "raw"
     tried.append(str(tv_raw))
     if _has_idx(tv_raw, gz=False):
-        return _from_class(cls, root)
-
+        return root
     # 2. the flat layout of ../shared/data: <root>/mnist/train-images-idx3-ubyte.gz ...
     flat = root / dataset
     tried.append(str(flat))
     if _has_idx(flat, gz=True) or _has_idx(flat, gz=False):
-        tv_root = _extract_flat(flat, cls_name)
-        return _from_class(cls, tv_root)
-
+        return _extract_flat(flat, cls_name)
     # 3. download through torchvision into <root> (it prints its own progress).
+    import torchvision.datasets as tvd
+
     try:
         root.mkdir(parents=True, exist_ok=True)
-        cls(str(root), train=True, download=True)
+        getattr(tvd, cls_name)(str(root), train=True, download=True)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError ...
         raise DataError(
             f"dataset {dataset} not found and its download failed ({_reason(exc)}); paths tried: "
             + ", ".join(tried) + "; " + _how_to_fix(dataset)) from None
-    return _from_class(cls, root)
+    return root
+
+
+def _read_torchvision(dataset: str, root: Path) -> tuple[Split, Split]:
+    import torchvision.datasets as tvd
+
+    return _from_class(getattr(tvd, _TORCHVISION[dataset]), torchvision_root(dataset, root))
 
 
 def _reason(exc: BaseException) -> str:

@@ -52,7 +52,7 @@ def elbo_terms(model: VAE, x: torch.Tensor, *, batch_size: int = 1000,
 
 
 @torch.no_grad()
-def iwae_nll(model: VAE, x: torch.Tensor, k: int, *, chunk_size: int = 65536,
+def iwae_nll(model: VAE, x: torch.Tensor, k: int, *, chunk_size: int = 8192,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """-L_K per example, (N,): minus the K-sample importance-weighted bound on log p(x).
 

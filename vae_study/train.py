@@ -199,6 +199,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
     batches = Batches(data.train, config.train.batch_size, shuffle=True, dynamic=data.dynamic,
                       generator=generator)
     start = int(history[-1][M.EPOCH]) if history else 0
+    result_final: dict[str, Any] = {}
     for epoch in range(start + 1, config.train.epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, float] = {M.EPOCH: epoch}
@@ -213,15 +214,32 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
                 generator=generator.get_state(), config=to_dict(config), history=history))
             with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore[operator]
                 f.write(json.dumps(row) + "\n")
+        final: dict[str, Any] = {}
+        if epoch == config.train.epochs and final_eval:
+            # The test metrics travel with the last epoch's report, so a scheduler that
+            # stops trials at the last epoch still sees them.
+            final = _final(model, data, config, out, epoch)
         if on_epoch is not None:
-            on_epoch(row, ckpt_dir)
+            on_epoch({**row, **final}, ckpt_dir)
+        result_final = final
 
     result = FitResult(model=model, history=history)
     if final_eval:
-        result.final = test_metrics(model, data, config)
-        if out is not None:
-            ckpt.write_json(out / FINAL_FILE, {**result.final, M.EPOCH: len(history)})
+        if start < config.train.epochs:
+            result.final = result_final
+        else:  # resumed after the last epoch: evaluate (again), report once more
+            result.final = _final(model, data, config, out, start)
+            if on_epoch is not None and history:
+                on_epoch({**history[-1], **result.final}, ckpt_dir)
     return result
+
+
+def _final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
+           epoch: int) -> dict[str, Any]:
+    final = test_metrics(model, data, config)
+    if out is not None:
+        ckpt.write_json(out / FINAL_FILE, {**final, M.EPOCH: epoch})
+    return final
 
 
 def _rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:

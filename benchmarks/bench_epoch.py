@@ -1,0 +1,139 @@
+"""One training epoch of the seed configuration, three ways, timed in the same run.
+
+1. notebook:  the seed notebook's pipeline: torchvision MNIST with ToTensor, DataLoader
+              (batch 128, shuffle), ``.to(device)`` per batch, its VAE and BCE + KLD loss;
+2. bare:      the same model and loss on pre-loaded device tensors, batches by index
+              permutation: the compute alone, no framework around it;
+3. vae_study: ``vae_study.train.train_epoch`` on ``load_datasets`` tensors (what ``fit`` runs).
+
+Goals (issue 2): vae_study at least 3x faster than the notebook, within 10% of bare.
+Usage: VAE_STUDY_DATA=../shared/data python benchmarks/bench_epoch.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae_study.config import RunConfig, replace_keys
+from vae_study.data import Batches, load_datasets, resolve_root, torchvision_root
+from vae_study.train import make_model, resolve_device, train_epoch
+
+
+class NotebookVAE(nn.Module):
+    """The seed notebook's VAE, verbatim in substance (784-400-20, ReLU, sigmoid output)."""
+
+    def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20):
+        super().__init__()
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.fc_mu = nn.Linear(hidden_dim, latent_dim)
+        self.fc_logvar = nn.Linear(hidden_dim, latent_dim)
+        self.fc3 = nn.Linear(latent_dim, hidden_dim)
+        self.fc4 = nn.Linear(hidden_dim, input_dim)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+
+
+def notebook_loss(x_recon, x, mu, logvar):
+    bce = F.binary_cross_entropy(x_recon, x, reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def epoch_notebook(device, tv_root: Path) -> float:
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    ds = datasets.MNIST(str(tv_root), train=True, transform=transforms.ToTensor())
+    loader = DataLoader(ds, batch_size=128, shuffle=True)
+    model = NotebookVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sync(device)
+    t0 = time.perf_counter()
+    for data, _ in loader:
+        data = data.view(-1, 784).to(device)
+        opt.zero_grad()
+        recon, mu, logvar = model(data)
+        loss = notebook_loss(recon, data, mu, logvar)
+        loss.backward()
+        opt.step()
+        loss.item()  # the notebook's running total
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def epoch_bare(device, x: torch.Tensor) -> float:
+    model = NotebookVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sync(device)
+    t0 = time.perf_counter()
+    perm = torch.randperm(x.shape[0], device=device)
+    for start in range(0, x.shape[0], 128):
+        data = x[perm[start:start + 128]]
+        opt.zero_grad()
+        recon, mu, logvar = model(data)
+        loss = notebook_loss(recon, data, mu, logvar)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def epoch_vae_study(device, config: RunConfig, data) -> float:
+    model = make_model(config, device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    g = torch.Generator(device).manual_seed(0)
+    batches = Batches(data.train, config.train.batch_size, shuffle=True, dynamic=False,
+                      generator=g)
+    sync(device)
+    t0 = time.perf_counter()
+    train_epoch(model, opt, batches, config.train, 1, generator=g)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    config = replace_keys(RunConfig(), {"data.val_size": 0, "train.device": str(device)})
+    data = load_datasets(config.data, device=device)  # all 60k training images, as the notebook
+    tv_root = torchvision_root("mnist", resolve_root(config.data.root))
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{len(data.train)} training images, batch 128, {args.repeats} repeats (median)")
+    times: dict[str, list[float]] = {"notebook": [], "bare": [], "vae_study": []}
+    epoch_bare(device, data.train.x)  # warm-up (allocator, kernels)
+    for _ in range(args.repeats):  # interleaved so drift hits all three alike
+        times["notebook"].append(epoch_notebook(device, tv_root))
+        times["bare"].append(epoch_bare(device, data.train.x))
+        times["vae_study"].append(epoch_vae_study(device, config, data))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"  {k:10s} median {med[k]:7.3f} s/epoch   runs " + " ".join(f"{t:.3f}" for t in v))
+    speedup = med["notebook"] / med["vae_study"]
+    overhead = med["vae_study"] / med["bare"]
+    print(f"notebook / vae_study = {speedup:.2f}x   (goal >= 3x: "
+          f"{'met' if speedup >= 3 else 'NOT met'})")
+    print(f"vae_study / bare     = {overhead:.3f}   (goal <= 1.10: "
+          f"{'met' if overhead <= 1.10 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

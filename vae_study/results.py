@@ -1,0 +1,80 @@
+"""The results table of a study: ``results.csv``, one row per trial, written atomically.
+
+Read by the report without Ray; written by the study driver as trials start and finish.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import metrics as M
+from .checkpoint import atomic_write_text
+from .errors import CheckpointError
+
+RESULTS_FILE = "results.csv"
+
+# Trial statuses, in our words (Ray's TERMINATED covers completed, stopped and diverged).
+PENDING, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED = (
+    "pending", "running", "completed", "stopped", "diverged", "failed")
+FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
+
+# Keys the trainable adds to its reports.
+DIVERGED_KEY = "diverged"
+ERROR_KEY = "error"
+
+LEAD_COLUMNS = ["trial_id", "optuna_trial", "status"]
+TAIL_COLUMNS = [M.EPOCH, "wall_s", "node", M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
+                *M.TEST_SCALARS, M.TEST_KL_PER_DIM, "checkpoint", ERROR_KEY]
+
+
+def columns(param_keys: Sequence[str]) -> list[str]:
+    return [*LEAD_COLUMNS, *param_keys, *TAIL_COLUMNS]
+
+
+def write_results(path: Path, rows: Sequence[Mapping[str, Any]],
+                  param_keys: Sequence[str]) -> None:
+    """Write ``rows`` (one per trial) as CSV, atomically: never half a file."""
+    import pandas as pd
+
+    cols = columns(param_keys)
+    frame = pd.DataFrame([{c: _cell(row.get(c)) for c in cols} for row in rows], columns=cols)
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    atomic_write_text(Path(path), buf.getvalue())
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return " ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_results(path: Path):
+    """The table as a pandas DataFrame; a damaged file is a ``CheckpointError``."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"no results table at {path}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({str(exc).splitlines()[0]}); it is "
+                              "rewritten from the study's trials when the study runs "
+                              "again") from None
+    missing = [c for c in LEAD_COLUMNS if c not in frame.columns]
+    if missing:
+        raise CheckpointError(f"{path} is not a vae_study results table (no {missing})")
+    return frame
+
+
+def parse_kl_per_dim(cell: Any) -> list[float]:
+    if not isinstance(cell, str) or not cell.strip():
+        return []
+    return [float(v) for v in cell.split()]

@@ -1,0 +1,106 @@
+"""The Optuna side of a study: the search space, the sampler and the SQLite storage.
+
+The study file's ``search.space`` compiles to a define-by-run function (the form Ray Tune's
+``OptunaSearch`` takes); Optuna parameter names are the run keys themselves
+(``train.beta``), so ``optuna-dashboard`` shows what the user wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .study_config import Param, SearchConfig
+
+DB_FILE = "optuna.db"
+
+
+def _encode(value: Any) -> Any:
+    """Optuna's categorical choices must be scalars: lists travel as JSON text."""
+    return json.dumps(list(value)) if isinstance(value, tuple | list) else value
+
+
+class define_by_run:  # noqa: N801 - used like the function Optuna's docs call it
+    """The space as a function of an ``optuna.Trial`` that suggests every searched key.
+
+    A class rather than a closure so Ray can pickle the searcher into its experiment state.
+    """
+
+    def __init__(self, space: tuple[Param, ...]) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> None:
+        for p in self.space:
+            if p.kind == "choice":
+                trial.suggest_categorical(p.key, [_encode(v) for v in p.values])
+            elif p.kind == "int":
+                trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+            else:
+                trial.suggest_float(p.key, p.low, p.high, log=p.kind == "log_uniform")
+
+
+def decode_params(space: tuple[Param, ...], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Optuna's parameter values as run-key values (JSON text back to lists)."""
+    kinds = {p.key: p for p in space}
+    out = {}
+    for key, value in params.items():
+        p = kinds.get(key)
+        if p is not None and p.kind == "choice" and isinstance(value, str) and any(
+                isinstance(v, tuple) for v in p.values):
+            value = json.loads(value)
+        out[key] = value
+    return out
+
+
+def encode_point(point: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _encode(v) for k, v in point.items()}
+
+
+def make_sampler(search: SearchConfig) -> Any:
+    """The Optuna sampler the study file names, seeded with ``search.seed``."""
+    import optuna
+
+    from .errors import ConfigError
+
+    options = dict(search.sampler_options)
+    try:
+        if search.algorithm == "tpe":
+            return optuna.samplers.TPESampler(seed=search.seed, **options)
+        if search.algorithm == "random":
+            return optuna.samplers.RandomSampler(seed=search.seed, **options)
+        if search.algorithm == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=search.seed, **options)
+        grid = {p.key: [_encode(v) for v in p.values] for p in search.space}
+        return optuna.samplers.GridSampler(grid, seed=search.seed, **options)
+    except TypeError as exc:
+        raise ConfigError(f"search.sampler_options: {exc} (they are passed to Optuna's "
+                          f"{search.algorithm} sampler)") from None
+
+
+def storage_url(folder: Path) -> str:
+    """The SQLite URL of a study folder's Optuna storage (what optuna-dashboard opens)."""
+    return f"sqlite:///{(Path(folder) / DB_FILE).resolve()}"
+
+
+def make_storage(folder: Path) -> Any:
+    import optuna
+
+    return optuna.storages.RDBStorage(storage_url(folder))
+
+
+def load_optuna_study(folder: Path, name: str) -> Any:
+    """The Optuna study of a study folder, read-only use (report, status)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage_url(folder))
+
+
+def grid_size(search: SearchConfig) -> int | None:
+    if search.algorithm != "grid":
+        return None
+    n = 1
+    for p in search.space:
+        n *= len(p.values)
+    return n

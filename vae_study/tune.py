@@ -1,0 +1,456 @@
+"""The Ray side of a study: the trainable, the searcher, the Tuner, the results table.
+
+The only module that imports Ray. A study lives in ``<output.dir>/<name>/``:
+
+    study.yaml      the resolved study file (what a resume is compared against)
+    optuna.db       the Optuna study (``optuna-dashboard sqlite:///.../optuna.db``)
+    results.csv     one row per trial, rewritten atomically as trials start and finish
+    tune/           Ray Tune's experiment: trial folders, checkpoints, searcher state
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from . import metrics as M
+from . import results as R
+from .checkpoint import write_yaml
+from .config import read_yaml
+from .data import Datasets, load_datasets
+from .errors import TrainingDiverged, VaeStudyError
+from .search import decode_params, define_by_run, encode_point, make_sampler, make_storage
+from .study_config import StudyConfig
+
+TUNE_DIR = "tune"
+STUDY_FILE = "study.yaml"
+OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
+NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
+
+log = logging.getLogger("vae_study")
+
+
+class StudyError(VaeStudyError):
+    """A study cannot start or continue (folder, cluster, resources)."""
+
+
+# ---------------------------------------------------------------------------------------
+# The trainable: one trial = one ``fit``.
+
+
+def train_trial(config: dict[str, Any], *, study: StudyConfig, data: Datasets) -> None:
+    """Ray Tune function trainable: fit the trial's configuration, report every epoch.
+
+    Resumes from ``tune.get_checkpoint()`` when Ray restarts the trial. A diverged run is
+    reported once with ``diverged: 1`` and ends normally, so Ray does not retry a
+    deterministic failure and the searcher records it as failed.
+    """
+    import torch
+
+    from .train import fit
+
+    params = decode_params(study.search.space,
+                           {k: v for k, v in config.items() if not k.startswith("_")})
+    run = study.trial_config(params)
+    torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
+    work = Path(tempfile.mkdtemp(prefix="vae_study_trial_"))
+    restored = tune.get_checkpoint()
+
+    node = ray.get_runtime_context().get_node_id()
+
+    def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
+        tune.report({**_reportable(row), NODE_KEY: node}, checkpoint=checkpoint)
+
+    try:
+        if restored is not None:
+            with restored.as_directory() as folder:
+                resume = work / "restored"
+                shutil.copytree(folder, resume)
+            fit(run, out_dir=work / "run", resume_from=resume, data=data, on_epoch=report)
+        else:
+            fit(run, out_dir=work / "run", data=data, on_epoch=report)
+    except TrainingDiverged as exc:
+        tune.report({R.DIVERGED_KEY: 1, R.ERROR_KEY: str(exc), M.EPOCH: exc.epoch,
+                     NODE_KEY: node})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _reportable(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray wants flat scalars; the per-dimension KL list travels as text."""
+    out = {}
+    for k, v in row.items():
+        out[k] = " ".join(f"{x:.5g}" for x in v) if isinstance(v, list) else v
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The searcher: Ray's OptunaSearch, made to tell Optuna the truth about every trial.
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that skips reports without the objective (intermediate epochs),
+    records a diverged or metric-less trial as FAIL/PRUNED instead of leaving it
+    RUNNING, and tags each trial's config with its Optuna trial number."""
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if config is not None:
+            config[OPTUNA_TRIAL_KEY] = self._ot_trials[trial_id].number
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list):
+            return
+        value = result.get(self.metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [None if not result else result.get(m) for m in metrics]
+        finite = all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+        diverged = bool(result and result.get(R.DIVERGED_KEY))
+        ot_trial = self._ot_trials[trial_id]
+        if finite and not error and not diverged:
+            value = values if len(values) > 1 else values[0]
+            state = optuna.trial.TrialState.COMPLETE
+        else:
+            value = None
+            failed = error or diverged or any(
+                isinstance(v, float) and not math.isfinite(v) for v in values)
+            state = (optuna.trial.TrialState.FAIL if failed
+                     else optuna.trial.TrialState.PRUNED)
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except Exception as exc:  # already told (a restored driver): keep going
+            log.warning("optuna: %s", exc)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(study: StudyConfig, folder: Path) -> ConcurrencyLimiter:
+    objectives = study.search.objectives
+    metric: Any = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
+    mode: Any = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
+    searcher = StudySearch(
+        space=define_by_run(study.search.space),
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(study.search),
+        study_name=study.name,
+        storage=make_storage(folder),
+        points_to_evaluate=[encode_point(p) for p in study.search.points_to_evaluate] or None,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=study.search.max_concurrent)
+
+
+# ---------------------------------------------------------------------------------------
+# The results table, kept current from Ray's trials.
+
+
+def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
+    """One results.csv row from a Ray ``Trial``."""
+    last = dict(trial.last_result or {})
+    params = decode_params(study.search.space,
+                           {p.key: trial.config.get(p.key) for p in study.search.space})
+    row: dict[str, Any] = {
+        "trial_id": trial.trial_id,
+        "optuna_trial": trial.config.get(OPTUNA_TRIAL_KEY),
+        **params,
+        M.EPOCH: last.get(M.EPOCH),
+        "wall_s": last.get("time_total_s"),
+        "node": last.get(NODE_KEY),
+    }
+    for key in (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.TEST_SCALARS,
+                M.TEST_KL_PER_DIM):
+        row[key] = last.get(key)
+    status = trial.status
+    if status == "ERROR":
+        row["status"] = R.FAILED
+        row[R.ERROR_KEY] = _first_line(trial)
+    elif status == "TERMINATED":
+        if last.get(R.DIVERGED_KEY):
+            row["status"] = R.DIVERGED
+            row[R.ERROR_KEY] = last.get(R.ERROR_KEY)
+        elif last.get(M.TEST_NLL) is not None:
+            row["status"] = R.COMPLETED
+        else:
+            row["status"] = R.STOPPED
+    elif status in ("RUNNING", "PAUSED"):
+        row["status"] = R.RUNNING
+    else:
+        row["status"] = R.PENDING
+    ckpt = getattr(trial, "checkpoint", None)
+    row["checkpoint"] = getattr(ckpt, "path", None)
+    return row
+
+
+def _first_line(trial: Any) -> str:
+    try:
+        err = trial.get_error()
+    except Exception:
+        err = None
+    text = str(err) if err else "the trial failed (see its error.txt in the tune folder)"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else text
+
+
+class ResultsTable(Callback):
+    """Rewrites results.csv from all of Ray's trials whenever one starts, ends or (at most
+    every 2 s) reports."""
+
+    def __init__(self, study: StudyConfig, folder: Path) -> None:
+        self.study = study
+        self.folder = folder
+        self.last_write = 0.0
+
+    def write(self, trials: list, force: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < 2.0:
+            return
+        R.write_results(self.folder / R.RESULTS_FILE,
+                        [trial_row(t, self.study) for t in trials],
+                        [p.key for p in self.study.search.space])
+        self.last_write = now
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.write(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.write(trials, force=False)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.write(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.write(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.write(trials)
+
+
+# ---------------------------------------------------------------------------------------
+# The driver.
+
+
+def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
+    """Create or check the study folder; returns (folder, whether it is a resume).
+
+    A folder made by a study with another search space or base config is refused.
+    """
+    out_root = Path(study.output.dir).expanduser()
+    folder = out_root / study.name
+    resolved_root = out_root.resolve()
+    if folder.is_symlink() or (folder.exists() and
+                               resolved_root not in folder.resolve().parents):
+        raise StudyError(f"the study folder {folder} points outside output.dir "
+                         f"({out_root}); refusing to write there")
+    previous = folder / STUDY_FILE
+    if fresh and folder.exists():
+        if not previous.is_file() and any(folder.iterdir()):
+            raise StudyError(f"--fresh would delete {folder}, which is not a vae_study "
+                             "study folder; remove it yourself or choose another name")
+        shutil.rmtree(folder)
+    resume = previous.is_file()
+    if resume:
+        before = read_yaml(previous)
+        now = study.to_dict()
+        changed = [k for k in study.identity() if before.get(k) != now.get(k)]
+        if changed:
+            raise StudyError(f"{folder} holds a study with another "
+                             + ", ".join(changed) + " section; run it under a new name "
+                             "(--set name=...) or add --fresh to start it over")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StudyError(f"cannot write the study folder {folder}: {exc.strerror}; choose "
+                         "another output.dir") from None
+    write_yaml(folder / STUDY_FILE, study.to_dict())
+    return folder, resume
+
+
+def start_ray(study: StudyConfig) -> Any:
+    """Start a local Ray, or join the cluster at ray.address; print the dashboard URL."""
+    cfg = study.ray
+    if cfg.dashboard and cfg.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        warnings.warn(f"ray.dashboard_host={cfg.dashboard_host}: the Ray dashboard (which can "
+                      "submit jobs that run code) is reachable by anyone who can reach this "
+                      "host on port " + str(cfg.dashboard_port), stacklevel=2)
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": logging.WARNING,
+                              "log_to_driver": True}
+    if cfg.address is None:
+        kwargs.update(include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host,
+                      dashboard_port=cfg.dashboard_port)
+    try:
+        ctx = ray.init(address=cfg.address, **kwargs)
+    except ConnectionError as exc:
+        raise StudyError(f"ray.address={cfg.address}: no Ray cluster answers ({exc}); start "
+                         "one with 'ray start --head' or leave ray.address unset for a local "
+                         "Ray") from None
+    url = getattr(ctx, "dashboard_url", None)
+    if url:
+        print(f"Ray dashboard: http://{url}", flush=True)
+    return ctx
+
+
+def resolve_resources(study: StudyConfig) -> dict[str, float]:
+    """CPUs and GPUs per trial, checked against the cluster before anything is scheduled."""
+    total = ray.cluster_resources()
+    cpus, gpus_total = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    want_cpu = study.resources.cpus_per_trial
+    g = study.resources.gpus_per_trial
+    if g == "auto":
+        if gpus_total > 0:
+            share = gpus_total / study.search.max_concurrent
+            g = 1.0 if share >= 1 else 1.0 / math.ceil(1.0 / share)
+        else:
+            g = 0.0
+    if g > 0 and gpus_total == 0:
+        raise StudyError(f"resources.gpus_per_trial={g}, but the Ray cluster has no GPU; use "
+                         "gpus_per_trial: 0 (CPU) or auto")
+    if g > gpus_total:
+        raise StudyError(f"resources.gpus_per_trial={g}, but the whole cluster has "
+                         f"{gpus_total:g} GPUs")
+    if want_cpu > cpus:
+        raise StudyError(f"resources.cpus_per_trial={want_cpu:g}, but the whole cluster has "
+                         f"{cpus:g} CPUs; no trial could ever start")
+    return {"cpu": want_cpu, "gpu": float(g)}
+
+
+def check_shared_storage(folder: Path) -> None:
+    """On a cluster of several nodes every node must see the study folder (shared storage)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    marker = folder / ".shared_storage_check"
+    token = f"{os.getpid()}-{time.time()}"
+    marker.write_text(token)
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> str | None:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return None
+
+    try:
+        refs = {n["NodeManagerAddress"]: sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(str(marker.resolve())) for n in nodes}
+        blind = [addr for addr, ref in refs.items() if ray.get(ref, timeout=60) != token]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise StudyError(f"the study folder {folder} is not visible from the Ray nodes at "
+                         + ", ".join(sorted(set(blind))) + "; a study on several nodes needs "
+                         "output.dir on storage every node mounts at the same path (NFS, "
+                         "a shared disk)")
+
+
+def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> Path:
+    """Run (or continue) a study to ``search.num_trials`` trials; returns its folder."""
+    folder, resume = prepare_folder(study, fresh=fresh)
+    # The objectives (test/...) exist only in a trial's last report; the epochs before it
+    # report the val/ metrics alone, which Tune's strict check would reject.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    print(f"vae_study run: study {study.name!r} in {folder}"
+          + (" (continuing)" if resume else ""), flush=True)
+    data = load_datasets(study.base.data, seed=study.base.train.seed)  # once, for all trials
+    started_here = not ray.is_initialized()
+    start_ray(study)
+    try:
+        resources = resolve_resources(study)
+        check_shared_storage(folder)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, study=study, data=data),
+            {"cpu": resources["cpu"], "gpu": resources["gpu"]})
+        tune_dir = folder / TUNE_DIR
+        if tune.Tuner.can_restore(str(tune_dir.resolve())):
+            tuner = tune.Tuner.restore(str(tune_dir.resolve()), trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=_tune_config(study, folder),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(folder.resolve()),
+                    callbacks=[ResultsTable(study, folder)],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=2),
+                    verbose=verbose,
+                ),
+            )
+        grid = tuner.fit()
+        _finish(study, folder, grid)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return folder
+
+
+def _tune_config(study: StudyConfig, folder: Path) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if study.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr=M.EPOCH, metric=study.scheduler.metric,
+            mode=M.DIRECTIONS.get(study.scheduler.metric, "min"),
+            max_t=study.base.train.epochs, grace_period=study.scheduler.grace_period,
+            reduction_factor=study.scheduler.reduction_factor)
+    return tune.TuneConfig(
+        search_alg=make_searcher(study, folder),
+        scheduler=scheduler,
+        num_samples=study.search.num_trials,
+        reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default repeats every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _finish(study: StudyConfig, folder: Path, grid: Any) -> None:
+    """Final results.csv from Ray's view of every trial; no Optuna trial left RUNNING."""
+    trials = list(grid._experiment_analysis.trials)
+    R.write_results(folder / R.RESULTS_FILE, [trial_row(t, study) for t in trials],
+                    [p.key for p in study.search.space])
+    ot_study = optuna.load_study(study_name=study.name, storage=make_storage(folder))
+    for t in ot_study.get_trials(deepcopy=False,
+                                 states=(optuna.trial.TrialState.RUNNING,
+                                         optuna.trial.TrialState.WAITING)):
+        # Asked by a driver that was killed before Ray recorded the trial: it never ran.
+        ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    finished = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+    print(f"vae_study run: {finished}/{study.search.num_trials} trials finished; "
+          f"results in {folder / R.RESULTS_FILE}", flush=True)
+
+
