@@ -26,7 +26,7 @@ FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
 DIVERGED_KEY = "diverged"
 ERROR_KEY = "error"
 
-LEAD_COLUMNS = ["trial_id", "optuna_trial", "status"]
+LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
 TAIL_COLUMNS = [M.EPOCH, "wall_s", "node", M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
                 *M.TEST_SCALARS, M.TEST_KL_PER_DIM, "checkpoint", ERROR_KEY]
 
@@ -35,11 +35,32 @@ def columns(param_keys: Sequence[str]) -> list[str]:
     return [*LEAD_COLUMNS, *param_keys, *TAIL_COLUMNS]
 
 
-def write_results(path: Path, rows: Sequence[Mapping[str, Any]],
-                  param_keys: Sequence[str]) -> None:
+def mark_pareto(rows: Sequence[dict[str, Any]], objectives: Sequence[tuple[str, str]]) -> None:
+    """Set ``pareto`` on each row: a completed trial no other completed trial dominates on
+    the study's objectives (with one objective: the best trial(s))."""
+    from .pareto import pareto_front
+
+    done = [i for i, r in enumerate(rows) if r.get("status") == COMPLETED]
+    points = [[_number(rows[i].get(m)) for m, _ in objectives] for i in done]
+    front = {done[j] for j in pareto_front(points, [mode for _, mode in objectives])}
+    for i, row in enumerate(rows):
+        row["pareto"] = i in front
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def write_results(path: Path, rows: Sequence[dict[str, Any]], param_keys: Sequence[str],
+                  objectives: Sequence[tuple[str, str]] = ()) -> None:
     """Write ``rows`` (one per trial) as CSV, atomically: never half a file."""
     import pandas as pd
 
+    if objectives:
+        mark_pareto(rows, objectives)
     cols = columns(param_keys)
     frame = pd.DataFrame([{c: _cell(row.get(c)) for c in cols} for row in rows], columns=cols)
     buf = io.StringIO()

@@ -213,6 +213,12 @@ def _first_line(trial: Any) -> str:
     return lines[-1][:300] if lines else text
 
 
+def write_table(study: StudyConfig, folder: Path, trials: list) -> None:
+    R.write_results(folder / R.RESULTS_FILE, [trial_row(t, study) for t in trials],
+                    [p.key for p in study.search.space],
+                    [(o.metric, o.mode) for o in study.search.objectives])
+
+
 class ResultsTable(Callback):
     """Rewrites results.csv from all of Ray's trials whenever one starts, ends or (at most
     every 2 s) reports."""
@@ -226,9 +232,7 @@ class ResultsTable(Callback):
         now = time.monotonic()
         if not force and now - self.last_write < 2.0:
             return
-        R.write_results(self.folder / R.RESULTS_FILE,
-                        [trial_row(t, self.study) for t in trials],
-                        [p.key for p in self.study.search.space])
+        write_table(self.study, self.folder, trials)
         self.last_write = now
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -441,8 +445,7 @@ def trial_dirname(trial: Any) -> str:
 def _finish(study: StudyConfig, folder: Path, grid: Any) -> None:
     """Final results.csv from Ray's view of every trial; no Optuna trial left RUNNING."""
     trials = list(grid._experiment_analysis.trials)
-    R.write_results(folder / R.RESULTS_FILE, [trial_row(t, study) for t in trials],
-                    [p.key for p in study.search.space])
+    write_table(study, folder, trials)
     ot_study = optuna.load_study(study_name=study.name, storage=make_storage(folder))
     for t in ot_study.get_trials(deepcopy=False,
                                  states=(optuna.trial.TrialState.RUNNING,

@@ -1,0 +1,216 @@
+"""Studies under a real Ray: end to end, resume after the driver is killed, multi-objective,
+a two-node cluster, and the checks made before anything is scheduled."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from conftest import write_mnist
+from vae_study import results as R
+from vae_study.cli import main
+from vae_study.pareto import pareto_front
+from vae_study.study_config import study_from_dict
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _study(tmp_path: Path, **over) -> dict:
+    root = tmp_path / "data"
+    if not (root / "mnist").exists():
+        write_mnist(root, n_train=600, n_test=200)
+    raw = {
+        "name": "tiny",
+        "output": {"dir": str(tmp_path / "runs")},
+        "data": {"root": str(root), "val_size": 100},
+        "model": {"hidden": [32], "latent_dim": 2},
+        "train": {"epochs": 2, "batch_size": 100, "device": "cpu"},
+        "eval": {"k": 10, "surgery_examples": 100},
+        "search": {"algorithm": "tpe", "num_trials": 4, "max_concurrent": 2,
+                   "space": {"train.beta": {"log_uniform": [0.1, 10.0]},
+                             "model.latent_dim": {"choice": [2, 4]}}},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},  # no GPU here: CPU
+        "ray": {"dashboard": False},
+        "report": {"enabled": False},
+    }
+    for dotted, value in over.items():
+        section, _, key = dotted.partition(".")
+        if key:
+            raw.setdefault(section, {})[key] = value
+        else:
+            raw[section] = value
+    return raw
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _optuna_states(folder: Path, name: str) -> dict[str, int]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def test_study_runs_end_to_end(tmp_path, capsys):
+    ray_results = Path.home() / "ray_results"
+    existed = ray_results.exists()
+    path = _write(tmp_path, _study(tmp_path))
+    assert main(["run", str(path)]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 4 and table["trial_id"].is_unique
+    assert set(table["status"]) == {R.COMPLETED}
+    assert table["test/nll"].map(math.isfinite).all() and (table["epoch"] == 2).all()
+    assert table["train.beta"].between(0.1, 10.0).all()
+    assert set(table["model.latent_dim"]) <= {2, 4}
+    # The neg-ELBO splits into rate and distortion in every row.
+    assert ((table["test/rate"] + table["test/distortion"] - table["test/neg_elbo"]).abs()
+            < 1e-6).all()
+    assert _optuna_states(folder, "tiny") == {"COMPLETE": 4}
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'optuna.db'}")
+    by_number = {t.number: t for t in study.trials}
+    for _, row in table.iterrows():
+        t = by_number[int(row["optuna_trial"])]
+        assert t.params["train.beta"] == pytest.approx(row["train.beta"])
+        assert t.value == pytest.approx(row["test/nll"])
+    assert (folder / "study.yaml").is_file() and (folder / "tune").is_dir()
+    assert ray_results.exists() == existed  # nothing written to ~/ray_results
+
+    # The same command again: everything is finished, nothing is re-run.
+    before = table.set_index("trial_id")["test/nll"].to_dict()
+    assert main(["run", str(path)]) == 0
+    again = R.read_results(folder / R.RESULTS_FILE)
+    assert again.set_index("trial_id")["test/nll"].to_dict() == pytest.approx(before)
+    assert _optuna_states(folder, "tiny") == {"COMPLETE": 4}
+
+    # Another search space into the same folder is refused; --fresh starts over.
+    capsys.readouterr()
+    changed = _write(tmp_path, _study(tmp_path, **{
+        "search.space": {"train.beta": {"log_uniform": [0.5, 2.0]}}}))
+    assert main(["run", str(changed)]) == 2
+    assert "another search section" in capsys.readouterr().err
+
+
+def test_driver_killed_mid_study_then_resumed_keeps_every_trial_once(tmp_path):
+    # Trials long enough (a few seconds) to be caught half-way.
+    write_mnist(tmp_path / "big", n_train=3000, n_test=200)
+    raw = _study(tmp_path, **{"search.num_trials": 4, "search.max_concurrent": 1,
+                              "train.epochs": 15, "model.hidden": [256],
+                              "data.root": str(tmp_path / "big")})
+    path = _write(tmp_path, raw)
+    folder = tmp_path / "runs" / "tiny"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "vae_study", "run", str(path)]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    done_before: dict[str, float] = {}
+    interrupted: list[str] = []
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            try:
+                table = R.read_results(folder / R.RESULTS_FILE)
+            except Exception:
+                continue
+            done = table[table["status"] == R.COMPLETED]
+            running = table[table["status"] == R.RUNNING]
+            if len(done) >= 1 and len(running) >= 1 and (running["epoch"] >= 1).any():
+                done_before = done.set_index("trial_id")["test/nll"].to_dict()
+                interrupted = running["trial_id"].tolist()
+                break
+        else:
+            pytest.fail("the study did not get one trial done in time")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        proc.wait()
+        log.close()
+    time.sleep(2)
+
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 4 and table["trial_id"].is_unique
+    assert set(table["status"]) == {R.COMPLETED}
+    after = table.set_index("trial_id")["test/nll"].to_dict()
+    for trial_id, nll in done_before.items():  # finished trials kept, not re-run
+        assert after[trial_id] == pytest.approx(nll)
+    for trial_id in interrupted:  # the interrupted trial continued under its own id
+        assert trial_id in after
+    states = _optuna_states(folder, "tiny")
+    assert states.get("COMPLETE") == 4 and "RUNNING" not in states
+
+
+def test_multi_objective_study_returns_its_pareto_set(tmp_path):
+    raw = _study(tmp_path, **{
+        "name": "rd",
+        "search.algorithm": "nsga2",
+        "search.num_trials": 5,
+        "search.objectives": [{"metric": "test/rate"}, {"metric": "test/distortion"}],
+    })
+    assert main(["run", str(_write(tmp_path, raw))]) == 0
+    folder = tmp_path / "runs" / "rd"
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 5
+    points = table[["test/rate", "test/distortion"]].values.tolist()
+    ours = {int(table["optuna_trial"][i]) for i in pareto_front(points, ["min", "min"])}
+    study = optuna.load_study(study_name="rd", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert {t.number for t in study.best_trials} == ours and ours
+    assert set(table.loc[table["pareto"], "optuna_trial"].astype(int)) == ours
+
+
+def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                                                            "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        raw = _study(tmp_path, **{"ray.address": cluster.address, "train.epochs": 3})
+        assert main(["run", str(_write(tmp_path, raw))]) == 0
+        table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
+        assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+        node_ids = {n["NodeID"] for n in ray.nodes()} if ray.is_initialized() else None
+        assert table["node"].nunique() == 2, table["node"].tolist()
+        if node_ids:
+            assert set(table["node"]) <= node_ids
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_gpus_on_a_cluster_without_gpus_stop_at_once(tmp_path, capsys):
+    raw = _study(tmp_path, **{"resources.gpus_per_trial": 0.5})
+    t0 = time.monotonic()
+    assert main(["run", str(_write(tmp_path, raw))]) == 2
+    err = capsys.readouterr().err
+    assert "gpus_per_trial=0.5" in err and "no GPU" in err
+    assert time.monotonic() - t0 < 120
+    assert not (tmp_path / "runs" / "tiny" / R.RESULTS_FILE).exists()
+
+
+def test_resolved_study_file_round_trips(tmp_path):
+    study = study_from_dict(_study(tmp_path))
+    text = yaml.safe_dump(study.to_dict(), sort_keys=False)
+    assert study_from_dict(yaml.safe_load(text)) == study
