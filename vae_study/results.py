@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ DIVERGED_KEY = "diverged"
 ERROR_KEY = "error"
 
 LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
-TAIL_COLUMNS = [M.EPOCH, "wall_s", "node", M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
-                *M.TEST_SCALARS, M.TEST_KL_PER_DIM, "checkpoint", ERROR_KEY]
+TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node",
+                M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.TEST_SCALARS,
+                M.TEST_KL_PER_DIM, "checkpoint", ERROR_KEY]
 
 
 def columns(param_keys: Sequence[str]) -> list[str]:

@@ -171,6 +171,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
     ``out_dir/checkpoint``, is continued exactly: weights, optimizer, epoch and RNG state.
     on_epoch(metrics, checkpoint folder) runs after each epoch's checkpoint is written.
     """
+    started = time.perf_counter()
     device = resolve_device(config.train.device)
     if data is None:
         data = load_datasets(config.data, seed=config.train.seed, device=device)
@@ -218,7 +219,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         if epoch == config.train.epochs and final_eval:
             # The test metrics travel with the last epoch's report, so a scheduler that
             # stops trials at the last epoch still sees them.
-            final = _final(model, data, config, out, epoch)
+            final = _final(model, data, config, out, epoch, started)
         if on_epoch is not None:
             on_epoch({**row, **final}, ckpt_dir)
         result_final = final
@@ -228,15 +229,17 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         if start < config.train.epochs:
             result.final = result_final
         else:  # resumed after the last epoch: evaluate (again), report once more
-            result.final = _final(model, data, config, out, start)
+            result.final = _final(model, data, config, out, start, started)
             if on_epoch is not None and history:
                 on_epoch({**history[-1], **result.final}, ckpt_dir)
     return result
 
 
 def _final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
-           epoch: int) -> dict[str, Any]:
+           epoch: int, started: float) -> dict[str, Any]:
     final = test_metrics(model, data, config)
+    # Seconds inside fit in this process: training, validation, test metrics.
+    final[M.TOTAL_SECONDS] = time.perf_counter() - started
     if out is not None:
         ckpt.write_json(out / FINAL_FILE, {**final, M.EPOCH: epoch})
     return final

@@ -67,6 +67,7 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, data: Datasets) -
                            {k: v for k, v in config.items() if not k.startswith("_")})
     run = study.trial_config(params)
     torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per checkpoint
     work = Path(tempfile.mkdtemp(prefix="vae_study_trial_"))
     restored = tune.get_checkpoint()
 
@@ -180,7 +181,7 @@ def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
         "node": last.get(NODE_KEY),
     }
     for key in (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.TEST_SCALARS,
-                M.TEST_KL_PER_DIM):
+                M.TEST_KL_PER_DIM, M.TOTAL_SECONDS):
         row[key] = last.get(key)
     status = trial.status
     if status == "ERROR":
