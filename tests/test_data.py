@@ -6,8 +6,8 @@ import gzip
 
 import pytest
 import torch
-from conftest import tiny_images, write_amat, write_mnist
 
+from conftest import tiny_images, write_amat, write_mnist
 from vae_study.config import DataConfig
 from vae_study.data import Batches, load_datasets, read_amat, resolve_root
 from vae_study.errors import DataError

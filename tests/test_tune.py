@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import write_mnist
 
+from conftest import write_mnist
 from vae_study import results as R
 from vae_study.cli import main
 from vae_study.pareto import pareto_front

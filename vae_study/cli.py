@@ -85,6 +85,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+    from .study_folder import load_folder
+
+    name = load_folder(args.folder).study.name
+    out = build_report(args.folder, Path(args.out) if args.out else Path("reports") / name)
+    print(f"report: {out / 'index.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vae-study",
@@ -111,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--no-report", action="store_true",
                        help="do not build the report when the study ends")
     run_p.set_defaults(func=cmd_run)
+
+    rep_p = sub.add_parser("report", help="build the report of a study folder (no Ray needed; "
+                                          "works on running or interrupted studies)")
+    rep_p.add_argument("folder", help="the study folder, e.g. runs/beta_sweep")
+    rep_p.add_argument("--out", help="output folder (default reports/<name>)")
+    rep_p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -83,14 +83,14 @@ def read_results(path: Path):
 
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"trial_id": str, "node": str, "status": str})
     except FileNotFoundError:
         raise CheckpointError(f"no results table at {path}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is damaged ({str(exc).splitlines()[0]}); it is "
                               "rewritten from the study's trials when the study runs "
                               "again") from None
-    missing = [c for c in LEAD_COLUMNS if c not in frame.columns]
+    missing = [c for c in ("trial_id", "status") if c not in frame.columns]
     if missing:
         raise CheckpointError(f"{path} is not a vae_study results table (no {missing})")
     return frame

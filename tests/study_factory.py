@@ -1,0 +1,82 @@
+"""A study folder made by hand, as ``vae_study run`` leaves it, without Ray: study.yaml,
+results.csv, Ray's per-trial result.json and (for some trials) real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+from vae_study import metrics as M
+from vae_study import results as R
+from vae_study.checkpoint import write_yaml
+from vae_study.study_config import study_from_dict
+from vae_study.train import fit
+
+
+def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: int = 3,
+                      checkpoints: int = 3, statuses: list[str] | None = None,
+                      name: str = "made", seed: int = 0) -> Path:
+    """A study folder of ``n_trials`` over beta and latent size; the first ``checkpoints``
+    completed trials are trained for real (tiny), the others get plausible numbers."""
+    rng = random.Random(seed)
+    raw = {
+        "name": name,
+        "output": {"dir": str(tmp / "runs")},
+        "data": {"root": str(data_root), "val_size": 50},
+        "model": {"hidden": [32], "latent_dim": 2},
+        "train": {"epochs": epochs, "batch_size": 64, "device": "cpu"},
+        "eval": {"k": 8, "surgery_examples": 60},
+        "search": {"num_trials": n_trials, "max_concurrent": 1,
+                   "space": {"train.beta": {"log_uniform": [0.1, 10.0]},
+                             "model.latent_dim": {"choice": [2, 4]}}},
+    }
+    study = study_from_dict(raw)
+    folder = tmp / "runs" / name
+    folder.mkdir(parents=True)
+    write_yaml(folder / "study.yaml", study.to_dict())
+    statuses = statuses or [R.COMPLETED] * n_trials
+    rows = []
+    trained = 0
+    for i in range(n_trials):
+        trial_id = f"{i:08x}"
+        beta = math.exp(rng.uniform(math.log(0.1), math.log(10.0)))
+        latent = rng.choice([2, 4])
+        status = statuses[i % len(statuses)]
+        trial_dir = folder / "tune" / f"trial_{trial_id}"
+        trial_dir.mkdir(parents=True)
+        row = {"trial_id": trial_id, "optuna_trial": i, "status": status,
+               "train.beta": beta, "model.latent_dim": latent}
+        if status == R.COMPLETED and trained < checkpoints:
+            trained += 1
+            cfg = study.trial_config({"train.beta": beta, "model.latent_dim": latent})
+            res = fit(cfg, out_dir=trial_dir / "work")
+            (trial_dir / "work" / "checkpoint").rename(trial_dir / "checkpoint_000002")
+            history, final = res.history, res.final
+        else:
+            done = {R.COMPLETED: epochs, R.STOPPED: 1, R.RUNNING: 2, R.DIVERGED: 2,
+                    R.FAILED: 1, R.PENDING: 0}[status]
+            rate = 30.0 / (1 + beta) + rng.uniform(0, 2)
+            history = [{M.EPOCH: e, M.VAL_RATE: rate, M.VAL_DISTORTION: 200.0 / e + 100 / (
+                1 + rate), M.VAL_NEG_ELBO: rate + 200.0 / e + 100 / (1 + rate)}
+                       for e in range(1, done + 1)]
+            final = {}
+            if status == R.COMPLETED:
+                d = history[-1][M.VAL_DISTORTION]
+                final = {M.TEST_RATE: rate, M.TEST_DISTORTION: d, M.TEST_NEG_ELBO: rate + d,
+                         M.TEST_NLL: rate + d - 3, M.TEST_ACTIVE_UNITS: latent,
+                         M.TEST_MUTUAL_INFO: min(rate, 6.0), M.TEST_MARGINAL_KL: rate - min(
+                             rate, 6.0), M.TEST_KL_PER_DIM: [rate / latent] * latent}
+            if status in (R.DIVERGED, R.FAILED):
+                row[R.ERROR_KEY] = "training diverged: the loss is nan at epoch 2, batch 3"
+        with open(trial_dir / "result.json", "w") as f:
+            for h in history:
+                f.write(json.dumps({**h, "training_iteration": h[M.EPOCH]}) + "\n")
+        if history:
+            row[M.EPOCH] = history[-1][M.EPOCH]
+        row.update({k: v for k, v in final.items()})
+        rows.append(row)
+    R.write_results(folder / R.RESULTS_FILE, rows, ["train.beta", "model.latent_dim"],
+                    [(o.metric, o.mode) for o in study.search.objectives])
+    return folder

@@ -1,0 +1,397 @@
+"""The figures of a study report, matplotlib with the Agg backend (no display needed).
+
+Each function draws one PNG from ``Trial`` objects and returns its path, or None with a note
+when the study holds nothing to draw. Units are nats per example throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
+
+from . import metrics as M  # noqa: E402
+from .study_folder import Trial  # noqa: E402
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+DPI = 110
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _beta_colour(trials: Sequence[Trial]) -> tuple[Any, Any]:
+    betas = [t.beta for t in trials if t.beta > 0]
+    lo, hi = (min(betas), max(betas)) if betas else (1.0, 1.0)
+    if hi / lo > 1.0001:
+        norm: Any = LogNorm(vmin=lo, vmax=hi)
+    else:
+        norm = Normalize(vmin=lo * 0.5, vmax=hi * 1.5)
+    return norm, plt.get_cmap("viridis")
+
+
+def _marker_key(trials: Sequence[Trial]) -> tuple[str, dict[Any, str]]:
+    """Marker by latent size if it varies, else by K."""
+    for attr, label in (("latent_dim", "latent size"), ("k", "K")):
+        values = sorted({getattr(t, attr) for t in trials})
+        if len(values) > 1:
+            return attr, {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(values)} | {
+                "__label__": label}
+    return "latent_dim", {v: "o" for v in {t.latent_dim for t in trials}} | {
+        "__label__": "latent size"}
+
+
+def _staircase(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """The Pareto front of (rate, distortion) as a staircase, both minimised."""
+    pts = sorted(points)
+    xs, ys = [], []
+    for i, (x, y) in enumerate(pts):
+        if i:
+            xs.append(x)
+            ys.append(pts[i - 1][1])
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+def rate_distortion_plane(trials: Sequence[Trial], path: Path, *,
+                          show_paths: bool = True) -> Path | None:
+    """Figure 1: every finished trial at (rate, distortion); the Pareto front; iso -ELBO lines."""
+    from .pareto import pareto_front
+
+    done = [t for t in trials if t.finished and math.isfinite(t.value(M.TEST_RATE))
+            and math.isfinite(t.value(M.TEST_DISTORTION))]
+    if not done:
+        return None
+    norm, cmap = _beta_colour(done)
+    attr, markers = _marker_key(done)
+    fig, ax = plt.subplots(figsize=(8.5, 6.5))
+    if show_paths:
+        for t in done:
+            r = [h.get(M.VAL_RATE) for h in t.history]
+            d = [h.get(M.VAL_DISTORTION) for h in t.history]
+            if len(r) > 1:
+                ax.plot(r, d, "-", color=cmap(norm(t.beta)), alpha=0.25, lw=0.8, zorder=1)
+    for value in sorted({getattr(t, attr) for t in done}):
+        group = [t for t in done if getattr(t, attr) == value]
+        ax.scatter([t.value(M.TEST_RATE) for t in group],
+                        [t.value(M.TEST_DISTORTION) for t in group],
+                        c=[t.beta for t in group], cmap=cmap, norm=norm, s=55,
+                        marker=markers[value], edgecolors="black", linewidths=0.5, zorder=3,
+                        label=f"{markers['__label__']} {value}")
+    rates = np.array([t.value(M.TEST_RATE) for t in done])
+    dists = np.array([t.value(M.TEST_DISTORTION) for t in done])
+    front = pareto_front(list(zip(rates, dists, strict=True)), ["min", "min"])
+    fx, fy = _staircase([(rates[i], dists[i]) for i in front])
+    ax.plot(fx, fy, "-", color="crimson", lw=1.6, zorder=2, label="Pareto front")
+    # Lines of equal -ELBO: R + D = c. The best one touches the front where beta = 1 is
+    # the tangent slope (-1).
+    total = rates + dists
+    best = int(np.argmin(total))
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    levels = sorted({float(total[best])} | set(np.quantile(total, [0.5, 1.0]).tolist()))
+    for j, c in enumerate(levels):
+        xs = np.linspace(x0, x1, 50)
+        ax.plot(xs, c - xs, "--", color="grey" if j else "black", lw=0.9, zorder=0)
+        xl = min(max(c - y1 * 0.98, x0), x1)
+        ax.annotate(f"-ELBO = {c:.1f}" + (" (best)" if j == 0 else ""),
+                    (xl, c - xl), fontsize=8, color="black" if j == 0 else "grey",
+                    xytext=(4, 4), textcoords="offset points")
+    ax.scatter([rates[best]], [dists[best]], s=220, facecolors="none", edgecolors="crimson",
+               linewidths=1.8, zorder=4, label=f"best -ELBO (trial {done[best].trial_id})")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("rate R = KL(q(z|x) || p(z))  [nats per example]")
+    ax.set_ylabel("distortion D = -E_q[log p(x|z)]  [nats per example]")
+    ax.set_title("Rate-distortion plane of the study (test split)"
+                 + ("; faint lines: validation path over epochs" if show_paths else ""))
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="beta")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _not_varied(ax: Any, what: str) -> None:
+    ax.text(0.5, 0.5, f"{what} is not varied\nin this study", ha="center", va="center",
+            transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def knobs(trials: Sequence[Trial], path: Path) -> Path | None:
+    """Figure 2: beta against R and D per latent size; K against NLL and the bound's gap;
+    latent size against rate and active units."""
+    done = [t for t in trials if t.finished]
+    if not done:
+        return None
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    latents = sorted({t.latent_dim for t in done})
+    betas = {t.beta for t in done}
+    for ax, key, label in ((axes[0, 0], M.TEST_RATE, "rate R"),
+                           (axes[1, 0], M.TEST_DISTORTION, "distortion D")):
+        if len(betas) < 2:
+            _not_varied(ax, "beta")
+        else:
+            for i, lat in enumerate(latents):
+                group = sorted((t for t in done if t.latent_dim == lat), key=lambda t: t.beta)
+                ax.plot([t.beta for t in group], [t.value(key) for t in group],
+                        marker=MARKERS[i % len(MARKERS)], label=f"latent size {lat}")
+            ax.set_xscale("log")
+            ax.axvline(1.0, color="grey", ls=":", lw=1)
+            ax.legend(fontsize=8)
+        ax.set_xlabel("beta (log scale)")
+        ax.set_ylabel(f"test {label} [nats]")
+        ax.set_title(f"beta against {label}")
+    ks = sorted({t.k for t in done})
+    objectives = sorted({t.objective for t in done})
+    for ax, label in ((axes[0, 1], "nll"), (axes[1, 1], "gap")):
+        if len(ks) < 2:
+            _not_varied(ax, "K")
+        else:
+            for i, obj in enumerate(objectives):
+                by_k = {}
+                for t in done:
+                    if t.objective == obj:
+                        v = (t.value(M.TEST_NLL) if label == "nll"
+                             else t.value(M.TEST_NEG_ELBO) - t.value(M.TEST_NLL))
+                        by_k.setdefault(t.k, []).append(v)
+                xs = sorted(by_k)
+                ax.plot(xs, [float(np.nanmean(by_k[k])) for k in xs],
+                        marker=MARKERS[i], label=f"train objective {obj}")
+            ax.set_xscale("log")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("K, samples per example in training (log scale)")
+        if label == "nll":
+            ax.set_ylabel("test NLL = -L_K(eval.k) [nats]")
+            ax.set_title("K against test NLL (VAE = elbo, IWAE = iwae)")
+        else:
+            ax.set_ylabel("-ELBO - NLL [nats]")
+            ax.set_title("K against the gap between -ELBO and NLL")
+    for ax, key, label in ((axes[0, 2], M.TEST_RATE, "test rate R [nats]"),
+                           (axes[1, 2], M.TEST_ACTIVE_UNITS, "active units")):
+        if len(latents) < 2:
+            _not_varied(ax, "latent size")
+        else:
+            xs = latents
+            ys = [float(np.nanmean([t.value(key) for t in done if t.latent_dim == lat]))
+                  for lat in xs]
+            ax.plot(xs, ys, marker="o")
+            if key == M.TEST_ACTIVE_UNITS:
+                ax.plot(xs, xs, ":", color="grey", label="all units active")
+                ax.legend(fontsize=8)
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel("latent size (log scale)")
+        ax.set_ylabel(label)
+        ax.set_title(f"latent size against {label.split(' [')[0]}")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle("The knobs of the study against rate, distortion and the bound "
+                 "(finished trials; means where several share a value)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path) -> Path | None:
+    """Figure 3: mutual information against marginal KL; KL per latent dimension."""
+    done = [t for t in trials if t.finished and math.isfinite(t.value(M.TEST_MUTUAL_INFO))]
+    if not done:
+        return None
+    norm, cmap = _beta_colour(done)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    mi = np.array([t.value(M.TEST_MUTUAL_INFO) for t in done])
+    mkl = np.array([t.value(M.TEST_MARGINAL_KL) for t in done])
+    ax1.scatter(mi, mkl, c=[t.beta for t in done], cmap=cmap, norm=norm, s=50,
+                edgecolors="black", linewidths=0.5)
+    top = float(np.nanmax(mi + mkl)) * 1.05 if len(done) else 1.0
+    for c in np.linspace(top / 4, top, 4):
+        xs = np.linspace(0, c, 20)
+        ax1.plot(xs, c - xs, ":", color="grey", lw=0.8)
+        ax1.annotate(f"R = {c:.0f}", (c * 0.5, c * 0.5), fontsize=7, color="grey")
+    ax1.set_xlabel("mutual information I_q(x; z) [nats]")
+    ax1.set_ylabel("marginal KL(q(z) || p(z)) [nats]")
+    ax1.set_title("Where the rate goes: R = I(x; z) + KL(q(z) || p(z))")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax1, label="beta")
+    ax1.grid(alpha=0.3)
+    shown = [t for t in front if t.kl_per_dim][:8]
+    if shown:
+        for t in sorted(shown, key=lambda t: t.beta):
+            kl = sorted(t.kl_per_dim, reverse=True)
+            ax2.plot(range(1, len(kl) + 1), kl, marker=".", color=cmap(norm(t.beta)),
+                     label=f"trial {t.trial_id} (beta {t.beta:.3g})")
+        ax2.axhline(0.01, color="grey", ls=":", lw=1)
+        top = max(max(t.kl_per_dim) for t in shown)
+        ax2.set_yscale("symlog", linthresh=0.01)
+        ax2.set_ylim(0, top * 2)
+        ax2.xaxis.get_major_locator().set_params(integer=True)
+        ax2.legend(fontsize=7)
+    else:
+        _not_varied(ax2, "KL per dimension")
+    ax2.set_xlabel("latent dimension, sorted by its KL")
+    ax2.set_ylabel("KL of the dimension [nats] (symlog)")
+    ax2.set_title("KL per latent dimension, front trials (near 0: collapsed units)")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
+    """Figure 4: validation -ELBO, rate, distortion per epoch; stopped and failed distinct."""
+    with_history = [t for t in trials if t.history]
+    if not with_history:
+        return None
+    norm, cmap = _beta_colour(with_history)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    keys = ((M.VAL_NEG_ELBO, "validation -ELBO"), (M.VAL_RATE, "validation rate R"),
+            (M.VAL_DISTORTION, "validation distortion D"))
+    styles = {"completed": "-", "stopped": "--", "running": "-.", "pending": "-."}
+    for ax, (key, label) in zip(axes, keys, strict=True):
+        for t in with_history:
+            ep = [h[M.EPOCH] for h in t.history]
+            ys = [h.get(key) for h in t.history]
+            ax.plot(ep, ys, styles.get(t.status, ":"), color=cmap(norm(t.beta)), lw=1,
+                    alpha=0.85)
+            if t.status in ("failed", "diverged"):
+                ax.plot(ep[-1:], ys[-1:], "x", color="red", ms=9, mew=2)
+            elif t.status == "stopped":
+                ax.plot(ep[-1:], ys[-1:], "|", color="black", ms=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{label} [nats]")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="-", color="k", label="completed"),
+               Line2D([], [], ls="--", color="k", marker="|", label="stopped (scheduler)"),
+               Line2D([], [], ls="-.", color="k", label="running"),
+               Line2D([], [], ls=":", color="red", marker="x", label="failed or diverged")]
+    axes[2].legend(handles=handles, fontsize=8)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="beta")
+    fig.suptitle("Learning curves, coloured by beta")
+    return _save(fig, path)
+
+
+def _grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
+    """(rows*cols, 28, 28) -> one picture with a white gutter."""
+    h, w = images.shape[1:]
+    out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad))
+    for i in range(min(len(images), rows * cols)):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad):pad + r * (h + pad) + h,
+            pad + c * (w + pad):pad + c * (w + pad) + w] = images[i]
+    return out
+
+
+def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path,
+                   title: str) -> Path:
+    """Figure 5 for one trial: reconstructions, prior samples, traversals, the latent space."""
+    import torch
+
+    from .evaluate import encode_all
+    from .objectives import gaussian_kl
+
+    g = torch.Generator().manual_seed(0)
+    model.eval()
+    with torch.no_grad():
+        xs = x[:10]
+        mu, logvar = model.encode(xs)
+        recon = model.mean(model.decode(mu))
+        samples = model.mean(model.decode(torch.randn(32, model.latent_dim, generator=g)))
+        mu_all, logvar_all = encode_all(model, x[:5000])
+        kl = gaussian_kl(mu_all, logvar_all).mean(0)
+        dims = torch.argsort(kl, descending=True)[:min(6, model.latent_dim)]
+        steps = torch.linspace(-3, 3, 9)
+        base = mu_all[0]
+        trav = []
+        for d in dims:
+            z = base.repeat(len(steps), 1)
+            z[:, d] = steps
+            trav.append(model.mean(model.decode(z)))
+        trav_img = torch.cat(trav)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 10))
+    pair = torch.cat([xs, recon]).view(-1, 28, 28).numpy()
+    axes[0, 0].imshow(_grid(pair, 2, 10), cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("test images (top) and their reconstructions (bottom, from mean z)")
+    axes[0, 1].imshow(_grid(samples.view(-1, 28, 28).numpy(), 4, 8), cmap="gray", vmin=0, vmax=1)
+    axes[0, 1].set_title("samples: decoder mean at z ~ p(z) = N(0, I)")
+    axes[1, 0].imshow(_grid(trav_img.view(-1, 28, 28).numpy(), len(dims), len(steps)),
+                      cmap="gray", vmin=0, vmax=1)
+    axes[1, 0].set_title("traversals of the dimensions with most KL, z_d from -3 to 3\n(rows: "
+                         + ", ".join(f"dim {int(d)} ({float(kl[d]):.2f} nats)" for d in dims)
+                         + ")", fontsize=9)
+    for ax in (axes[0, 0], axes[0, 1], axes[1, 0]):
+        ax.axis("off")
+    pts = mu_all.numpy()
+    if pts.shape[1] > 2:  # project on the two principal directions
+        centred = pts - pts.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        pts = centred @ vt[:2].T
+        axes[1, 1].set_xlabel("principal direction 1 of E_q[z]")
+        axes[1, 1].set_ylabel("principal direction 2 of E_q[z]")
+        how = "PCA projection of E_q[z]"
+    else:
+        if pts.shape[1] == 1:
+            pts = np.concatenate([pts, np.zeros_like(pts)], 1)
+        axes[1, 1].set_xlabel("E_q[z_1]")
+        axes[1, 1].set_ylabel("E_q[z_2]")
+        how = "E_q[z]"
+    if labels is not None:
+        sc = axes[1, 1].scatter(pts[:, 0], pts[:, 1], c=labels[:len(pts)].numpy(), cmap="tab10",
+                                s=3, alpha=0.7)
+        fig.colorbar(sc, ax=axes[1, 1], label="class label")
+    else:
+        axes[1, 1].scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5)
+    axes[1, 1].set_title(f"test set in latent space ({how}), {len(pts)} examples")
+    axes[1, 1].grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def search_history(optuna_study: Any, objective: str, path: Path) -> Path | None:
+    """Figure 6: Optuna's optimisation history and parameter importance."""
+    import optuna
+
+    done = [t for t in optuna_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 2:
+        return None
+    multi = len(optuna_study.directions) > 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    numbers = [t.number for t in done]
+    values = [t.values[0] for t in done]
+    ax1.plot(numbers, values, "o", label=objective)
+    if not multi:
+        best = np.minimum.accumulate(values) if optuna_study.direction.name == "MINIMIZE" \
+            else np.maximum.accumulate(values)
+        ax1.plot(numbers, best, "-", color="crimson", label="best so far")
+    ax1.set_xlabel("Optuna trial number")
+    ax1.set_ylabel(f"{objective} [nats]")
+    ax1.set_title("Search history" + (" (first objective)" if multi else ""))
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    try:
+        target = (lambda t: t.values[0]) if multi else None
+        imp = optuna.importance.get_param_importances(optuna_study, target=target)
+    except Exception as exc:  # too few trials, a single parameter value, ...
+        imp = {}
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        ax2.text(0.5, 0.5, f"parameter importance unavailable:\n{reason}", ha="center",
+                 va="center", transform=ax2.transAxes, wrap=True, color="grey")
+    if imp:
+        names = list(imp)[::-1]
+        ax2.barh(names, [imp[n] for n in names])
+        ax2.set_xlabel(f"importance for {objective} (fANOVA)")
+    ax2.set_title("Parameter importance")
+    fig.tight_layout()
+    return _save(fig, path)
