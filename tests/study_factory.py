@@ -17,9 +17,10 @@ from vae_study.train import fit
 
 def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: int = 3,
                       checkpoints: int = 3, statuses: list[str] | None = None,
-                      name: str = "made", seed: int = 0) -> Path:
+                      name: str = "made", seed: int = 0, offset: float = 0.0) -> Path:
     """A study folder of ``n_trials`` over beta and latent size; the first ``checkpoints``
-    completed trials are trained for real (tiny), the others get plausible numbers."""
+    completed trials are trained for real (tiny), the others get plausible numbers (their
+    distortions raised by ``offset``)."""
     rng = random.Random(seed)
     raw = {
         "name": name,
@@ -58,9 +59,11 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
             done = {R.COMPLETED: epochs, R.STOPPED: 1, R.RUNNING: 2, R.DIVERGED: 2,
                     R.FAILED: 1, R.PENDING: 0}[status]
             rate = 30.0 / (1 + beta) + rng.uniform(0, 2)
-            history = [{M.EPOCH: e, M.VAL_RATE: rate, M.VAL_DISTORTION: 200.0 / e + 100 / (
-                1 + rate), M.VAL_NEG_ELBO: rate + 200.0 / e + 100 / (1 + rate)}
-                       for e in range(1, done + 1)]
+            history = []
+            for e in range(1, done + 1):
+                d = offset + 200.0 / e + 100 / (1 + rate)
+                history.append({M.EPOCH: e, M.VAL_RATE: rate, M.VAL_DISTORTION: d,
+                                M.VAL_NEG_ELBO: rate + d})
             final = {}
             if status == R.COMPLETED:
                 d = history[-1][M.VAL_DISTORTION]

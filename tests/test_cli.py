@@ -90,3 +90,13 @@ def test_python_dash_m_and_console_script(tmp_path, mnist_root):
     assert r.returncode == 2 and "train.beta" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(["vae-study", "--help"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "fit" in r.stdout
+
+
+def test_the_training_core_and_fit_import_neither_ray_nor_optuna():
+    code = ("import sys, vae_study, vae_study.train, vae_study.evaluate, vae_study.cli; "
+            "vae_study.cli.build_parser(); "
+            "bad = [m for m in ('ray', 'optuna', 'matplotlib', 'pandas') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -69,9 +69,13 @@ def _optuna_states(folder: Path, name: str) -> dict[str, int]:
 def test_study_runs_end_to_end(tmp_path, capsys):
     ray_results = Path.home() / "ray_results"
     existed = ray_results.exists()
-    path = _write(tmp_path, _study(tmp_path))
+    path = _write(tmp_path, _study(tmp_path, **{
+        "report.enabled": True, "report.dir": str(tmp_path / "reports")}))
     assert main(["run", str(path)]) == 0
     folder = tmp_path / "runs" / "tiny"
+    report = tmp_path / "reports" / "tiny"
+    assert {"index.html", "rate_distortion.png", "search.png"} <= {
+        p.name for p in report.iterdir()}
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 4 and table["trial_id"].is_unique
     assert set(table["status"]) == {R.COMPLETED}
@@ -93,7 +97,7 @@ def test_study_runs_end_to_end(tmp_path, capsys):
 
     # The same command again: everything is finished, nothing is re-run.
     before = table.set_index("trial_id")["test/nll"].to_dict()
-    assert main(["run", str(path)]) == 0
+    assert main(["run", str(path), "--no-report"]) == 0
     again = R.read_results(folder / R.RESULTS_FILE)
     assert again.set_index("trial_id")["test/nll"].to_dict() == pytest.approx(before)
     assert _optuna_states(folder, "tiny") == {"COMPLETE": 4}

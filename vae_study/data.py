@@ -195,25 +195,25 @@ def _from_class(cls: type, root: Path) -> tuple[Split, Split]:
 
 def read_amat(path: Path) -> torch.Tensor:
     """Read an ``.amat`` or ``.amat.gz`` file into a (N, 784) float tensor of 0s and 1s."""
-    import numpy as np
-
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}; the file is damaged, replace it") from None
-    chars = np.frombuffer(raw, dtype=np.uint8)
-    lines = int(np.count_nonzero(chars == ord("\n")))
-    if chars.size and chars[-1] != ord("\n"):
+    chars = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(
+        0, dtype=torch.uint8)
+    newline, zero, one = ord("\n"), ord("0"), ord("1")
+    lines = int((chars == newline).sum())
+    if chars.numel() and int(chars[-1]) != newline:
         lines += 1
-    digits = chars[(chars == ord("0")) | (chars == ord("1"))]
-    others = chars[(chars != ord("0")) & (chars != ord("1")) & (chars != ord(" "))
-                   & (chars != ord("\n")) & (chars != ord("\r"))]
-    if others.size or lines == 0 or digits.size != lines * NUM_PIXELS:
+    is_digit = (chars == zero) | (chars == one)
+    blank = (chars == ord(" ")) | (chars == newline) | (chars == ord("\r"))
+    digits = chars[is_digit]
+    if bool((~is_digit & ~blank).any()) or lines == 0 or digits.numel() != lines * NUM_PIXELS:
         raise DataError(f"{path} is not a binarized-MNIST .amat file: expected lines of 784 "
-                        f"0/1 values, found {digits.size} values on {lines} lines")
-    return torch.from_numpy((digits - ord("0")).astype(np.float32)).reshape(lines, NUM_PIXELS)
+                        f"0/1 values, found {digits.numel()} values on {lines} lines")
+    return (digits - zero).float().reshape(lines, NUM_PIXELS)
 
 
 def _amat_path(root: Path, split: str) -> Path | None:

@@ -383,6 +383,9 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     # The objectives (test/...) exist only in a trial's last report; the epochs before it
     # report the val/ metrics alone, which Tune's strict check would reject.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Keeping one checkpoint per trial makes Tune snapshot its experiment state after every
+    # epoch: what a killed driver resumes from stays current. Its warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     print(f"vae_study run: study {study.name!r} in {folder}"
           + (" (continuing)" if resume else ""), flush=True)
     data = load_datasets(study.base.data, seed=study.base.train.seed)  # once, for all trials
