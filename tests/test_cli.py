@@ -100,3 +100,24 @@ def test_the_training_core_and_fit_import_neither_ray_nor_optuna():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ("search: {num_trials: 2, space: {}}\n", "search.space: empty"),
+    ("search: {num_trials: 2, max_concurrent: 3, space: {train.beta: {uniform: [0.5, 2]}}}\n",
+     "more than search.num_trials"),
+    ("search: {space: {train.beta: {log_uniform: [0, 2]}}}\n", "log scale needs low > 0"),
+    ("search: {space: {train.beta: {choice: [1]}}, objectives: [test/elbo]}\n",
+     "unknown metric 'test/elbo'"),
+    ("search: {space: {train.beta: {choice: [1]}}}\nresources: {gpus_per_trial: 2.5}\n",
+     "resources.gpus_per_trial: got 2.5"),
+    ("search: {space: {train.beta: {choice: [1]}}}\ntrain: [1\n", "not valid YAML"),
+])
+def test_run_refuses_bad_study_files_before_starting_anything(tmp_path, capsys, extra,
+                                                              fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: bad\noutput: {{dir: {tmp_path / 'runs'}}}\n" + extra)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

@@ -327,10 +327,16 @@ def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path,
     axes[0, 1].set_title("samples: decoder mean at z ~ p(z) = N(0, I)")
     axes[1, 0].imshow(_grid(trav_img.view(-1, 28, 28).numpy(), len(dims), len(steps)),
                       cmap="gray", vmin=0, vmax=1)
-    axes[1, 0].set_title("traversals of the dimensions with most KL, z_d from -3 to 3\n(rows: "
-                         + ", ".join(f"dim {int(d)} ({float(kl[d]):.2f} nats)" for d in dims)
-                         + ")", fontsize=9)
-    for ax in (axes[0, 0], axes[0, 1], axes[1, 0]):
+    axes[1, 0].set_title("traversals of the dimensions with most KL: z_d from -3 to 3, "
+                         "the rest at E_q[z] of a test image", fontsize=10)
+    row = 28 + 2
+    axes[1, 0].set_yticks([2 + row * i + 14 for i in range(len(dims))])
+    axes[1, 0].set_yticklabels([f"dim {int(d)}\n{float(kl[d]):.2f} nats" for d in dims],
+                               fontsize=8)
+    axes[1, 0].set_xticks([])
+    for spine in axes[1, 0].spines.values():
+        spine.set_visible(False)
+    for ax in (axes[0, 0], axes[0, 1]):
         ax.axis("off")
     pts = mu_all.numpy()
     if pts.shape[1] > 2:  # project on the two principal directions

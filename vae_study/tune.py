@@ -35,9 +35,8 @@ from .data import Datasets, load_datasets
 from .errors import TrainingDiverged, VaeStudyError
 from .search import decode_params, define_by_run, encode_point, make_sampler, make_storage
 from .study_config import StudyConfig
+from .study_folder import STUDY_FILE, TUNE_DIR
 
-TUNE_DIR = "tune"
-STUDY_FILE = "study.yaml"
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
 
@@ -379,6 +378,8 @@ def check_shared_storage(folder: Path) -> None:
 
 def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> Path:
     """Run (or continue) a study to ``search.num_trials`` trials; returns its folder."""
+    # The dataset first: missing or damaged files stop the study before its folder exists.
+    data = load_datasets(study.base.data, seed=study.base.train.seed)  # once, for all trials
     folder, resume = prepare_folder(study, fresh=fresh)
     # The objectives (test/...) exist only in a trial's last report; the epochs before it
     # report the val/ metrics alone, which Tune's strict check would reject.
@@ -388,7 +389,6 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     print(f"vae_study run: study {study.name!r} in {folder}"
           + (" (continuing)" if resume else ""), flush=True)
-    data = load_datasets(study.base.data, seed=study.base.train.seed)  # once, for all trials
     started_here = not ray.is_initialized()
     start_ray(study)
     try:
