@@ -8,6 +8,10 @@ import math
 import random
 from pathlib import Path
 
+import optuna
+import yaml
+
+from conftest import write_mnist
 from vae_study import metrics as M
 from vae_study import results as R
 from vae_study.checkpoint import write_yaml
@@ -83,3 +87,46 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
     R.write_results(folder / R.RESULTS_FILE, rows, ["train.beta", "model.latent_dim"],
                     [(o.metric, o.mode) for o in study.search.objectives])
     return folder
+
+
+def tiny_study(tmp_path: Path, **over) -> dict:
+    """A small study over tiny MNIST-format data (written once under tmp_path); ``over``
+    sets dotted keys, e.g. ``**{"search.num_trials": 2}``."""
+    root = tmp_path / "data"
+    if not (root / "mnist").exists():
+        write_mnist(root, n_train=600, n_test=200)
+    raw = {
+        "name": "tiny",
+        "output": {"dir": str(tmp_path / "runs")},
+        "data": {"root": str(root), "val_size": 100},
+        "model": {"hidden": [32], "latent_dim": 2},
+        "train": {"epochs": 2, "batch_size": 100, "device": "cpu"},
+        "eval": {"k": 10, "surgery_examples": 100},
+        "search": {"algorithm": "tpe", "num_trials": 4, "max_concurrent": 2,
+                   "space": {"train.beta": {"log_uniform": [0.1, 10.0]},
+                             "model.latent_dim": {"choice": [2, 4]}}},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},  # no GPU here: CPU
+        "ray": {"dashboard": False},
+        "report": {"enabled": False},
+    }
+    for dotted, value in over.items():
+        section, _, key = dotted.partition(".")
+        if key:
+            raw.setdefault(section, {})[key] = value
+        else:
+            raw[section] = value
+    return raw
+
+
+def write_study(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def optuna_states(folder: Path, name: str) -> dict[str, int]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts

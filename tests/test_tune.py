@@ -1,13 +1,9 @@
-"""Studies under a real Ray: end to end, resume after the driver is killed, multi-objective,
-a two-node cluster, and the checks made before anything is scheduled."""
+"""Studies under a real Ray: end to end and rerun, multi-objective, a two-node cluster, and
+the checks made before anything is scheduled. Faults are in test_faults.py."""
 
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +11,9 @@ import optuna
 import pytest
 import yaml
 
-from conftest import write_mnist
+from study_factory import optuna_states as _optuna_states
+from study_factory import tiny_study as _study
+from study_factory import write_study as _write
 from vae_study import results as R
 from vae_study.cli import main
 from vae_study.pareto import pareto_front
@@ -23,47 +21,6 @@ from vae_study.study_config import study_from_dict
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _study(tmp_path: Path, **over) -> dict:
-    root = tmp_path / "data"
-    if not (root / "mnist").exists():
-        write_mnist(root, n_train=600, n_test=200)
-    raw = {
-        "name": "tiny",
-        "output": {"dir": str(tmp_path / "runs")},
-        "data": {"root": str(root), "val_size": 100},
-        "model": {"hidden": [32], "latent_dim": 2},
-        "train": {"epochs": 2, "batch_size": 100, "device": "cpu"},
-        "eval": {"k": 10, "surgery_examples": 100},
-        "search": {"algorithm": "tpe", "num_trials": 4, "max_concurrent": 2,
-                   "space": {"train.beta": {"log_uniform": [0.1, 10.0]},
-                             "model.latent_dim": {"choice": [2, 4]}}},
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},  # no GPU here: CPU
-        "ray": {"dashboard": False},
-        "report": {"enabled": False},
-    }
-    for dotted, value in over.items():
-        section, _, key = dotted.partition(".")
-        if key:
-            raw.setdefault(section, {})[key] = value
-        else:
-            raw[section] = value
-    return raw
-
-
-def _write(tmp_path: Path, raw: dict) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def _optuna_states(folder: Path, name: str) -> dict[str, int]:
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
-    counts: dict[str, int] = {}
-    for t in study.trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts
 
 
 def test_study_runs_end_to_end(tmp_path, capsys):
@@ -108,60 +65,6 @@ def test_study_runs_end_to_end(tmp_path, capsys):
         "search.space": {"train.beta": {"log_uniform": [0.5, 2.0]}}}))
     assert main(["run", str(changed)]) == 2
     assert "another search section" in capsys.readouterr().err
-
-
-def test_driver_killed_mid_study_then_resumed_keeps_every_trial_once(tmp_path):
-    # Trials long enough (a few seconds) to be caught half-way.
-    write_mnist(tmp_path / "big", n_train=3000, n_test=200)
-    raw = _study(tmp_path, **{"search.num_trials": 4, "search.max_concurrent": 1,
-                              "train.epochs": 15, "model.hidden": [256],
-                              "data.root": str(tmp_path / "big")})
-    path = _write(tmp_path, raw)
-    folder = tmp_path / "runs" / "tiny"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "vae_study", "run", str(path)]
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.monotonic() + 240
-    done_before: dict[str, float] = {}
-    interrupted: list[str] = []
-    try:
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            try:
-                table = R.read_results(folder / R.RESULTS_FILE)
-            except Exception:
-                continue
-            done = table[table["status"] == R.COMPLETED]
-            running = table[table["status"] == R.RUNNING]
-            if len(done) >= 1 and len(running) >= 1 and (running["epoch"] >= 1).any():
-                done_before = done.set_index("trial_id")["test/nll"].to_dict()
-                interrupted = running["trial_id"].tolist()
-                break
-        else:
-            pytest.fail("the study did not get one trial done in time")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
-        proc.wait()
-        log.close()
-    time.sleep(2)
-
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=400)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 4 and table["trial_id"].is_unique
-    assert set(table["status"]) == {R.COMPLETED}
-    after = table.set_index("trial_id")["test/nll"].to_dict()
-    for trial_id, nll in done_before.items():  # finished trials kept, not re-run
-        assert after[trial_id] == pytest.approx(nll)
-    for trial_id in interrupted:  # the interrupted trial continued under its own id
-        assert trial_id in after
-    states = _optuna_states(folder, "tiny")
-    assert states.get("COMPLETE") == 4 and "RUNNING" not in states
 
 
 def test_multi_objective_study_returns_its_pareto_set(tmp_path):

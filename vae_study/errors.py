@@ -20,16 +20,16 @@ class DataError(VaeStudyError):
 
 
 class TrainingDiverged(VaeStudyError):
-    """The loss became NaN or infinite; training stopped instead of going on silently."""
+    """The loss (or a metric) became NaN or infinite; the run stopped instead of going on."""
 
-    def __init__(self, epoch: int, batch: int, value: float) -> None:
+    def __init__(self, epoch: int, batch: int, value: float, what: str = "the loss") -> None:
         self.epoch = epoch
         self.batch = batch
         self.value = value
+        where = f"epoch {epoch}, batch {batch}" if batch else f"the end of epoch {epoch}"
         super().__init__(
-            f"training diverged: the loss is {value} at epoch {epoch}, batch {batch}; "
-            "lower train.lr or change the model (the run stopped; its last good checkpoint "
-            "is kept)"
+            f"training diverged: {what} is {value} at {where}; lower train.lr or train.beta, "
+            "or change the model (the run stopped; its last good checkpoint is kept)"
         )
 
 

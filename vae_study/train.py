@@ -122,8 +122,9 @@ def validate(model: VAE, data: Datasets, seed: int, epoch: int) -> dict[str, flo
     model.train()
     out = {M.VAL_NEG_ELBO: terms["neg_elbo"], M.VAL_RATE: terms["rate"],
            M.VAL_DISTORTION: terms["distortion"]}
-    if not all(math.isfinite(v) for v in out.values()):
-        raise TrainingDiverged(epoch, len(data.train), out[M.VAL_NEG_ELBO])
+    for key, value in out.items():
+        if not math.isfinite(value):
+            raise TrainingDiverged(epoch, 0, value, what=key)
     return out
 
 
@@ -238,6 +239,9 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
 def _final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
            epoch: int, started: float) -> dict[str, Any]:
     final = test_metrics(model, data, config)
+    for key in M.TEST_SCALARS:  # a NaN test metric is a diverged run, not a result
+        if not math.isfinite(final[key]):
+            raise TrainingDiverged(epoch, 0, final[key], what=key)
     # Seconds inside fit in this process: training, validation, test metrics.
     final[M.TOTAL_SECONDS] = time.perf_counter() - started
     if out is not None:

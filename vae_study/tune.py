@@ -10,9 +10,11 @@ The only module that imports Ray. A study lives in ``<output.dir>/<name>/``:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -214,8 +216,19 @@ def _first_line(trial: Any) -> str:
 
 
 def write_table(study: StudyConfig, folder: Path, trials: list) -> None:
-    R.write_results(folder / R.RESULTS_FILE, [trial_row(t, study) for t in trials],
-                    [p.key for p in study.search.space],
+    """results.csv from Ray's trials. A finished trial Ray no longer knows keeps its row; an
+    unfinished one was started after Ray's last snapshot and is run again under a new id."""
+    rows = [trial_row(t, study) for t in trials]
+    known = {r["trial_id"] for r in rows}
+    path = folder / R.RESULTS_FILE
+    if path.is_file():
+        try:
+            previous = R.read_results(path).to_dict("records")
+        except VaeStudyError:
+            previous = []  # a damaged table is rebuilt from Ray's trials
+        rows += [r for r in previous
+                 if r["trial_id"] not in known and r.get("status") in R.FINISHED]
+    R.write_results(path, rows, [p.key for p in study.search.space],
                     [(o.metric, o.mode) for o in study.search.objectives])
 
 
@@ -294,18 +307,49 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
     return folder, resume
 
 
+def ensure_private_token() -> Path | None:
+    """Keep Ray's token authentication on, with a token file only its owner can read.
+
+    Ray (2.52+) turns token authentication on for a local cluster and, when no token
+    exists, writes one to ~/.ray/auth_token with the default (world-readable) mode. We
+    create it first, mode 0600, so Ray uses ours. A token file someone else made that
+    other users can read is left alone, with a warning.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        warnings.warn("RAY_AUTH_MODE=disabled: anyone who reaches this Ray cluster's ports "
+                      "can run code on it", stacklevel=2)
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            warnings.warn(f"{path}, the Ray authentication token, is readable by other users; "
+                          f"run: chmod 600 {path}", stacklevel=2)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made by a process beside us in the meantime
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # what Ray's own generator makes
+    return path
+
+
 def start_ray(study: StudyConfig) -> Any:
     """Start a local Ray, or join the cluster at ray.address; print the dashboard URL."""
     cfg = study.ray
     if cfg.dashboard and cfg.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
-        warnings.warn(f"ray.dashboard_host={cfg.dashboard_host}: the Ray dashboard (which can "
-                      "submit jobs that run code) is reachable by anyone who can reach this "
-                      "host on port " + str(cfg.dashboard_port), stacklevel=2)
+        warnings.warn(f"ray.dashboard_host={cfg.dashboard_host}: the Ray dashboard, which "
+                      "can submit jobs that run code, is reachable by anyone who can reach "
+                      f"this host on port {cfg.dashboard_port}", stacklevel=2)
     if ray.is_initialized():
         return ray.get_runtime_context()
     kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": logging.WARNING,
                               "log_to_driver": True}
     if cfg.address is None:
+        ensure_private_token()
         kwargs.update(include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host,
                       dashboard_port=cfg.dashboard_port)
     try:
@@ -314,6 +358,11 @@ def start_ray(study: StudyConfig) -> Any:
         raise StudyError(f"ray.address={cfg.address}: no Ray cluster answers ({exc}); start "
                          "one with 'ray start --head' or leave ray.address unset for a local "
                          "Ray") from None
+    except ray.exceptions.AuthenticationError as exc:
+        raise StudyError(f"ray.address={cfg.address}: the cluster asks for its "
+                         f"authentication token ({str(exc).splitlines()[0]}); copy the head "
+                         "node's ~/.ray/auth_token here (chmod 600) or set "
+                         "RAY_AUTH_TOKEN_PATH") from None
     url = getattr(ctx, "dashboard_url", None)
     if url:
         print(f"Ray dashboard: http://{url}", flush=True)
@@ -381,6 +430,7 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     # The dataset first: missing or damaged files stop the study before its folder exists.
     data = load_datasets(study.base.data, seed=study.base.train.seed)  # once, for all trials
     folder, resume = prepare_folder(study, fresh=fresh)
+    check_optuna_db(folder, study.name)
     # The objectives (test/...) exist only in a trial's last report; the epochs before it
     # report the val/ metrics alone, which Tune's strict check would reject.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -399,8 +449,15 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
             {"cpu": resources["cpu"], "gpu": resources["gpu"]})
         tune_dir = folder / TUNE_DIR
         if tune.Tuner.can_restore(str(tune_dir.resolve())):
-            tuner = tune.Tuner.restore(str(tune_dir.resolve()), trainable,
-                                       resume_unfinished=True, resume_errored=True)
+            check_tune_state(tune_dir)
+            try:
+                tuner = tune.Tuner.restore(str(tune_dir.resolve()), trainable,
+                                           resume_unfinished=True, resume_errored=True)
+            except Exception as exc:
+                raise StudyError(f"Ray Tune's experiment state in {tune_dir} cannot be "
+                                 f"restored ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing "
+                                 "was changed; start the study over with --fresh") from None
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -420,6 +477,34 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
         if started_here:
             ray.shutdown()
     return folder
+
+
+def check_tune_state(tune_dir: Path) -> None:
+    """Ray Tune skips an experiment state it cannot parse and starts the trials over; a
+    damaged state must stop the study instead, before anything is overwritten."""
+    for path in sorted(tune_dir.glob("experiment_state-*.json"))[-1:]:
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StudyError(f"Ray Tune's experiment state {path} cannot be restored "
+                             f"({type(exc).__name__}: {exc}); nothing was changed; start "
+                             "the study over with --fresh") from None
+
+
+def check_optuna_db(folder: Path, name: str) -> None:
+    """A damaged optuna.db is a clear error before anything is scheduled, not a crash."""
+    db = folder / "optuna.db"
+    if not db.exists():
+        return
+    try:
+        storage = make_storage(folder)
+        optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return  # the file exists but this study was never created in it (killed early)
+    except Exception as exc:
+        raise StudyError(f"{db} cannot be read ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); it was left as "
+                         "it is; move it away or start over with --fresh") from None
 
 
 def _tune_config(study: StudyConfig, folder: Path) -> Any:

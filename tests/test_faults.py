@@ -1,0 +1,451 @@
+"""Faults, bad input and hostile input: each is injected and its outcome asserted.
+
+The slow ones start real Ray clusters (a driver killed at several points, a worker process
+killed, a diverging trial, a node removed); the rest run in seconds without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import write_mnist
+from study_factory import optuna_states, tiny_study, write_study
+from vae_study import checkpoint as ckpt
+from vae_study import results as R
+from vae_study.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _history(folder: Path, trial_id: str) -> list[dict]:
+    rows = []
+    path = folder / "tune" / f"trial_{trial_id}" / "result.json"
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return [r for r in rows if "val/neg_elbo" in r]
+
+
+def _table(folder: Path):
+    try:
+        return R.read_results(folder / R.RESULTS_FILE)
+    except Exception:
+        return None
+
+
+def _slow_trials(tmp_path: Path, **over) -> dict:
+    """Trials of a few seconds each, long enough to be caught half-way."""
+    if not (tmp_path / "big" / "mnist").exists():
+        write_mnist(tmp_path / "big", n_train=3000, n_test=200)
+    keys = {"train.epochs": 30, "model.hidden": [256], "data.root": str(tmp_path / "big"),
+            "search.num_trials": 4, "search.max_concurrent": 1}
+    keys.update(over)
+    return tiny_study(tmp_path, **keys)
+
+
+def _start_driver(tmp_path: Path, path: Path, log_name: str, env: dict | None = None):
+    log = open(tmp_path / log_name, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "vae_study", "run", str(path),
+                             "--no-report"], cwd=tmp_path, env={**os.environ, **(env or {}),
+                                                               "PYTHONUNBUFFERED": "1"},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def _wait_for(proc, log, condition, timeout: float = 240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if proc.poll() is not None:
+            log.flush()
+            pytest.fail("the driver ended before the fault could be injected:\n"
+                        + Path(log.name).read_text()[-3000:])
+        found = condition()
+        if found:
+            return found
+    pytest.fail("the condition for the fault never held")
+
+
+def _finish_again(tmp_path: Path, path: Path, env: dict | None = None) -> None:
+    r = subprocess.run([sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+                       cwd=tmp_path, env={**os.environ, **(env or {})}, capture_output=True,
+                       text=True, timeout=500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------
+# Faults (slow: real Ray).
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["first_trial_starting", "mid_trial", "two_done"])
+def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
+    path = write_study(tmp_path, _slow_trials(tmp_path))
+    folder = tmp_path / "runs" / "tiny"
+    token = tmp_path / "auth_token"
+    env = {"RAY_AUTH_TOKEN_PATH": str(token)}
+
+    def condition():
+        table = _table(folder)
+        if table is None:
+            return None
+        done = table[table["status"] == R.COMPLETED]
+        running = table[table["status"] == R.RUNNING]
+        if point == "first_trial_starting":
+            ok = len(table) >= 1
+        elif point == "mid_trial":
+            ok = len(done) >= 1 and (running["epoch"].fillna(0) >= 3).any()
+        else:
+            ok = len(done) >= 2
+        if not ok:
+            return None
+        return (done.set_index("trial_id")["test/nll"].to_dict(),
+                running[running["epoch"].fillna(0) >= 3]["trial_id"].tolist())
+
+    proc, log = _start_driver(tmp_path, path, "first.log", env)
+    try:
+        done_before, interrupted = _wait_for(proc, log, condition)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        proc.wait()
+        log.close()
+    # The token Ray uses was made by us, readable by its owner only.
+    assert token.is_file() and stat.S_IMODE(token.stat().st_mode) == 0o600
+
+    _finish_again(tmp_path, path, env)
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 4 and table["trial_id"].is_unique
+    assert set(table["status"]) == {R.COMPLETED}
+    after = table.set_index("trial_id")["test/nll"].to_dict()
+    for trial_id, nll in done_before.items():  # finished trials untouched, not re-run
+        assert after[trial_id] == pytest.approx(nll)
+        assert len({r["pid"] for r in _history(folder, trial_id)}) == 1
+    for trial_id in interrupted:  # resumed from its checkpoint, not from epoch 1
+        rows = _history(folder, trial_id)
+        pids = list(dict.fromkeys(r["pid"] for r in rows))
+        assert len(pids) == 2, pids
+        first_resumed = next(r for r in rows if r["pid"] == pids[1])
+        assert first_resumed["epoch"] > 1
+    states = optuna_states(folder, "tiny")
+    assert states.get("COMPLETE") == 4 and "RUNNING" not in states and "WAITING" not in states
+
+
+@pytest.mark.slow
+def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
+    path = write_study(tmp_path, _slow_trials(tmp_path, **{"search.num_trials": 2}))
+    folder = tmp_path / "runs" / "tiny"
+
+    def running_trial():
+        table = _table(folder)
+        if table is None:
+            return None
+        running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
+        if running.empty:
+            return None
+        trial_id = running["trial_id"].iloc[0]
+        rows = _history(folder, trial_id)
+        return (trial_id, rows[-1]["pid"]) if rows else None
+
+    proc, log = _start_driver(tmp_path, path, "run.log")
+    try:
+        trial_id, pid = _wait_for(proc, log, running_trial)
+        os.kill(pid, signal.SIGKILL)  # the trial's worker, once
+        assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+    rows = _history(folder, trial_id)
+    pids = list(dict.fromkeys(r["pid"] for r in rows))
+    assert pids[0] == pid and len(pids) == 2
+    assert next(r for r in rows if r["pid"] == pids[1])["epoch"] > 1
+    assert rows[-1]["epoch"] == 30
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tmp_path):
+    raw = tiny_study(tmp_path, **{
+        "search.num_trials": 3,
+        "search.max_concurrent": 1,
+        "search.space": {"train.lr": {"choice": [0.001, 1.0e8]}},
+        "search.points_to_evaluate": [{"train.lr": 1.0e8}, {"train.lr": 0.001}],
+        "model.activation": "elu",
+        "train.epochs": 3,
+        "report.enabled": True,
+        "report.dir": str(tmp_path / "reports"),
+    })
+    assert main(["run", str(write_study(tmp_path, raw))]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 3
+    bad = table[table["train.lr"] == 1.0e8]
+    good = table[table["train.lr"] == 0.001]
+    assert len(bad) >= 1 and len(good) >= 1
+    assert set(bad["status"]) == {R.DIVERGED} and set(good["status"]) == {R.COMPLETED}
+    assert bad["error"].str.contains("training diverged").all()
+    assert not bad["pareto"].any()
+    for trial_id in bad["trial_id"]:  # not retried: one worker, one pass
+        assert len({r["pid"] for r in json.loads("[" + ",".join(
+            (folder / "tune" / f"trial_{trial_id}" / "result.json").read_text().split(
+                "\n")[:-1]) + "]")}) == 1
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'optuna.db'}")
+    by_number = {t.number: t for t in study.trials}
+    for n in bad["optuna_trial"]:
+        assert by_number[int(n)].state == optuna.trial.TrialState.FAIL
+    assert study.best_trial.params["train.lr"] == 0.001
+    summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
+    assert "diverged" in summary and "training diverged" in summary
+
+
+@pytest.mark.slow
+def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from vae_study.study_config import study_from_dict
+    from vae_study.tune import run_study
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                                                            "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    removed = {}
+
+    def remove_worker_when_busy():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not removed:
+            time.sleep(0.2)
+            table = _table(tmp_path / "runs" / "tiny")
+            if table is None:
+                continue
+            on_worker = table[(table["node"] == worker.node_id)
+                              & (table["status"] == R.RUNNING)
+                              & (table["epoch"].fillna(0) >= 2)]
+            if not on_worker.empty:
+                removed["trial"] = on_worker["trial_id"].iloc[0]
+                cluster.remove_node(worker, allow_graceful=False)
+
+    raw = _slow_trials(tmp_path, **{"search.max_concurrent": 2, "ray.address": cluster.address})
+    thread = threading.Thread(target=remove_worker_when_busy, daemon=True)
+    thread.start()
+    try:
+        run_study(study_from_dict(raw), verbose=0)
+    finally:
+        thread.join(timeout=5)
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed, "no trial ever ran on the worker node"
+    table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
+    assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+    moved = table.set_index("trial_id").loc[removed["trial"]]
+    assert moved["node"] != worker.node_id and moved["epoch"] == 30
+
+
+@pytest.mark.slow
+def test_damaged_ray_state_and_optuna_db_are_clear_errors_that_change_nothing(tmp_path,
+                                                                                capsys):
+    path = write_study(tmp_path, tiny_study(tmp_path, **{"search.num_trials": 2}))
+    assert main(["run", str(path), "--no-report"]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    capsys.readouterr()
+    state = sorted((folder / "tune").glob("experiment_state-*.json"))[-1]
+    state.write_text(state.read_text()[:100])
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert main(["run", str(path), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be restored" in err and "--fresh" in err and "Traceback" not in err
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before
+
+    db = folder / "optuna.db"
+    db.write_bytes(b"this is not a database" * 100)
+    assert main(["run", str(path), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "optuna.db cannot be read" in err and "Traceback" not in err
+    assert db.read_bytes() == b"this is not a database" * 100
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: one message, exit 2, nothing started, no study folder (fast: no Ray).
+
+
+@pytest.mark.parametrize("over, fragment", [
+    ({"train.beta": 0}, "train.beta: got 0"),
+    ({"train.beta": -2}, "train.beta: got -2"),
+    ({"train.k": 0}, "train.k: got 0"),
+    ({"model.latent_dim": 0}, "model.latent_dim: got 0"),
+    ({"resources.gpus_per_trial": 1.5}, "resources.gpus_per_trial: got 1.5"),
+    ({"search.space": {}}, "search.space: empty"),
+    ({"search.max_concurrent": 9}, "more than search.num_trials"),
+    ({"data.dataset": "svhn"}, "data.dataset: got 'svhn'"),
+    ({"search.objectives": ["test/bpd"]}, "unknown metric 'test/bpd'"),
+    ({"train.epochs": "many"}, "train.epochs: got 'many'"),
+    ({"search.space": {"train.beta": {"log_uniform": [-1, 2]}}}, "log scale needs low > 0"),
+    ({"name": "../../etc"}, "name: got '../../etc'"),
+    ({"name": "/tmp/abs"}, "name: got '/tmp/abs'"),
+    ({"trian": {}}, "unknown section 'trian'"),
+])
+def test_bad_study_values_are_refused_before_anything(tmp_path, capsys, over, fragment):
+    raw = tiny_study(tmp_path, **over)
+    assert main(["run", str(write_study(tmp_path, raw))]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_malformed_yaml_and_python_tags_are_refused(tmp_path, capsys):
+    for text, fragment in (("name: x\nsearch: {space: [\n", "not valid YAML at line"),
+                           ("name: !!python/object/apply:os.system ['touch pwned']\n",
+                            "not valid YAML")):
+        path = tmp_path / "s.yaml"
+        path.write_text(text)
+        assert main(["run", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_or_corrupt_dataset_is_found_before_any_folder_or_trial(tmp_path, capsys,
+                                                                         monkeypatch):
+    import torchvision.datasets.mnist as tvm
+
+    monkeypatch.setattr(tvm.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    raw = tiny_study(tmp_path, **{"data.root": str(tmp_path / "nowhere")})
+    assert main(["run", str(write_study(tmp_path, raw))]) == 2
+    err = capsys.readouterr().err
+    assert "dataset mnist not found" in err and str(tmp_path / "nowhere") in err
+    assert not (tmp_path / "runs").exists()
+
+    raw = tiny_study(tmp_path)
+    gz = Path(raw["data"]["root"]) / "mnist" / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:300])
+    assert main(["run", str(write_study(tmp_path, raw))]) == 2
+    assert "damaged" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_output_folder_that_cannot_be_written_is_reported_first(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    raw = tiny_study(tmp_path, **{"output.dir": str(blocker / "runs")})
+    assert main(["run", str(write_study(tmp_path, raw))]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the study folder" in err and "Traceback" not in err
+
+
+def test_a_study_folder_symlinked_outside_output_dir_is_refused(tmp_path, capsys):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    raw = tiny_study(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny").symlink_to(outside)
+    assert main(["run", str(write_study(tmp_path, raw))]) == 2
+    assert "points outside output.dir" in capsys.readouterr().err
+    assert not any(outside.iterdir())
+
+
+def test_a_damaged_study_file_in_the_folder_is_an_error_that_overwrites_nothing(tmp_path,
+                                                                               capsys):
+    raw = tiny_study(tmp_path)
+    folder = tmp_path / "runs" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text("name: tiny\nsearch: {space: [")
+    assert main(["run", str(write_study(tmp_path, raw))]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert (folder / "study.yaml").read_text() == "name: tiny\nsearch: {space: ["
+
+
+def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    target = tmp_path / "results.csv"
+    ckpt.atomic_write_text(target, "old,complete\n")
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        ckpt.atomic_write_text(target, "new," * 10000)
+    assert target.read_text() == "old,complete\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temporary left
+
+
+def test_a_damaged_results_table_is_a_clear_error(tmp_path):
+    (tmp_path / "results.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
+    with pytest.raises(Exception) as err:
+        R.read_results(tmp_path / "results.csv")
+    assert "results.csv" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Security defaults (fast).
+
+
+def test_token_file_is_created_owner_only_and_a_readable_one_is_flagged(tmp_path,
+                                                                       monkeypatch):
+    from vae_study.tune import ensure_private_token
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    token = tmp_path / "ray" / "auth_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    assert ensure_private_token() == token
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    text = token.read_text()
+    assert len(text) == 64 and int(text, 16) >= 0
+    assert ensure_private_token() == token and token.read_text() == text  # kept
+    token.chmod(0o644)
+    with pytest.warns(UserWarning, match="readable by other users"):
+        ensure_private_token()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.warns(UserWarning, match="RAY_AUTH_MODE=disabled"):
+        assert ensure_private_token() is None
+
+
+def test_dashboard_binds_localhost_unless_asked_and_then_warns(tmp_path, monkeypatch):
+    import ray
+
+    from vae_study import tune as T
+    from vae_study.study_config import study_from_dict
+
+    seen = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        return type("Ctx", (), {"dashboard_url": f"{kwargs.get('dashboard_host')}:8265"})()
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        T.start_ray(study_from_dict(tiny_study(tmp_path, **{"ray.dashboard": True})))
+    assert seen["dashboard_host"] == "127.0.0.1" and seen["include_dashboard"] is True
+    exposed = study_from_dict(tiny_study(tmp_path, **{"ray.dashboard": True,
+                                                      "ray.dashboard_host": "0.0.0.0"}))
+    with pytest.warns(UserWarning, match="reachable by anyone"):
+        T.start_ray(exposed)
+    assert seen["dashboard_host"] == "0.0.0.0"
+
+
+def test_no_shell_and_no_pickle_loads_in_our_code():
+    sources = "\n".join(p.read_text() for p in (REPO / "vae_study").glob("*.py"))
+    assert "shell=True" not in sources and "os.system" not in sources
+    assert "pickle.load" not in sources and "yaml.load(" not in sources
+    assert "weights_only=True" in sources and "yaml.safe_load" in sources
