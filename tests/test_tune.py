@@ -121,3 +121,23 @@ def test_resolved_study_file_round_trips(tmp_path):
     study = study_from_dict(_study(tmp_path))
     text = yaml.safe_dump(study.to_dict(), sort_keys=False)
     assert study_from_dict(yaml.safe_load(text)) == study
+
+
+def test_asha_stops_weak_trials_and_they_are_recorded_as_stopped(tmp_path):
+    raw = _study(tmp_path, **{
+        "search.num_trials": 6, "search.max_concurrent": 2, "search.algorithm": "random",
+        "search.space": {"train.lr": {"log_uniform": [1e-5, 3e-3]}},
+        "train.epochs": 6,
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3},
+    })
+    assert main(["run", str(_write(tmp_path, raw))]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 6 and set(table["status"]) <= {R.COMPLETED, R.STOPPED}
+    stopped = table[table["status"] == R.STOPPED]
+    completed = table[table["status"] == R.COMPLETED]
+    assert len(stopped) >= 1 and len(completed) >= 1
+    assert (stopped["epoch"] < 6).all() and (completed["epoch"] == 6).all()
+    assert completed["test/nll"].notna().all() and stopped["test/nll"].isna().all()
+    states = _optuna_states(folder, "tiny")
+    assert states.get("PRUNED") == len(stopped) and states.get("COMPLETE") == len(completed)

@@ -33,6 +33,29 @@ def _progress_printer(epochs: int):
     return progress
 
 
+def _eval_printer(k: int):
+    """Progress of the test NLL (eval.k samples per example can take minutes on a CPU)."""
+    tty = sys.stderr.isatty()
+    started = time.perf_counter()
+    shown = {"quarter": -1}
+
+    def progress(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - started
+        if tty:
+            filled = 30 * done // total
+            sys.stderr.write(f"\rtest NLL, eval.k={k}: [{'#' * filled}{'.' * (30 - filled)}] "
+                             f"{done}/{total} examples, {elapsed:.0f}s")
+            if done == total:
+                sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+        elif 4 * done // total > shown["quarter"]:
+            shown["quarter"] = 4 * done // total
+            print(f"last epoch trained; test NLL with eval.k={k}: {done}/{total} examples, "
+                  f"{elapsed:.0f}s", flush=True)
+
+    return progress
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from . import metrics as M
     from .config import load_run_config
@@ -59,7 +82,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
               f"distortion {row.get(M.VAL_DISTORTION, float('nan')):8.3f}  "
               f"({row[M.EPOCH_SECONDS]:.1f}s)", flush=True)
 
-    result = fit(config, out_dir=out, on_epoch=on_epoch, progress=progress)
+    result = fit(config, out_dir=out, on_epoch=on_epoch, progress=progress,
+                 eval_progress=_eval_printer(config.eval.k))
     print(f"test metrics (nats per example), eval.k={config.eval.k}:")
     for key, value in result.final.items():
         if isinstance(value, float):

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -53,7 +53,8 @@ def elbo_terms(model: VAE, x: torch.Tensor, *, batch_size: int = 1000,
 
 @torch.no_grad()
 def iwae_nll(model: VAE, x: torch.Tensor, k: int, *, chunk_size: int = 8192,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None,
+             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """-L_K per example, (N,): minus the K-sample importance-weighted bound on log p(x).
 
     Examples are taken ``max(1, chunk_size // k)`` at a time; when K exceeds ``chunk_size``
@@ -74,6 +75,8 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int, *, chunk_size: int = 8192,
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
             done += s
         per_example.append(-(acc - math.log(k)))
+        if progress is not None:
+            progress(sum(p.shape[0] for p in per_example), x.shape[0])
     return torch.cat(per_example)
 
 
@@ -115,14 +118,16 @@ def elbo_surgery(mu: torch.Tensor, logvar: torch.Tensor, *,
 
 @torch.no_grad()
 def evaluate_test(model: VAE, x: torch.Tensor, cfg: EvalConfig, *,
-                  generator: torch.Generator | None = None) -> dict[str, object]:
+                  generator: torch.Generator | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
     """The ``test/...`` metrics of a trained model on x (N, 784)."""
     was_training = model.training
     model.eval()
     terms = elbo_terms(model, x, generator=generator)
     mu, logvar = encode_all(model, x)
     nll_x = x if cfg.nll_examples is None else x[: cfg.nll_examples]
-    nll = iwae_nll(model, nll_x, cfg.k, chunk_size=cfg.chunk_size, generator=generator)
+    nll = iwae_nll(model, nll_x, cfg.k, chunk_size=cfg.chunk_size, generator=generator,
+                   progress=progress)
     m = min(cfg.surgery_examples, x.shape[0])
     mutual_info, marginal_kl = elbo_surgery(mu[:m], logvar[:m], generator=generator)
     model.train(was_training)

@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = ("train.epochs", "train.device", "data.root", "eval.")
 
 EpochHook = Callable[[dict[str, float], Path | None], None]
 ProgressHook = Callable[[int, int, int], None]  # (epoch, batches done, batches in epoch)
+EvalProgressHook = Callable[[int, int], None]  # (test examples done for test/nll, total)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,12 +129,13 @@ def validate(model: VAE, data: Datasets, seed: int, epoch: int) -> dict[str, flo
     return out
 
 
-def test_metrics(model: VAE, data: Datasets, config: RunConfig) -> dict[str, Any]:
+def test_metrics(model: VAE, data: Datasets, config: RunConfig,
+                 progress: EvalProgressHook | None = None) -> dict[str, Any]:
     """The ``test/...`` metrics, computed once when training ends."""
     device = data.test.x.device
     g = torch.Generator(device).manual_seed(config.train.seed + 7)
     x = torch.bernoulli(data.test.x, generator=g) if data.dynamic else data.test.x
-    return evaluate_test(model, x, config.eval, generator=g)
+    return evaluate_test(model, x, config.eval, generator=g, progress=progress)
 
 
 def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> None:
@@ -164,7 +166,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         resume_from: str | Path | None = None, data: Datasets | None = None,
         on_epoch: EpochHook | None = None, progress: ProgressHook | None = None,
-        final_eval: bool = True) -> FitResult:
+        eval_progress: EvalProgressHook | None = None, final_eval: bool = True) -> FitResult:
     """Train ``config`` and evaluate it on the test split.
 
     out_dir: where ``metrics.jsonl``, ``final.json``, ``config.yaml`` and ``checkpoint/``
@@ -220,7 +222,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         if epoch == config.train.epochs and final_eval:
             # The test metrics travel with the last epoch's report, so a scheduler that
             # stops trials at the last epoch still sees them.
-            final = _final(model, data, config, out, epoch, started)
+            final = _final(model, data, config, out, epoch, started, eval_progress)
         if on_epoch is not None:
             on_epoch({**row, **final}, ckpt_dir)
         result_final = final
@@ -230,15 +232,15 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         if start < config.train.epochs:
             result.final = result_final
         else:  # resumed after the last epoch: evaluate (again), report once more
-            result.final = _final(model, data, config, out, start, started)
+            result.final = _final(model, data, config, out, start, started, eval_progress)
             if on_epoch is not None and history:
                 on_epoch({**history[-1], **result.final}, ckpt_dir)
     return result
 
 
 def _final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
-           epoch: int, started: float) -> dict[str, Any]:
-    final = test_metrics(model, data, config)
+           epoch: int, started: float, progress: EvalProgressHook | None) -> dict[str, Any]:
+    final = test_metrics(model, data, config, progress)
     for key in M.TEST_SCALARS:  # a NaN test metric is a diverged run, not a result
         if not math.isfinite(final[key]):
             raise TrainingDiverged(epoch, 0, final[key], what=key)
