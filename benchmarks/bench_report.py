@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vae_study_report_"))
     root = write_mnist(tmp / "data", n_train=2000, n_test=2000)
-    statuses = [R.COMPLETED] * 8 + [R.STOPPED, R.DIVERGED]
+    statuses = [R.COMPLETED] * 8 + [R.STOPPED, R.FAILED]
     folder = make_study_folder(tmp, root, n_trials=args.trials, epochs=20, checkpoints=5,
                                statuses=statuses, offset=1000.0)
     t0 = time.perf_counter()

@@ -60,8 +60,8 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
             (trial_dir / "work" / "checkpoint").rename(trial_dir / "checkpoint_000002")
             history, final = res.history, res.final
         else:
-            done = {R.COMPLETED: epochs, R.STOPPED: 1, R.RUNNING: 2, R.DIVERGED: 2,
-                    R.FAILED: 1, R.PENDING: 0}[status]
+            done = {R.COMPLETED: epochs, R.STOPPED: 1, R.RUNNING: 2, R.FAILED: 2,
+                    R.PENDING: 0}[status]
             rate = 30.0 / (1 + beta) + rng.uniform(0, 2)
             history = []
             for e in range(1, done + 1):
@@ -75,7 +75,7 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
                          M.TEST_NLL: rate + d - 3, M.TEST_ACTIVE_UNITS: latent,
                          M.TEST_MUTUAL_INFO: min(rate, 6.0), M.TEST_MARGINAL_KL: rate - min(
                              rate, 6.0), M.TEST_KL_PER_DIM: [rate / latent] * latent}
-            if status in (R.DIVERGED, R.FAILED):
+            if status == R.FAILED:
                 row[R.ERROR_KEY] = "training diverged: the loss is nan at epoch 2, batch 3"
         with open(trial_dir / "result.json", "w") as f:
             for h in history:

@@ -121,3 +121,13 @@ def test_run_refuses_bad_study_files_before_starting_anything(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_fresh_never_deletes_a_folder_fit_did_not_make(tmp_path, mnist_root, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert main(["fit", str(_study(tmp_path, mnist_root)), "--out", str(precious),
+                 "--fresh"]) == 2
+    assert "not a fit output folder" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "years of work"

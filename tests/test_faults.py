@@ -133,8 +133,13 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
     assert set(table["status"]) == {R.COMPLETED}
     after = table.set_index("trial_id")["test/nll"].to_dict()
     for trial_id, nll in done_before.items():  # finished trials untouched, not re-run
-        assert after[trial_id] == pytest.approx(nll)
-        assert len({r["pid"] for r in _history(folder, trial_id)}) == 1
+        assert after[trial_id] == nll
+        rows = _history(folder, trial_id)
+        first_pid = rows[0]["pid"]
+        # Ray may not have recorded the completion before the kill: then the trial is
+        # restored at its last checkpoint and reports its stored result once more, but no
+        # epoch is trained again.
+        assert all(r["epoch"] == 30 for r in rows if r["pid"] != first_pid)
     for trial_id in interrupted:  # resumed from its checkpoint, not from epoch 1
         rows = _history(folder, trial_id)
         pids = list(dict.fromkeys(r["pid"] for r in rows))
@@ -198,7 +203,7 @@ def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tm
     bad = table[table["train.lr"] == 1.0e8]
     good = table[table["train.lr"] == 0.001]
     assert len(bad) >= 1 and len(good) >= 1
-    assert set(bad["status"]) == {R.DIVERGED} and set(good["status"]) == {R.COMPLETED}
+    assert set(bad["status"]) == {R.FAILED} and set(good["status"]) == {R.COMPLETED}
     assert bad["error"].str.contains("training diverged").all()
     assert not bad["pareto"].any()
     for trial_id in bad["trial_id"]:  # not retried: one worker, one pass
@@ -211,7 +216,7 @@ def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tm
         assert by_number[int(n)].state == optuna.trial.TrialState.FAIL
     assert study.best_trial.params["train.lr"] == 0.001
     summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
-    assert "diverged" in summary and "training diverged" in summary
+    assert "## Failed trials" in summary and "training diverged" in summary
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def _check_report(out):
 
 def test_report_of_a_study_with_every_kind_of_trial(tmp_path):
     root = write_mnist(tmp_path / "data", n_train=300, n_test=100)
-    statuses = [R.COMPLETED, R.COMPLETED, R.COMPLETED, R.FAILED, R.DIVERGED, R.STOPPED,
+    statuses = [R.COMPLETED, R.COMPLETED, R.COMPLETED, R.FAILED, R.FAILED, R.STOPPED,
                 R.RUNNING, R.COMPLETED]
     folder = make_study_folder(tmp_path, root, n_trials=8, checkpoints=2, statuses=statuses)
     assert main(["report", str(folder), "--out", str(tmp_path / "rep")]) == 0
@@ -63,8 +63,8 @@ def test_report_of_a_study_with_every_kind_of_trial(tmp_path):
     models = {p for p in pngs if p.startswith("model_")}
     assert 1 <= len(models) <= 2  # only trials with a checkpoint get pictures
     summary = (tmp_path / "rep" / "summary.md").read_text()
-    assert "8 of 8" in summary and "1 diverged" in summary and "1 failed" in summary
-    assert "## Failed and diverged trials" in summary and "training diverged" in summary
+    assert "8 of 8" in summary and "2 failed" in summary and "1 stopped" in summary
+    assert "## Failed trials" in summary and "training diverged" in summary
     assert "no checkpoint left" in summary  # front trials without weights are noted
     assert "Pareto front" in page and "All trials" in page
 

@@ -190,3 +190,13 @@ def test_seed_run_file_is_a_valid_run_config():
 
     c = load_run_config(STUDIES / "seed.yaml", extra_sections=STUDY_SECTIONS)
     assert c.model.hidden == (400,) and c.model.latent_dim == 20 and c.train.epochs == 10
+
+
+def test_grid_num_trials_cannot_exceed_the_grid():
+    raw = {"name": "g", "search": {"algorithm": "grid", "num_trials": 5, "max_concurrent": 1,
+                                   "space": {"train.beta": {"choice": [0.5, 1.0]},
+                                             "train.k": {"choice": [1, 5]}}}}
+    with pytest.raises(ConfigError, match="the grid has 4 points"):
+        study_from_dict(raw)
+    raw["search"]["num_trials"] = 4
+    assert study_from_dict(raw).search.num_trials == 4

@@ -141,3 +141,35 @@ def test_every_model_and_objective_trains(mnist_root, keys):
     res = fit(_config(mnist_root, **{"train.epochs": 1, **keys}))
     assert math.isfinite(res.history[-1][M.VAL_NEG_ELBO])
     assert math.isfinite(res.final[M.TEST_NLL])
+
+
+def test_resuming_a_finished_run_into_a_new_folder_reports_an_existing_checkpoint(
+        mnist_root, tmp_path):
+    fit(_config(mnist_root), out_dir=tmp_path / "a", final_eval=False)
+    seen = []
+
+    def hook(row, folder):
+        seen.append((row[M.EPOCH], ckpt.load(folder).epoch, M.TEST_NLL in row))
+
+    res = fit(_config(mnist_root), out_dir=tmp_path / "b",
+              resume_from=tmp_path / "a" / "checkpoint", on_epoch=hook)
+    assert seen == [(2, 2, True)]  # no epoch left: one report, test metrics, a checkpoint
+    assert (tmp_path / "b" / "checkpoint" / "state.pt").is_file()
+    assert math.isfinite(res.final[M.TEST_NLL])
+
+
+def test_a_finished_run_resumed_reuses_its_test_metrics_unless_eval_changed(mnist_root,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    first = fit(_config(mnist_root), out_dir=tmp_path / "a")
+    import vae_study.train as T
+
+    calls = []
+    real = T.test_metrics
+    monkeypatch.setattr(T, "test_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = fit(_config(mnist_root), out_dir=tmp_path / "b",
+                resume_from=tmp_path / "a" / "checkpoint")
+    assert calls == [] and again.final[M.TEST_NLL] == first.final[M.TEST_NLL]
+    other = fit(_config(mnist_root, **{"eval.k": 16}), out_dir=tmp_path / "c",
+                resume_from=tmp_path / "a" / "checkpoint")
+    assert calls == [1] and math.isfinite(other.final[M.TEST_NLL])

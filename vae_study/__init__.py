@@ -11,6 +11,7 @@ from .errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    StudyError,
     TrainingDiverged,
     VaeStudyError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "FitResult",
     "ModelConfig",
     "RunConfig",
+    "StudyError",
     "TrainConfig",
     "TrainingDiverged",
     "VaeStudyError",

@@ -67,6 +67,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.fresh and out.exists():
         import shutil
 
+        from .train import CONFIG_FILE
+
+        if any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
+            from .errors import ConfigError
+
+            raise ConfigError(f"--fresh would delete {out}, which is not a fit output folder "
+                              f"(no {CONFIG_FILE}); remove it yourself or choose another --out")
         shutil.rmtree(out)
     print(f"vae_study fit: {args.config} -> {out}", flush=True)
     progress = _progress_printer(config.train.epochs)

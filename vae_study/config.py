@@ -21,9 +21,6 @@ import yaml
 
 from .errors import ConfigError
 
-DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
-ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu", "softplus", "leaky_relu")
-
 
 @dataclass(frozen=True)
 class DataConfig:

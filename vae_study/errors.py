@@ -35,3 +35,7 @@ class TrainingDiverged(VaeStudyError):
 
 class CheckpointError(VaeStudyError):
     """A checkpoint or state file is missing, truncated or does not match the config."""
+
+
+class StudyError(VaeStudyError):
+    """A study cannot start or continue (its folder, the cluster, resources, saved state)."""

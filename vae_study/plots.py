@@ -262,7 +262,7 @@ def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
             ys = [h.get(key) for h in t.history]
             ax.plot(ep, ys, styles.get(t.status, ":"), color=cmap(norm(t.beta)), lw=1,
                     alpha=0.85)
-            if t.status in ("failed", "diverged"):
+            if t.status == "failed":
                 ax.plot(ep[-1:], ys[-1:], "x", color="red", ms=9, mew=2)
             elif t.status == "stopped":
                 ax.plot(ep[-1:], ys[-1:], "|", color="black", ms=10)

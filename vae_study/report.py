@@ -200,9 +200,9 @@ def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: lis
     if front:
         parts += ["## Rate-distortion Pareto front", "",
                   _table_md([_trial_line(t, keys) for t in front], head), ""]
-    bad = [t for t in sf.trials if t.status in (R.FAILED, R.DIVERGED)]
+    bad = [t for t in sf.trials if t.status == R.FAILED]
     if bad:
-        parts += ["## Failed and diverged trials", ""]
+        parts += ["## Failed trials (diverged or crashed)", ""]
         parts += [f"- {t.trial_id} ({t.status}): {t.metrics.get(R.ERROR_KEY) or 'no message'}"
                   for t in bad]
         parts.append("")

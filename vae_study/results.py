@@ -17,10 +17,11 @@ from .errors import CheckpointError
 
 RESULTS_FILE = "results.csv"
 
-# Trial statuses, in our words (Ray's TERMINATED covers completed, stopped and diverged).
-PENDING, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED = (
-    "pending", "running", "completed", "stopped", "diverged", "failed")
-FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
+# Trial statuses, in our words. Ray's TERMINATED covers completed, stopped (by the scheduler)
+# and a diverged trial, which is failed here with its reason in the error column.
+PENDING, RUNNING, COMPLETED, STOPPED, FAILED = (
+    "pending", "running", "completed", "stopped", "failed")
+FINISHED = (COMPLETED, STOPPED, FAILED)
 
 # Keys the trainable adds to its reports.
 DIVERGED_KEY = "diverged"

@@ -95,12 +95,3 @@ def load_optuna_study(folder: Path, name: str) -> Any:
     import optuna
 
     return optuna.load_study(study_name=name, storage=storage_url(folder))
-
-
-def grid_size(search: SearchConfig) -> int | None:
-    if search.algorithm != "grid":
-        return None
-    n = 1
-    for p in search.space:
-        n *= len(p.values)
-    return n

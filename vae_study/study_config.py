@@ -313,6 +313,10 @@ def _parse_search(raw: Any, base: RunConfig) -> SearchConfig:
         if not_choice:
             raise ConfigError("search.algorithm: grid needs every search.space key to be a "
                               "choice; not a choice: " + ", ".join(not_choice))
+        points = math.prod(len(p.values) for p in space)
+        if num_trials > points:
+            raise ConfigError(f"search.num_trials: got {num_trials}, but the grid has "
+                              f"{points} points; use num_trials <= {points} (each point once)")
     points = raw.get("points_to_evaluate") or []
     if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
         raise ConfigError("search.points_to_evaluate: expected a list of mappings such as "

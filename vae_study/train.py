@@ -196,6 +196,10 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         optimizer.load_state_dict(state.optimizer)
         generator.set_state(state.generator)
         history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
+        if ckpt_dir is not None and source != ckpt_dir:
+            # The output folder holds its own checkpoint from the start, so a run resumed
+            # after its last epoch still has one to report and keep.
+            ckpt.save(ckpt_dir, state)
     if out is not None:
         ckpt.write_yaml(out / CONFIG_FILE, to_dict(config))
         _rewrite_metrics(out / METRICS_FILE, history)
@@ -231,8 +235,13 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
     if final_eval:
         if start < config.train.epochs:
             result.final = result_final
-        else:  # resumed after the last epoch: evaluate (again), report once more
-            result.final = _final(model, data, config, out, start, started, eval_progress)
+        else:  # resumed after the last epoch: the stored test metrics, else evaluate now
+            stored = _stored_final(source, config, start)
+            if stored is not None:
+                result.final = stored
+                _store_final(stored, config, out, start)
+            else:
+                result.final = _final(model, data, config, out, start, started, eval_progress)
             if on_epoch is not None and history:
                 on_epoch({**history[-1], **result.final}, ckpt_dir)
     return result
@@ -246,9 +255,33 @@ def _final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
             raise TrainingDiverged(epoch, 0, final[key], what=key)
     # Seconds inside fit in this process: training, validation, test metrics.
     final[M.TOTAL_SECONDS] = time.perf_counter() - started
-    if out is not None:
-        ckpt.write_json(out / FINAL_FILE, {**final, M.EPOCH: epoch})
+    _store_final(final, config, out, epoch)
     return final
+
+
+def _store_final(final: dict[str, Any], config: RunConfig, out: Path | None,
+                 epoch: int) -> None:
+    """final.json beside the run, and inside its checkpoint with the eval config used, so a
+    run resumed after its last epoch reports the same numbers without evaluating again."""
+    if out is None:
+        return
+    ckpt.write_json(out / FINAL_FILE, {**final, M.EPOCH: epoch})
+    if (out / CHECKPOINT_DIR).is_dir():
+        ckpt.write_json(out / CHECKPOINT_DIR / FINAL_FILE,
+                        {"epoch": epoch, "eval": to_dict(config.eval), "metrics": final})
+
+
+def _stored_final(source: Path | None, config: RunConfig, epoch: int) -> dict[str, Any] | None:
+    path = None if source is None else Path(source) / FINAL_FILE
+    if path is None or not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # damaged: evaluate again
+    if stored.get("epoch") != epoch or stored.get("eval") != to_dict(config.eval):
+        return None
+    return dict(stored["metrics"])
 
 
 def _rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:

@@ -34,7 +34,7 @@ from . import results as R
 from .checkpoint import write_yaml
 from .config import read_yaml
 from .data import Datasets, load_datasets
-from .errors import TrainingDiverged, VaeStudyError
+from .errors import StudyError, TrainingDiverged, VaeStudyError
 from .search import decode_params, define_by_run, encode_point, make_sampler, make_storage
 from .study_config import StudyConfig
 from .study_folder import STUDY_FILE, TUNE_DIR
@@ -43,10 +43,6 @@ OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the search
 NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
 
 log = logging.getLogger("vae_study")
-
-
-class StudyError(VaeStudyError):
-    """A study cannot start or continue (folder, cluster, resources)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,6 +139,11 @@ class StudySearch(OptunaSearch):
                      else optuna.trial.TrialState.PRUNED)
         try:
             self._ot_study.tell(ot_trial, value, state=state)
+        except RuntimeError as exc:
+            # The grid sampler stops the study when its last point is told; outside
+            # study.optimize that is an error, after the trial is recorded. Nothing to do.
+            if "Study.stop" not in str(exc):
+                log.warning("optuna: %s", exc)
         except Exception as exc:  # already told (a restored driver): keep going
             log.warning("optuna: %s", exc)
         self._completed_trials.add(trial_id)
@@ -189,8 +190,8 @@ def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
         row["status"] = R.FAILED
         row[R.ERROR_KEY] = _first_line(trial)
     elif status == "TERMINATED":
-        if last.get(R.DIVERGED_KEY):
-            row["status"] = R.DIVERGED
+        if last.get(R.DIVERGED_KEY):  # failed, not retried: the reason says it diverged
+            row["status"] = R.FAILED
             row[R.ERROR_KEY] = last.get(R.ERROR_KEY)
         elif last.get(M.TEST_NLL) is not None:
             row["status"] = R.COMPLETED
