@@ -117,7 +117,10 @@ class StudySearch(OptunaSearch):
             return
         value = result.get(self.metric)
         if isinstance(value, int | float) and math.isfinite(value):
-            super().on_trial_result(trial_id, result)
+            try:
+                super().on_trial_result(trial_id, result)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # a trial restored after Optuna recorded its end re-reports its result
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -139,6 +142,8 @@ class StudySearch(OptunaSearch):
                      else optuna.trial.TrialState.PRUNED)
         try:
             self._ot_study.tell(ot_trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # told before the driver was killed; Optuna keeps that record
         except RuntimeError as exc:
             # The grid sampler stops the study when its last point is told; outside
             # study.optimize that is an error, after the trial is recorded. Nothing to do.
