@@ -141,18 +141,22 @@ class VAE(nn.Module):
         z = self.reparameterize(mu, logvar, k, generator)
         return self.decode(z), mu, logvar, z
 
-    def log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) summed over pixels, in nats: x (B, 784), out (..., B, 784) -> (..., B).
+    def neg_log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) summed over pixels, in nats: x (B, 784), out (..., B, 784) -> (..., B).
 
-        Bernoulli: -BCE computed from logits (stable for any logit); on grey levels this is
-        the cross-entropy of pytorch/examples, the convention of the 105-nat anchor.
+        Bernoulli: the binary cross-entropy computed from logits (stable for any logit); on
+        grey levels this is the cross-entropy of pytorch/examples, the 105-nat anchor.
         """
         if self.cfg.likelihood == "bernoulli":
-            x = x.expand_as(out)
-            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+            return F.binary_cross_entropy_with_logits(out, x.expand_as(out),
+                                                      reduction="none").sum(-1)
         log_std = self.log_std
         sq = ((x - out) * torch.exp(-log_std)).pow(2)
-        return -0.5 * (sq + 2 * log_std + _LOG_2PI).sum(-1)
+        return 0.5 * (sq + 2 * log_std + _LOG_2PI).sum(-1)
+
+    def log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels: (..., B)."""
+        return -self.neg_log_likelihood(x, out)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         """The decoder's mean image in [0, 1] (for pictures): sigmoid(logits) or the mean."""

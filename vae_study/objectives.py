@@ -76,10 +76,10 @@ def compute_terms(model: VAE, x: torch.Tensor, *, k: int = 1, beta: float = 1.0,
     """The training loss and its rate and distortion for a batch x (B, 784)."""
     out, mu, logvar, z = model(x, k, generator)  # out (K, B, 784), z (K, B, D)
     r = rate(mu, logvar)  # (B,)
-    log_px_z = model.log_likelihood(x, out)  # (K, B)
-    d = -log_px_z.mean(0)  # (B,)
+    nll = model.neg_log_likelihood(x, out)  # (K, B): -log p(x|z_k)
+    d = nll[0] if k == 1 else nll.mean(0)  # (B,); few ops: this is the hot loop
     if objective == "elbo":
-        loss = d + beta * r
+        loss = d + r if beta == 1.0 else d + beta * r
     else:
-        loss = -log_mean_exp(log_weights(log_px_z, z, mu, logvar, beta), 0)
+        loss = -log_mean_exp(log_weights(-nll, z, mu, logvar, beta), 0)
     return Terms(loss=loss, rate=r, distortion=d)

@@ -36,6 +36,8 @@ CONFIG_FILE = "config.yaml"
 # what was trained so far (more epochs, another device, another evaluation).
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "data.root", "eval.")
 
+CHECK_EVERY = 10  # batches between checks for a non-finite loss (each check syncs a GPU)
+
 EpochHook = Callable[[dict[str, float], Path | None], None]
 ProgressHook = Callable[[int, int, int], None]  # (epoch, batches done, batches in epoch)
 EvalProgressHook = Callable[[int, int], None]  # (test examples done for test/nll, total)
@@ -71,17 +73,15 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, batches: Batches,
                 progress: ProgressHook | None = None) -> dict[str, float]:
     """One pass over the training batches; mean loss, rate and distortion per example.
 
-    Sums stay on the device (no host sync per batch on a GPU); the loss is checked for NaN or
-    inf every ``check_every`` batches, and a bad one raises ``TrainingDiverged`` naming the
-    first bad batch before any checkpoint of it is written.
+    Batch statistics stay on the device (no host sync per batch on a GPU); the loss is
+    checked for NaN or inf every ``CHECK_EVERY`` batches, and a bad one raises
+    ``TrainingDiverged`` naming the first bad batch, before any checkpoint of it is written.
     """
     model.train()
     device = next(model.parameters()).device
     n_batches = len(batches)
-    check_every = 1 if device.type == "cpu" else 25
-    losses = torch.empty(n_batches, device=device)
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, rate, distortion
-    seen = 0
+    stats = torch.empty(n_batches, 3, device=device)  # per batch: mean loss, rate, distortion
+    sizes = torch.empty(n_batches, dtype=torch.float64)
     checked = 0
     for i, x in enumerate(batches):
         terms = compute_terms(model, x, k=cfg.k, beta=cfg.beta, objective=cfg.objective,
@@ -91,17 +91,16 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, batches: Batches,
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            losses[i] = loss.detach()
-            sums += torch.stack([terms.loss.sum(), terms.rate.sum(), terms.distortion.sum()]
-                                ).double()
-        seen += x.shape[0]
-        if (i + 1) % check_every == 0 or i + 1 == n_batches:
-            _check_finite(losses[checked:i + 1], epoch, first_batch=checked + 1)
+            torch.stack((loss, terms.rate.mean(), terms.distortion.mean()), out=stats[i])
+        sizes[i] = x.shape[0]
+        if (i + 1) % CHECK_EVERY == 0 or i + 1 == n_batches:
+            _check_finite(stats[checked:i + 1, 0], epoch, first_batch=checked + 1)
             checked = i + 1
         if progress is not None:
             progress(epoch, i + 1, n_batches)
-    loss_sum, rate_sum, dist_sum = (sums / max(seen, 1)).tolist()
-    return {M.TRAIN_LOSS: loss_sum, M.TRAIN_RATE: rate_sum, M.TRAIN_DISTORTION: dist_sum}
+    means = (stats.double().cpu() * sizes[:, None]).sum(0) / sizes.sum()  # per example
+    loss_mean, rate_mean, dist_mean = means.tolist()
+    return {M.TRAIN_LOSS: loss_mean, M.TRAIN_RATE: rate_mean, M.TRAIN_DISTORTION: dist_mean}
 
 
 def _check_finite(losses: torch.Tensor, epoch: int, first_batch: int) -> None:
