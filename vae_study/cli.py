@@ -126,6 +126,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_set(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help=f"override a key, e.g. --set {example} (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vae-study",
@@ -135,8 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p = sub.add_parser("fit", help="train the one configuration a study file describes "
                                        "(no search, no Ray)")
     fit_p.add_argument("config", help="a study or run YAML file")
-    fit_p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a key, e.g. --set train.beta=0.5 (repeatable)")
+    _add_set(fit_p, "train.beta=0.5")
     fit_p.add_argument("--out", help="output folder (default runs/<config name>)")
     fit_p.add_argument("--fresh", action="store_true",
                        help="delete the output folder first instead of resuming it")
@@ -145,8 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_p = sub.add_parser("run", help="run (or continue) a study: many trials under Ray Tune, "
                                        "chosen by Optuna")
     run_p.add_argument("study", help="a study YAML file, e.g. studies/beta_sweep.yaml")
-    run_p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a key, e.g. --set search.num_trials=50 (repeatable)")
+    _add_set(run_p, "search.num_trials=50")
     run_p.add_argument("--fresh", action="store_true",
                        help="delete the study folder first instead of continuing it")
     run_p.add_argument("--no-report", action="store_true",
