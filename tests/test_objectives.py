@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from vae_study.config import ModelConfig
-from vae_study.model import VAE
+from vae_study.model import VAE, BernoulliNLL, bernoulli_nll, torch_bernoulli_nll
 from vae_study.objectives import (
     compute_terms,
     gaussian_kl,
@@ -97,6 +97,66 @@ def test_bernoulli_likelihood_is_stable_for_extreme_logits():
     assert torch.isfinite(ll).all() and ll.item() == pytest.approx(0.0, abs=1e-3)
     wrong = model.log_likelihood(1 - x, out)
     assert torch.isfinite(wrong).all() and wrong.item() == pytest.approx(-200.0 * 784, rel=1e-3)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_bernoulli_nll_matches_a_float64_reference_to_float32_rounding(binary):
+    g = torch.Generator().manual_seed(0)
+    # Logits from tiny to huge, where a careless log(1 + exp(-|l|)) loses exp(-|l|) < 6e-8.
+    logits = torch.cat([torch.randn(3, 4, 784, generator=g) * s for s in (1e-3, 1, 8, 20, 90)],
+                       dim=1)
+    x = torch.rand(20, 784, generator=g)
+    x = torch.bernoulli(x, generator=g) if binary else x
+    ref = F.binary_cross_entropy_with_logits(logits.double(), x.double().expand_as(logits),
+                                             reduction="none").sum(-1)
+    for fn in (bernoulli_nll, torch_bernoulli_nll):  # the CPU kernel and the GPU path
+        got = fn(logits, x)
+        assert got.dtype == torch.float32 and got.shape == (3, 20)
+        assert torch.allclose(got.double(), ref, rtol=1e-6, atol=1e-5)
+    # Per value, log1p(exp(-|l|)) to about one float32 ulp where it is far below 1.
+    v = torch.linspace(-80.0, 80.0, 100_001)
+    right = (v > 0).float()[:, None]  # the pixel the logit predicts: -log p = log1p(exp(-|l|))
+    one_pixel = bernoulli_nll(v[:, None], right)
+    exact = torch.log1p(torch.exp(-v.double().abs()))
+    assert ((one_pixel.double() - exact).abs() / exact).max().item() < 3e-7
+
+
+def test_bernoulli_nll_in_blocks_is_the_same_as_in_one_piece(monkeypatch):
+    import vae_study.model as model_module
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(700, 3, 784, generator=g) * 5  # a K=700 test NLL's decoder output
+    x = torch.rand(3, 784, generator=g)
+    whole = model_module._bernoulli_nll_block(logits, x)
+    own_x = torch.rand(700, 3, 784, generator=g)  # an x per row as well as a broadcast one
+    whole_own = model_module._bernoulli_nll_block(logits, own_x)
+    monkeypatch.setattr(model_module, "_BLOCK_VALUES", 784 * 3 * 64)  # 11 blocks of 64 rows
+    with torch.no_grad():
+        assert torch.equal(bernoulli_nll(logits, x), whole)
+        assert torch.equal(bernoulli_nll(logits, own_x), whole_own)
+    assert torch.equal(BernoulliNLL.apply(logits.requires_grad_(), x), whole)
+
+
+def test_bernoulli_nll_gradients_match_finite_differences():
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 3, 5, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    x = torch.rand(3, 5, generator=g, dtype=torch.float64).requires_grad_()  # broadcast over K
+    assert torch.autograd.gradcheck(bernoulli_nll, (logits, x))
+
+
+def test_bfloat16_precision_runs_the_networks_in_bfloat16_and_the_terms_in_float32():
+    model = _model()
+    x = _grey(32)
+    t32 = compute_terms(model, x, k=3, generator=torch.Generator().manual_seed(2))
+    t16 = compute_terms(model, x, k=3, generator=torch.Generator().manual_seed(2),
+                        compute_dtype=torch.bfloat16)
+    for a, b in ((t32.rate, t16.rate), (t32.distortion, t16.distortion)):
+        assert b.dtype == torch.float32
+        assert not torch.equal(a, b)  # the matmuls really ran in bfloat16 ...
+        assert torch.allclose(a, b, rtol=2e-2)  # ... to bfloat16's 3 significant digits
+    t16.loss.mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+               for p in model.parameters())
 
 
 def test_iwae_with_k1_is_the_elbo_and_log_mean_exp_is_stable():

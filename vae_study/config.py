@@ -85,6 +85,9 @@ class TrainConfig:
     seed: int = 0
     # auto: the GPU when there is one, else the CPU.
     device: str = "auto"
+    # Arithmetic of the encoder and decoder while training: float32, or bfloat16 mixed
+    # precision (autocast; weights, objective and every evaluation stay float32).
+    precision: Literal["float32", "bfloat16"] = "float32"
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")

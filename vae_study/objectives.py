@@ -11,6 +11,7 @@ With q(z|x) = N(mu, diag sigma^2) and p(z) = N(0, I):
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,9 +73,23 @@ def log_weights(log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
 
 def compute_terms(model: VAE, x: torch.Tensor, *, k: int = 1, beta: float = 1.0,
                   objective: Literal["elbo", "iwae"] = "elbo",
-                  generator: torch.Generator | None = None) -> Terms:
-    """The training loss and its rate and distortion for a batch x (B, 784)."""
-    out, mu, logvar, z = model(x, k, generator)  # out (K, B, 784), z (K, B, D)
+                  generator: torch.Generator | None = None,
+                  compute_dtype: torch.dtype | None = None) -> Terms:
+    """The training loss and its rate and distortion for a batch x (B, 784).
+
+    compute_dtype (``train.precision``): run the encoder and decoder under autocast to this
+    dtype (bfloat16 mixed precision); mu, logvar, z and the decoder output are brought back
+    to float32, so the rate, the distortion and the loss are always float32 sums.
+    """
+    with _autocast(x.device, compute_dtype):
+        mu, logvar = model.encode(x)  # (B, D) each
+    if compute_dtype is not None:
+        mu, logvar = mu.float(), logvar.float()
+    z = model.reparameterize(mu, logvar, k, generator)  # (K, B, D)
+    with _autocast(x.device, compute_dtype):
+        out = model.decode(z)  # (K, B, 784)
+    if compute_dtype is not None:
+        out = out.float()
     r = rate(mu, logvar)  # (B,)
     nll = model.neg_log_likelihood(x, out)  # (K, B): -log p(x|z_k)
     d = nll[0] if k == 1 else nll.mean(0)  # (B,); few ops: this is the hot loop
@@ -83,3 +98,9 @@ def compute_terms(model: VAE, x: torch.Tensor, *, k: int = 1, beta: float = 1.0,
     else:
         loss = -log_mean_exp(log_weights(-nll, z, mu, logvar, beta), 0)
     return Terms(loss=loss, rate=r, distortion=d)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
