@@ -137,6 +137,9 @@ def test_on_epoch_hook_sees_each_epoch_and_its_checkpoint(mnist_root, tmp_path):
     {"train.objective": "iwae", "train.k": 4, "train.beta": 0.5},
     {"model.likelihood": "gaussian", "model.learn_std": True},
     {"model.hidden": [32, 16], "model.activation": "tanh", "data.binarize": "static"},
+    {"model.arch": "conv", "model.hidden": [64], "train.precision": "bfloat16"},
+    {"model.likelihood": "gaussian", "train.objective": "iwae", "train.k": 3,
+     "train.precision": "bfloat16"},
 ])
 def test_every_model_and_objective_trains(mnist_root, keys):
     res = fit(_config(mnist_root, **{"train.epochs": 1, **keys}))

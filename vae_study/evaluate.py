@@ -60,9 +60,14 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int, *, chunk_size: int = 8192,
     Examples are taken ``max(1, chunk_size // k)`` at a time; when K exceeds ``chunk_size``
     the samples of one example are drawn in chunks and combined by a running logsumexp.
     """
-    per_example = []
+    # One result tensor, filled in place: a small tensor kept per example would be a
+    # long-lived allocation between the big, short-lived decoder outputs of the next ones,
+    # and glibc's heap then cannot reuse or return their memory (a 10k-example NLL grew by
+    # gigabytes that way).
+    nll = torch.empty(x.shape[0], device=x.device, dtype=torch.float64)
     examples_at_once = max(1, chunk_size // k)
     samples_at_once = min(k, chunk_size)
+    start = 0
     for xb in _chunks(x, examples_at_once):
         mu, logvar = model.encode(xb)  # (B, D)
         acc = torch.full((xb.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
@@ -74,10 +79,11 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int, *, chunk_size: int = 8192,
             log_w = log_weights(log_px_z, z, mu, logvar).double()
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
             done += s
-        per_example.append(-(acc - math.log(k)))
+        nll[start:start + xb.shape[0]] = math.log(k) - acc
+        start += xb.shape[0]
         if progress is not None:
-            progress(sum(p.shape[0] for p in per_example), x.shape[0])
-    return torch.cat(per_example)
+            progress(start, x.shape[0])
+    return nll
 
 
 def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
