@@ -28,10 +28,12 @@ def test_real_datasets_have_their_published_sizes(shared_data, dataset, sizes):
 
 
 @pytest.mark.slow
-def test_seed_configuration_reaches_the_pytorch_examples_anchor(shared_data, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_seed_configuration_reaches_the_pytorch_examples_anchor(shared_data, precision):
     """784-400-20 ReLU, Bernoulli on grey levels, Adam 1e-3, batch 128, 10 epochs: the
-    pytorch/examples VAE reaches a test loss of about 105-106 nats."""
+    pytorch/examples VAE reaches a test loss of about 105-106 nats; mixed precision too."""
     config = replace_keys(RunConfig(), {"data.root": str(shared_data), "train.device": "cpu",
+                                        "train.precision": precision,
                                         "eval.k": 10, "eval.nll_examples": 500,
                                         "eval.surgery_examples": 2000})
     result = fit(config)
