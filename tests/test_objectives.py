@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from vae_study.config import ModelConfig
-from vae_study.model import VAE, BernoulliNLL, bernoulli_nll, torch_bernoulli_nll
+from vae_study.likelihoods import BernoulliNLL, bernoulli_nll, torch_bernoulli_nll
+from vae_study.model import VAE
 from vae_study.objectives import (
     compute_terms,
     gaussian_kl,
@@ -122,7 +123,7 @@ def test_bernoulli_nll_matches_a_float64_reference_to_float32_rounding(binary):
 
 
 def test_bernoulli_nll_in_blocks_is_the_same_as_in_one_piece(monkeypatch):
-    import vae_study.model as model_module
+    import vae_study.likelihoods as model_module
 
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(700, 3, 784, generator=g) * 5  # a K=700 test NLL's decoder output

@@ -54,11 +54,15 @@ class ModelConfig:
     # Hidden widths of the encoder; the decoder mirrors them (784-400-20 is the seed VAE).
     hidden: tuple[int, ...] = (400,)
     activation: Literal["relu", "tanh", "elu", "gelu", "silu", "softplus", "leaky_relu"] = "relu"
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    # bernoulli: from logits; a likelihood of binary data, a cross-entropy on grey levels.
+    # continuous_bernoulli (Loaiza-Ganem & Cunningham 2019) and gaussian: densities, trained
+    # and scored on uniformly dequantised 8-bit grey levels.
+    likelihood: Literal["bernoulli", "continuous_bernoulli", "gaussian"] = "bernoulli"
     # Gaussian likelihood only: the decoder's standard deviation (fixed, or its initial value
-    # when learn_std is true; learned per pixel).
+    # when learn_std is true; learned per pixel, never below std_floor).
     gaussian_std: float = 0.1
     learn_std: bool = False
+    std_floor: float = 1e-3
 
     def validate(self) -> None:
         _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim,
@@ -67,6 +71,10 @@ class ModelConfig:
                list(self.hidden), "a non-empty list of positive layer widths such as [400]")
         _check(self.gaussian_std > 0 and math.isfinite(self.gaussian_std), "model.gaussian_std",
                self.gaussian_std, "a positive standard deviation such as 0.1")
+        _check(0 < self.std_floor <= self.gaussian_std and math.isfinite(self.std_floor),
+               "model.std_floor", self.std_floor,
+               f"a positive floor of the learned std, at most model.gaussian_std="
+               f"{self.gaussian_std}")
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,13 @@ class EvalConfig:
 
     # Importance samples for test/nll = -L_K (5000 is the literature's standard).
     k: int = 5000
-    # Test examples used for test/nll (null: the whole test split); lower it for quick runs.
+    # Test examples used for test/nll and test/bound_gap, the first ones of the fixed test
+    # split (null: all of it); lower it for quick runs.
     nll_examples: int | None = None
+    # val/nll when training ends, what studies select on: importance samples and the number
+    # of validation examples (the first ones of the fixed validation split).
+    val_k: int = 1000
+    val_examples: int = 1000
     # Rows (examples x samples) decoded at once while estimating test/nll: bounds memory.
     chunk_size: int = 8192
     # Test examples used for the ELBO surgery terms (mutual information, marginal KL).
@@ -119,6 +132,9 @@ class EvalConfig:
         _check(self.nll_examples is None or self.nll_examples >= 1, "eval.nll_examples",
                self.nll_examples, "a positive number of test examples, or null for all")
         _check(self.chunk_size >= 1, "eval.chunk_size", self.chunk_size, "an integer >= 1")
+        _check(self.val_k >= 1, "eval.val_k", self.val_k, "an integer >= 1 (importance samples)")
+        _check(self.val_examples >= 0, "eval.val_examples", self.val_examples,
+               "a number of validation examples >= 0 (0: no val/nll)")
         _check(self.surgery_examples >= 2, "eval.surgery_examples", self.surgery_examples,
                "an integer >= 2")
 
@@ -132,10 +148,39 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        if self.model.likelihood in DENSITY_LIKELIHOODS and self.binary_data:
+            raise ConfigError(
+                f"model.likelihood: got {self.model.likelihood!r}, a density for grey levels, "
+                f"but the data are binary (data.dataset={self.data.dataset!r}, "
+                f"data.binarize={self.data.binarize!r}); use bernoulli, or data.binarize: none "
+                "on mnist or fashion_mnist")
+
+    @property
+    def binary_data(self) -> bool:
+        """The model sees 0/1 pixels: binarized (static or dynamic) or binarized_mnist."""
+        return self.data.binarize != "none" or self.data.dataset == "binarized_mnist"
+
+    @property
+    def dequantized(self) -> bool:
+        """A density likelihood on 8-bit grey levels: data dequantised, bits/dim reported."""
+        return self.model.likelihood in DENSITY_LIKELIHOODS
+
+    @property
+    def quantity(self) -> str:
+        """What -L_K is here: ``metrics.QUANTITY_NLL`` or ``QUANTITY_CROSS_ENTROPY``."""
+        from . import metrics as M
+
+        if self.model.likelihood == "bernoulli" and not self.binary_data:
+            return M.QUANTITY_CROSS_ENTROPY
+        return M.QUANTITY_NLL
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
 
+# Likelihoods that are densities of continuous data: scored on dequantised 8-bit pixels.
+DENSITY_LIKELIHOODS = ("continuous_bernoulli", "gaussian")
 RUN_SECTIONS = ("data", "model", "train", "eval")
 
 

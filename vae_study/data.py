@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,17 +53,18 @@ class Split:
 
 @dataclass(frozen=True)
 class Datasets:
-    """Train, validation and test splits, on one device, binarized as configured."""
+    """Train, validation and test splits, on one device, presented as configured."""
 
     train: Split
-    val: Split
-    test: Split
-    # dynamic: draw x ~ Bernoulli(grey level) per batch (the stored x are grey levels).
-    dynamic: bool
+    val: Split  # fixed: the same examples and the same draw in every trial
+    test: Split  # fixed likewise
+    # How each training batch is drawn from the stored train.x: NOISE_NONE (as stored),
+    # NOISE_BERNOULLI (dynamic binarization of grey levels) or NOISE_UNIFORM (dequantisation).
+    train_noise: str = "none"
 
     def to(self, device: torch.device | str) -> Datasets:
         return Datasets(self.train.to(device), self.val.to(device), self.test.to(device),
-                        self.dynamic)
+                        self.train_noise)
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,51 +250,118 @@ def _read_binarized(root: Path) -> tuple[Split, Split, Split]:
 
 
 # ---------------------------------------------------------------------------------------
-# Splits, subsets, binarization.
+# The evaluation protocol: splits, subsets, binarization and dequantisation.
+
+# The random streams of the data. They depend on nothing a study varies (train.seed,
+# data.train_subset, data.val_size, searched keys), so every trial of every study is trained
+# on the same static draw and scored on the same validation and test examples.
+HOLD_OUT_SEED = 0  # which training examples are held out for validation
+TRAIN_POOL_DRAW_SEED = 1  # the one binarization / dequantisation of the training split
+TEST_DRAW_SEED = 2  # the one binarization / dequantisation of the test split
+
+# How training batches are drawn from the stored training images.
+NOISE_NONE = "none"  # as stored (grey levels, binary data, or a static draw)
+NOISE_BERNOULLI = "bernoulli"  # x ~ Bernoulli(grey level), fresh each time (dynamic)
+NOISE_UNIFORM = "uniform"  # (pixel + u) / 256, u ~ U[0, 1), fresh each time (dequantised)
+PIXEL_LEVELS = 256  # 8-bit images: the bins of uniform dequantisation
 
 
-def load_datasets(cfg: DataConfig, *, seed: int = 0,
+@dataclass(frozen=True)
+class Source:
+    """A dataset as read from disk: grey levels in [0, 1] (or 0/1 for binarized_mnist)."""
+
+    train: Split  # the whole training split, validation not yet held out
+    test: Split
+    valid: Split | None  # binarized_mnist's official validation split; None elsewhere
+
+
+def read_source(dataset: str, root: str | None) -> Source:
+    """Read ``dataset`` from ``root`` (see ``resolve_root``) without any presentation."""
+    folder = resolve_root(root)
+    if dataset == "binarized_mnist":
+        train, valid, test = _read_binarized(folder)
+        return Source(train, test, valid)
+    if dataset in _TORCHVISION:
+        full, test = _read_torchvision(dataset, folder)
+        return Source(full, test, None)
+    raise DataError(f"unknown dataset {dataset!r}; expected one of mnist, fashion_mnist, "
+                    "binarized_mnist")
+
+
+def load_datasets(cfg: DataConfig, *, dequantize: bool = False,
                   device: torch.device | str = "cpu") -> Datasets:
-    """Read ``cfg.dataset`` and return its splits on ``device``.
+    """Read ``cfg.dataset`` and present its splits as ``cfg`` says, on ``device``.
 
-    The validation split is held out of the training split by a permutation with a fixed seed
-    (0), so every trial of a study validates on the same examples; ``seed`` drives only the
-    static binarization.
+    dequantize: uniform dequantisation of 8-bit grey levels, for density likelihoods
+    (``RunConfig.dequantized``): x = (pixel + u) / 256 with u ~ U[0, 1).
     """
-    root = resolve_root(cfg.root)
-    if cfg.dataset == "binarized_mnist":
-        train, official_val, test = _read_binarized(root)
-        if cfg.val_size > len(official_val):
-            raise DataError(f"data.val_size: got {cfg.val_size}, but binarized_mnist's "
-                            f"validation split has {len(official_val)} examples")
-        val = Split(official_val.x[: cfg.val_size], None)
-    elif cfg.dataset in _TORCHVISION:
-        full, test = _read_torchvision(cfg.dataset, root)
-        train, val = _hold_out(full, cfg.val_size)
-    else:  # validated by DataConfig; kept for direct callers
-        raise DataError(f"unknown dataset {cfg.dataset!r}; expected one of mnist, "
-                        "fashion_mnist, binarized_mnist")
+    return prepare(read_source(cfg.dataset, cfg.root), cfg, dequantize=dequantize,
+                   device=device)
+
+
+def prepare(source: Source, cfg: DataConfig, *, dequantize: bool = False,
+            device: torch.device | str = "cpu") -> Datasets:
+    """The train, validation and test splits of ``cfg`` from a dataset read once.
+
+    Evaluation data are fixed: the test split is binarized (or dequantised) by one draw of
+    its own stream, the training split (from which validation is held out) by one draw of
+    another, before any subset is taken. So the test tensors are the same whatever the seed,
+    train_subset and val_size, and the validation tensors whatever the seed and
+    train_subset. Training data: the static draw, or fresh noise per batch (dynamic
+    binarization, dequantisation) through ``Datasets.train_noise``.
+    """
+    if dequantize and (cfg.binarize != "none" or source.valid is not None):
+        raise DataError(f"data.binarize: got {cfg.binarize!r} on {cfg.dataset}; "
+                        "dequantisation is for 8-bit grey levels (data.binarize: none)")
+    draw = _dequantize if dequantize else torch.bernoulli
+    drawn = dequantize or cfg.binarize != "none"
+    if source.valid is not None:  # binarized_mnist: already binary; its own validation split
+        if cfg.val_size > len(source.valid):
+            raise DataError(f"data.val_size: got {cfg.val_size}, but {cfg.dataset}'s "
+                            f"validation split has {len(source.valid)} examples")
+        val = _index(source.valid, torch.arange(cfg.val_size))
+        stored, pool, test = source.train, source.train, source.test
+    else:
+        train_idx, val_idx = _hold_out_index(len(source.train), cfg.val_size)
+        # One draw over the whole training split, before validation is held out or a
+        # subset taken: the same pixels for an example whatever val_size and train_subset.
+        pool = _drawn(source.train, draw, TRAIN_POOL_DRAW_SEED) if drawn else source.train
+        val = _index(pool, val_idx)
+        stored, pool = _index(source.train, train_idx), _index(pool, train_idx)
+        test = _drawn(source.test, draw, TEST_DRAW_SEED) if drawn else source.test
+    noise = NOISE_NONE
+    if dequantize:
+        train, noise = stored, NOISE_UNIFORM  # grey levels, dequantised afresh per batch
+    elif cfg.binarize == "dynamic":
+        train, noise = stored, NOISE_BERNOULLI  # grey levels, binarized afresh per batch
+    else:
+        train = pool  # the static draw, or grey levels as they are
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
-            raise DataError(f"data.train_subset: got {cfg.train_subset}, but {cfg.dataset} has "
-                            f"only {len(train)} training examples after holding out "
+            raise DataError(f"data.train_subset: got {cfg.train_subset}, but {cfg.dataset} "
+                            f"has only {len(train)} training examples after holding out "
                             f"data.val_size={cfg.val_size}")
         train = _index(train, torch.arange(cfg.train_subset))
-    if cfg.binarize == "static":
-        g = torch.Generator().manual_seed(seed)
-        train, val, test = (Split(torch.bernoulli(s.x, generator=g), s.labels)
-                            for s in (train, val, test))
-    return Datasets(train, val, test, dynamic=cfg.binarize == "dynamic").to(device)
+    return Datasets(train, val, test, train_noise=noise).to(device)
 
 
-def _hold_out(full: Split, val_size: int) -> tuple[Split, Split]:
-    if val_size >= len(full):
+def _dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(pixel + u) / 256 for x = pixel / 255, u ~ U[0, 1): a density's data in [0, 1)."""
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x * (PIXEL_LEVELS - 1)).round_().add_(u).div_(PIXEL_LEVELS)
+
+
+def _drawn(split: Split, draw: Any, seed: int) -> Split:
+    return Split(draw(split.x, generator=torch.Generator().manual_seed(seed)), split.labels)
+
+
+def _hold_out_index(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices): a fixed permutation's tail is held out."""
+    if val_size >= n:
         raise DataError(f"data.val_size: got {val_size}, but the training split has only "
-                        f"{len(full)} examples; use a smaller value")
-    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))
-    train_idx = perm[: len(full) - val_size].sort().values
-    val_idx = perm[len(full) - val_size:].sort().values
-    return _index(full, train_idx), _index(full, val_idx)
+                        f"{n} examples; use a smaller value")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(HOLD_OUT_SEED))
+    return perm[: n - val_size].sort().values, perm[n - val_size:].sort().values
 
 
 def _index(split: Split, idx: torch.Tensor) -> Split:
@@ -302,17 +371,20 @@ def _index(split: Split, idx: torch.Tensor) -> Split:
 class Batches:
     """Shuffled mini-batches of a split by index permutation, on the split's device.
 
-    With ``dynamic`` each batch is a fresh Bernoulli draw of its grey levels (Burda et al.
-    2015, section 5). ``generator`` must live on the split's device; its state is what makes
-    a resumed run draw the same batches.
+    ``noise``: ``bernoulli`` makes each batch a fresh Bernoulli draw of its grey levels
+    (dynamic binarization, Burda et al. 2015, section 5); ``uniform`` a fresh uniform
+    dequantisation. ``generator`` must live on the split's device; its state is what makes a
+    resumed run draw the same batches.
     """
 
-    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, dynamic: bool,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(self, split: Split, batch_size: int, *, shuffle: bool,
+                 noise: str = NOISE_NONE, generator: torch.Generator | None = None) -> None:
+        if noise not in (NOISE_NONE, NOISE_BERNOULLI, NOISE_UNIFORM):
+            raise ValueError(f"noise must be none, bernoulli or uniform, got {noise!r}")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.dynamic = dynamic
+        self.noise = noise
         self.generator = generator
 
     def __len__(self) -> int:
@@ -328,6 +400,8 @@ class Batches:
                 batch = x[order[start:start + self.batch_size]]  # (B, 784) gather
             else:
                 batch = x[start:start + self.batch_size]
-            if self.dynamic:
+            if self.noise == NOISE_BERNOULLI:
                 batch = torch.bernoulli(batch, generator=self.generator)
+            elif self.noise == NOISE_UNIFORM:
+                batch = _dequantize(batch, self.generator)
             yield batch

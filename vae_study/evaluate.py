@@ -17,6 +17,7 @@ import torch
 
 from . import metrics as M
 from .config import EvalConfig
+from .likelihoods import bits_per_dim
 from .model import VAE
 from .objectives import gaussian_kl, log_mean_exp, log_normal, log_standard_normal, log_weights
 
@@ -123,10 +124,54 @@ def elbo_surgery(mu: torch.Tensor, logvar: torch.Tensor, *,
 
 
 @torch.no_grad()
+def neg_elbo_per_example(model: VAE, x: torch.Tensor, *, batch_size: int = 1000,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """-ELBO of each row of x, one z per example: (N,)."""
+    parts = []
+    for xb in _chunks(x, batch_size):
+        out, mu, logvar, _ = model(xb, 1, generator)
+        parts.append(gaussian_kl(mu, logvar).sum(-1).double()
+                     - model.log_likelihood(xb, out)[0].double())
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
+
+
+def _bound_metrics(split: str, nll: torch.Tensor, quantity: str, dequantized: bool,
+                   dims: int) -> dict[str, float]:
+    """-L_K under its honest name, with bits/dim for dequantised 8-bit data."""
+    value = nll.mean().item()
+    out = {M.bound_key(split, quantity): value}
+    if dequantized:
+        out[f"{split}/bpd"] = bits_per_dim(value, dims)
+    return out
+
+
+@torch.no_grad()
+def evaluate_val(model: VAE, x: torch.Tensor, cfg: EvalConfig, *, quantity: str,
+                 dequantized: bool = False, generator: torch.Generator | None = None
+                 ) -> dict[str, float]:
+    """``val/nll`` (or ``val/ce_bound``) with eval.val_k samples on the first
+    eval.val_examples validation examples: what a study selects on, computed once."""
+    n = min(cfg.val_examples, x.shape[0])
+    if n == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    nll = iwae_nll(model, x[:n], cfg.val_k, chunk_size=cfg.chunk_size, generator=generator)
+    model.train(was_training)
+    return _bound_metrics("val", nll, quantity, dequantized, x.shape[1])
+
+
+@torch.no_grad()
 def evaluate_test(model: VAE, x: torch.Tensor, cfg: EvalConfig, *,
+                  quantity: str = M.QUANTITY_NLL, dequantized: bool = False,
                   generator: torch.Generator | None = None,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
-    """The ``test/...`` metrics of a trained model on x (N, 784)."""
+    """The ``test/...`` metrics of a trained model on x (N, 784).
+
+    Which examples: rate, distortion, -ELBO, active units and KL per dimension on all N;
+    -L_K and the bound gap on the first eval.nll_examples, both terms of the gap on the same
+    examples; the ELBO surgery on the first eval.surgery_examples.
+    """
     was_training = model.training
     model.eval()
     terms = elbo_terms(model, x, generator=generator)
@@ -134,6 +179,7 @@ def evaluate_test(model: VAE, x: torch.Tensor, cfg: EvalConfig, *,
     nll_x = x if cfg.nll_examples is None else x[: cfg.nll_examples]
     nll = iwae_nll(model, nll_x, cfg.k, chunk_size=cfg.chunk_size, generator=generator,
                    progress=progress)
+    gap = neg_elbo_per_example(model, nll_x, generator=generator) - nll
     m = min(cfg.surgery_examples, x.shape[0])
     mutual_info, marginal_kl = elbo_surgery(mu[:m], logvar[:m], generator=generator)
     model.train(was_training)
@@ -141,7 +187,9 @@ def evaluate_test(model: VAE, x: torch.Tensor, cfg: EvalConfig, *,
         M.TEST_NEG_ELBO: terms["neg_elbo"],
         M.TEST_RATE: terms["rate"],
         M.TEST_DISTORTION: terms["distortion"],
-        M.TEST_NLL: nll.mean().item(),
+        **_bound_metrics("test", nll, quantity, dequantized, x.shape[1]),
+        M.TEST_BOUND_GAP: gap.mean().item(),
+        M.TEST_NLL_EXAMPLES: int(nll_x.shape[0]),
         M.TEST_ACTIVE_UNITS: active_units(mu),
         M.TEST_MUTUAL_INFO: mutual_info,
         M.TEST_MARGINAL_KL: marginal_kl,

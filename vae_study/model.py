@@ -12,11 +12,16 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
 from .data import IMAGE_SHAPE, NUM_PIXELS
+from .likelihoods import (
+    bernoulli_nll,
+    continuous_bernoulli_mean,
+    continuous_bernoulli_nll,
+    gaussian_nll,
+)
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -27,87 +32,6 @@ _ACTIVATIONS = {
     "softplus": nn.Softplus,
     "leaky_relu": nn.LeakyReLU,
 }
-_LOG_2PI = math.log(2 * math.pi)
-
-
-class BernoulliNLL(torch.autograd.Function):
-    """-log Bernoulli(x; sigmoid(l)) summed over the last axis, from logits l, in nats.
-
-    Per pixel it is softplus(l) - x*l = max(l, 0) - x*l + log1p(exp(-|l|)): stable for any
-    logit (exp(-|l|) <= 1 never overflows) and the cross-entropy on grey levels too. Torch's
-    own kernels for it (``binary_cross_entropy_with_logits``, ``softplus``, ``log1p``) are
-    scalar code on the CPU, about 5 ns a value: a quarter of a training step of the seed model
-    and most of the test NLL's time. Here log1p(e) is computed as log(u) - ((u - 1) - e) / u
-    with u = 1 + e, vectorised and exact to float rounding (the correction restores what
-    rounding 1 + e lost, down to e below machine epsilon, where log(u) = 0 and the result
-    is e), and the gradient (sigmoid(l) - x) is formed directly instead of through autograd's
-    chain of elementwise ops. ``x`` broadcasts against ``l``: (B, P) with (K, B, P).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(logits, x)
-        return _bernoulli_nll_values(logits, x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        logits, x = ctx.saved_tensors
-        g = grad.unsqueeze(-1)
-        grad_logits = (torch.sigmoid(logits) - x) * g if ctx.needs_input_grad[0] else None
-        grad_x = (-logits * g).sum_to_size(x.shape) if ctx.needs_input_grad[1] else None
-        return grad_logits, grad_x
-
-
-_BLOCK_VALUES = 1 << 18  # values per block of _bernoulli_nll_values: 1 MB temporaries
-
-
-def _bernoulli_nll_values(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The forward of ``BernoulliNLL``, in blocks along the first axis.
-
-    Blocks keep the four temporaries small enough to stay in cache and to be reused by the
-    allocator: on (5000, 1, 784) decoder outputs of a K=5000 test NLL, whole-tensor
-    temporaries (16 MB each) fragmented glibc's heap until a 10k-example evaluation held
-    tens of GB.
-    """
-    step = max(1, _BLOCK_VALUES // max(1, logits[0].numel())) if logits.dim() > 1 else 0
-    if logits.dim() <= 1 or step >= logits.shape[0]:
-        return _bernoulli_nll_block(logits, x)
-    out = torch.empty(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
-    x_follows = x.dim() == logits.dim() and x.shape[0] == logits.shape[0] > 1
-    for start in range(0, logits.shape[0], step):
-        end = start + step
-        out[start:end] = _bernoulli_nll_block(logits[start:end],
-                                              x[start:end] if x_follows else x)
-    return out
-
-
-def _bernoulli_nll_block(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    # max(l, 0) - x*l first: exactly 0 for a confident right pixel, whose log1p term (down to
-    # 1e-38) then survives instead of being rounded away against |l|.
-    nll = logits.clamp_min(0.0).addcmul_(logits, x, value=-1.0)
-    e = logits.abs().neg_().exp_()
-    u = e + 1.0
-    correction = (u - 1.0).sub_(e).div_(u)
-    return nll.add_(u.log_().sub_(correction)).sum(-1)
-
-
-def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """-log p(x|logits) of independent Bernoulli pixels, summed over the last axis.
-
-    On the CPU ``BernoulliNLL``; elsewhere torch's fused kernel, which on a GPU is one pass
-    where ``BernoulliNLL`` would launch a dozen small kernels. Both are exact to float rounding.
-    """
-    if logits.device.type == "cpu":
-        if torch.is_grad_enabled() and (logits.requires_grad or x.requires_grad):
-            return BernoulliNLL.apply(logits, x)
-        return _bernoulli_nll_values(logits, x)  # evaluation: no autograd node at all
-    return torch_bernoulli_nll(logits, x)
-
-
-def torch_bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The same through ``F.binary_cross_entropy_with_logits`` (the GPU path)."""
-    return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits),
-                                              reduction="none").sum(-1)
 
 
 def _mlp(widths: list[int], activation: str) -> nn.Sequential:
@@ -226,13 +150,14 @@ class VAE(nn.Module):
         """-log p(x|z) summed over pixels, in nats: x (B, 784), out (..., B, 784) -> (..., B).
 
         Bernoulli: the binary cross-entropy computed from logits (stable for any logit); on
-        grey levels this is the cross-entropy of pytorch/examples, the 105-nat anchor.
+        grey levels this is the cross-entropy of pytorch/examples, the 105-nat anchor, and
+        not a likelihood. Continuous Bernoulli and Gaussian: densities of dequantised pixels.
         """
         if self.cfg.likelihood == "bernoulli":
             return bernoulli_nll(out, x)
-        log_std = self.log_std
-        sq = ((x - out) * torch.exp(-log_std)).pow(2)
-        return 0.5 * (sq + 2 * log_std + _LOG_2PI).sum(-1)
+        if self.cfg.likelihood == "continuous_bernoulli":
+            return continuous_bernoulli_nll(out, x)
+        return gaussian_nll(out, x, self.log_std, floor=self.cfg.std_floor)
 
     def log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over pixels: (..., B)."""
@@ -242,4 +167,6 @@ class VAE(nn.Module):
         """The decoder's mean image in [0, 1] (for pictures): sigmoid(logits) or the mean."""
         if self.cfg.likelihood == "bernoulli":
             return torch.sigmoid(out)
+        if self.cfg.likelihood == "continuous_bernoulli":
+            return continuous_bernoulli_mean(out)
         return out.clamp(0.0, 1.0)

@@ -131,7 +131,7 @@ def _model_figures(sf: StudyFolder, best: Trial | None, front: list[Trial], out:
     from .model import VAE
 
     try:
-        data = load_datasets(sf.study.base.data, seed=sf.study.base.train.seed)
+        data = load_datasets(sf.study.base.data, dequantize=sf.study.base.dequantized)
     except VaeStudyError as exc:
         notes.append(f"Model pictures skipped: the test data cannot be read ({exc}).")
         return

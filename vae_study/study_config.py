@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +59,14 @@ class SearchConfig:
     max_concurrent: int = 2
     seed: int = 0
     space: tuple[Param, ...] = ()
-    objectives: tuple[Objective, ...] = (Objective(M.TEST_NLL, "min"),)
+    # Default: the validation bound, val/nll (val/ce_bound for grey-level Bernoulli).
+    objectives: tuple[Objective, ...] = (Objective(M.VAL_NLL, "min"),)
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
     # Extra keyword arguments of the Optuna sampler, e.g. {n_startup_trials: 16} for TPE.
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # Test metrics may drive the search only when this says so: selecting on test biases
+    # every test number the study reports.
+    select_on_test: bool = False
 
     @property
     def multi_objective(self) -> bool:
@@ -177,6 +182,7 @@ def search_to_dict(s: SearchConfig) -> dict[str, Any]:
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in s.objectives],
         "points_to_evaluate": [dict(p) for p in s.points_to_evaluate],
         "sampler_options": dict(s.sampler_options),
+        "select_on_test": s.select_on_test,
     }
 
 
@@ -223,7 +229,7 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
                               f"{value!r}")
         values = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         for v in value:  # every choice must be a valid value of its key
-            replace_keys(base, {key: v})
+            _same_quantity(base, replace_keys(base, {key: v}), key, v)
         return Param(key, "choice", values=values)
     if (not isinstance(value, list) or len(value) != 2
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
@@ -246,9 +252,58 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     return Param(key, kind, low=low, high=high, log=log)
 
 
-def _parse_objectives(raw: Any) -> tuple[Objective, ...]:
+def _same_quantity(base: RunConfig, trial: RunConfig, key: str, value: Any) -> None:
+    """A searched value may not change what the study's bound is (a likelihood, a
+    cross-entropy, a density of dequantised pixels): trials would not be comparable."""
+    if (trial.quantity, trial.dequantized) != (base.quantity, base.dequantized):
+        raise ConfigError(
+            f"search.space.{key}: the choice {value!r} changes what the study's numbers are "
+            f"({M.QUANTITY_WORDS[trial.quantity]}"
+            + (", of dequantised pixels" if trial.dequantized else "")
+            + f", against the base configuration's {M.QUANTITY_WORDS[base.quantity]}"
+            + (", of dequantised pixels" if base.dequantized else "")
+            + "); trials must be comparable: run one study per kind")
+
+
+def _parse_objectives(raw: Any, base: RunConfig, select_on_test: bool
+                      ) -> tuple[Objective, ...]:
+    objectives = _objectives_from(raw, base)
+    available = _available_metrics(base)
+    for o in objectives:
+        if o.metric not in available:
+            raise ConfigError(
+                f"search.objectives: {o.metric} is not computed for this study's model and data "
+                f"({M.QUANTITY_WORDS[base.quantity]}); use one of "
+                + ", ".join(m for m in M.DIRECTIONS if m in available))
+    on_test = [o.metric for o in objectives if M.is_test_metric(o.metric)]
+    if on_test and not select_on_test:
+        raise ConfigError(
+            f"search.objectives: {', '.join(on_test)} is a test metric, and a search that "
+            "selects on the test split biases every test number it reports; select on "
+            f"validation ({M.bound_key('val', base.quantity)}, val/rate, val/distortion, "
+            "val/neg_elbo), or set search.select_on_test: true to do it anyway")
+    if on_test:
+        warnings.warn(f"search.select_on_test: the study selects on {', '.join(on_test)}; its "
+                      "test numbers are optimistically biased and are not held-out estimates",
+                      stacklevel=2)
+    return objectives
+
+
+def _available_metrics(base: RunConfig) -> set[str]:
+    """The metrics a trial of ``base`` reports: the bound under its honest name only."""
+    out = set(M.DIRECTIONS)
+    for split in ("val", "test"):
+        other = (M.QUANTITY_CROSS_ENTROPY if base.quantity == M.QUANTITY_NLL
+                 else M.QUANTITY_NLL)
+        out.discard(M.bound_key(split, other))
+        if not base.dequantized:
+            out.discard(f"{split}/bpd")
+    return out
+
+
+def _objectives_from(raw: Any, base: RunConfig) -> tuple[Objective, ...]:
     if raw is None:
-        return (Objective(M.TEST_NLL, "min"),)
+        return (Objective(M.bound_key("val", base.quantity), "min"),)
     if isinstance(raw, str):
         raw = [raw]
     if isinstance(raw, Mapping):
@@ -307,7 +362,8 @@ def _parse_search(raw: Any, base: RunConfig) -> SearchConfig:
     if max_conc > num_trials:
         raise ConfigError(f"search.max_concurrent: got {max_conc}, more than search.num_trials"
                           f"={num_trials}; it must be <= num_trials")
-    objectives = _parse_objectives(raw.get("objectives"))
+    select_on_test = coerce(raw.get("select_on_test", False), bool, "search.select_on_test")
+    objectives = _parse_objectives(raw.get("objectives"), base, select_on_test)
     if algorithm == "grid":
         not_choice = [p.key for p in space if p.kind != "choice"]
         if not_choice:
@@ -334,7 +390,7 @@ def _parse_search(raw: Any, base: RunConfig) -> SearchConfig:
     return SearchConfig(algorithm=algorithm, num_trials=num_trials, max_concurrent=max_conc,
                         seed=seed, space=space, objectives=objectives,
                         points_to_evaluate=tuple(dict(p) for p in points),
-                        sampler_options=dict(options))
+                        sampler_options=dict(options), select_on_test=select_on_test)
 
 
 def check_name(name: Any) -> str:

@@ -1,7 +1,7 @@
 """The trainer: ``fit`` one configuration, reproducibly, resumably, on a CPU or a GPU.
 
 ``fit`` is built from ``train_epoch`` (one pass of Adam over shuffled device-resident
-batches) and ``validate``; after each epoch it writes a checkpoint and calls ``on_epoch``,
+batches) and ``validation_terms``; after each epoch it writes a checkpoint and calls ``on_epoch``,
 the hook the Ray trainable reports through. Torch and the standard library only: no Ray,
 no Optuna here.
 """
@@ -23,7 +23,7 @@ from . import metrics as M
 from .config import RunConfig, TrainConfig, to_dict
 from .data import Batches, Datasets, load_datasets
 from .errors import CheckpointError, TrainingDiverged
-from .evaluate import elbo_terms, evaluate_test
+from .evaluate import elbo_terms, evaluate_test, evaluate_val
 from .model import VAE
 from .objectives import compute_terms
 
@@ -40,6 +40,12 @@ _FUSED_ADAM_DEVICES = ("cpu", "cuda")
 # train.precision -> the autocast dtype of the encoder and decoder (None: plain float32).
 COMPUTE_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 CHECK_EVERY = 10  # batches between checks for a non-finite loss (each check syncs a GPU)
+
+# Seeds of the evaluation's own random streams (the z samples of the estimators). They do
+# not depend on train.seed: every trial's model is scored with the same random numbers, so
+# differences between trials are the models', not the estimators' draws.
+VALIDATION_SAMPLES_SEED = 1_000_003  # per-epoch validation -ELBO, plus the epoch number
+FINAL_SAMPLES_SEED = 7  # val/nll and the test metrics when training ends
 
 EpochHook = Callable[[dict[str, float], Path | None], None]
 ProgressHook = Callable[[int, int, int], None]  # (epoch, batches done, batches in epoch)
@@ -126,15 +132,13 @@ def _check_finite(losses: torch.Tensor, epoch: int, first_batch: int) -> None:
         raise TrainingDiverged(epoch, first_batch + bad, float(losses[bad]))
 
 
-def validate(model: VAE, data: Datasets, seed: int, epoch: int) -> dict[str, float]:
-    """-ELBO, rate and distortion on the validation split (its own RNG stream per epoch)."""
+def validation_terms(model: VAE, data: Datasets, epoch: int) -> dict[str, float]:
+    """-ELBO, rate and distortion on the (fixed) validation split after an epoch."""
     if len(data.val) == 0:
         return {}
     model.eval()
-    device = data.val.x.device
-    g = torch.Generator(device).manual_seed(seed * 1_000_003 + epoch)
-    x = torch.bernoulli(data.val.x, generator=g) if data.dynamic else data.val.x
-    terms = elbo_terms(model, x, generator=g)
+    g = torch.Generator(data.val.x.device).manual_seed(VALIDATION_SAMPLES_SEED + epoch)
+    terms = elbo_terms(model, data.val.x, generator=g)
     model.train()
     out = {M.VAL_NEG_ELBO: terms["neg_elbo"], M.VAL_RATE: terms["rate"],
            M.VAL_DISTORTION: terms["distortion"]}
@@ -144,13 +148,15 @@ def validate(model: VAE, data: Datasets, seed: int, epoch: int) -> dict[str, flo
     return out
 
 
-def test_metrics(model: VAE, data: Datasets, config: RunConfig,
-                 progress: EvalProgressHook | None = None) -> dict[str, Any]:
-    """The ``test/...`` metrics, computed once when training ends."""
-    device = data.test.x.device
-    g = torch.Generator(device).manual_seed(config.train.seed + 7)
-    x = torch.bernoulli(data.test.x, generator=g) if data.dynamic else data.test.x
-    return evaluate_test(model, x, config.eval, generator=g, progress=progress)
+def final_metrics(model: VAE, data: Datasets, config: RunConfig,
+                  progress: EvalProgressHook | None = None) -> dict[str, Any]:
+    """``val/nll`` (what studies select on) and the ``test/...`` metrics, once, at the end."""
+    g = torch.Generator(data.test.x.device).manual_seed(FINAL_SAMPLES_SEED)
+    kinds = {"quantity": config.quantity, "dequantized": config.dequantized}
+    out: dict[str, Any] = evaluate_val(model, data.val.x, config.eval, generator=g, **kinds)
+    out.update(evaluate_test(model, data.test.x, config.eval, generator=g, progress=progress,
+                             **kinds))
+    return out
 
 
 def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> None:
@@ -192,7 +198,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
     started = time.perf_counter()
     device = resolve_device(config.train.device)
     if data is None:
-        data = load_datasets(config.data, seed=config.train.seed, device=device)
+        data = load_datasets(config.data, dequantize=config.dequantized, device=device)
     else:
         data = data.to(device)
     out = Path(out_dir) if out_dir is not None else None
@@ -219,8 +225,8 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         ckpt.write_yaml(out / CONFIG_FILE, to_dict(config))
         _rewrite_metrics(out / METRICS_FILE, history)
 
-    batches = Batches(data.train, config.train.batch_size, shuffle=True, dynamic=data.dynamic,
-                      generator=generator)
+    batches = Batches(data.train, config.train.batch_size, shuffle=True,
+                      noise=data.train_noise, generator=generator)
     start = int(history[-1][M.EPOCH]) if history else 0
     result_final: dict[str, Any] = {}
     for epoch in range(start + 1, config.train.epochs + 1):
@@ -228,7 +234,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         row: dict[str, float] = {M.EPOCH: epoch}
         row.update(train_epoch(model, optimizer, batches, config.train, epoch,
                                generator=generator, progress=progress))
-        row.update(validate(model, data, config.train.seed, epoch))
+        row.update(validation_terms(model, data, epoch))
         row[M.EPOCH_SECONDS] = time.perf_counter() - t0
         history.append(row)
         if ckpt_dir is not None:
@@ -264,9 +270,9 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
 
 def _final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
            epoch: int, started: float, progress: EvalProgressHook | None) -> dict[str, Any]:
-    final = test_metrics(model, data, config, progress)
-    for key in M.TEST_SCALARS:  # a NaN test metric is a diverged run, not a result
-        if not math.isfinite(final[key]):
+    final = final_metrics(model, data, config, progress)
+    for key in (*M.FINAL_VAL_SCALARS, *M.TEST_SCALARS):  # NaN: a diverged run, not a result
+        if key in final and not math.isfinite(final[key]):
             raise TrainingDiverged(epoch, 0, final[key], what=key)
     # Seconds inside fit in this process: training, validation, test metrics.
     final[M.TOTAL_SECONDS] = time.perf_counter() - started

@@ -187,8 +187,8 @@ def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
         "wall_s": last.get("time_total_s"),
         "node": last.get(NODE_KEY),
     }
-    for key in (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.TEST_SCALARS,
-                M.TEST_KL_PER_DIM, M.TOTAL_SECONDS):
+    for key in (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.FINAL_VAL_SCALARS,
+                *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, M.TOTAL_SECONDS):
         row[key] = last.get(key)
     status = trial.status
     if status == "ERROR":
@@ -198,7 +198,7 @@ def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
         if last.get(R.DIVERGED_KEY):  # failed, not retried: the reason says it diverged
             row["status"] = R.FAILED
             row[R.ERROR_KEY] = last.get(R.ERROR_KEY)
-        elif last.get(M.TEST_NLL) is not None:
+        elif last.get(M.TEST_NEG_ELBO) is not None:  # the test metrics came with it
             row["status"] = R.COMPLETED
         else:
             row["status"] = R.STOPPED
@@ -434,7 +434,7 @@ def check_shared_storage(folder: Path) -> None:
 def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> Path:
     """Run (or continue) a study to ``search.num_trials`` trials; returns its folder."""
     # The dataset first: missing or damaged files stop the study before its folder exists.
-    data = load_datasets(study.base.data, seed=study.base.train.seed)  # once, for all trials
+    data = load_datasets(study.base.data, dequantize=study.base.dequantized)  # once
     folder, resume = prepare_folder(study, fresh=fresh)
     check_optuna_db(folder, study.name)
     # The objectives (test/...) exist only in a trial's last report; the epochs before it
