@@ -17,10 +17,10 @@ import time
 import torch
 
 import vae_study.model as model_module
-from vae_study.likelihoods import torch_bernoulli_nll
 from vae_study.config import RunConfig
 from vae_study.errors import DataError
 from vae_study.evaluate import iwae_nll
+from vae_study.likelihoods import torch_bernoulli_nll
 from vae_study.train import make_model, resolve_device
 
 

@@ -98,10 +98,11 @@ def tiny_study(tmp_path: Path, **over) -> dict:
     raw = {
         "name": "tiny",
         "output": {"dir": str(tmp_path / "runs")},
-        "data": {"root": str(root), "val_size": 100},
+        # Dynamic binarization: a real likelihood, so the bound is val/nll and test/nll.
+        "data": {"root": str(root), "val_size": 100, "binarize": "dynamic"},
         "model": {"hidden": [32], "latent_dim": 2},
         "train": {"epochs": 2, "batch_size": 100, "device": "cpu"},
-        "eval": {"k": 10, "surgery_examples": 100},
+        "eval": {"k": 10, "surgery_examples": 100, "val_k": 10, "val_examples": 100},
         "search": {"algorithm": "tpe", "num_trials": 4, "max_concurrent": 2,
                    "space": {"train.beta": {"log_uniform": [0.1, 10.0]},
                              "model.latent_dim": {"choice": [2, 4]}}},

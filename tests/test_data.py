@@ -9,7 +9,14 @@ import torch
 
 from conftest import tiny_images, write_amat, write_mnist
 from vae_study.config import DataConfig
-from vae_study.data import Batches, load_datasets, read_amat, resolve_root
+from vae_study.data import (
+    NOISE_BERNOULLI,
+    NOISE_UNIFORM,
+    Batches,
+    load_datasets,
+    read_amat,
+    resolve_root,
+)
 from vae_study.errors import DataError
 
 
@@ -25,8 +32,8 @@ def test_flat_gz_layout_reads_through_torchvision_with_pixels_scaled(tmp_path):
 
 def test_val_split_is_disjoint_fixed_and_independent_of_the_seed(tmp_path):
     root = write_mnist(tmp_path / "d", n_train=200)
-    a = load_datasets(DataConfig(root=str(root), val_size=40), seed=1)
-    b = load_datasets(DataConfig(root=str(root), val_size=40), seed=2)
+    a = load_datasets(DataConfig(root=str(root), val_size=40))
+    b = load_datasets(DataConfig(root=str(root), val_size=40, train_subset=20))
     assert torch.equal(a.val.x, b.val.x)
     full = torch.from_numpy(tiny_images(200, 0)).reshape(200, 784).float() / 255
     rows = {tuple(r.tolist()) for r in full}
@@ -98,24 +105,85 @@ def test_amat_with_a_short_line_is_refused(tmp_path):
         read_amat(worse)
 
 
-def test_binarize_static_is_fixed_by_the_seed_and_dynamic_redraws(tmp_path):
+def test_dynamic_binarization_redraws_training_batches_only(tmp_path):
     root = write_mnist(tmp_path / "d", n_train=100)
-    cfg = DataConfig(root=str(root), val_size=10, binarize="static")
-    a, b = load_datasets(cfg, seed=3), load_datasets(cfg, seed=3)
-    c = load_datasets(cfg, seed=4)
-    assert set(a.train.x.unique().tolist()) == {0.0, 1.0}
-    assert torch.equal(a.train.x, b.train.x) and not torch.equal(a.train.x, c.train.x)
-
     dyn = load_datasets(DataConfig(root=str(root), val_size=10, binarize="dynamic"))
-    assert dyn.dynamic and dyn.train.x.unique().numel() > 2  # grey levels kept
+    assert dyn.train_noise == NOISE_BERNOULLI and dyn.train.x.unique().numel() > 2  # grey
+    for split in (dyn.val, dyn.test):  # evaluation data: one fixed draw, binary
+        assert set(split.x.unique().tolist()) == {0.0, 1.0}
     g = torch.Generator().manual_seed(0)
-    batches = Batches(dyn.train, 90, shuffle=False, dynamic=True, generator=g)
+    batches = Batches(dyn.train, 90, shuffle=False, noise=NOISE_BERNOULLI, generator=g)
     first, second = next(iter(batches)), next(iter(batches))
     assert set(first.unique().tolist()) == {0.0, 1.0}
     assert not torch.equal(first, second)  # a fresh draw each time an example is used
     # E[bernoulli(p)] = p: the mean of many draws approaches the grey levels.
     draws = torch.stack([next(iter(batches)) for _ in range(400)]).mean(0)
     assert (draws - dyn.train.x[:90]).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("binarize, dequantize", [("static", False), ("dynamic", False),
+                                                   ("none", True), ("none", False)])
+def test_evaluation_data_is_the_same_whatever_a_study_varies(tmp_path, binarize, dequantize):
+    """The test tensors are equal across seeds, train_subset and val_size; the validation
+    tensors across seeds and train_subset. The seed cannot matter: load_datasets does not
+    take one, and fit's training seed is not passed to it (checked below through fit)."""
+    root = write_mnist(tmp_path / "d", n_train=300, n_test=80)
+
+    def load(**keys):
+        return load_datasets(DataConfig(root=str(root), binarize=binarize,
+                                        **{"val_size": 50, **keys}), dequantize=dequantize)
+
+    base = load()
+    for other in (load(train_subset=20), load(val_size=120), load(val_size=0),
+                  load(train_subset=7, val_size=31)):
+        assert torch.equal(other.test.x, base.test.x)
+    for other in (load(train_subset=20), load(train_subset=200)):
+        assert torch.equal(other.val.x, base.val.x)
+    if binarize != "none" or dequantize:  # drawn, not the stored grey levels
+        grey = load_datasets(DataConfig(root=str(root), val_size=50))
+        assert not torch.equal(base.test.x, grey.test.x)
+        assert not torch.equal(base.val.x, grey.val.x)
+    if binarize == "static":  # the static training draw: fixed, and the same per example
+        sub = load(train_subset=20)
+        assert torch.equal(sub.train.x, base.train.x[:20])
+        assert set(base.train.x.unique().tolist()) == {0.0, 1.0}
+
+
+def test_fit_scores_every_seed_on_the_same_test_tensors(tmp_path, monkeypatch):
+    import vae_study.train as T
+    from vae_study.config import RunConfig, replace_keys
+
+    root = write_mnist(tmp_path / "d", n_train=200, n_test=60)
+    seen = []
+    real = T.evaluate_test
+    monkeypatch.setattr(T, "evaluate_test",
+                        lambda model, x, *a, **k: seen.append(x.clone()) or real(model, x, *a,
+                                                                                 **k))
+    for seed, subset in ((0, None), (1, 50), (2**32 - 1, 120)):
+        T.fit(replace_keys(RunConfig(), {
+            "data.root": str(root), "data.val_size": 40, "data.binarize": "dynamic",
+            "data.train_subset": subset, "train.seed": seed, "train.epochs": 1,
+            "model.hidden": [16], "model.latent_dim": 2, "train.device": "cpu", "eval.k": 2,
+            "eval.val_k": 2, "eval.val_examples": 10, "eval.surgery_examples": 10}))
+    assert len(seen) == 3 and all(torch.equal(x, seen[0]) for x in seen)
+
+
+def test_dequantised_pixels_stay_in_their_bins(tmp_path):
+    root = write_mnist(tmp_path / "d", n_train=100, n_test=40)
+    grey = load_datasets(DataConfig(root=str(root), val_size=10))
+    deq = load_datasets(DataConfig(root=str(root), val_size=10), dequantize=True)
+    assert deq.train_noise == NOISE_UNIFORM
+    pixel = (grey.test.x * 255).round()
+    # (pixel + u) / 256 with u in [0, 1): inside the pixel's own bin, and not at its corner.
+    assert ((deq.test.x * 256 - pixel) >= 0).all() and ((deq.test.x * 256 - pixel) < 1).all()
+    assert (deq.test.x * 256 - pixel).std() > 0.2  # uniform noise has std 0.29
+    batch = next(iter(Batches(deq.train, 50, shuffle=False, noise=NOISE_UNIFORM,
+                              generator=torch.Generator().manual_seed(0))))
+    offset = batch * 256 - (deq.train.x[:50] * 255).round()
+    assert (offset >= 0).all() and (offset < 1).all()
+    with pytest.raises(DataError, match="grey levels"):
+        load_datasets(DataConfig(root=str(root), val_size=10, binarize="static"),
+                      dequantize=True)
 
 
 def test_train_subset_takes_the_first_examples_and_checks_its_size(tmp_path):
@@ -133,10 +201,10 @@ def test_batches_cover_each_example_once_per_epoch_in_a_seeded_order():
     x = torch.arange(10.0).unsqueeze(1).expand(10, 784).contiguous()
     split = Split(x, None)
     order = lambda seed: torch.cat([b[:, 0] for b in Batches(  # noqa: E731
-        split, 4, shuffle=True, dynamic=False, generator=torch.Generator().manual_seed(seed))])
+        split, 4, shuffle=True, generator=torch.Generator().manual_seed(seed))])
     assert sorted(order(0).tolist()) == list(range(10))
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
-    assert len(Batches(split, 4, shuffle=True, dynamic=False)) == 3
+    assert len(Batches(split, 4, shuffle=True)) == 3
 
 
 def test_gz_amat_reader_handles_windows_line_endings(tmp_path):

@@ -146,16 +146,62 @@ def test_elbo_surgery_of_a_real_encoder_sums_to_its_rate():
     assert mi + mkl == pytest.approx(avg_rate, rel=0.03, abs=0.05)
 
 
-def test_evaluate_test_reports_every_named_metric():
+def test_evaluate_test_reports_every_named_metric_under_its_quantity():
+    from vae_study import metrics as M
+
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_dim=3, hidden=(16,)))
     x = torch.rand(40, 784)
-    out = evaluate_test(model, x, EvalConfig(k=20, nll_examples=10, surgery_examples=30),
-                        generator=torch.Generator().manual_seed(0))
-    from vae_study import metrics as M
-
-    assert set(M.TEST_SCALARS) | {M.TEST_KL_PER_DIM} == set(out)
+    cfg = EvalConfig(k=20, nll_examples=10, surgery_examples=30)
+    out = evaluate_test(model, x, cfg, generator=torch.Generator().manual_seed(0))
+    expected = {M.TEST_NEG_ELBO, M.TEST_RATE, M.TEST_DISTORTION, M.TEST_NLL, M.TEST_BOUND_GAP,
+                M.TEST_NLL_EXAMPLES, M.TEST_ACTIVE_UNITS, M.TEST_MUTUAL_INFO,
+                M.TEST_MARGINAL_KL, M.TEST_KL_PER_DIM}
+    assert set(out) == expected and out[M.TEST_NLL_EXAMPLES] == 10
     assert len(out[M.TEST_KL_PER_DIM]) == 3
     assert sum(out[M.TEST_KL_PER_DIM]) == pytest.approx(out[M.TEST_RATE], rel=1e-4)
     assert out[M.TEST_NEG_ELBO] == pytest.approx(out[M.TEST_RATE] + out[M.TEST_DISTORTION])
     assert out[M.TEST_NLL] <= out[M.TEST_NEG_ELBO] + 1.0
+    # A cross-entropy is named so; a density of dequantised pixels also gets bits/dim.
+    ce = evaluate_test(model, x, cfg, quantity=M.QUANTITY_CROSS_ENTROPY,
+                       generator=torch.Generator().manual_seed(0))
+    assert M.TEST_CE_BOUND in ce and M.TEST_NLL not in ce and M.TEST_BPD not in ce
+    assert ce[M.TEST_CE_BOUND] == out[M.TEST_NLL]  # the same arithmetic, an honest name
+    deq = evaluate_test(model, x, cfg, dequantized=True, generator=torch.Generator().manual_seed(0))
+    assert deq[M.TEST_BPD] == pytest.approx((deq[M.TEST_NLL] + 784 * math.log(256))
+                                            / (784 * math.log(2)))
+
+
+def test_the_bound_gap_compares_the_elbo_and_the_bound_on_the_same_examples():
+    """-ELBO - NLL on the NLL's examples: on a subset unlike the rest of the split, the
+    difference of the two split-level numbers would be wrong by the subsets' difference."""
+    from vae_study import metrics as M
+
+    model = LinearGaussianVAE(exact=False)
+    x = _lg_data(model, 60)
+    x[:20] += 3.0  # the NLL's examples (the first 20) are far worse than the other 40
+    cfg = EvalConfig(k=200, nll_examples=20, surgery_examples=30)
+    out = evaluate_test(model, x, cfg, generator=torch.Generator().manual_seed(0))
+    sub = x[:20]
+    truth_gap = (elbo_terms(model, sub, generator=torch.Generator().manual_seed(1))["neg_elbo"]
+                 - iwae_nll(model, sub, 200, generator=torch.Generator().manual_seed(2)
+                            ).mean().item())
+    assert out[M.TEST_BOUND_GAP] == pytest.approx(truth_gap, abs=1.0)
+    assert out[M.TEST_BOUND_GAP] > 0  # the K-sample bound is tighter than the ELBO
+    across = out[M.TEST_NEG_ELBO] - out[M.TEST_NLL]  # all 60 against the first 20
+    assert abs(across - out[M.TEST_BOUND_GAP]) > 100  # what the report must never show
+
+
+def test_validation_bound_uses_its_own_samples_and_examples():
+    from vae_study import metrics as M
+    from vae_study.evaluate import evaluate_val
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dim=3, hidden=(16,)))
+    x = torch.rand(50, 784, generator=torch.Generator().manual_seed(1))
+    cfg = EvalConfig(val_k=30, val_examples=12)
+    out = evaluate_val(model, x, cfg, quantity=M.QUANTITY_NLL,
+                       generator=torch.Generator().manual_seed(0))
+    direct = iwae_nll(model, x[:12], 30, generator=torch.Generator().manual_seed(0))
+    assert out == {M.VAL_NLL: pytest.approx(direct.mean().item())}
+    assert evaluate_val(model, x, EvalConfig(val_examples=0), quantity=M.QUANTITY_NLL) == {}

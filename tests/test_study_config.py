@@ -106,15 +106,46 @@ def test_points_to_evaluate_are_encoded_for_optuna():
                                                             "model.hidden": "[400]"}
 
 
-def test_objectives_default_and_multi():
+def test_objectives_default_to_the_validation_bound_under_its_honest_name():
+    # Grey-level Bernoulli: a cross-entropy, so the bound is val/ce_bound, never val/nll.
     s = study_from_dict(BASE)
-    assert [(o.metric, o.mode) for o in s.search.objectives] == [("test/nll", "min")]
-    m = study_from_dict(_with("search/objectives", [{"metric": "test/rate"},
-                                                    {"metric": "test/distortion"}]))
+    assert [(o.metric, o.mode) for o in s.search.objectives] == [("val/ce_bound", "min")]
+    binary = study_from_dict({**BASE, "data": {"binarize": "dynamic"}})
+    assert [(o.metric, o.mode) for o in binary.search.objectives] == [("val/nll", "min")]
+    m = study_from_dict(_with("search/objectives", [{"metric": "val/rate"},
+                                                    {"metric": "val/distortion"}]))
     assert m.search.multi_objective
     assert [o.mode for o in m.search.objectives] == ["min", "min"]
-    au = study_from_dict(_with("search/objectives", "test/active_units"))
-    assert au.search.objectives[0].mode == "max"
+    with pytest.raises(ConfigError, match="val/nll is not computed"):
+        study_from_dict(_with("search/objectives", "val/nll"))
+    with pytest.raises(ConfigError, match="bpd is not computed"):
+        study_from_dict({**binary.to_dict(), "search": {**BASE["search"],
+                                                         "objectives": ["val/bpd"]}})
+
+
+def test_test_metrics_drive_a_search_only_when_the_study_says_so():
+    for metric in ("test/ce_bound", "test/rate", "test/active_units"):
+        with pytest.raises(ConfigError, match="select_on_test: true"):
+            study_from_dict(_with("search/objectives", metric))
+    raw = _with("search/objectives", "test/active_units")
+    raw["search"]["select_on_test"] = True
+    with pytest.warns(UserWarning, match="optimistically biased"):
+        au = study_from_dict(raw)
+    assert au.search.objectives[0].mode == "max" and au.search.select_on_test
+    # The flag survives the resolved study file (what a resume compares against).
+    with pytest.warns(UserWarning):
+        assert study_from_dict(au.to_dict()) == au
+
+
+def test_a_searched_value_that_changes_what_the_bound_is_is_refused():
+    for key, choices in (("model.likelihood", ["bernoulli", "gaussian"]),
+                         ("data.binarize", ["none", "dynamic"])):
+        with pytest.raises(ConfigError, match="changes what the study's numbers are"):
+            study_from_dict(_with(f"search/space/{key}", {"choice": choices}))
+    ok = study_from_dict({**BASE, "data": {"binarize": "dynamic"},
+                          "search": {**BASE["search"], "space": {
+                              "data.binarize": {"choice": ["static", "dynamic"]}}}})
+    assert ok.search.space[0].values == ("static", "dynamic")
 
 
 @pytest.mark.parametrize("path, value, fragments", [
@@ -166,7 +197,7 @@ def test_bad_study_files(path, value, fragments):
 
 
 def test_asha_is_refused_for_a_multi_objective_study():
-    raw = _with("search/objectives", ["test/rate", "test/distortion"])
+    raw = _with("search/objectives", ["val/rate", "val/distortion"])
     raw["scheduler"] = {"type": "asha"}
     with pytest.raises(ConfigError, match="multi-objective"):
         study_from_dict(raw)
@@ -181,7 +212,10 @@ def test_shipped_studies_are_valid_and_say_what_they_answer(name):
     assert "Question" in header and "Time" in header
     assert study.name == name
     if name == "rd_pareto":
-        assert [o.metric for o in study.search.objectives] == ["test/rate", "test/distortion"]
+        assert [o.metric for o in study.search.objectives] == ["val/rate", "val/distortion"]
+    # Every shipped study selects on validation.
+    assert not study.search.select_on_test
+    assert all(o.metric.startswith("val/") for o in study.search.objectives)
 
 
 def test_seed_run_file_is_a_valid_run_config():

@@ -48,7 +48,7 @@ def test_study_runs_end_to_end(tmp_path, capsys):
     for _, row in table.iterrows():
         t = by_number[int(row["optuna_trial"])]
         assert t.params["train.beta"] == pytest.approx(row["train.beta"])
-        assert t.value == pytest.approx(row["test/nll"])
+        assert t.value == pytest.approx(row["val/nll"])  # selected on validation
     assert (folder / "study.yaml").is_file() and (folder / "tune").is_dir()
     assert ray_results.exists() == existed  # nothing written to ~/ray_results
 
@@ -72,13 +72,13 @@ def test_multi_objective_study_returns_its_pareto_set(tmp_path):
         "name": "rd",
         "search.algorithm": "nsga2",
         "search.num_trials": 5,
-        "search.objectives": [{"metric": "test/rate"}, {"metric": "test/distortion"}],
+        "search.objectives": [{"metric": "val/rate"}, {"metric": "val/distortion"}],
     })
     assert main(["run", str(_write(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "rd"
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 5
-    points = table[["test/rate", "test/distortion"]].values.tolist()
+    points = table[["val/rate", "val/distortion"]].values.tolist()
     ours = {int(table["optuna_trial"][i]) for i in pareto_front(points, ["min", "min"])}
     study = optuna.load_study(study_name="rd", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert {t.number for t in study.best_trials} == ours and ours

@@ -9,7 +9,6 @@ distortion and rate are never summed before the objective decides how to weigh t
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn

@@ -1,0 +1,118 @@
+"""Likelihoods against closed forms and numerical integration: a density integrates to 1,
+the dequantised Gaussian bounds the probability of 8-bit pixels, the learned std has a floor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vae_study.config import ModelConfig
+from vae_study.likelihoods import (
+    bernoulli_nll,
+    bits_per_dim,
+    continuous_bernoulli_log_norm,
+    continuous_bernoulli_mean,
+    continuous_bernoulli_nll,
+    gaussian_nll,
+)
+from vae_study.model import VAE
+
+LOGITS = [-40.0, -8.0, -1.5, -0.3, -1e-3, 0.0, 1e-5, 0.004, 0.02, 0.7, 3.0, 12.0, 60.0]
+
+
+def _trapezoid(f: torch.Tensor, x: torch.Tensor) -> float:
+    return torch.trapezoid(f, x).item()
+
+
+@pytest.mark.parametrize("logit", LOGITS)
+def test_continuous_bernoulli_density_integrates_to_one(logit):
+    """int_0^1 CB(x; sigmoid(l)) dx = 1: the log normaliser is right, also near l = 0 where
+    its direct form is 0/0 and for large |l| where the density piles up at one end."""
+    # Where the density is steep (large |l|) most of its mass is within a few 1/|l| of an
+    # end: a grid that is fine there as well as everywhere.
+    x = torch.unique(torch.cat([torch.linspace(0, 1, 200_001, dtype=torch.float64),
+                                torch.logspace(-12, 0, 20_001, dtype=torch.float64),
+                                1 - torch.logspace(-12, 0, 20_001, dtype=torch.float64)]))
+    x = x.clamp(0, 1).unique()
+    logits = torch.full((x.shape[0], 1), logit, dtype=torch.float64)  # one pixel per row
+    density = torch.exp(-continuous_bernoulli_nll(logits, x[:, None]))
+    assert _trapezoid(density, x) == pytest.approx(1.0, abs=2e-5)
+    mean = _trapezoid(density * x, x)
+    assert continuous_bernoulli_mean(torch.tensor(logit, dtype=torch.float64)).item() == \
+        pytest.approx(mean, abs=2e-5)
+
+
+def test_continuous_bernoulli_normaliser_matches_torch_and_its_closed_form():
+    logits = torch.tensor(LOGITS, dtype=torch.float64)
+    lam = torch.sigmoid(logits)
+    # C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda), 2 at lambda = 1/2.
+    closed = torch.where((lam - 0.5).abs() < 1e-12, torch.full_like(lam, 2.0),
+                         2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))
+    ours = continuous_bernoulli_log_norm(logits)
+    far = logits.abs() < 30  # atanh(1 - 2 lambda) loses everything once lambda rounds to 1
+    assert torch.allclose(ours[far], closed[far].log(), rtol=0, atol=1e-9)
+    # And against torch's own distribution (float64, its Taylor branch near 1/2 included;
+    # beyond |l| of about 30 torch clamps the probability and drifts, which the integration
+    # test above shows ours does not).
+    x = torch.rand(len(LOGITS), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = -torch.distributions.ContinuousBernoulli(logits=logits).log_prob(x)
+    ours_nll = continuous_bernoulli_nll(logits[:, None], x[:, None])
+    assert torch.allclose(ours_nll[far], ref[far], rtol=1e-6, atol=1e-6)
+    # It is the Bernoulli cross-entropy minus a positive log normaliser (C >= 2).
+    assert (ours >= math.log(2) - 1e-12).all()
+    assert torch.allclose(ours_nll, bernoulli_nll(logits[:, None], x[:, None]) - ours)
+
+
+def test_the_dequantised_gaussian_bounds_the_probability_of_each_pixel_value():
+    """One pixel, 256 levels: exp(-(NLL of (v + u)/256) - ln 256), with the NLL averaged over
+    u ~ U[0, 1), is a lower bound (Jensen) of the probability the Gaussian puts on pixel v's
+    bin; summed over v it is at most the mass on [0, 1], and close to it when the bins are
+    narrow against the std. So bits/dim computed this way are honest (an upper bound)."""
+    for mean, std in ((0.3, 0.2), (0.9, 0.05), (0.02, 0.01)):
+        u = (torch.arange(1024, dtype=torch.float64) + 0.5) / 1024  # midpoint rule, bin
+        v = torch.arange(256, dtype=torch.float64)
+        y = ((v[:, None] + u[None, :]) / 256).reshape(-1, 1)  # (256*64, 1) pixel values
+        nll = gaussian_nll(torch.full_like(y, mean), y, torch.tensor([math.log(std)],
+                                                                      dtype=torch.float64),
+                           floor=1e-6).reshape(256, 1024).mean(1)  # E_u[-log p] per level
+        lower = torch.exp(-(nll + math.log(256)))  # per pixel value: a lower bound of P(v)
+        normal = torch.distributions.Normal(mean, std)
+        edges = torch.arange(257, dtype=torch.float64) / 256
+        exact = normal.cdf(edges[1:]) - normal.cdf(edges[:-1])  # P(bin v) under the density
+        # (the CDF difference of a far tail bin rounds to 0: an absolute slack of 1e-15)
+        assert (lower <= exact * (1 + 1e-9) + 1e-15).all()
+        mass = (normal.cdf(torch.tensor(1.0)) - normal.cdf(torch.tensor(0.0))).item()
+        assert lower.sum().item() <= mass + 1e-9
+        assert lower.sum().item() == pytest.approx(mass, rel=0.03)
+
+
+def test_bits_per_dim_of_the_uniform_density_is_eight():
+    # The uniform density on [0, 1]^D has NLL 0: each 8-bit pixel costs exactly 8 bits.
+    assert bits_per_dim(0.0, 784) == pytest.approx(8.0)
+    # ... and a model twice as likely per pixel saves one bit per pixel.
+    assert bits_per_dim(-784 * math.log(2), 784) == pytest.approx(7.0)
+
+
+def test_a_learned_std_never_goes_below_its_floor():
+    torch.manual_seed(0)
+    vae = VAE(ModelConfig(likelihood="gaussian", learn_std=True, gaussian_std=0.1,
+                          std_floor=0.01, hidden=(8,), latent_dim=2))
+    x = torch.full((3, 784), 0.5)
+    mean = torch.full((1, 3, 784), 0.5)  # a perfect reconstruction: only log std counts
+    with torch.no_grad():
+        vae.log_std.fill_(math.log(1e-6))  # far below the floor
+    nll = vae.neg_log_likelihood(x, mean)
+    floor_nll = 784 * (math.log(0.01) + 0.5 * math.log(2 * math.pi))
+    assert torch.allclose(nll, torch.full_like(nll, floor_nll), rtol=1e-5)
+    nll.sum().backward()
+    assert vae.log_std.grad is not None and (vae.log_std.grad == 0).all()  # held at the floor
+    with torch.no_grad():
+        vae.log_std.fill_(math.log(0.05))  # above the floor: the std is the learned one
+    vae.log_std.grad = None
+    nll = vae.neg_log_likelihood(x, mean)
+    assert nll[0, 0].item() == pytest.approx(784 * (math.log(0.05) + 0.5 * math.log(2 * math.pi)),
+                                             rel=1e-5)
+    with pytest.raises(Exception, match="model.std_floor"):
+        ModelConfig(std_floor=0.5, gaussian_std=0.1).validate()
