@@ -95,10 +95,15 @@ def exists(folder: Path | None) -> bool:
 
 
 def load(folder: Path, map_location: torch.device | str = "cpu") -> TrainingState:
-    """Read a checkpoint folder; a truncated or foreign file is a ``CheckpointError``."""
+    """Read a checkpoint folder; a truncated or foreign file is a ``CheckpointError``.
+
+    The weights and the optimizer state go to ``map_location``; the generator state stays a
+    CPU ByteTensor whatever it is, since ``torch.Generator.set_state`` accepts nothing else
+    (also for a CUDA generator). So the file is read onto the CPU and the rest moved after.
+    """
     path = Path(folder) / STATE_FILE
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as exc:  # truncated zip, unpickling refused, ...
@@ -107,6 +112,29 @@ def load(folder: Path, map_location: torch.device | str = "cpu") -> TrainingStat
                               "damaged: delete it to start the run again") from None
     if not isinstance(raw, dict) or raw.get("format") != 1:
         raise CheckpointError(f"{path} is not a vae_study checkpoint")
-    return TrainingState(epoch=int(raw["epoch"]), model=raw["model"],
-                         optimizer=raw["optimizer"], generator=raw["generator"],
+    generator = raw["generator"]
+    if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
+        raise CheckpointError(f"{path} is damaged (its generator state is not a byte tensor); "
+                              "delete it to start the run again")
+    device = torch.device(map_location)
+    return TrainingState(epoch=int(raw["epoch"]), model=_to(raw["model"], device),
+                         optimizer=_to(raw["optimizer"], device), generator=generator,
                          config=raw["config"], history=list(raw["history"]))
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``.
+
+    Dicts are changed in place, so a state dict keeps its type and ``_metadata``.
+    """
+    if device.type == "cpu":
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _to(v, device)
+        return obj
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
