@@ -4,9 +4,17 @@ make."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
+from conftest import write_mnist
 from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
 from vae_study.config import RunConfig, replace_keys
@@ -93,3 +101,109 @@ def test_fit_resumes_on_cuda(mnist_root, tmp_path):
     assert resumed.history[-1][M.TRAIN_LOSS] == pytest.approx(
         straight.history[-1][M.TRAIN_LOSS], rel=1e-4)
     assert resumed.final[M.TEST_NLL] == pytest.approx(straight.final[M.TEST_NLL], rel=1e-3)
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
+
+def _epochs(path) -> list[int]:
+    return [json.loads(line)[M.EPOCH] for line in path.read_text().splitlines()]
+
+
+def test_ctrl_c_in_a_terminal_leaves_a_checkpoint_the_same_command_continues(tmp_path):
+    root = write_mnist(tmp_path / "data", n_train=1000, n_test=100)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"data: {{root: {root}, val_size: 50}}\n"
+        "model: {latent_dim: 2, hidden: [16]}\n"
+        "train: {epochs: 30, batch_size: 32, device: cpu}\n"
+        "eval: {k: 4, surgery_examples: 50, nll_examples: 50}\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vae_study", "fit", str(config), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = out / "checkpoint" / ckpt.STATE_FILE
+    deadline = time.monotonic() + 120
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    kept = ckpt.load(out / "checkpoint").epoch
+    assert 1 <= kept < 30  # interrupted mid-run, after at least one checkpoint
+    lines = [x for x in stderr.splitlines() if "interrupted" in x]
+    assert len(lines) == 1 and "Traceback" not in stderr
+    assert f"holds epoch {kept}" in lines[0] and "same command" in lines[0]
+    assert f"fit {config} --out {out}" in lines[0]
+    # What the interrupt left agrees with itself: every finished epoch once, in both files.
+    assert _epochs(out / "metrics.jsonl") == list(range(1, kept + 1))
+    assert [h[M.EPOCH] for h in ckpt.load(out / "checkpoint").history] == list(
+        range(1, kept + 1))
+    assert not (out / "final.json").exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr
+    printed = [int(x.split()[1].split("/")[0]) for x in again.stdout.splitlines()
+               if x.startswith("epoch ")]
+    assert printed == list(range(kept + 1, 31))  # continues, does not restart at 1
+    assert _epochs(out / "metrics.jsonl") == list(range(1, 31))
+    assert json.loads((out / "final.json").read_text())[M.EPOCH] == 30
+
+
+def test_a_notebook_interrupt_in_fit_resumes_exactly(mnist_root, tmp_path):
+    cfg = _config(mnist_root, **{"train.epochs": 4})
+
+    def interrupt(row, _folder):
+        if row[M.EPOCH] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, out_dir=tmp_path / "nb", on_epoch=interrupt)
+    assert ckpt.load(tmp_path / "nb" / "checkpoint").epoch == 2
+    assert _epochs(tmp_path / "nb" / "metrics.jsonl") == [1, 2]
+    resumed = fit(cfg, out_dir=tmp_path / "nb")
+    straight = fit(cfg)
+    assert [h[M.EPOCH] for h in resumed.history] == [1, 2, 3, 4]
+    assert _epochs(tmp_path / "nb" / "metrics.jsonl") == [1, 2, 3, 4]
+    assert _same_weights(resumed.model, straight.model)
+    assert resumed.final[M.TEST_NLL] == straight.final[M.TEST_NLL]
+
+
+def test_ctrl_c_between_the_checkpoint_and_its_metrics_line_waits_for_both(
+        mnist_root, tmp_path, monkeypatch):
+    # SIGINT arrives right after state.pt of epoch 2 is written, before metrics.jsonl gets
+    # epoch 2's line: the interrupt must wait until both are written.
+    real = ckpt.write_yaml
+
+    def write_yaml_then_ctrl_c(path, obj):
+        real(path, obj)
+        if path.parent.name == "checkpoint" and ckpt.load(path.parent).epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ckpt, "write_yaml", write_yaml_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(mnist_root, **{"train.epochs": 4}), out_dir=tmp_path / "r")
+    assert ckpt.load(tmp_path / "r" / "checkpoint").epoch == 2
+    assert _epochs(tmp_path / "r" / "metrics.jsonl") == [1, 2]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_an_interrupt_mid_write_leaves_the_old_checkpoint_whole(mnist_root, tmp_path,
+                                                                 monkeypatch):
+    out = tmp_path / "r"
+    fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=out, final_eval=False)
+    before = (out / "checkpoint" / ckpt.STATE_FILE).read_bytes()
+
+    def interrupted_fsync(fd):
+        raise KeyboardInterrupt  # the new state.pt is half on disk
+
+    monkeypatch.setattr(ckpt.os, "fsync", interrupted_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(mnist_root), out_dir=out)
+    monkeypatch.undo()
+    assert (out / "checkpoint" / ckpt.STATE_FILE).read_bytes() == before
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["config.yaml",
+                                                                      ckpt.STATE_FILE]
+    assert _epochs(out / "metrics.jsonl") == [1]
+    res = fit(_config(mnist_root), out_dir=out)
+    assert [h[M.EPOCH] for h in res.history] == [1, 2]

@@ -232,11 +232,12 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         row[M.EPOCH_SECONDS] = time.perf_counter() - t0
         history.append(row)
         if ckpt_dir is not None:
-            ckpt.save(ckpt_dir, ckpt.TrainingState(
-                epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                generator=generator.get_state(), config=to_dict(config), history=history))
-            with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore[operator]
-                f.write(json.dumps(row) + "\n")
+            with ckpt.interrupts_deferred():  # Ctrl-C: checkpoint and metrics.jsonl agree
+                ckpt.save(ckpt_dir, ckpt.TrainingState(
+                    epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    generator=generator.get_state(), config=to_dict(config), history=history))
+                with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
+                    f.write(json.dumps(row) + "\n")
         final: dict[str, Any] = {}
         if epoch == config.train.epochs and final_eval:
             # The test metrics travel with the last epoch's report, so a scheduler that
