@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,9 @@ import torch
 from conftest import write_mnist
 from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
+from vae_study.cli import main
 from vae_study.config import RunConfig, replace_keys
+from vae_study.errors import ConfigError
 from vae_study.train import fit
 
 
@@ -207,3 +211,67 @@ def test_an_interrupt_mid_write_leaves_the_old_checkpoint_whole(mnist_root, tmp_
     assert _epochs(out / "metrics.jsonl") == [1]
     res = fit(_config(mnist_root), out_dir=out)
     assert [h[M.EPOCH] for h in res.history] == [1, 2]
+
+
+# --- fit never overwrites a folder it did not make ------------------------------------------
+
+def _users_folder(tmp_path) -> Path:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, text in (("config.yaml", "my: settings\n"), ("final.json", "{\"mine\": 1}\n"),
+                       ("notes.txt", "years of work\n")):
+        (folder / name).write_text(text)
+    return folder
+
+
+def _untouched(folder) -> bool:
+    return (sorted(p.name for p in folder.iterdir()) == ["config.yaml", "final.json",
+                                                          "notes.txt"]
+            and (folder / "config.yaml").read_text() == "my: settings\n"
+            and (folder / "final.json").read_text() == "{\"mine\": 1}\n")
+
+
+@pytest.mark.parametrize("fresh", [[], ["--fresh"]])
+def test_fit_refuses_an_output_folder_it_did_not_make(mnist_root, tmp_path, capsys, fresh):
+    folder = _users_folder(tmp_path)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {{root: {mnist_root}, val_size: 50}}\n"
+                      "model: {latent_dim: 2, hidden: [16]}\ntrain: {epochs: 1, device: cpu}\n")
+    assert main(["fit", str(config), "--out", str(folder), *fresh]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(folder) in err and "not a fit output folder" in err and "new or empty" in err
+    assert _untouched(folder)
+
+
+def test_the_python_api_refuses_it_too(mnist_root, tmp_path):
+    folder = _users_folder(tmp_path)
+    with pytest.raises(ConfigError, match=rf"{folder}.*not a fit output folder"):
+        fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=folder)
+    assert _untouched(folder)
+    # metrics.jsonl without config.yaml, or a checkpoint folder without state.pt: not fit's.
+    other = tmp_path / "other"
+    (other / "checkpoint").mkdir(parents=True)
+    (other / "metrics.jsonl").write_text("{\"epoch\": 7}\n")
+    with pytest.raises(ConfigError, match=rf"{other}.*not a fit output folder"):
+        fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=other)
+    assert (other / "metrics.jsonl").read_text() == "{\"epoch\": 7}\n"
+    with pytest.raises(ConfigError, match="is a file"):
+        fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=folder / "notes.txt")
+
+
+def test_fit_takes_an_empty_folder_and_its_own(mnist_root, tmp_path):
+    cfg = _config(mnist_root, **{"train.epochs": 1})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fit(cfg, out_dir=empty, final_eval=False)
+    # Its own folder, interrupted before the first epoch ended: config.yaml + metrics.jsonl.
+    (empty / "checkpoint" / ckpt.STATE_FILE).unlink()
+    (empty / "metrics.jsonl").write_text("")
+    res = fit(cfg, out_dir=empty)
+    assert [h[M.EPOCH] for h in res.history] == [1]
+    # A checkpoint alone is fit's too (e.g. copied from a trial).
+    only = tmp_path / "only"
+    (only / "checkpoint").mkdir(parents=True)
+    shutil.copy(empty / "checkpoint" / ckpt.STATE_FILE, only / "checkpoint")
+    assert fit(cfg, out_dir=only).history[-1][M.EPOCH] == 1

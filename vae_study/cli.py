@@ -60,20 +60,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from . import metrics as M
     from .config import load_run_config
     from .study_config import STUDY_SECTIONS
-    from .train import FINAL_FILE, fit
+    from .train import FINAL_FILE, check_output_folder, fit
 
     config = load_run_config(args.config, args.set, extra_sections=STUDY_SECTIONS)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    check_output_folder(out)  # fit checks too; before --fresh deletes anything
     if args.fresh and out.exists():
         import shutil
 
-        from .train import CONFIG_FILE
-
-        if any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
-            from .errors import ConfigError
-
-            raise ConfigError(f"--fresh would delete {out}, which is not a fit output folder "
-                              f"(no {CONFIG_FILE}); remove it yourself or choose another --out")
         shutil.rmtree(out)
     print(f"vae_study fit: {args.config} -> {out}", flush=True)
     progress = _progress_printer(config.train.epochs)

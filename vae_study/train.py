@@ -190,6 +190,8 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
     on_epoch(metrics, checkpoint folder) runs after each epoch's checkpoint is written.
     """
     started = time.perf_counter()
+    if out_dir is not None:
+        check_output_folder(Path(out_dir))
     device = resolve_device(config.train.device)
     if data is None:
         data = load_datasets(config.data, seed=config.train.seed, device=device)
@@ -303,3 +305,23 @@ def _stored_final(source: Path | None, config: RunConfig, epoch: int) -> dict[st
 def _rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:
     """metrics.jsonl as the checkpoint knows it (drops epochs a crash left unsaved)."""
     ckpt.atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder that fit did not make and that is not empty: fit would
+    overwrite (or with --fresh delete) the files in it. Fit's own folder has
+    ``checkpoint/state.pt``, or ``config.yaml`` + ``metrics.jsonl`` (written at its start)."""
+    from .errors import ConfigError
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"output folder {out} is a file; give a folder (--out DIR, out_dir "
+                          "in Python)")
+    ours = (ckpt.exists(out / CHECKPOINT_DIR)
+            or ((out / CONFIG_FILE).is_file() and (out / METRICS_FILE).is_file()))
+    if not ours and any(out.iterdir()):
+        raise ConfigError(f"output folder {out} is not empty and is not a fit output folder "
+                          f"(no {CHECKPOINT_DIR}/{ckpt.STATE_FILE}, no {CONFIG_FILE} + "
+                          f"{METRICS_FILE}): fit would overwrite its files (--fresh: delete "
+                          "them); give a new or empty folder (--out DIR, out_dir in Python)")
