@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 
+from conftest import write_mnist
+from study_factory import make_study_folder
 from vae_study import metrics as M
 from vae_study import results as R
 from vae_study.errors import CheckpointError
+from vae_study.report import build_report, model_figure_name
 
 PARAMS = ["train.beta", "model.latent_dim"]
 
@@ -100,3 +104,56 @@ def test_a_header_cut_short_is_not_a_study_of_no_trials(tmp_path):
         path.write_text(header[:n] + "\n")  # cut in the lead columns, even with a newline
         with pytest.raises(CheckpointError, match="header"):
             R.read_results(path)
+
+
+# --- the report: any string a study holds ---------------------------------------------------
+
+def _cells(line: str) -> int:
+    """Columns of a markdown table line (an escaped ``\\|`` is not a separator)."""
+    return len(re.split(r"(?<!\\)\|", line.strip())) - 2
+
+
+def test_the_report_escapes_study_strings_and_names_files_safely(tmp_path):
+    data = write_mnist(tmp_path / "data")
+    folder = make_study_folder(tmp_path, data, n_trials=4, epochs=2, checkpoints=2,
+                               statuses=[R.COMPLETED, R.COMPLETED, R.FAILED, R.COMPLETED])
+    table = R.read_results(folder / R.RESULTS_FILE)
+    error = "diverged | loss `nan`\n<b>at</b> epoch 2 [see](x)"
+    ids = {"00000000": "sweep/a|1", "00000001": "../b", "00000002": "c/d", "00000003": "e`*"}
+    table = table.astype({"checkpoint": object, R.ERROR_KEY: object})  # empty: read as NaN
+    for old in ids:
+        # The trained trials keep their checkpoints through the checkpoint column.
+        found = sorted((folder / "tune" / f"trial_{old}").glob("checkpoint_*"))
+        if found:
+            table.loc[table.trial_id == old, "checkpoint"] = str(found[0])
+    table.loc[table.status == R.FAILED, R.ERROR_KEY] = error
+    table["trial_id"] = table["trial_id"].map(ids)
+    table.to_csv(folder / R.RESULTS_FILE, index=False)
+
+    out = build_report(folder, tmp_path / "report")
+    summary = (out / "summary.md").read_text()
+    # Every markdown table keeps its column count, row by row.
+    tables = [block.splitlines() for block in summary.split("\n\n") if block.startswith("| ")]
+    assert len(tables) >= 2  # the best trial, the Pareto front
+    for lines in tables:
+        assert {_cells(line) for line in lines} == {_cells(lines[0])} == {
+            len(lines[1].split("|")) - 2}
+    assert "sweep/a\\|1" in summary and "<b>" not in summary
+    failed = summary.split("## Failed trials")[1].split("\n\n")[1]
+    assert failed == ("- c/d (failed): diverged \\| loss \\`nan\\`<br>&lt;b&gt;at&lt;/b&gt; "
+                      "epoch 2 \\[see\\](x)")
+    # Model pictures of the two trained trials: plain file names inside the report folder.
+    pictures = sorted(p.name for p in out.glob("model_*.png"))
+    assert pictures == sorted(model_figure_name(i) for i in ("sweep/a|1", "../b"))
+    assert all("/" not in p and "|" not in p for p in pictures)
+    assert [p for p in out.rglob("*") if p.is_dir()] == []
+    page = (out / "index.html").read_text()
+    assert all(f'src="{p}"' in page for p in pictures)
+
+
+def test_model_figure_names_are_plain_and_distinct():
+    ids = ["abc_00001", "a/b", "a_b", "..", "../../etc/passwd", "a\\b", "x" * 300]
+    names = [model_figure_name(i) for i in ids]
+    assert names[0] == "model_abc_00001.png" and names[2] == "model_a_b.png"
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"model_[A-Za-z0-9_.-]+\.png", n) and len(n) < 120 for n in names)
