@@ -275,3 +275,22 @@ def test_fit_takes_an_empty_folder_and_its_own(mnist_root, tmp_path):
     (only / "checkpoint").mkdir(parents=True)
     shutil.copy(empty / "checkpoint" / ckpt.STATE_FILE, only / "checkpoint")
     assert fit(cfg, out_dir=only).history[-1][M.EPOCH] == 1
+
+
+def test_a_checkpoint_from_another_device_type_resumes_on_a_new_seeded_stream(mnist_root,
+                                                                             tmp_path):
+    # A CUDA generator's state is 16 bytes (seed, offset), a CPU one's 5056: a checkpoint
+    # written on a GPU and resumed on a CPU (or the other way) cannot continue its stream.
+    cfg = _config(mnist_root, **{"train.epochs": 3})
+    for name in ("a", "b"):
+        fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / name,
+            final_eval=False)
+        state = ckpt.load(tmp_path / name / "checkpoint")
+        state.generator = torch.tensor([7] * 8 + [0] * 8, dtype=torch.uint8)  # as CUDA's
+        ckpt.save(tmp_path / name / "checkpoint", state)
+    a = fit(cfg, out_dir=tmp_path / "a")
+    b = fit(cfg, out_dir=tmp_path / "b")
+    assert [h[M.EPOCH] for h in a.history] == [1, 2, 3]
+    assert _same_weights(a.model, b.model)  # reproducible: the same new stream each time
+    straight = fit(cfg)
+    assert not _same_weights(a.model, straight.model)  # a new stream, not the old one

@@ -211,7 +211,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         check_resumable(state.config, config, source)
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
-        generator.set_state(state.generator)
+        restore_generator(generator, state.generator, config.train.seed, state.epoch)
         history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
         if ckpt_dir is not None and source != ckpt_dir:
             # The output folder holds its own checkpoint from the start, so a run resumed
@@ -325,3 +325,18 @@ def check_output_folder(out: Path) -> None:
                           f"(no {CHECKPOINT_DIR}/{ckpt.STATE_FILE}, no {CONFIG_FILE} + "
                           f"{METRICS_FILE}): fit would overwrite its files (--fresh: delete "
                           "them); give a new or empty folder (--out DIR, out_dir in Python)")
+
+
+# The training stream of a run moved to another device type after ``epoch``: its saved
+# generator state fits only a generator of the old type (a CPU one's is 5056 bytes, a CUDA
+# one's 16), so it goes on with this stream, the same on every rerun.
+MOVED_RUN_STREAM = 0x6D6F766564  # "moved"
+
+
+def restore_generator(generator: torch.Generator, saved: torch.Tensor, seed: int,
+                      epoch: int) -> None:
+    """Continue the saved random stream; from another device type, a new seeded one."""
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+    else:
+        generator.manual_seed((seed * 1_000_003 + epoch) ^ MOVED_RUN_STREAM)
