@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,33 @@ def write_yaml(path: Path, obj: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT: a terminal's, or a notebook's interrupt) until the block ends.
+
+    For writes that belong together (a checkpoint and the metrics line of its epoch): an
+    interrupt in between would leave them disagreeing. The interrupt is delivered, as the
+    usual ``KeyboardInterrupt``, once the block is done. Only the main thread receives
+    signals; elsewhere (a Ray trainable's thread) this does nothing.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is None):  # a handler Python cannot restore
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(
+        (signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(*received[0])  # Python's default handler raises KeyboardInterrupt
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
 @dataclass
 class TrainingState:
     """Everything a run needs to continue exactly where it stopped."""
@@ -95,10 +126,15 @@ def exists(folder: Path | None) -> bool:
 
 
 def load(folder: Path, map_location: torch.device | str = "cpu") -> TrainingState:
-    """Read a checkpoint folder; a truncated or foreign file is a ``CheckpointError``."""
+    """Read a checkpoint folder; a truncated or foreign file is a ``CheckpointError``.
+
+    The weights and the optimizer state go to ``map_location``; the generator state stays a
+    CPU ByteTensor whatever it is, since ``torch.Generator.set_state`` accepts nothing else
+    (also for a CUDA generator). So the file is read onto the CPU and the rest moved after.
+    """
     path = Path(folder) / STATE_FILE
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as exc:  # truncated zip, unpickling refused, ...
@@ -107,6 +143,29 @@ def load(folder: Path, map_location: torch.device | str = "cpu") -> TrainingStat
                               "damaged: delete it to start the run again") from None
     if not isinstance(raw, dict) or raw.get("format") != 1:
         raise CheckpointError(f"{path} is not a vae_study checkpoint")
-    return TrainingState(epoch=int(raw["epoch"]), model=raw["model"],
-                         optimizer=raw["optimizer"], generator=raw["generator"],
+    generator = raw["generator"]
+    if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
+        raise CheckpointError(f"{path} is damaged (its generator state is not a byte tensor); "
+                              "delete it to start the run again")
+    device = torch.device(map_location)
+    return TrainingState(epoch=int(raw["epoch"]), model=_to(raw["model"], device),
+                         optimizer=_to(raw["optimizer"], device), generator=generator,
                          config=raw["config"], history=list(raw["history"]))
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``.
+
+    Dicts are changed in place, so a state dict keeps its type and ``_metadata``.
+    """
+    if device.type == "cpu":
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _to(v, device)
+        return obj
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj

@@ -60,20 +60,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from . import metrics as M
     from .config import load_run_config
     from .study_config import STUDY_SECTIONS
-    from .train import FINAL_FILE, fit
+    from .train import FINAL_FILE, check_output_folder, fit
 
     config = load_run_config(args.config, args.set, extra_sections=STUDY_SECTIONS)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    check_output_folder(out)  # fit checks too; before --fresh deletes anything
     if args.fresh and out.exists():
         import shutil
 
-        from .train import CONFIG_FILE
-
-        if any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
-            from .errors import ConfigError
-
-            raise ConfigError(f"--fresh would delete {out}, which is not a fit output folder "
-                              f"(no {CONFIG_FILE}); remove it yourself or choose another --out")
         shutil.rmtree(out)
     print(f"vae_study fit: {args.config} -> {out}", flush=True)
     progress = _progress_printer(config.train.epochs)
@@ -89,8 +83,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
               f"distortion {row.get(M.VAL_DISTORTION, float('nan')):8.3f}  "
               f"({row[M.EPOCH_SECONDS]:.1f}s)", flush=True)
 
-    result = fit(config, out_dir=out, on_epoch=on_epoch, progress=progress,
-                 eval_progress=_eval_printer(config.eval.k))
+    try:
+        result = fit(config, out_dir=out, on_epoch=on_epoch, progress=progress,
+                     eval_progress=_eval_printer(config.eval.k))
+    except KeyboardInterrupt:
+        if tty:
+            sys.stderr.write("\r\033[K")
+        print(f"vae-study: interrupted; {_how_to_continue(args, out)}", file=sys.stderr)
+        return 130
     print(f"test metrics (nats per example), eval.k={config.eval.k}:")
     for key, value in result.final.items():
         if isinstance(value, float):
@@ -99,6 +99,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
             print(f"  {key:22s} {value:10d}")
     print(f"wrote {out / FINAL_FILE}, {out / 'metrics.jsonl'}, {out / 'checkpoint'}")
     return 0
+
+
+def _how_to_continue(args: argparse.Namespace, out: Path) -> str:
+    """One sentence: what the interrupted fit kept and the command that continues it."""
+    import shlex
+
+    from . import checkpoint as ckpt
+    from .train import CHECKPOINT_DIR
+
+    command = shlex.join(["python", "-m", "vae_study", "fit", args.config,
+                          *[a for s in args.set for a in ("--set", s)], "--out", str(out)])
+    if not ckpt.exists(out / CHECKPOINT_DIR):
+        return f"no epoch had finished, nothing to keep; start again with: {command}"
+    try:
+        epoch = ckpt.load(out / CHECKPOINT_DIR).epoch
+    except VaeStudyError:
+        epoch = None
+    kept = f"epoch {epoch}" if epoch is not None else "the last finished epoch"
+    return (f"{out / CHECKPOINT_DIR} holds {kept}; continue from it with the same command "
+            f"(without --fresh): {command}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -7,8 +7,10 @@ finished; a trial whose checkpoint is gone gets a note instead of pictures.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -149,13 +151,40 @@ def _model_figures(sf: StudyFolder, best: Trial | None, front: list[Trial], out:
             notes.append(f"Trial {trial.trial_id}: its checkpoint cannot be used ({exc}); "
                          "pictures skipped.")
             continue
-        name = f"model_{trial.trial_id}.png"
+        name = model_figure_name(trial.trial_id)
         title = (f"Trial {trial.trial_id} ({why}): beta {trial.beta:.3g}, latent size "
                  f"{trial.latent_dim}, K {trial.k}, test -ELBO "
                  f"{trial.value(M.TEST_NEG_ELBO):.1f} = R {trial.value(M.TEST_RATE):.1f} + "
                  f"D {trial.value(M.TEST_DISTORTION):.1f} nats")
         plots.model_pictures(trial, model, data.test.x, data.test.labels, out / name, title)
         figures.append((name, title))
+
+
+def model_figure_name(trial_id: str) -> str:
+    """``model_<trial id>.png``, a plain file name whatever the id holds (``/``, ``..``): other
+    characters become ``_``, and a hash of the id keeps two such ids apart."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id)[:80]
+    if safe != trial_id:
+        safe += "-" + hashlib.sha1(trial_id.encode("utf-8")).hexdigest()[:8]
+    return f"model_{safe}.png"
+
+
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
+
+
+def _md(value: Any) -> str:
+    """Text for markdown (a table cell, a list item): markup characters taken literally,
+    HTML escaped, newlines as ``<br>``, so a study's strings cannot break the layout."""
+    text = html.escape(_MD_SPECIAL.sub(r"\\\1", str(value)), quote=False)
+    return "<br>".join(text.splitlines())
+
+
+def _code(value: Any) -> str:
+    """A markdown code span holding ``value`` literally (fenced past its own backticks)."""
+    text = " ".join(str(value).splitlines())
+    fence = "`" * (1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _fmt(v: Any) -> str:
@@ -171,8 +200,8 @@ def _trial_line(t: Trial, keys: list[str]) -> list[str]:
 
 
 def _table_md(rows: list[list[str]], head: list[str]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(_md, head)) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(_md, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -187,7 +216,7 @@ def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: lis
     parts = [
         f"# Study {sf.study.name}",
         "",
-        f"- folder: `{sf.folder}`",
+        f"- folder: {_code(sf.folder)}",
         f"- trials: {len(sf.trials)} of {sf.study.search.num_trials} ("
         + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet") + ")",
         f"- searched: {', '.join(keys)}; objectives: {objectives}; "
@@ -203,11 +232,11 @@ def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: lis
     bad = [t for t in sf.trials if t.status == R.FAILED]
     if bad:
         parts += ["## Failed trials (diverged or crashed)", ""]
-        parts += [f"- {t.trial_id} ({t.status}): {t.metrics.get(R.ERROR_KEY) or 'no message'}"
-                  for t in bad]
+        parts += [f"- {_md(t.trial_id)} ({_md(t.status)}): "
+                  f"{_md(t.metrics.get(R.ERROR_KEY) or 'no message')}" for t in bad]
         parts.append("")
     if notes:
-        parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+        parts += ["## Notes", ""] + [f"- {_md(n)}" for n in notes] + [""]
     parts.append(f"Report built in {seconds:.1f} s.")
     return "\n".join(parts) + "\n"
 

@@ -22,6 +22,7 @@ RESULTS_FILE = "results.csv"
 PENDING, RUNNING, COMPLETED, STOPPED, FAILED = (
     "pending", "running", "completed", "stopped", "failed")
 FINISHED = (COMPLETED, STOPPED, FAILED)
+STATUSES = (PENDING, RUNNING, *FINISHED)
 
 # Keys the trainable adds to its reports.
 DIVERGED_KEY = "diverged"
@@ -80,22 +81,64 @@ def _cell(value: Any) -> Any:
 
 
 def read_results(path: Path):
-    """The table as a pandas DataFrame; a damaged file is a ``CheckpointError``."""
+    """The table as a pandas DataFrame; a damaged file is a ``CheckpointError``.
+
+    Our writer writes whole files (atomically) that end with a newline, so a file cut short
+    (a copy interrupted, a disk that filled up) is refused, never read as fewer trials or as
+    a completed trial with half its numbers.
+    """
     import pandas as pd
 
     path = Path(path)
     try:
-        frame = pd.read_csv(path, dtype={"trial_id": str, "node": str, "status": str})
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise CheckpointError(f"no results table at {path}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is damaged ({str(exc).splitlines()[0]}); it is "
-                              "rewritten from the study's trials when the study runs "
-                              "again") from None
-    missing = [c for c in ("trial_id", "status") if c not in frame.columns]
-    if missing:
-        raise CheckpointError(f"{path} is not a vae_study results table (no {missing})")
-    return frame
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    _check_table(path, text)
+    try:
+        return pd.read_csv(io.StringIO(text), dtype={"trial_id": str, "node": str,
+                                                     "status": str})
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise _damaged(path, str(exc).splitlines()[0]) from None
+
+
+def _check_table(path: Path, text: str) -> None:
+    """Raise ``CheckpointError`` unless ``text`` is a whole table as ``write_results`` writes."""
+    import csv
+
+    if not text:
+        raise _damaged(path, "it is empty")
+    if not text.endswith("\n"):
+        raise _damaged(path, "it does not end with a newline: it was cut short")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
+        raise _damaged(path, f"not CSV: {exc}") from None
+    header = rows[0]
+    if header[:len(LEAD_COLUMNS)] != LEAD_COLUMNS:
+        raise _damaged(path, f"its header does not start with {','.join(LEAD_COLUMNS)} "
+                             f"(got {_abbrev(','.join(header))!r})")
+    status_col = LEAD_COLUMNS.index("status")
+    for i, row in enumerate(rows[1:], start=1):
+        if len(row) != len(header):
+            raise _damaged(path, f"trial row {i} has {len(row)} fields, the header "
+                                 f"{len(header)}")
+        if row[status_col] not in STATUSES:
+            raise _damaged(path, f"trial row {i} has the status "
+                                 f"{_abbrev(row[status_col])!r}, not one of "
+                                 f"{', '.join(STATUSES)}")
+
+
+def _abbrev(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _damaged(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged ({why}); it is rewritten from the study's "
+                           "trials when the study runs again (the same 'vae_study run' "
+                           "command)")
 
 
 def parse_kl_per_dim(cell: Any) -> list[float]:

@@ -196,6 +196,8 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
     on_epoch(metrics, checkpoint folder) runs after each epoch's checkpoint is written.
     """
     started = time.perf_counter()
+    if out_dir is not None:
+        check_output_folder(Path(out_dir))
     device = resolve_device(config.train.device)
     if data is None:
         data = load_datasets(config.data, dequantize=config.dequantized, device=device)
@@ -215,7 +217,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         check_resumable(state.config, config, source)
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
-        generator.set_state(state.generator)
+        restore_generator(generator, state.generator, config.train.seed, state.epoch)
         history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
         if ckpt_dir is not None and source != ckpt_dir:
             # The output folder holds its own checkpoint from the start, so a run resumed
@@ -238,11 +240,12 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         row[M.EPOCH_SECONDS] = time.perf_counter() - t0
         history.append(row)
         if ckpt_dir is not None:
-            ckpt.save(ckpt_dir, ckpt.TrainingState(
-                epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                generator=generator.get_state(), config=to_dict(config), history=history))
-            with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore[operator]
-                f.write(json.dumps(row) + "\n")
+            with ckpt.interrupts_deferred():  # Ctrl-C: checkpoint and metrics.jsonl agree
+                ckpt.save(ckpt_dir, ckpt.TrainingState(
+                    epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    generator=generator.get_state(), config=to_dict(config), history=history))
+                with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
+                    f.write(json.dumps(row) + "\n")
         final: dict[str, Any] = {}
         if epoch == config.train.epochs and final_eval:
             # The test metrics travel with the last epoch's report, so a scheduler that
@@ -308,3 +311,38 @@ def _stored_final(source: Path | None, config: RunConfig, epoch: int) -> dict[st
 def _rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:
     """metrics.jsonl as the checkpoint knows it (drops epochs a crash left unsaved)."""
     ckpt.atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder that fit did not make and that is not empty: fit would
+    overwrite (or with --fresh delete) the files in it. Fit's own folder has
+    ``checkpoint/state.pt``, or ``config.yaml`` + ``metrics.jsonl`` (written at its start)."""
+    from .errors import ConfigError
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"output folder {out} is a file; give a folder (--out DIR, out_dir "
+                          "in Python)")
+    ours = (ckpt.exists(out / CHECKPOINT_DIR)
+            or ((out / CONFIG_FILE).is_file() and (out / METRICS_FILE).is_file()))
+    if not ours and any(out.iterdir()):
+        raise ConfigError(f"output folder {out} is not empty and is not a fit output folder "
+                          f"(no {CHECKPOINT_DIR}/{ckpt.STATE_FILE}, no {CONFIG_FILE} + "
+                          f"{METRICS_FILE}): fit would overwrite its files (--fresh: delete "
+                          "them); give a new or empty folder (--out DIR, out_dir in Python)")
+
+
+# The training stream of a run moved to another device type after ``epoch``: its saved
+# generator state fits only a generator of the old type (a CPU one's is 5056 bytes, a CUDA
+# one's 16), so it goes on with this stream, the same on every rerun.
+MOVED_RUN_STREAM = 0x6D6F766564  # "moved"
+
+
+def restore_generator(generator: torch.Generator, saved: torch.Tensor, seed: int,
+                      epoch: int) -> None:
+    """Continue the saved random stream; from another device type, a new seeded one."""
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+    else:
+        generator.manual_seed((seed * 1_000_003 + epoch) ^ MOVED_RUN_STREAM)
