@@ -362,11 +362,20 @@ class _Loader(yaml.SafeLoader):
                 node.start_mark) from None
 
 
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, writing what ``_Loader`` reads back the same: a string such as
+    ``1e5`` is quoted, since ``_Loader`` reads it unquoted as a float."""
+
+
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def dump_yaml(obj: Any) -> str:
+    """``obj`` as YAML text that ``read_yaml`` reads back as the same values."""
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False)
 
 
 def _check_expanded(root: Any) -> None:
@@ -411,7 +420,12 @@ def _check_expanded(root: Any) -> None:
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    """One YAML document, read by ``_Loader`` (what ``yaml.safe_load`` does, stricter)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
