@@ -132,6 +132,9 @@ CASES = [
     ("point not an integer",
      _text(search="search: {points_to_evaluate: [{train.k: 2.5}], space: {train.k: {int: "
                   "[1, 5]}}}"), "train.k=2.5 is not an integer in its range"),
+    ("ray address", _text(ray="ray: {address: 'head node'}"),
+     "ray.address: got 'head node', expected auto, host:port"),
+    ("dashboard host", _text(ray="ray: {dashboard_host: 'http://x/'}"), "ray.dashboard_host"),
     ("grace period", "scheduler: {type: asha, grace_period: 5}\n" + _text(),
      "scheduler.grace_period: got 5, longer than train.epochs=2"),
     ("report dir", "FILE", "report.dir"),
@@ -299,6 +302,14 @@ def test_seed_and_device_rules():
             build_section(TrainConfig, {"device": device}, "train")
     with pytest.raises(ConfigError, match="train.seed"):
         replace_keys(RunConfig(), {"train.seed": 2**32})
+
+
+def test_ray_addresses_that_are_kept():
+    for address in ("auto", "10.0.0.5:6379", "head-1.cluster:6379", "[::1]:6379", None):
+        assert build_section(RayConfig, {"address": address}, "ray").address == address
+    for address in ("10.0.0.5", "h:0", "h:65536", "h:6379\n"):
+        with pytest.raises(ConfigError, match="ray.address"):
+            build_section(RayConfig, {"address": address}, "ray")
 
 
 def test_dashboard_port_range():

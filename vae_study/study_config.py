@@ -34,6 +34,8 @@ from .errors import ConfigError
 KINDS = ("choice", "uniform", "log_uniform", "int")
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing \n
+_ADDRESS = re.compile(r"(?:ray://)?[A-Za-z0-9._\-\[\]:]+:([0-9]{1,5})")  # host:port
+_HOST = re.compile(r"[A-Za-z0-9._\-:]+")  # a name, IPv4 or IPv6 address: no spaces, no /
 MAX_NAME = 100  # characters; a folder name may have 255 bytes at most
 
 
@@ -124,6 +126,14 @@ class RayConfig:
     dashboard_port: int = 8265
 
     def validate(self) -> None:
+        if self.address is not None and self.address not in ("auto", "local"):
+            port = _ADDRESS.fullmatch(self.address)
+            if port is None or not 1 <= int(port.group(1)) <= 65535:
+                raise ConfigError(f"ray.address: got {_show(self.address)}, expected auto, "
+                                  "host:port (such as 10.0.0.5:6379) or null for a local Ray")
+        if not _HOST.fullmatch(self.dashboard_host):
+            raise ConfigError(f"ray.dashboard_host: got {_show(self.dashboard_host)}, expected "
+                              "a host name or address such as 127.0.0.1")
         if not 0 <= self.dashboard_port <= 65535:
             raise ConfigError(f"ray.dashboard_port: got {_show(self.dashboard_port)}, a "
                               "dashboard port outside 0-65535; use a free port such as 8265")
