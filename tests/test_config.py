@@ -95,7 +95,7 @@ def test_missing_file_and_non_mapping_file(tmp_path):
 
 @pytest.mark.parametrize("item, fragment", [
     ("train.beta", "expected section.key=value"),
-    ("beta=1", "must name a section and a key"),
+    ("train..beta=1", "expected section.key=value or key=value"),
     ("train.beta=[1", "not valid YAML"),
     ("train.beta.x=1", "beta is not a section"),
 ])

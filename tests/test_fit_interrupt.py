@@ -104,7 +104,8 @@ def test_fit_resumes_on_cuda(mnist_root, tmp_path):
     assert [h[M.EPOCH] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[-1][M.TRAIN_LOSS] == pytest.approx(
         straight.history[-1][M.TRAIN_LOSS], rel=1e-4)
-    assert resumed.final[M.TEST_NLL] == pytest.approx(straight.final[M.TEST_NLL], rel=1e-3)
+    assert resumed.final[M.TEST_CE_BOUND] == pytest.approx(straight.final[M.TEST_CE_BOUND],
+                                                           rel=1e-3)
 
 
 # --- Ctrl-C ----------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_a_notebook_interrupt_in_fit_resumes_exactly(mnist_root, tmp_path):
     assert [h[M.EPOCH] for h in resumed.history] == [1, 2, 3, 4]
     assert _epochs(tmp_path / "nb" / "metrics.jsonl") == [1, 2, 3, 4]
     assert _same_weights(resumed.model, straight.model)
-    assert resumed.final[M.TEST_NLL] == straight.final[M.TEST_NLL]
+    assert resumed.final[M.TEST_CE_BOUND] == straight.final[M.TEST_CE_BOUND]
 
 
 def test_ctrl_c_between_the_checkpoint_and_its_metrics_line_waits_for_both(

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from .config import dump_yaml
 from .errors import CheckpointError
 
 STATE_FILE = "state.pt"
@@ -59,7 +59,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_yaml(path: Path, obj: Any) -> None:
-    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+    atomic_write_text(path, dump_yaml(obj))
 
 
 @contextmanager

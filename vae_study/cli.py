@@ -125,6 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .study_config import load_study
 
     study = load_study(args.study, args.set)  # every key checked before Ray starts
+    if study.report.enabled and not args.no_report:  # not found out hours later, at the end
+        check_writable(Path(study.report.dir), "report.dir")
     from .tune import run_study  # imports Ray: only once the study file is known to be good
 
     folder = run_study(study, fresh=args.fresh)
@@ -134,6 +136,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = build_report(folder, Path(study.report.dir) / study.name)
         print(f"report: {out / 'index.html'}")
     return 0
+
+
+def check_writable(path: Path, key: str) -> None:
+    """Refuse a folder that could not be created or written, creating nothing: its first
+    existing ancestor must be a folder this user may write into."""
+    import os
+
+    from .errors import ConfigError
+
+    existing = path.expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {path} cannot be created: {existing} is not a folder; "
+                          f"choose another {key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {path} cannot be written: {existing} is not writable by "
+                          f"this user; choose another {key}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -190,7 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except VaeStudyError as exc:
-        print(f"vae-study: error: {exc}", file=sys.stderr)
+        # One line, whatever the message holds (a path with a line break, a long problem).
+        message = " ".join(str(exc).split("\n"))
+        if len(message) > 2000:
+            message = message[:1997] + "..."
+        print(f"vae-study: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vae-study: interrupted", file=sys.stderr)

@@ -74,9 +74,9 @@ def make_sampler(search: SearchConfig) -> Any:
             return optuna.samplers.NSGAIISampler(seed=search.seed, **options)
         grid = {p.key: [_encode(v) for v in p.values] for p in search.space}
         return optuna.samplers.GridSampler(grid, seed=search.seed, **options)
-    except TypeError as exc:
-        raise ConfigError(f"search.sampler_options: {exc} (they are passed to Optuna's "
-                          f"{search.algorithm} sampler)") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"search.sampler_options: {str(exc)[:200]} (they are passed to "
+                          f"Optuna's {search.algorithm} sampler)") from None
 
 
 def storage_url(folder: Path) -> str:

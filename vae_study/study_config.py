@@ -16,9 +16,12 @@ from typing import Any, Literal
 
 from . import metrics as M
 from .config import (
+    MAX_SEED,
     RUN_SECTIONS,
     RunConfig,
     _did_you_mean,
+    _show,
+    _show_key,
     apply_overrides,
     build_section,
     coerce,
@@ -31,7 +34,10 @@ from .errors import ConfigError
 
 KINDS = ("choice", "uniform", "log_uniform", "int")
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing \n
+_ADDRESS = re.compile(r"(?:ray://)?[A-Za-z0-9._\-\[\]:]+:([0-9]{1,5})")  # host:port
+_HOST = re.compile(r"[A-Za-z0-9._\-:]+")  # a name, IPv4 or IPv6 address: no spaces, no /
+MAX_NAME = 100  # characters; a folder name may have 255 bytes at most
 
 
 @dataclass(frozen=True)
@@ -87,14 +93,14 @@ class SchedulerConfig:
 
     def validate(self) -> None:
         if self.grace_period < 1:
-            raise ConfigError(f"scheduler.grace_period: got {self.grace_period}, expected an "
-                              "integer >= 1 (epochs before a trial may be stopped)")
+            raise ConfigError(f"scheduler.grace_period: got {_show(self.grace_period)}, "
+                              "expected an integer >= 1 (epochs before a trial may be stopped)")
         if self.reduction_factor < 2:
-            raise ConfigError(f"scheduler.reduction_factor: got {self.reduction_factor}, "
+            raise ConfigError(f"scheduler.reduction_factor: got {_show(self.reduction_factor)}, "
                               "expected an integer >= 2")
         per_epoch = (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, M.TRAIN_LOSS)
         if self.metric not in per_epoch:
-            raise ConfigError(f"scheduler.metric: got {self.metric!r}, expected a metric "
+            raise ConfigError(f"scheduler.metric: got {_show(self.metric)}, expected a metric "
                               "reported every epoch: " + ", ".join(per_epoch))
 
 
@@ -107,12 +113,12 @@ class ResourcesConfig:
 
     def validate(self) -> None:
         if not (self.cpus_per_trial > 0):
-            raise ConfigError(f"resources.cpus_per_trial: got {self.cpus_per_trial}, expected "
-                              "a positive number of CPUs")
+            raise ConfigError(f"resources.cpus_per_trial: got {_show(self.cpus_per_trial)}, "
+                              "expected a positive number of CPUs")
         g = self.gpus_per_trial
         if g != "auto" and not (0 <= g <= 1 or (g > 1 and float(g).is_integer())):
-            raise ConfigError(f"resources.gpus_per_trial: got {g}, expected a fraction in "
-                              "[0, 1], a whole number of GPUs, or auto")
+            raise ConfigError(f"resources.gpus_per_trial: got {_show(g)}, expected a fraction "
+                              "in [0, 1], a whole number of GPUs, or auto")
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,19 @@ class RayConfig:
     # The dashboard listens on this host only; anything but 127.0.0.1/localhost exposes it.
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
+
+    def validate(self) -> None:
+        if self.address is not None and self.address not in ("auto", "local"):
+            port = _ADDRESS.fullmatch(self.address)
+            if port is None or not 1 <= int(port.group(1)) <= 65535:
+                raise ConfigError(f"ray.address: got {_show(self.address)}, expected auto, "
+                                  "host:port (such as 10.0.0.5:6379) or null for a local Ray")
+        if not _HOST.fullmatch(self.dashboard_host):
+            raise ConfigError(f"ray.dashboard_host: got {_show(self.dashboard_host)}, expected "
+                              "a host name or address such as 127.0.0.1")
+        if not 0 <= self.dashboard_port <= 65535:
+            raise ConfigError(f"ray.dashboard_port: got {_show(self.dashboard_port)}, a "
+                              "dashboard port outside 0-65535; use a free port such as 8265")
 
 
 @dataclass(frozen=True)
@@ -204,19 +223,20 @@ def _run_keys() -> dict[str, Any]:
 
 
 def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
-    where = f"search.space.{key}"
+    where = f"search.space.{_show_key(key)}"
     run_keys = _run_keys()
     if key not in run_keys:
-        raise ConfigError(f"{where}: {key!r} is not a run key; searchable keys look like "
+        raise ConfigError(f"{where}: {_show(key)} is not a run key; searchable keys look like "
                           "train.beta or model.latent_dim" + _did_you_mean(key, list(run_keys)))
     if not isinstance(spec, Mapping) or not spec:
         raise ConfigError(f"{where}: expected one of {{choice: [...]}}, {{uniform: [low, high]}}"
-                          f", {{log_uniform: [low, high]}}, {{int: [low, high]}}; got {spec!r}")
+                          ", {log_uniform: [low, high]}, {int: [low, high]}; got "
+                          + _show(spec))
     kinds = [k for k in spec if k in KINDS]
     extra = [k for k in spec if k not in KINDS and k != "log"]
     if len(kinds) != 1 or extra:
         raise ConfigError(f"{where}: expected exactly one of " + ", ".join(KINDS)
-                          + f" (and log: true for int); got keys {list(spec)}")
+                          + f" (and log: true for int); got keys {_show(list(spec))}")
     kind = kinds[0]
     value = spec[kind]
     log = spec.get("log", False)
@@ -226,22 +246,25 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     if kind == "choice":
         if not isinstance(value, list) or not value:
             raise ConfigError(f"{where}.choice: expected a non-empty list of values, got "
-                              f"{value!r}")
+                              f"{_show(value)}")
         values = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         for v in value:  # every choice must be a valid value of its key
             _same_quantity(base, replace_keys(base, {key: v}), key, v)
         return Param(key, "choice", values=values)
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
-        raise ConfigError(f"{where}.{kind}: expected [low, high] numbers, got {value!r}")
-    low, high = float(value[0]), float(value[1])
-    if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
-        raise ConfigError(f"{where}.{kind}: low < high must hold, but got (low={value[0]}, "
-                          f"high={value[1]})")
+    bounds = [_number(v) for v in value] if isinstance(value, list) else []
+    if len(bounds) != 2 or None in bounds:
+        raise ConfigError(f"{where}.{kind}: expected [low, high] numbers, got {_show(value)}")
+    low, high = bounds
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{where}.{kind}: expected finite bounds, got {_show(value)}")
+    if not low < high:
+        raise ConfigError(f"{where}.{kind}: low < high must hold, but got "
+                          f"(low={_show(value[0])}, high={_show(value[1])})")
     if (kind == "log_uniform" or log) and low <= 0:
-        raise ConfigError(f"{where}.{kind}: a log scale needs low > 0, but got low={value[0]}")
+        raise ConfigError(f"{where}.{kind}: a log scale needs low > 0, but got "
+                          f"low={_show(value[0])}")
     if kind == "int" and not (low.is_integer() and high.is_integer()):
-        raise ConfigError(f"{where}.int: expected integer bounds, got {value!r}")
+        raise ConfigError(f"{where}.int: expected integer bounds, got {_show(value)}")
     hint = run_keys[key]
     if kind == "int" and hint is not int and int | None != hint:
         raise ConfigError(f"{where}: {key} is not an integer key; use uniform or log_uniform")
@@ -252,12 +275,27 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     return Param(key, kind, low=low, high=high, log=log)
 
 
+def _number(value: Any) -> float | None:
+    """A bound as a float (``1e-4`` written as text too, as ``coerce`` reads it), or None."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        return math.inf
+
+
 def _same_quantity(base: RunConfig, trial: RunConfig, key: str, value: Any) -> None:
     """A searched value may not change what the study's bound is (a likelihood, a
     cross-entropy, a density of dequantised pixels): trials would not be comparable."""
     if (trial.quantity, trial.dequantized) != (base.quantity, base.dequantized):
         raise ConfigError(
-            f"search.space.{key}: the choice {value!r} changes what the study's numbers are "
+            f"search.space.{key}: the choice {_show(value)} changes what the study's numbers are "
             f"({M.QUANTITY_WORDS[trial.quantity]}"
             + (", of dequantised pixels" if trial.dequantized else "")
             + f", against the base configuration's {M.QUANTITY_WORDS[base.quantity]}"
@@ -311,23 +349,23 @@ def _objectives_from(raw: Any, base: RunConfig) -> tuple[Objective, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("search.objectives: expected a metric name or a list of "
                           "{metric: ..., mode: min|max}, such as [{metric: test/rate, mode: "
-                          f"min}}, {{metric: test/distortion, mode: min}}]; got {raw!r}")
+                          f"min}}, {{metric: test/distortion, mode: min}}]; got {_show(raw)}")
     out = []
     for item in raw:
         if isinstance(item, str):
             item = {"metric": item}
         if not isinstance(item, Mapping) or set(item) - {"metric", "mode"} or "metric" not in item:
             raise ConfigError(f"search.objectives: expected {{metric: NAME, mode: min|max}}, got "
-                              f"{item!r}")
+                              f"{_show(item)}")
         metric = item["metric"]
         if metric not in M.DIRECTIONS:
-            raise ConfigError(f"search.objectives: unknown metric {metric!r}; expected one of "
+            raise ConfigError(f"search.objectives: unknown metric {_show(metric)}; expected one of "
                               + ", ".join(M.DIRECTIONS) + _did_you_mean(str(metric),
                                                                         list(M.DIRECTIONS)))
         mode = item.get("mode", M.DIRECTIONS[metric])
         if mode not in ("min", "max"):
             raise ConfigError(f"search.objectives: mode of {metric} must be min or max, got "
-                              f"{mode!r}")
+                              f"{_show(mode)}")
         out.append(Objective(metric, mode))
     if len({o.metric for o in out}) != len(out):
         raise ConfigError("search.objectives: a metric is listed twice")
@@ -339,11 +377,11 @@ def _parse_search(raw: Any, base: RunConfig) -> SearchConfig:
         raise ConfigError("search: missing; a study needs search.space (what to vary) and "
                           "search.num_trials")
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"search: expected a mapping, got {raw!r}")
+        raise ConfigError(f"search: expected a mapping, got {_show(raw)}")
     names = [f.name for f in dataclasses.fields(SearchConfig)]
     for key in raw:
         if key not in names:
-            raise ConfigError(f"unknown key search.{key}; the keys of search are: "
+            raise ConfigError(f"unknown key search.{_show_key(key)}; the keys of search are: "
                               + ", ".join(names) + _did_you_mean(str(key), names))
     space_raw = raw.get("space")
     if not isinstance(space_raw, Mapping) or not space_raw:
@@ -355,6 +393,9 @@ def _parse_search(raw: Any, base: RunConfig) -> SearchConfig:
     num_trials = coerce(raw.get("num_trials", 8), int, "search.num_trials")
     max_conc = coerce(raw.get("max_concurrent", 2), int, "search.max_concurrent")
     seed = coerce(raw.get("seed", 0), int, "search.seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"search.seed: got {_show(seed)}, expected an integer in "
+                          "[0, 2**32 - 1]")
     if num_trials < 1:
         raise ConfigError(f"search.num_trials: got {num_trials}, expected an integer >= 1")
     if max_conc < 1:
@@ -381,26 +422,78 @@ def _parse_search(raw: Any, base: RunConfig) -> SearchConfig:
     for point in points:
         unknown = set(point) - space_keys
         if unknown:
-            raise ConfigError(f"search.points_to_evaluate: {sorted(unknown)} not in "
+            raise ConfigError("search.points_to_evaluate: "
+                              f"{_show(sorted(map(str, unknown)))} not in "
                               f"search.space ({sorted(space_keys)})")
+        _check_point(point, space)
         replace_keys(base, dict(point))
     options = raw.get("sampler_options") or {}
     if not isinstance(options, Mapping):
-        raise ConfigError(f"search.sampler_options: expected a mapping, got {options!r}")
-    return SearchConfig(algorithm=algorithm, num_trials=num_trials, max_concurrent=max_conc,
-                        seed=seed, space=space, objectives=objectives,
-                        points_to_evaluate=tuple(dict(p) for p in points),
-                        sampler_options=dict(options), select_on_test=select_on_test)
+        raise ConfigError(f"search.sampler_options: expected a mapping, got {_show(options)}")
+    search = SearchConfig(algorithm=algorithm, num_trials=num_trials, max_concurrent=max_conc,
+                          seed=seed, space=space, objectives=objectives,
+                          points_to_evaluate=tuple(dict(p) for p in points),
+                          sampler_options=dict(options), select_on_test=select_on_test)
+    _check_sampler_options(search)
+    return search
+
+
+def _check_point(point: Mapping[str, Any], space: tuple[Param, ...]) -> None:
+    """A point to evaluate must lie in the search space: Optuna would refuse it only once
+    the study runs."""
+    params = {p.key: p for p in space}
+    for key, value in point.items():
+        p = params[key]
+        if p.kind == "choice":
+            if (tuple(value) if isinstance(value, list) else value) not in p.values:
+                raise ConfigError(f"search.points_to_evaluate: {key}={_show(value)} is not one "
+                                  f"of its choices {_show([to_dict(v) for v in p.values])}")
+            continue
+        number = _number(value)
+        if (number is None or not p.low <= number <= p.high
+                or (p.kind == "int" and not number.is_integer())):
+            what = "an integer" if p.kind == "int" else "a number"
+            raise ConfigError(f"search.points_to_evaluate: {key}={_show(value)} is not "
+                              f"{what} in its range [{_show(p.low)}, {_show(p.high)}]")
+
+
+def _check_sampler_options(search: SearchConfig) -> None:
+    """Build the Optuna sampler once, so an unknown or bad option stops the study file
+    here and not after Ray has started. Optuna is imported only when there are options."""
+    if not search.sampler_options:
+        return
+    _check_finite(search.sampler_options, "search.sampler_options")
+    import warnings
+
+    from .search import make_sampler
+
+    with warnings.catch_warnings():  # Optuna's experimental-feature warnings: shown at run
+        warnings.simplefilter("ignore")
+        make_sampler(search)
+
+
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: got {_show(value)}, expected a finite number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{_show_key(k)}")
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_finite(v, where)
 
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"name: expected the study's name (a folder name such as "
-                          f"beta_sweep), got {name!r}")
-    if not _NAME.match(name) or name in (".", ".."):
-        raise ConfigError(f"name: got {name!r}; use letters, digits, '.', '_' and '-' only "
-                          "(no path separators or '..': the study folder must stay inside "
-                          "output.dir)")
+                          f"beta_sweep), got {_show(name)}")
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"name: got {_show(name)}; use letters, digits, '.', '_' and '-' "
+                          "only (no path separators, '..' or line breaks: the study folder "
+                          "must stay inside output.dir)")
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"name: got {_show(name)}, {len(name)} characters; use at most "
+                          f"{MAX_NAME} (it names a folder)")
     return name
 
 
@@ -410,7 +503,7 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
     for key in raw:
         if key not in RUN_SECTIONS and key not in STUDY_SECTIONS:
             allowed = [*RUN_SECTIONS, *STUDY_SECTIONS]
-            raise ConfigError(f"unknown section {key!r}; the sections are: "
+            raise ConfigError(f"unknown section {_show(key)}; the sections are: "
                               + ", ".join(allowed) + _did_you_mean(str(key), allowed))
     study = StudyConfig(
         name=check_name(raw.get("name")),
@@ -422,6 +515,10 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
         ray=build_section(RayConfig, raw.get("ray"), "ray"),
         report=build_section(ReportConfig, raw.get("report"), "report"),
     )
+    if study.scheduler.type == "asha" and study.scheduler.grace_period > study.base.train.epochs:
+        raise ConfigError(f"scheduler.grace_period: got {study.scheduler.grace_period}, longer "
+                          f"than train.epochs={study.base.train.epochs}; ASHA needs "
+                          "grace_period <= train.epochs")
     if study.scheduler.type != "none" and study.search.multi_objective:
         raise ConfigError("scheduler.type: asha compares trials on one metric, but this study "
                           "has " + str(len(study.search.objectives)) + " objectives; use "
