@@ -156,7 +156,7 @@ def test_knob_figure_has_only_the_panels_it_needs(tmp_path, figures):
                        quantity=M.QUANTITY_NLL) is None
     # A searched key that is not a knob panel is still matched on, with its bins said.
     text = plots.matching_text((BETA, LATENT, lr))
-    assert "latent size exactly" in text and "beta in 4 log-spaced bins" in text
+    assert "latent size by exact value" in text and "beta in 4 log-spaced bins" in text
     assert "train.lr in 4 log-spaced bins (edges 0.0001, 0.000316, 0.001, 0.00316, 0.01)" in text
 
 

@@ -7,6 +7,7 @@ when the study holds nothing to draw. Units are nats per example throughout.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,7 +245,7 @@ def matching_text(searched: Sequence[Param]) -> str:
     if len(searched) < 2:
         return ""
     exact = [knob_name(p.key) for p in searched if bin_edges(p) is None]
-    parts = [" and ".join(exact) + " exactly"] if exact else []
+    parts = [" and ".join(exact) + " by exact value"] if exact else []
     for p in searched:
         edges = bin_edges(p)
         if edges is not None:
@@ -328,6 +329,8 @@ def knobs(trials: Sequence[Trial], path: Path, *, searched: Sequence[Param],
         if panel.message is not None:
             ax.text(0.5, 0.5, panel.message, ha="center", va="center", transform=ax.transAxes,
                     color="grey", wrap=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
         for i, s in enumerate(panel.series):
             xs = [pt.x for pt in s.points]
             ax.plot(xs, [pt.mean for pt in s.points], marker=MARKERS[i % len(MARKERS)],
@@ -342,17 +345,21 @@ def knobs(trials: Sequence[Trial], path: Path, *, searched: Sequence[Param],
                 ax.plot(xs, xs, ":", color="grey", label="all units active")
             ax.legend(fontsize=7)
             ax.set_xscale("log", base=2 if panel.knob == "model.latent_dim" else 10)
+            if panel.knob != "train.beta":  # a few integers: tick each one
+                xs = sorted({pt.x for s in panel.series for pt in s.points})
+                ax.set_xticks(xs, [str(x) for x in xs])
+                ax.minorticks_off()
         if panel.knob == "train.beta":
             ax.axvline(1.0, color="grey", ls=":", lw=1)
         ax.set_xlabel(f"{knob_name(panel.knob)} (log scale)")
         ax.set_ylabel(panel.ylabel)
         ax.set_title(panel.title, fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle("Knobs against test metrics, only among trials matched on the other searched "
-                 "knobs (one line per setting; n = trials averaged, unmarked points are "
-                 "single trials)\n" + (f"matched on: {matching_text(searched)}"
-                                        if len(searched) > 1 else "one knob searched"),
-                 fontsize=10)
+    title = ("Knobs against test metrics, each line among trials matched on the other "
+             "searched knobs; n = trials averaged (unmarked points: single trials). "
+             + (f"Searched knobs matched by: {matching_text(searched)}." if len(searched) > 1
+                else "One knob searched."))
+    fig.suptitle(textwrap.fill(title, 60 + 60 * cols), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
