@@ -208,7 +208,9 @@ def test_the_selected_trial_is_chosen_on_validation_and_shown_with_both(tmp_path
     assert "a Bernoulli cross-entropy on grey levels" in summary and "not a likelihood" in summary
     assert "on the first 100 test examples (test/nll_examples)" in summary
     assert "eval.surgery_examples = 60" in summary
-    assert "eval.val_examples = 1000 validation examples with eval.val_k = 1000" in summary
+    # The factory's validation split holds 50 examples: val/ce_bound can use no more.
+    assert ("val/ce_bound on the first 50 validation examples (eval.val_examples = 1000, "
+            "data.val_size = 50) with eval.val_k = 1000") in summary
     page = (out / "index.html").read_text()
     assert "Selected trial: selected on validation (val/ce_bound)" in page
     assert "not a likelihood" in page and "test/nll_examples" in page

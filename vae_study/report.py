@@ -103,9 +103,11 @@ def protocol_lines(sf: StudyFolder) -> list[str]:
     else:
         nll_n = "all test examples (eval.nll_examples: null)"
     bpd = (f", with bits/dim ({M.TEST_BPD}, {M.VAL_BPD})" if base.dequantized else "")
-    val = (f"{val_bound} on the first eval.val_examples = {ev.val_examples} validation "
-           f"examples with eval.val_k = {ev.val_k} importance samples"
-           if ev.val_examples > 0 else f"no {val_bound} (eval.val_examples = 0)")
+    val_n = min(ev.val_examples, base.data.val_size)  # evaluate_val: at most the split
+    val = (f"{val_bound} on the first {val_n} validation examples (eval.val_examples = "
+           f"{ev.val_examples}, data.val_size = {base.data.val_size}) with eval.val_k = "
+           f"{ev.val_k} importance samples"
+           if val_n > 0 else f"no {val_bound} (eval.val_examples or data.val_size is 0)")
     return [
         f"quantity: the bound -L_K is {bound} ({val_bound} on validation), a "
         f"{M.QUANTITY_WORDS[quantity]}{bpd}, with eval.k = {ev.k} importance samples",
@@ -113,7 +115,7 @@ def protocol_lines(sf: StudyFolder) -> list[str]:
         f"same examples) on {nll_n}; test rate, distortion, -ELBO and active units on all test "
         f"examples; mutual information and marginal KL on the first eval.surgery_examples = "
         f"{ev.surgery_examples} test examples; {val}; val -ELBO, rate and distortion on the "
-        "whole validation split after the last epoch",
+        "whole validation split after the trial's last reported epoch",
     ]
 
 
