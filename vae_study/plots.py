@@ -7,7 +7,9 @@ when the study holds nothing to draw. Units are nats per example throughout.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 
 from . import metrics as M  # noqa: E402
+from .study_config import Param  # noqa: E402
 from .study_folder import Trial  # noqa: E402
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
@@ -65,9 +68,12 @@ def _staircase(points: list[tuple[float, float]]) -> tuple[list[float], list[flo
     return xs, ys
 
 
-def rate_distortion_plane(trials: Sequence[Trial], path: Path, *,
-                          show_paths: bool = True) -> Path | None:
-    """Figure 1: every finished trial at (rate, distortion); the Pareto front; iso -ELBO lines."""
+def rate_distortion_plane(trials: Sequence[Trial], path: Path, *, show_paths: bool = True,
+                          selected: Sequence[Trial] = (), selected_label: str = ""
+                          ) -> Path | None:
+    """Figure 1: every finished trial at its test (rate, distortion); the Pareto front of
+    those plotted test numbers; iso -ELBO lines; ``selected`` (the study's selection, made on
+    its objectives) ringed and labelled ``selected_label``."""
     from .pareto import pareto_front
 
     done = [t for t in trials if t.finished and math.isfinite(t.value(M.TEST_RATE))
@@ -94,7 +100,15 @@ def rate_distortion_plane(trials: Sequence[Trial], path: Path, *,
     dists = np.array([t.value(M.TEST_DISTORTION) for t in done])
     front = pareto_front(list(zip(rates, dists, strict=True)), ["min", "min"])
     fx, fy = _staircase([(rates[i], dists[i]) for i in front])
-    ax.plot(fx, fy, "-", color="crimson", lw=1.6, zorder=2, label="Pareto front")
+    ax.plot(fx, fy, "-", color="crimson", lw=1.6, zorder=2,
+            label="Pareto front of the test (rate, distortion) shown")
+    done_ids = {t.trial_id for t in done}
+    shown = [t for t in selected if t.trial_id in done_ids]
+    if shown:
+        ax.scatter([t.value(M.TEST_RATE) for t in shown],
+                   [t.value(M.TEST_DISTORTION) for t in shown], s=140, marker="s",
+                   facecolors="none", edgecolors="black", linewidths=1.4, zorder=4,
+                   label=selected_label)
     # Lines of equal -ELBO: R + D = c. The best one touches the front where beta = 1 is
     # the tangent slope (-1).
     total = rates + dists
@@ -110,7 +124,7 @@ def rate_distortion_plane(trials: Sequence[Trial], path: Path, *,
                     (xl, c - xl), fontsize=8, color="black" if j == 0 else "grey",
                     xytext=(4, 4), textcoords="offset points")
     ax.scatter([rates[best]], [dists[best]], s=220, facecolors="none", edgecolors="crimson",
-               linewidths=1.8, zorder=4, label=f"best -ELBO (trial {done[best].trial_id})")
+               linewidths=1.8, zorder=4, label=f"best test -ELBO (trial {done[best].trial_id})")
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("rate R = KL(q(z|x) || p(z))  [nats per example]")
@@ -123,88 +137,237 @@ def rate_distortion_plane(trials: Sequence[Trial], path: Path, *,
     return _save(fig, path)
 
 
-def _not_varied(ax: Any, what: str) -> None:
-    ax.text(0.5, 0.5, f"{what} is not varied\nin this study", ha="center", va="center",
-            transform=ax.transAxes, color="grey")
-    ax.set_xticks([])
-    ax.set_yticks([])
+# ---- Knob plots: one knob against a metric, only among trials that match on the others ----
+
+KNOB_NAMES = {"train.beta": "beta", "model.latent_dim": "latent size", "train.k": "K",
+              "train.objective": "training objective"}
+# A continuous searched key (uniform, log_uniform, a wide int range) is matched in this many
+# bins over its search range (log-spaced for log scales) when another knob is plotted.
+CONTINUOUS_BINS = 4
+NO_MATCH = "no matched trials"
 
 
-def knobs(trials: Sequence[Trial], path: Path) -> Path | None:
-    """Figure 2: beta against R and D per latent size; K against NLL and the bound's gap;
-    latent size against rate and active units."""
-    done = [t for t in trials if t.finished]
-    if not done:
+def knob_name(key: str) -> str:
+    return KNOB_NAMES.get(key, key)
+
+
+@dataclass(frozen=True)
+class KnobPoint:
+    """One knob value of a series: the mean of ``metric`` over the ``n`` trials behind it."""
+
+    x: Any
+    mean: float
+    n: int
+    trial_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KnobSeries:
+    """Trials that share every other searched knob (continuous ones by bin): one line."""
+
+    fixed: tuple[tuple[str, str], ...]  # (key, its value or bin), one per other searched knob
+    points: tuple[KnobPoint, ...]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{knob_name(k)} {v}" for k, v in self.fixed) or "all trials"
+
+
+@dataclass(frozen=True)
+class KnobPanel:
+    """One panel of the knob figure: its series, or the text drawn instead of lines."""
+
+    knob: str
+    metric: str
+    ylabel: str
+    title: str
+    series: tuple[KnobSeries, ...]
+    message: str | None  # None when there is something to draw
+
+
+def _plain(value: Any) -> Any:
+    """A parameter as read from results.csv (2.0 for 2, a list as text) -> a hashable value."""
+    if isinstance(value, list | tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, int | float) else (1, str(value))
+
+
+def bin_edges(param: Param) -> list[float] | None:
+    """The bin edges a continuous searched key is matched in; None: matched exactly."""
+    if param.kind == "choice":
         return None
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    latents = sorted({t.latent_dim for t in done})
-    betas = {t.beta for t in done}
-    for ax, key, label in ((axes[0, 0], M.TEST_RATE, "rate R"),
-                           (axes[1, 0], M.TEST_DISTORTION, "distortion D")):
-        if len(betas) < 2:
-            _not_varied(ax, "beta")
-        else:
-            for i, lat in enumerate(latents):
-                group = sorted((t for t in done if t.latent_dim == lat), key=lambda t: t.beta)
-                ax.plot([t.beta for t in group], [t.value(key) for t in group],
-                        marker=MARKERS[i % len(MARKERS)], label=f"latent size {lat}")
-            ax.set_xscale("log")
-            ax.axvline(1.0, color="grey", ls=":", lw=1)
-            ax.legend(fontsize=8)
-        ax.set_xlabel("beta (log scale)")
-        ax.set_ylabel(f"test {label} [nats]")
-        ax.set_title(f"beta against {label}")
-    ks = sorted({t.k for t in done})
-    objectives = sorted({t.objective for t in done})
-    for ax, label in ((axes[0, 1], "nll"), (axes[1, 1], "gap")):
-        if len(ks) < 2:
-            _not_varied(ax, "K")
-        else:
-            for i, obj in enumerate(objectives):
-                by_k = {}
-                for t in done:
-                    if t.objective == obj:
-                        v = (t.value(M.TEST_NLL) if label == "nll"
-                             else t.value(M.TEST_NEG_ELBO) - t.value(M.TEST_NLL))
-                        by_k.setdefault(t.k, []).append(v)
-                xs = sorted(by_k)
-                ax.plot(xs, [float(np.nanmean(by_k[k])) for k in xs],
-                        marker=MARKERS[i], label=f"train objective {obj}")
-            ax.set_xscale("log")
-            ax.legend(fontsize=8)
-        ax.set_xlabel("K, samples per example in training (log scale)")
-        if label == "nll":
-            ax.set_ylabel("test NLL = -L_K(eval.k) [nats]")
-            ax.set_title("K against test NLL (VAE = elbo, IWAE = iwae)")
-        else:
-            ax.set_ylabel("-ELBO - NLL [nats]")
-            ax.set_title("K against the gap between -ELBO and NLL")
-    for ax, key, label in ((axes[0, 2], M.TEST_RATE, "test rate R [nats]"),
-                           (axes[1, 2], M.TEST_ACTIVE_UNITS, "active units")):
-        if len(latents) < 2:
-            _not_varied(ax, "latent size")
-        else:
-            xs = latents
-            ys = [float(np.nanmean([t.value(key) for t in done if t.latent_dim == lat]))
-                  for lat in xs]
-            ax.plot(xs, ys, marker="o")
-            if key == M.TEST_ACTIVE_UNITS:
+    if param.kind == "int" and param.high - param.low + 1 <= 2 * CONTINUOUS_BINS:
+        return None  # a few integers: each value is its own level
+    if param.kind == "log_uniform" or param.log:
+        return np.geomspace(param.low, param.high, CONTINUOUS_BINS + 1).tolist()
+    return np.linspace(param.low, param.high, CONTINUOUS_BINS + 1).tolist()
+
+
+def _level(param: Param, value: Any) -> tuple[Any, str]:
+    """(sort key, label) of the level of ``value``: itself, or the bin it falls in."""
+    edges = bin_edges(param)
+    value = _plain(value)
+    if edges is None or not isinstance(value, int | float):
+        return _sort_key(value), str(value)
+    i = int(np.clip(np.searchsorted(edges, value, side="right") - 1, 0, len(edges) - 2))
+    close = "]" if i == len(edges) - 2 else ")"
+    return (0, i), f"in [{edges[i]:.3g}, {edges[i + 1]:.3g}{close}"
+
+
+# knob -> (metric, y label) of its two panels; the bound's entry is filled in by quantity.
+KNOB_METRICS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "train.beta": ((M.TEST_RATE, "test rate R [nats]"),
+                   (M.TEST_DISTORTION, "test distortion D [nats]")),
+    "train.k": (("bound", "bound"),
+                (M.TEST_BOUND_GAP, "test -ELBO - bound, same examples [nats]")),
+    "model.latent_dim": ((M.TEST_RATE, "test rate R [nats]"),
+                         (M.TEST_ACTIVE_UNITS, "test active units")),
+}
+
+
+def varied_knobs(searched: Sequence[Param]) -> list[Param]:
+    """The searched keys the knob figure has panels for, in its column order."""
+    by_key = {p.key: p for p in searched if p.kind != "choice" or len(set(p.values)) > 1}
+    return [by_key[k] for k in KNOB_METRICS if k in by_key]
+
+
+def matching_text(searched: Sequence[Param]) -> str:
+    """How the knob plots match trials on the searched keys, in words (bins named); empty
+    when only one key is searched (nothing to match on)."""
+    if len(searched) < 2:
+        return ""
+    exact = [knob_name(p.key) for p in searched if bin_edges(p) is None]
+    parts = [" and ".join(exact) + " by exact value"] if exact else []
+    for p in searched:
+        edges = bin_edges(p)
+        if edges is not None:
+            scale = "log-spaced" if p.kind == "log_uniform" or p.log else "equal-width"
+            parts.append(f"{knob_name(p.key)} in {CONTINUOUS_BINS} {scale} bins (edges "
+                         + ", ".join(f"{e:.3g}" for e in edges) + ")")
+    return "; ".join(parts)
+
+
+def knob_series(trials: Sequence[Trial], knob: str, metric: str,
+                searched: Sequence[Param]) -> list[KnobSeries]:
+    """``metric`` against ``knob`` among finished trials, one series per setting of the other
+    searched knobs (continuous ones binned, see ``bin_edges``): a series never mixes
+    values of another knob. A series needs two values of ``knob``; points are means over
+    the trials sharing a knob value, with their number ``n``."""
+    others = [p for p in searched if p.key != knob]
+    groups: dict[tuple[tuple[str, str], ...], dict[Any, list[tuple[str, float]]]] = {}
+    order: dict[tuple[tuple[str, str], ...], tuple[Any, ...]] = {}
+    for t in trials:
+        value = t.value(metric)
+        if (not t.finished or t.params.get(knob) is None or not math.isfinite(value)
+                or any(t.params.get(p.key) is None for p in others)):
+            continue
+        levels = [_level(p, t.params[p.key]) for p in others]
+        fixed = tuple((p.key, label) for p, (_, label) in zip(others, levels, strict=True))
+        order[fixed] = tuple(key for key, _ in levels)
+        groups.setdefault(fixed, {}).setdefault(_plain(t.params[knob]), []).append(
+            (t.trial_id, value))
+    out = []
+    for fixed in sorted(groups, key=lambda f: order[f]):
+        by_x = groups[fixed]
+        if len(by_x) < 2:
+            continue
+        out.append(KnobSeries(fixed, tuple(
+            KnobPoint(x, float(np.mean([v for _, v in by_x[x]])), len(by_x[x]),
+                      tuple(i for i, _ in by_x[x]))
+            for x in sorted(by_x, key=_sort_key))))
+    return out
+
+
+def bound_label(quantity: str) -> str:
+    """The bound -L_K in words: an NLL, or a cross-entropy bound that is not a likelihood."""
+    if quantity == M.QUANTITY_NLL:
+        return "test NLL = -L_K"
+    return "test cross-entropy bound -L_K (not a likelihood)"
+
+
+def knob_panels(trials: Sequence[Trial], searched: Sequence[Param],
+                quantity: str) -> list[KnobPanel]:
+    """The panels of the knob figure, two per varied knob (none for a knob not searched)."""
+    panels = []
+    for p in varied_knobs(searched):
+        for metric, ylabel in KNOB_METRICS[p.key]:
+            if metric == "bound":
+                metric, ylabel = M.bound_key("test", quantity), f"{bound_label(quantity)} [nats]"
+            series = knob_series(trials, p.key, metric, searched)
+            message = None
+            if not series:
+                reported = [t for t in trials if t.finished and math.isfinite(t.value(metric))]
+                others = [knob_name(o.key) for o in searched if o.key != p.key]
+                message = (f"no finished trial reports {metric} yet" if not reported else
+                           f"{NO_MATCH}: no two finished trials differ in {knob_name(p.key)}"
+                           + (f"\nwith the same {', '.join(others)}" if others else ""))
+            panels.append(KnobPanel(p.key, metric, ylabel,
+                                    f"{knob_name(p.key)} against {ylabel.split(' [')[0]}",
+                                    tuple(series), message))
+    return panels
+
+
+def knobs(trials: Sequence[Trial], path: Path, *, searched: Sequence[Param],
+          quantity: str) -> Path | None:
+    """Figure 2: each searched knob (beta, K, latent size) against two test metrics, one line
+    per setting of the other searched knobs; no figure when none is varied or finished."""
+    panels = knob_panels(trials, searched, quantity)
+    if not panels or not any(t.finished for t in trials):
+        return None
+    cols = len(panels) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(5.5 * cols + 1, 9), squeeze=False)
+    for j, panel in enumerate(panels):
+        ax = axes[j % 2, j // 2]
+        if panel.message is not None:
+            ax.text(0.5, 0.5, panel.message, ha="center", va="center", transform=ax.transAxes,
+                    color="grey", wrap=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for i, s in enumerate(panel.series):
+            xs = [pt.x for pt in s.points]
+            ax.plot(xs, [pt.mean for pt in s.points], marker=MARKERS[i % len(MARKERS)],
+                    label=s.label)
+            for pt in s.points:
+                if pt.n > 1:
+                    ax.annotate(f"n={pt.n}", (pt.x, pt.mean), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points")
+        if panel.series:
+            if panel.metric == M.TEST_ACTIVE_UNITS:
+                xs = sorted({pt.x for s in panel.series for pt in s.points})
                 ax.plot(xs, xs, ":", color="grey", label="all units active")
-                ax.legend(fontsize=8)
-            ax.set_xscale("log", base=2)
-        ax.set_xlabel("latent size (log scale)")
-        ax.set_ylabel(label)
-        ax.set_title(f"latent size against {label.split(' [')[0]}")
-    for ax in axes.flat:
+            ax.legend(fontsize=7)
+            ax.set_xscale("log", base=2 if panel.knob == "model.latent_dim" else 10)
+            if panel.knob != "train.beta":  # a few integers: tick each one
+                xs = sorted({pt.x for s in panel.series for pt in s.points})
+                ax.set_xticks(xs, [str(x) for x in xs])
+                ax.minorticks_off()
+        if panel.knob == "train.beta":
+            ax.axvline(1.0, color="grey", ls=":", lw=1)
+        ax.set_xlabel(f"{knob_name(panel.knob)} (log scale)")
+        ax.set_ylabel(panel.ylabel)
+        ax.set_title(panel.title, fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle("The knobs of the study against rate, distortion and the bound "
-                 "(finished trials; means where several share a value)")
+    title = ("Knobs against test metrics, each line among trials matched on the other "
+             "searched knobs; n = trials averaged (unmarked points: single trials). "
+             + (f"Searched knobs matched by: {matching_text(searched)}." if len(searched) > 1
+                else "One knob searched."))
+    fig.suptitle(textwrap.fill(title, 60 + 60 * cols), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path) -> Path | None:
-    """Figure 3: mutual information against marginal KL; KL per latent dimension."""
+def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path, *,
+               front_label: str = "front trials") -> Path | None:
+    """Figure 3: mutual information against marginal KL; KL per latent dimension of the
+    ``front`` trials (``front_label`` says which front)."""
     done = [t for t in trials if t.finished and math.isfinite(t.value(M.TEST_MUTUAL_INFO))]
     if not done:
         return None
@@ -237,10 +400,12 @@ def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path) -> P
         ax2.xaxis.get_major_locator().set_params(integer=True)
         ax2.legend(fontsize=7)
     else:
-        _not_varied(ax2, "KL per dimension")
+        ax2.text(0.5, 0.5, f"no KL per dimension recorded\nfor the {front_label}", ha="center",
+                 va="center", transform=ax2.transAxes, color="grey")
     ax2.set_xlabel("latent dimension, sorted by its KL")
     ax2.set_ylabel("KL of the dimension [nats] (symlog)")
-    ax2.set_title("KL per latent dimension, front trials (near 0: collapsed units)")
+    ax2.set_title(f"KL per latent dimension, {front_label} (near 0: collapsed units)",
+                  fontsize=10)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

@@ -27,21 +27,113 @@ MAX_MODEL_FIGURES = 5
 
 
 def rd_front(trials: list[Trial]) -> list[Trial]:
-    """Finished trials on the (rate, distortion) Pareto front, by rate."""
+    """Finished trials on the Pareto front of their TEST (rate, distortion), by test rate: the
+    empirical R-D curve of the numbers the R-D plane plots. It describes test results; it is
+    not a selection (a study selects on its objectives: ``study_front``, ``best_trial``)."""
     done = [t for t in trials if t.finished]
     idx = pareto_front([[t.value(M.TEST_RATE), t.value(M.TEST_DISTORTION)] for t in done],
                        ["min", "min"])
     return sorted((done[i] for i in idx), key=lambda t: t.value(M.TEST_RATE))
 
 
+def study_front(sf: StudyFolder) -> list[Trial]:
+    """Multi-objective studies: the finished trials on the Pareto set of the study's own
+    objectives (results.csv ``pareto``; validation metrics unless search.select_on_test), by
+    test rate. Empty for a single-objective study."""
+    if not sf.study.search.multi_objective:
+        return []
+    return sorted((t for t in sf.trials if t.finished and t.pareto),
+                  key=lambda t: t.value(M.TEST_RATE))
+
+
 def best_trial(sf: StudyFolder) -> Trial | None:
-    """The best finished trial on the study's first objective."""
+    """The selected trial: the best finished trial on the study's first objective (a
+    validation metric unless search.select_on_test)."""
     obj = sf.study.search.objectives[0]
     done = [t for t in sf.trials if t.finished and math.isfinite(t.value(obj.metric))]
     if not done:
         return None
     sign = 1 if obj.mode == "min" else -1
     return min(done, key=lambda t: sign * t.value(obj.metric))
+
+
+def _objective_names(sf: StudyFolder) -> str:
+    return ", ".join(o.metric for o in sf.study.search.objectives)
+
+
+def _on_test(sf: StudyFolder) -> list[str]:
+    return [o.metric for o in sf.study.search.objectives if M.is_test_metric(o.metric)]
+
+
+def selection_words(sf: StudyFolder) -> str:
+    """How the selected trial was chosen, e.g. "selected on validation (val/nll)"."""
+    metric = sf.study.search.objectives[0].metric
+    if M.is_test_metric(metric):
+        return f"selected on test (search.select_on_test): {metric}"
+    return f"selected on validation ({metric})"
+
+
+def front_words(sf: StudyFolder) -> str:
+    """What the study's Pareto set was computed on."""
+    split = "test, search.select_on_test" if _on_test(sf) else "validation"
+    return f"Pareto set on the study's objectives ({_objective_names(sf)}; {split})"
+
+
+def selection_warning(sf: StudyFolder) -> str | None:
+    """The warning a study that selects on test metrics carries; None when it does not."""
+    on_test = _on_test(sf)
+    if not on_test:
+        return None
+    return (f"Warning: this study selects on test metrics ({', '.join(on_test)}; "
+            "search.select_on_test: true): its test numbers are optimistically biased, not "
+            "held-out estimates.")
+
+
+def protocol_lines(sf: StudyFolder) -> list[str]:
+    """What the numbers are and which examples each was computed on."""
+    base = sf.study.base
+    quantity, ev = base.quantity, base.eval
+    bound, val_bound = M.bound_key("test", quantity), M.bound_key("val", quantity)
+    counts = sorted({int(t.value(M.TEST_NLL_EXAMPLES)) for t in sf.trials
+                     if math.isfinite(t.value(M.TEST_NLL_EXAMPLES))})
+    if len(counts) == 1:
+        nll_n = f"the first {counts[0]} test examples ({M.TEST_NLL_EXAMPLES})"
+    elif counts:
+        nll_n = f"the first {counts[0]} to {counts[-1]} test examples ({M.TEST_NLL_EXAMPLES})"
+    elif ev.nll_examples is not None:
+        nll_n = f"the first {ev.nll_examples} test examples (eval.nll_examples)"
+    else:
+        nll_n = "all test examples (eval.nll_examples: null)"
+    bpd = (f", with bits/dim ({M.TEST_BPD}, {M.VAL_BPD})" if base.dequantized else "")
+    val_n = min(ev.val_examples, base.data.val_size)  # evaluate_val: at most the split
+    val = (f"{val_bound} on the first {val_n} validation examples (eval.val_examples = "
+           f"{ev.val_examples}, data.val_size = {base.data.val_size}) with eval.val_k = "
+           f"{ev.val_k} importance samples"
+           if val_n > 0 else f"no {val_bound} (eval.val_examples or data.val_size is 0)")
+    return [
+        f"quantity: the bound -L_K is {bound} ({val_bound} on validation), a "
+        f"{M.QUANTITY_WORDS[quantity]}{bpd}, with eval.k = {ev.k} importance samples",
+        f"examples: {bound} and the gap -ELBO - bound ({M.TEST_BOUND_GAP}, both terms on the "
+        f"same examples) on {nll_n}; test rate, distortion, -ELBO and active units on all test "
+        f"examples; mutual information and marginal KL on the first eval.surgery_examples = "
+        f"{ev.surgery_examples} test examples; {val}; val -ELBO, rate and distortion on the "
+        "whole validation split after the trial's last reported epoch",
+    ]
+
+
+def _columns(sf: StudyFolder) -> list[tuple[str, str]]:
+    """(heading, metric) of the numbers in every trial table: validation, then test."""
+    quantity, dequantized = sf.study.base.quantity, sf.study.base.dequantized
+    name = "NLL" if quantity == M.QUANTITY_NLL else "CE bound"
+    cols = [(f"val {name}", M.bound_key("val", quantity))]
+    cols += [("val bits/dim", M.VAL_BPD)] if dequantized else []
+    cols += [("val -ELBO", M.VAL_NEG_ELBO), ("val rate", M.VAL_RATE),
+             ("val distortion", M.VAL_DISTORTION), ("test rate", M.TEST_RATE),
+             ("test distortion", M.TEST_DISTORTION), ("test -ELBO", M.TEST_NEG_ELBO),
+             (f"test {name}", M.bound_key("test", quantity))]
+    cols += [("test bits/dim", M.TEST_BPD)] if dequantized else []
+    return cols + [("test gap -ELBO - bound", M.TEST_BOUND_GAP),
+                   ("test active units", M.TEST_ACTIVE_UNITS)]
 
 
 def _spread(front: list[Trial], n: int) -> list[Trial]:
@@ -65,7 +157,14 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     if (sf.folder / R.RESULTS_FILE).is_file():
         shutil.copyfile(sf.folder / R.RESULTS_FILE, out / R.RESULTS_FILE)
     front = rd_front(sf.trials)
+    chosen_front = study_front(sf)
     best = best_trial(sf)
+    selected, selected_label = ((chosen_front, front_words(sf)) if sf.study.search.multi_objective
+                                else ([best] if best else [], selection_words(sf)))
+    # The trials the rate split and model pictures show: the study's own Pareto set when it
+    # has several objectives, else the test R-D front.
+    shown_front, shown_words = ((chosen_front, "trials of the study's Pareto set")
+                                if chosen_front else (front, "trials of the test R-D front"))
 
     def add(path: Path | None, caption: str, missing: str) -> None:
         if path is None:
@@ -73,23 +172,39 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
         else:
             figures.append((path.name, caption))
 
-    add(plots.rate_distortion_plane(sf.trials, out / "rate_distortion.png"),
+    add(plots.rate_distortion_plane(sf.trials, out / "rate_distortion.png", selected=selected,
+                                    selected_label=selected_label),
         "The rate-distortion plane: each finished trial at its test (rate, distortion), "
-        "coloured by beta; the red staircase is the Pareto front (the empirical R-D curve); "
-        "dashed lines have equal -ELBO = R + D.",
+        "coloured by beta; the red staircase is the Pareto front of those test numbers (the "
+        f"empirical R-D curve); black squares: {selected_label}; dashed lines have equal "
+        "-ELBO = R + D.",
         "No finished trial yet: the rate-distortion plane is empty.")
-    add(plots.knobs(sf.trials, out / "knobs.png"),
-        "The knobs against rate, distortion and the bound: beta, K (VAE and IWAE objectives) "
-        "and latent size.", "No finished trial yet: no knob plots.")
-    add(plots.rate_split(sf.trials, front, out / "rate_split.png"),
+    searched = sf.study.search.space
+    varied = plots.varied_knobs(searched)
+    if varied:
+        matched = plots.matching_text(searched)
+        add(plots.knobs(sf.trials, out / "knobs.png", searched=searched,
+                        quantity=sf.study.base.quantity),
+            "The searched knobs ("
+            + ", ".join(plots.knob_name(p.key) for p in varied)
+            + ") against test metrics, the bound as "
+            + plots.bound_label(sf.study.base.quantity)
+            + "; each line compares only trials at matched settings of the other searched "
+            "knobs" + (f" ({matched})" if matched else "")
+            + "; n marks points that average several trials; panels without matched trials "
+            "say so.", "No finished trial yet: no knob plots.")
+    else:
+        notes.append("The study varies none of beta, K and latent size: no knob plots.")
+    add(plots.rate_split(sf.trials, shown_front, out / "rate_split.png",
+                         front_label=shown_words),
         "Where the rate goes: R = I(x; z) + KL(q(z) || p(z)) per trial, and the KL of each "
-        "latent dimension for the Pareto-front trials.",
+        f"latent dimension for the {shown_words}.",
         "No finished trial yet: no rate split.")
     add(plots.learning_curves(sf.trials, out / "learning_curves.png"),
         "Learning curves (validation), coloured by beta; stopped trials dashed, failed or "
         "diverged ones end in a red cross.", "No trial has reported an epoch yet.")
     _search_figure(sf, out, add, notes)
-    _model_figures(sf, best, front, out, figures, notes)
+    _model_figures(sf, best, shown_front, shown_words, out, figures, notes)
 
     seconds = time.perf_counter() - started
     summary = _summary(sf, best, front, notes, seconds)
@@ -116,14 +231,14 @@ def _search_figure(sf: StudyFolder, out: Path, add: Any, notes: list[str]) -> No
         "Fewer than two finished Optuna trials: no search history yet.")
 
 
-def _model_figures(sf: StudyFolder, best: Trial | None, front: list[Trial], out: Path,
-                   figures: list[tuple[str, str]], notes: list[str]) -> None:
+def _model_figures(sf: StudyFolder, best: Trial | None, front: list[Trial], front_words: str,
+                   out: Path, figures: list[tuple[str, str]], notes: list[str]) -> None:
     chosen: list[tuple[Trial, str]] = []
     if best is not None:
-        chosen.append((best, "best trial"))
+        chosen.append((best, selection_words(sf)))
     for t in _spread(front, MAX_MODEL_FIGURES - len(chosen)):
         if all(t.trial_id != c.trial_id for c, _ in chosen):
-            chosen.append((t, "Pareto front"))
+            chosen.append((t, front_words.removeprefix("trials of the ")))
     if not chosen:
         return
     from .checkpoint import load
@@ -193,10 +308,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _trial_line(t: Trial, keys: list[str]) -> list[str]:
+def _trial_line(t: Trial, keys: list[str], cols: list[tuple[str, str]]) -> list[str]:
     return [t.trial_id, t.status, *[_fmt(t.params.get(k, "")) for k in keys],
-            *[_fmt(t.value(m)) for m in (M.TEST_RATE, M.TEST_DISTORTION, M.TEST_NEG_ELBO,
-                                         M.TEST_NLL, M.TEST_ACTIVE_UNITS)]]
+            *[_fmt(t.value(m)) for _, m in cols]]
 
 
 def _table_md(rows: list[list[str]], head: list[str]) -> str:
@@ -208,11 +322,13 @@ def _table_md(rows: list[list[str]], head: list[str]) -> str:
 def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: list[str],
              seconds: float) -> str:
     keys = [p.key for p in sf.study.search.space]
-    head = ["trial", "status", *keys, "rate", "distortion", "-ELBO", "NLL", "active units"]
+    cols = _columns(sf)
+    head = ["trial", "status", *keys, *[h for h, _ in cols]]
     counts: dict[str, int] = {}
     for t in sf.trials:
         counts[t.status] = counts.get(t.status, 0) + 1
     objectives = ", ".join(f"{o.metric} ({o.mode})" for o in sf.study.search.objectives)
+    warning = selection_warning(sf)
     parts = [
         f"# Study {sf.study.name}",
         "",
@@ -221,14 +337,22 @@ def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: lis
         + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet") + ")",
         f"- searched: {', '.join(keys)}; objectives: {objectives}; "
         f"algorithm {sf.study.search.algorithm}",
-        "- all numbers are nats per test example",
+        *[f"- {line}" for line in protocol_lines(sf)],
+        "- numbers are nats per example (bits/dim where a column says so)",
         "",
     ]
+    if warning:
+        parts += [f"> **{warning}**", ""]
     if best is not None:
-        parts += ["## Best trial", "", _table_md([_trial_line(best, keys)], head), ""]
+        parts += [f"## Selected trial: {selection_words(sf)}", "",
+                  _table_md([_trial_line(best, keys, cols)], head), ""]
+    chosen = study_front(sf)
+    if chosen:
+        parts += [f"## {front_words(sf)}", "",
+                  _table_md([_trial_line(t, keys, cols) for t in chosen], head), ""]
     if front:
-        parts += ["## Rate-distortion Pareto front", "",
-                  _table_md([_trial_line(t, keys) for t in front], head), ""]
+        parts += [f"## {_RD_FRONT_WORDS}", "",
+                  _table_md([_trial_line(t, keys, cols) for t in front], head), ""]
     bad = [t for t in sf.trials if t.status == R.FAILED]
     if bad:
         parts += ["## Failed trials (diverged or crashed)", ""]
@@ -241,26 +365,40 @@ def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: lis
     return "\n".join(parts) + "\n"
 
 
+_RD_FRONT_WORDS = ("Rate-distortion Pareto front on test (rate, distortion): it describes the "
+                   "test numbers and is not a selection")
+
+
 def _html(sf: StudyFolder, best: Trial | None, front: list[Trial],
           figures: list[tuple[str, str]], notes: list[str], seconds: float) -> str:
     esc = html.escape
     keys = [p.key for p in sf.study.search.space]
-    head = ["trial", "status", *keys, "rate", "distortion", "-ELBO", "NLL", "active units"]
+    cols = _columns(sf)
+    head = ["trial", "status", *keys, *[h for h, _ in cols]]
 
     def table(trials: list[Trial]) -> str:
-        rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _trial_line(t, keys))
+        rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>"
+                                        for c in _trial_line(t, keys, cols))
                        + "</tr>" for t in trials)
         return ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
                 + rows + "</table>")
 
     body = [f"<h1>Study {esc(sf.study.name)}</h1>",
-            f"<p>{len(sf.trials)} of {sf.study.search.num_trials} trials; nats per test "
-            f"example. Files: <a href=\"{R.RESULTS_FILE}\">{R.RESULTS_FILE}</a>, "
-            "<a href=\"summary.md\">summary.md</a>.</p>"]
+            f"<p>{len(sf.trials)} of {sf.study.search.num_trials} trials; nats per example "
+            "(bits/dim where a column says so). Files: "
+            f"<a href=\"{R.RESULTS_FILE}\">{R.RESULTS_FILE}</a>, "
+            "<a href=\"summary.md\">summary.md</a>.</p>",
+            "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in protocol_lines(sf)) + "</ul>"]
+    warning = selection_warning(sf)
+    if warning:
+        body.append(f"<p class=\"warn\">{esc(warning)}</p>")
     if best is not None:
-        body += ["<h2>Best trial</h2>", table([best])]
+        body += [f"<h2>Selected trial: {esc(selection_words(sf))}</h2>", table([best])]
+    chosen = study_front(sf)
+    if chosen:
+        body += [f"<h2>{esc(front_words(sf))}</h2>", table(chosen)]
     if front:
-        body += ["<h2>Rate-distortion Pareto front</h2>", table(front)]
+        body += [f"<h2>{esc(_RD_FRONT_WORDS)}</h2>", table(front)]
     for name, caption in figures:
         body.append(f"<figure><img src=\"{esc(name)}\" alt=\"{esc(caption)}\">"
                     f"<figcaption>{esc(caption)}</figcaption></figure>")
@@ -272,6 +410,7 @@ def _html(sf: StudyFolder, best: Trial | None, front: list[Trial],
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
              "img{max-width:100%}figure{margin:2em 0}figcaption{color:#444}"
+             ".warn{color:#a00;font-weight:bold;border:2px solid #a00;padding:.5em}"
              ".small{color:#777;font-size:12px}")
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>vae_study report: {esc(sf.study.name)}</title>"
