@@ -78,7 +78,13 @@ def one_run(label: str, keys: dict, seed: int, base: RunConfig, k: int,
             examples: int) -> Run:
     config = replace_keys(base, {**keys, "train.seed": seed})
     t0 = time.perf_counter()
-    result = fit(config, final_eval=False)
+
+    def progress(row: dict, _folder: object) -> None:
+        if row["epoch"] % 10 == 0:
+            print(f"  {label} seed {seed}: epoch {int(row['epoch'])}, train loss "
+                  f"{row['train/loss']:.2f}, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    result = fit(config, final_eval=False, on_epoch=progress)
     train_s = time.perf_counter() - t0
     data = load_datasets(config.data, device=next(result.model.parameters()).device)
     model = result.model.eval()

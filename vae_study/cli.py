@@ -91,7 +91,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             sys.stderr.write("\r\033[K")
         print(f"vae-study: interrupted; {_how_to_continue(args, out)}", file=sys.stderr)
         return 130
-    print(f"test metrics (nats per example), eval.k={config.eval.k}:")
+    bound = M.bound_key("test", config.quantity)
+    print(f"final metrics, nats per example; {bound} is a {M.QUANTITY_WORDS[config.quantity]}"
+          f", eval.k={config.eval.k} on {result.final.get(M.TEST_NLL_EXAMPLES)} test examples:")
     for key, value in result.final.items():
         if isinstance(value, float):
             print(f"  {key:22s} {value:10.3f}")
