@@ -17,7 +17,8 @@ The paper trains 3280 epochs (86.76 VAE k=1, 85.54 IWAE k=5, K=5000 on all 10k t
 a few dozen epochs give higher NLLs and, if the paper is right, the same ordering.
 
 Usage: VAE_STUDY_DATA=../shared/data python benchmarks/bench_burda.py [--epochs 30]
-       [--seeds 3] [--examples 1000] [--k50]; --smoke runs a tiny version on made-up data.
+       [--seeds 3] [--examples 1000] [--k50] [--threads 1]; --smoke runs a tiny version on
+       made-up data.
 """
 
 from __future__ import annotations
@@ -156,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=TEST_K, help="test importance samples")
     parser.add_argument("--k50", action="store_true", help="also IWAE K=50 (slow on a CPU)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 on a shared 2-core machine, "
+                             "where busy-waiting OpenMP threads slow each step 40-fold")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny run on made-up data: checks the script, proves nothing")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root = None
     if args.smoke:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -2,10 +2,24 @@
 
 The training core (``config``, ``data``, ``model``, ``objectives``, ``evaluate``, ``train``)
 needs only torch; Ray and Optuna are imported by the study modules alone.
+
+From a notebook::
+
+    import vae_study
+    study = vae_study.load_study("studies/smoke.yaml", ["search.num_trials=2"])
+    folder = vae_study.run_study(study)          # Ray + Optuna, imported only now
+    vae_study.build_report(folder, "reports/smoke")
+    trials = vae_study.load_folder(folder).trials
+    trials[0].value(vae_study.metrics.VAL_NLL)
+
+``import vae_study`` loads no Ray, Optuna or matplotlib and changes no global state; the
+study functions are imported on first use. Every function raises a ``VaeStudyError`` (or a
+subclass) for a user's mistake and never exits the process.
 """
 
 from __future__ import annotations
 
+from . import metrics
 from .config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, load_run_config
 from .errors import (
     CheckpointError,
@@ -17,6 +31,25 @@ from .errors import (
 )
 from .model import VAE
 from .train import FitResult, fit
+
+# Imported on first use (PEP 562), so that ``import vae_study`` stays free of Ray, Optuna,
+# pandas and matplotlib.
+_LAZY = {
+    "load_study": ("study_config", "load_study"),
+    "StudyConfig": ("study_config", "StudyConfig"),
+    "run_study": ("tune", "run_study"),
+    "build_report": ("report", "build_report"),
+    "load_folder": ("study_folder", "load_folder"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'vae_study' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
@@ -30,10 +63,16 @@ __all__ = [
     "FitResult",
     "ModelConfig",
     "RunConfig",
+    "StudyConfig",
     "StudyError",
     "TrainConfig",
     "TrainingDiverged",
     "VaeStudyError",
+    "build_report",
     "fit",
+    "load_folder",
     "load_run_config",
+    "load_study",
+    "metrics",
+    "run_study",
 ]

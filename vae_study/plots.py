@@ -1,5 +1,8 @@
 """The figures of a study report, matplotlib with the Agg backend (no display needed).
 
+Figures are ``matplotlib.figure.Figure`` objects, never pyplot's: building a report changes
+no global state (a notebook's backend and open figures are left alone).
+
 Each function draws one PNG from ``Trial`` objects and returns its path, or None with a note
 when the study holds nothing to draw. Units are nats per example throughout.
 """
@@ -14,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm, Normalize  # noqa: E402
-
-from . import metrics as M  # noqa: E402
-from .study_config import Param  # noqa: E402
-from .study_folder import Trial  # noqa: E402
+from . import metrics as M
+from .study_config import Param
+from .study_folder import Trial
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 DPI = 110
@@ -30,7 +32,6 @@ DPI = 110
 
 def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -41,7 +42,7 @@ def _beta_colour(trials: Sequence[Trial]) -> tuple[Any, Any]:
         norm: Any = LogNorm(vmin=lo, vmax=hi)
     else:
         norm = Normalize(vmin=lo * 0.5, vmax=hi * 1.5)
-    return norm, plt.get_cmap("viridis")
+    return norm, matplotlib.colormaps["viridis"]
 
 
 def _marker_key(trials: Sequence[Trial]) -> tuple[str, dict[Any, str]]:
@@ -82,7 +83,8 @@ def rate_distortion_plane(trials: Sequence[Trial], path: Path, *, show_paths: bo
         return None
     norm, cmap = _beta_colour(done)
     attr, markers = _marker_key(done)
-    fig, ax = plt.subplots(figsize=(8.5, 6.5))
+    fig = Figure(figsize=(8.5, 6.5))
+    ax = fig.subplots()
     if show_paths:
         for t in done:
             r = [h.get(M.VAL_RATE) for h in t.history]
@@ -131,7 +133,7 @@ def rate_distortion_plane(trials: Sequence[Trial], path: Path, *, show_paths: bo
     ax.set_ylabel("distortion D = -E_q[log p(x|z)]  [nats per example]")
     ax.set_title("Rate-distortion plane of the study (test split)"
                  + ("; faint lines: validation path over epochs" if show_paths else ""))
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="beta")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="beta")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -323,7 +325,8 @@ def knobs(trials: Sequence[Trial], path: Path, *, searched: Sequence[Param],
     if not panels or not any(t.finished for t in trials):
         return None
     cols = len(panels) // 2
-    fig, axes = plt.subplots(2, cols, figsize=(5.5 * cols + 1, 9), squeeze=False)
+    fig = Figure(figsize=(5.5 * cols + 1, 9))
+    axes = fig.subplots(2, cols, squeeze=False)
     for j, panel in enumerate(panels):
         ax = axes[j % 2, j // 2]
         if panel.message is not None:
@@ -372,7 +375,8 @@ def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path, *,
     if not done:
         return None
     norm, cmap = _beta_colour(done)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    fig = Figure(figsize=(14, 5.5))
+    (ax1, ax2) = fig.subplots(1, 2)
     mi = np.array([t.value(M.TEST_MUTUAL_INFO) for t in done])
     mkl = np.array([t.value(M.TEST_MARGINAL_KL) for t in done])
     ax1.scatter(mi, mkl, c=[t.beta for t in done], cmap=cmap, norm=norm, s=50,
@@ -385,7 +389,7 @@ def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path, *,
     ax1.set_xlabel("mutual information I_q(x; z) [nats]")
     ax1.set_ylabel("marginal KL(q(z) || p(z)) [nats]")
     ax1.set_title("Where the rate goes: R = I(x; z) + KL(q(z) || p(z))")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax1, label="beta")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax1, label="beta")
     ax1.grid(alpha=0.3)
     shown = [t for t in front if t.kl_per_dim][:8]
     if shown:
@@ -417,7 +421,8 @@ def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
     if not with_history:
         return None
     norm, cmap = _beta_colour(with_history)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    fig = Figure(figsize=(16, 5))
+    axes = fig.subplots(1, 3)
     keys = ((M.VAL_NEG_ELBO, "validation -ELBO"), (M.VAL_RATE, "validation rate R"),
             (M.VAL_DISTORTION, "validation distortion D"))
     styles = {"completed": "-", "stopped": "--", "running": "-.", "pending": "-."}
@@ -442,7 +447,7 @@ def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
                Line2D([], [], ls="-.", color="k", label="running"),
                Line2D([], [], ls=":", color="red", marker="x", label="failed or diverged")]
     axes[2].legend(handles=handles, fontsize=8)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="beta")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="beta")
     fig.suptitle("Learning curves, coloured by beta")
     return _save(fig, path)
 
@@ -484,7 +489,8 @@ def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path,
             z[:, d] = steps
             trav.append(model.mean(model.decode(z)))
         trav_img = torch.cat(trav)
-    fig, axes = plt.subplots(2, 2, figsize=(13, 10))
+    fig = Figure(figsize=(13, 10))
+    axes = fig.subplots(2, 2)
     pair = torch.cat([xs, recon]).view(-1, 28, 28).numpy()
     axes[0, 0].imshow(_grid(pair, 2, 10), cmap="gray", vmin=0, vmax=1)
     axes[0, 0].set_title("test images (top) and their reconstructions (bottom, from mean z)")
@@ -538,7 +544,8 @@ def search_history(optuna_study: Any, objective: str, path: Path) -> Path | None
     if len(done) < 2:
         return None
     multi = len(optuna_study.directions) > 1
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    fig = Figure(figsize=(14, 5))
+    (ax1, ax2) = fig.subplots(1, 2)
     numbers = [t.number for t in done]
     values = [t.values[0] for t in done]
     ax1.plot(numbers, values, "o", label=objective)
