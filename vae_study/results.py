@@ -19,8 +19,10 @@ RESULTS_FILE = "results.csv"
 
 # Trial statuses, in our words. Ray's TERMINATED covers completed, stopped (by the scheduler)
 # and a diverged trial, which is failed here with its reason in the error column.
+# Interrupted: running when the study was paused (Ctrl-C); the next run resumes it.
 PENDING, RUNNING, COMPLETED, STOPPED, FAILED = (
     "pending", "running", "completed", "stopped", "failed")
+INTERRUPTED = "interrupted"
 FINISHED = (COMPLETED, STOPPED, FAILED)
 
 # Keys the trainable adds to its reports.

@@ -16,7 +16,10 @@ import math
 import os
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -41,6 +44,10 @@ from .study_folder import STUDY_FILE, TUNE_DIR
 
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
+# Optuna user attribute of a trial that was running when the study was paused (Ctrl-C).
+# Optuna has no "interrupted" state: the trial stays RUNNING until the next run tells it its
+# result (COMPLETE, FAIL or PRUNED); the attribute stays as a record that it was paused.
+INTERRUPTED_ATTR = "vae_study_interrupted"
 
 log = logging.getLogger("vae_study")
 
@@ -127,19 +134,8 @@ class StudySearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = [None if not result else result.get(m) for m in metrics]
-        finite = all(isinstance(v, int | float) and math.isfinite(v) for v in values)
-        diverged = bool(result and result.get(R.DIVERGED_KEY))
+        state, value = optuna_outcome(metrics, result, error=error)
         ot_trial = self._ot_trials[trial_id]
-        if finite and not error and not diverged:
-            value = values if len(values) > 1 else values[0]
-            state = optuna.trial.TrialState.COMPLETE
-        else:
-            value = None
-            failed = error or diverged or any(
-                isinstance(v, float) and not math.isfinite(v) for v in values)
-            state = (optuna.trial.TrialState.FAIL if failed
-                     else optuna.trial.TrialState.PRUNED)
         try:
             self._ot_study.tell(ot_trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -152,6 +148,21 @@ class StudySearch(OptunaSearch):
         except Exception as exc:  # already told (a restored driver): keep going
             log.warning("optuna: %s", exc)
         self._completed_trials.add(trial_id)
+
+
+def optuna_outcome(metrics: list[str], result: dict | None, *,
+                   error: bool = False) -> tuple[Any, Any]:
+    """(Optuna state, value) of a trial that Ray ended with ``result`` as its last report:
+    COMPLETE with the objective values, FAIL (an error, a divergence, a non-finite
+    objective) or PRUNED (stopped by the scheduler before the objectives existed)."""
+    values = [None if not result else result.get(m) for m in metrics]
+    finite = all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    diverged = bool(result and result.get(R.DIVERGED_KEY))
+    if finite and not error and not diverged:
+        return optuna.trial.TrialState.COMPLETE, (values if len(values) > 1 else values[0])
+    failed = error or diverged or any(
+        isinstance(v, float) and not math.isfinite(v) for v in values)
+    return (optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED), None
 
 
 def make_searcher(study: StudyConfig, folder: Path) -> ConcurrencyLimiter:
@@ -174,8 +185,9 @@ def make_searcher(study: StudyConfig, folder: Path) -> ConcurrencyLimiter:
 # The results table, kept current from Ray's trials.
 
 
-def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
-    """One results.csv row from a Ray ``Trial``."""
+def trial_row(trial: Any, study: StudyConfig, *, interrupted: bool = False) -> dict[str, Any]:
+    """One results.csv row from a Ray ``Trial``. ``interrupted``: the trial was running
+    when the study was paused (Ray has since marked it TERMINATED)."""
     last = dict(trial.last_result or {})
     params = decode_params(study.search.space,
                            {p.key: trial.config.get(p.key) for p in study.search.space})
@@ -191,7 +203,9 @@ def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
                 *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, M.TOTAL_SECONDS):
         row[key] = last.get(key)
     status = trial.status
-    if status == "ERROR":
+    if interrupted and status in ("TERMINATED", "RUNNING", "PAUSED"):
+        row["status"] = R.INTERRUPTED
+    elif status == "ERROR":
         row["status"] = R.FAILED
         row[R.ERROR_KEY] = _first_line(trial)
     elif status == "TERMINATED":
@@ -221,10 +235,12 @@ def _first_line(trial: Any) -> str:
     return lines[-1][:300] if lines else text
 
 
-def write_table(study: StudyConfig, folder: Path, trials: list) -> None:
-    """results.csv from Ray's trials. A finished trial Ray no longer knows keeps its row; an
+def write_table(study: StudyConfig, folder: Path, trials: list,
+                interrupted: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+    """results.csv from Ray's trials (``interrupted``: the ids of those running when the study
+    was paused); returns its rows. A finished trial Ray no longer knows keeps its row; an
     unfinished one was started after Ray's last snapshot and is run again under a new id."""
-    rows = [trial_row(t, study) for t in trials]
+    rows = [trial_row(t, study, interrupted=t.trial_id in interrupted) for t in trials]
     known = {r["trial_id"] for r in rows}
     path = folder / R.RESULTS_FILE
     if path.is_file():
@@ -236,11 +252,18 @@ def write_table(study: StudyConfig, folder: Path, trials: list) -> None:
                  if r["trial_id"] not in known and r.get("status") in R.FINISHED]
     R.write_results(path, rows, [p.key for p in study.search.space],
                     [(o.metric, o.mode) for o in study.search.objectives])
+    return rows
 
 
 class ResultsTable(Callback):
     """Rewrites results.csv from all of Ray's trials whenever one starts, ends or (at most
-    every 2 s) reports."""
+    every 2 s) reports, and when the experiment ends.
+
+    A study paused by Ctrl-C ends Tune's loop with trials still running; Tune then marks them
+    TERMINATED as it stops their workers, like a finished trial. What each trial was doing at
+    the end of Tune's last step (``on_step_end``) tells them apart: the table calls them
+    interrupted. (Pickled with the Tuner: a restored study uses this object again.)
+    """
 
     def __init__(self, study: StudyConfig, folder: Path) -> None:
         self.study = study
@@ -266,8 +289,12 @@ class ResultsTable(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.write(trials)
 
+    def on_step_end(self, iteration, trials, **info):
+        self.live = {t.trial_id for t in trials if t.status in ("RUNNING", "PAUSED")}
+
     def on_experiment_end(self, trials, **info):
-        self.write(trials)
+        write_table(self.study, self.folder, trials, getattr(self, "live", set()))
+        self.last_write = time.monotonic()
 
 
 # ---------------------------------------------------------------------------------------
@@ -431,8 +458,78 @@ def check_shared_storage(folder: Path) -> None:
                          "a shared disk)")
 
 
+class Pause:
+    """Ctrl-C (SIGINT) as a clean pause of a study, for the life of the ``with`` block.
+
+    Ray Tune's own SIGINT handler is turned off (``TUNE_DISABLE_SIGINT_HANDLER``) so every
+    Ctrl-C passes through here. Before Tune's loop runs it is a KeyboardInterrupt as usual:
+    nothing of the study is being written. In the loop, the first one asks Tune to stop
+    through the SIGUSR1 handler Tune installs for that purpose: Tune snapshots its experiment
+    state and stops the trials. From then until the driver has written its records and Ray
+    has shut down, a Ctrl-C is only noted: Tune writes its experiment state in place, and a
+    KeyboardInterrupt half-way through it would leave a study that cannot be resumed.
+    ``requested`` says whether any Ctrl-C came; the caller raises KeyboardInterrupt at the end.
+    """
+
+    BEFORE, TUNING, SAVING = "before", "tuning", "saving"
+    _RAY_LINES = ("Stop signal received", "Experiment has been interrupted",
+                  "Trials did not complete")  # Tune's words for a pause (Tuner.restore...)
+
+    def __init__(self) -> None:
+        self.phase = self.BEFORE
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> Pause:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers belong to the main thread: Ray's default then
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        # A SIGUSR1 handler left by an earlier Tune run in this process would stop nothing.
+        self._previous_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        logging.getLogger("ray.tune.tune").addFilter(self._quiet)
+        self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._installed:
+            return
+        signal.signal(signal.SIGINT, self._previous)
+        signal.signal(signal.SIGUSR1, self._previous_usr1)
+        if self._env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+        logging.getLogger("ray.tune.tune").removeFilter(self._quiet)
+        self._installed = False
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.phase == self.BEFORE:
+            raise KeyboardInterrupt
+        first, self.requested = not self.requested, True
+        if self.phase == self.TUNING and first:
+            stop_tune = signal.getsignal(signal.SIGUSR1)
+            if not callable(stop_tune):  # Tune's loop has not started: nothing to save yet
+                raise KeyboardInterrupt
+            print("vae_study run: Ctrl-C: pausing the study, saving the state of every trial "
+                  "(a few seconds)", file=sys.stderr, flush=True)
+            stop_tune(signal.SIGUSR1, frame)
+        else:
+            print("vae_study run: still saving the study's state; Ctrl-C is ignored until it "
+                  "is saved", file=sys.stderr, flush=True)
+
+    def _quiet(self, record: logging.LogRecord) -> bool:
+        return not (self.requested and record.getMessage().startswith(self._RAY_LINES))
+
+
 def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> Path:
-    """Run (or continue) a study to ``search.num_trials`` trials; returns its folder."""
+    """Run (or continue) a study to ``search.num_trials`` trials; returns its folder.
+
+    Ctrl-C pauses the study (see ``Pause``): trials running then are recorded as
+    interrupted, and KeyboardInterrupt is raised once everything is saved; running the same
+    command again continues the study.
+    """
     # The dataset first: missing or damaged files stop the study before its folder exists.
     data = load_datasets(study.base.data, dequantize=study.base.dequantized)  # once
     folder, resume = prepare_folder(study, fresh=fresh)
@@ -445,6 +542,15 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     print(f"vae_study run: study {study.name!r} in {folder}"
           + (" (continuing)" if resume else ""), flush=True)
+    with Pause() as pause:
+        _run_tuner(study, folder, data, verbose, pause)
+    if pause.requested:
+        raise KeyboardInterrupt
+    return folder
+
+
+def _run_tuner(study: StudyConfig, folder: Path, data: Datasets, verbose: int,
+               pause: Pause) -> None:
     started_here = not ray.is_initialized()
     start_ray(study)
     try:
@@ -477,12 +583,14 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
                     verbose=verbose,
                 ),
             )
+        pause.phase = Pause.TUNING
         grid = tuner.fit()
-        _finish(study, folder, grid)
+        paused = pause.requested  # a Ctrl-C from now on came after Tune's loop ended
+        pause.phase = Pause.SAVING
+        _finish(study, folder, grid, paused=paused)
     finally:
         if started_here:
             ray.shutdown()
-    return folder
 
 
 def check_tune_state(tune_dir: Path) -> None:
@@ -537,18 +645,61 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _finish(study: StudyConfig, folder: Path, grid: Any) -> None:
-    """Final results.csv from Ray's view of every trial; no Optuna trial left RUNNING."""
+def _finish(study: StudyConfig, folder: Path, grid: Any, *, paused: bool) -> None:
+    """The final results.csv and Optuna records, and one line saying where the study stands.
+
+    Finished: every Optuna trial ends; one still RUNNING that Ray never recorded (asked by a
+    driver killed before Tune's snapshot) never ran: FAIL. Paused: Optuna trials still
+    RUNNING stay so, marked with ``INTERRUPTED_ATTR``: the next run tells them their result.
+    """
     trials = list(grid._experiment_analysis.trials)
-    write_table(study, folder, trials)
-    ot_study = optuna.load_study(study_name=study.name, storage=make_storage(folder))
+    path = folder / R.RESULTS_FILE
+    rows: list[dict[str, Any]] = []
+    if paused:
+        try:  # written by ResultsTable as Tune ended, with the interrupted trials told apart
+            rows = R.read_results(path).to_dict("records")
+        except VaeStudyError:
+            rows = []
+    if not rows:
+        rows = write_table(study, folder, trials)
+    status = {str(r["trial_id"]): r["status"] for r in rows}
+    _finish_optuna(study, folder, trials, status, paused=paused)
+    count = {s: sum(1 for v in status.values() if v == s)
+             for s in (R.COMPLETED, R.STOPPED, R.FAILED, R.INTERRUPTED)}
+    finished = count[R.COMPLETED] + count[R.STOPPED] + count[R.FAILED]
+    detail = ", ".join(f"{n} {s}" for s, n in count.items() if n)
+    head = "paused" if paused else "done"
+    print(f"vae_study run: {head}: {finished} of {study.search.num_trials} trials finished"
+          + (f" ({detail})" if detail else "") + f"; results in {path}", flush=True)
+
+
+def _finish_optuna(study: StudyConfig, folder: Path, trials: list, status: dict[str, str],
+                   *, paused: bool) -> None:
+    storage = make_storage(folder)
+    ot_study = optuna.load_study(study_name=study.name, storage=storage)
+    study_id = storage.get_study_id_from_name(study.name)
+    by_number = {t.config.get(OPTUNA_TRIAL_KEY): t for t in trials}
+    metrics = [o.metric for o in study.search.objectives]
     for t in ot_study.get_trials(deepcopy=False,
                                  states=(optuna.trial.TrialState.RUNNING,
                                          optuna.trial.TrialState.WAITING)):
-        # Asked by a driver that was killed before Ray recorded the trial: it never ran.
-        ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    finished = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-    print(f"vae_study run: {finished}/{study.search.num_trials} trials finished; "
-          f"results in {folder / R.RESULTS_FILE}", flush=True)
+        ray_trial = by_number.get(t.number)
+        ended = ray_trial is not None and status.get(ray_trial.trial_id) in R.FINISHED
+        if ended:  # Ray ended it but the searcher never told Optuna (an older snapshot)
+            state, value = optuna_outcome(metrics, ray_trial.last_result,
+                                          error=ray_trial.status == "ERROR")
+            _tell(ot_study, t.number, state, value)
+        elif paused:
+            if t.state == optuna.trial.TrialState.RUNNING:
+                storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(
+                    study_id, t.number), INTERRUPTED_ATTR, True)
+        else:  # asked by a driver that was killed before Ray recorded the trial: never ran
+            _tell(ot_study, t.number, optuna.trial.TrialState.FAIL, None)
 
 
+def _tell(ot_study: Any, number: int, state: Any, value: Any) -> None:
+    try:
+        ot_study.tell(number, value, state=state)
+    except RuntimeError as exc:  # the grid sampler's Study.stop outside optimize
+        if "Study.stop" not in str(exc):
+            log.warning("optuna: %s", exc)
