@@ -10,6 +10,7 @@ The only module that imports Ray. A study lives in ``<output.dir>/<name>/``:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -40,7 +42,7 @@ from .data import Datasets, load_datasets
 from .errors import StudyError, TrainingDiverged, VaeStudyError
 from .search import decode_params, define_by_run, encode_point, make_sampler, make_storage
 from .study_config import StudyConfig
-from .study_folder import STUDY_FILE, TUNE_DIR
+from .study_folder import LOCK_FILE, STUDY_FILE, TUNE_DIR
 
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
@@ -302,9 +304,11 @@ class ResultsTable(Callback):
 
 
 def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
-    """Create or check the study folder; returns (folder, whether it is a resume).
+    """Create or check the study folder and lock it for this driver (``release_folder``
+    unlocks it); returns (folder, whether it is a resume).
 
-    A folder made by a study with another search space or base config is refused.
+    A folder made by a study with another search space or base config is refused, and so is
+    a folder another driver is running (see ``lock_folder``).
     """
     out_root = Path(study.output.dir).expanduser()
     folder = out_root / study.name
@@ -314,11 +318,34 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
         raise StudyError(f"the study folder {folder} points outside output.dir "
                          f"({out_root}); refusing to write there")
     previous = folder / STUDY_FILE
-    if fresh and folder.exists():
-        if not previous.is_file() and any(folder.iterdir()):
-            raise StudyError(f"--fresh would delete {folder}, which is not a vae_study "
-                             "study folder; remove it yourself or choose another name")
-        shutil.rmtree(folder)
+    if fresh and folder.exists() and not previous.is_file() and any(
+            p.name != LOCK_FILE for p in folder.iterdir()):
+        raise StudyError(f"--fresh would delete {folder}, which is not a vae_study "
+                         "study folder; remove it yourself or choose another name")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"cannot write the study folder {folder}: {exc.strerror}; choose "
+                         "another output.dir") from None
+    lock_folder(folder)  # before anything in it is deleted or written
+    try:
+        resume = _check_folder(study, folder, fresh=fresh)
+    except BaseException:
+        release_folder(folder)
+        raise
+    return folder, resume
+
+
+def _check_folder(study: StudyConfig, folder: Path, *, fresh: bool) -> bool:
+    previous = folder / STUDY_FILE
+    if fresh:
+        for p in folder.iterdir():
+            if p.name == LOCK_FILE:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     resume = previous.is_file()
     if resume:
         before = read_yaml(previous)
@@ -329,7 +356,6 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
                              + ", ".join(changed) + " section; run it under a new name "
                              "(--set name=...) or add --fresh to start it over")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write_test"
         probe.write_text("ok")
         probe.unlink()
@@ -337,7 +363,40 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
         raise StudyError(f"cannot write the study folder {folder}: {exc.strerror}; choose "
                          "another output.dir") from None
     write_yaml(folder / STUDY_FILE, study.to_dict())
-    return folder, resume
+    return resume
+
+
+_HELD_LOCKS: dict[Path, int] = {}  # study folder -> the descriptor holding its lock
+
+
+def lock_folder(folder: Path) -> None:
+    """Lock the study folder for this process: ``flock`` on its LOCK_FILE, held open until
+    ``release_folder`` or the process's end (the OS releases the lock of a killed driver, so
+    a stale lock file never blocks a rerun). The file names the holder: pid and host.
+
+    Another driver holding it is a ``StudyError`` naming that driver.
+    """
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "unknown yet"
+        os.close(fd)
+        raise StudyError(f"the study folder {folder} is in use by another vae_study driver "
+                         f"({holder}); two drivers on one study collide: wait for it to end, "
+                         "stop it (Ctrl-C pauses it), or give this study another name "
+                         "(--set name=...)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    _HELD_LOCKS[folder.resolve()] = fd
+
+
+def release_folder(folder: Path) -> None:
+    """Unlock a folder ``lock_folder`` locked (the lock file stays: it names no one now)."""
+    fd = _HELD_LOCKS.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def ensure_private_token() -> Path | None:
@@ -533,6 +592,15 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     # The dataset first: missing or damaged files stop the study before its folder exists.
     data = load_datasets(study.base.data, dequantize=study.base.dequantized)  # once
     folder, resume = prepare_folder(study, fresh=fresh)
+    try:
+        _run_locked(study, folder, data, resume, verbose)
+    finally:
+        release_folder(folder)
+    return folder
+
+
+def _run_locked(study: StudyConfig, folder: Path, data: Datasets, resume: bool,
+                verbose: int) -> None:
     check_optuna_db(folder, study.name)
     # The objectives (test/...) exist only in a trial's last report; the epochs before it
     # report the val/ metrics alone, which Tune's strict check would reject.
@@ -546,7 +614,6 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
         _run_tuner(study, folder, data, verbose, pause)
     if pause.requested:
         raise KeyboardInterrupt
-    return folder
 
 
 def _run_tuner(study: StudyConfig, folder: Path, data: Datasets, verbose: int,
