@@ -10,6 +10,7 @@ The only module that imports Ray. A study lives in ``<output.dir>/<name>/``:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -440,12 +441,15 @@ def start_ray(study: StudyConfig) -> Any:
         return ray.get_runtime_context()
     kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": logging.WARNING,
                               "log_to_driver": True}
+    local = contextlib.nullcontext()
     if cfg.address is None:
         ensure_private_token()
         kwargs.update(include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host,
                       dashboard_port=cfg.dashboard_port)
+        local = loopback_only()
     try:
-        ctx = ray.init(address=cfg.address, **kwargs)
+        with local:
+            ctx = ray.init(address=cfg.address, **kwargs)
     except ConnectionError as exc:
         raise StudyError(f"ray.address={cfg.address}: no Ray cluster answers ({exc}); start "
                          "one with 'ray start --head' or leave ray.address unset for a local "
@@ -459,6 +463,37 @@ def start_ray(study: StudyConfig) -> Any:
     if url:
         print(f"Ray dashboard: http://{url}", flush=True)
     return ctx
+
+
+_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """While a local Ray starts: its processes listen on 127.0.0.1 only.
+
+    Ray (2.40-2.60) binds its gRPC servers (GCS, raylet, object manager, workers) and its
+    agents to every interface unless the node's IP is 127.0.0.1, and gives a node the
+    machine's network address unless multi-node clusters are off: ``RAY_ENABLE_WINDOWS_OR_
+    OSX_CLUSTER=0``, read once at import into ``ray._private.ray_constants`` (private: the
+    only switch there is). Both are set while ``ray.init`` starts the node, whose processes
+    inherit the variable, then restored; the driver knows its node's IP from then on.
+    """
+    from ray._private import ray_constants
+
+    before_env = os.environ.get(_CLUSTER_ENV)
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before_env is None:
+            os.environ.pop(_CLUSTER_ENV, None)
+        else:
+            os.environ[_CLUSTER_ENV] = before_env
+        if before is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def resolve_resources(study: StudyConfig) -> dict[str, float]:
