@@ -30,7 +30,7 @@ DIVERGED_KEY = "diverged"
 ERROR_KEY = "error"
 
 LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
-TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node",
+TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node", M.TRAIN_EXAMPLES,
                 M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.FINAL_VAL_SCALARS,
                 *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, "checkpoint",
                 ERROR_KEY]

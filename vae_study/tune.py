@@ -39,7 +39,7 @@ from . import metrics as M
 from . import results as R
 from .checkpoint import write_yaml
 from .config import read_yaml
-from .data import Datasets, load_datasets
+from .data import Source, prepare, read_source
 from .errors import StudyError, TrainingDiverged, VaeStudyError
 from .search import decode_params, define_by_run, encode_point, make_sampler, make_storage
 from .study_config import StudyConfig
@@ -59,8 +59,12 @@ log = logging.getLogger("vae_study")
 # The trainable: one trial = one ``fit``.
 
 
-def train_trial(config: dict[str, Any], *, study: StudyConfig, data: Datasets) -> None:
+def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -> None:
     """Ray Tune function trainable: fit the trial's configuration, report every epoch.
+
+    ``source`` is the dataset as read once by the driver (through Ray's object store); the
+    trial presents it as its own ``data`` section says (train_subset, binarize), with the
+    same validation and test examples as every other trial.
 
     Resumes from ``tune.get_checkpoint()`` when Ray restarts the trial. A diverged run is
     reported once with ``diverged: 1`` and ends normally, so Ray does not retry a
@@ -74,6 +78,8 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, data: Datasets) -
                            {k: v for k, v in config.items() if not k.startswith("_")})
     run = study.trial_config(params)
     torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
+    data = prepare(source, run.data, dequantize=run.dequantized)
+    used = {M.TRAIN_EXAMPLES: len(data.train), M.TRAIN_NOISE: data.train_noise}
     logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per checkpoint
     work = Path(tempfile.mkdtemp(prefix="vae_study_trial_"))
     restored = tune.get_checkpoint()
@@ -82,7 +88,7 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, data: Datasets) -
 
     def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
-        tune.report({**_reportable(row), NODE_KEY: node}, checkpoint=checkpoint)
+        tune.report({**_reportable(row), **used, NODE_KEY: node}, checkpoint=checkpoint)
 
     try:
         if restored is not None:
@@ -202,7 +208,8 @@ def trial_row(trial: Any, study: StudyConfig, *, interrupted: bool = False) -> d
         "wall_s": last.get("time_total_s"),
         "node": last.get(NODE_KEY),
     }
-    for key in (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.FINAL_VAL_SCALARS,
+    for key in (M.TRAIN_EXAMPLES, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
+                *M.FINAL_VAL_SCALARS,
                 *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, M.TOTAL_SECONDS):
         row[key] = last.get(key)
     status = trial.status
@@ -625,16 +632,17 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     command again continues the study.
     """
     # The dataset first: missing or damaged files stop the study before its folder exists.
-    data = load_datasets(study.base.data, dequantize=study.base.dequantized)  # once
+    source = read_source(study.base.data.dataset, study.base.data.root)  # once
+    check_data(study, source)
     folder, resume = prepare_folder(study, fresh=fresh)
     try:
-        _run_locked(study, folder, data, resume, verbose)
+        _run_locked(study, folder, source, resume, verbose)
     finally:
         release_folder(folder)
     return folder
 
 
-def _run_locked(study: StudyConfig, folder: Path, data: Datasets, resume: bool,
+def _run_locked(study: StudyConfig, folder: Path, source: Source, resume: bool,
                 verbose: int) -> None:
     check_optuna_db(folder, study.name)
     # The objectives (test/...) exist only in a trial's last report; the epochs before it
@@ -646,12 +654,12 @@ def _run_locked(study: StudyConfig, folder: Path, data: Datasets, resume: bool,
     print(f"vae_study run: study {study.name!r} in {folder}"
           + (" (continuing)" if resume else ""), flush=True)
     with Pause() as pause:
-        _run_tuner(study, folder, data, verbose, pause)
+        _run_tuner(study, folder, source, verbose, pause)
     if pause.requested:
         raise KeyboardInterrupt
 
 
-def _run_tuner(study: StudyConfig, folder: Path, data: Datasets, verbose: int,
+def _run_tuner(study: StudyConfig, folder: Path, source: Source, verbose: int,
                pause: Pause) -> None:
     started_here = not ray.is_initialized()
     start_ray(study)
@@ -659,7 +667,7 @@ def _run_tuner(study: StudyConfig, folder: Path, data: Datasets, verbose: int,
         resources = resolve_resources(study)
         check_shared_storage(folder)
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, study=study, data=data),
+            tune.with_parameters(train_trial, study=study, source=source),
             {"cpu": resources["cpu"], "gpu": resources["gpu"]})
         tune_dir = folder / TUNE_DIR
         if tune.Tuner.can_restore(str(tune_dir.resolve())):
@@ -693,6 +701,18 @@ def _run_tuner(study: StudyConfig, folder: Path, data: Datasets, verbose: int,
     finally:
         if started_here:
             ray.shutdown()
+
+
+def check_data(study: StudyConfig, source: Source) -> None:
+    """The base data section, with the largest searched training subset, can be presented
+    from ``source``: a train_subset or val_size too large stops the study before it starts.
+    (Searched data keys change the training data only; see study_config.)"""
+    subsets = [v for p in study.search.space if p.key == "data.train_subset"
+               for v in (p.values if p.kind == "choice" else (p.high,)) if v is not None]
+    config = study.base
+    if subsets:
+        config = study.trial_config({"data.train_subset": int(max(subsets))})
+    prepare(source, config.data, dequantize=config.dequantized)
 
 
 def check_tune_state(tune_dir: Path) -> None:
