@@ -85,12 +85,13 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_local_studys_ray_listens_on_loopback_only(tmp_path, monkeypatch):
+def test_a_local_studys_ray_listens_on_loopback_only(tmp_path):
     import ray
 
     from vae_study.tune import start_ray
 
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "auth_token"))
+    # The default token file, as every in-process study of the tests: Ray keeps the token
+    # it read for the life of the process.
     study = study_from_dict(tiny_study(tmp_path, **{"ray.dashboard": True,
                                                     "ray.dashboard_port": _free_port()}))
     assert not ray.is_initialized()

@@ -787,7 +787,7 @@ def _finish(study: StudyConfig, folder: Path, grid: Any, *, paused: bool) -> Non
     status = {str(r["trial_id"]): r["status"] for r in rows}
     _finish_optuna(study, folder, trials, status, paused=paused)
     count = {s: sum(1 for v in status.values() if v == s)
-             for s in (R.COMPLETED, R.STOPPED, R.FAILED, R.INTERRUPTED)}
+             for s in (R.COMPLETED, R.STOPPED, R.FAILED, R.INTERRUPTED, R.PENDING)}
     finished = count[R.COMPLETED] + count[R.STOPPED] + count[R.FAILED]
     detail = ", ".join(f"{n} {s}" for s, n in count.items() if n)
     head = "paused" if paused else "done"
