@@ -6,6 +6,7 @@ The only module that imports Ray. A study lives in ``<output.dir>/<name>/``:
     optuna.db       the Optuna study (``optuna-dashboard sqlite:///.../optuna.db``)
     results.csv     one row per trial, rewritten atomically as trials start and finish
     tune/           Ray Tune's experiment: trial folders, checkpoints, searcher state
+    driver.lock     locked by the driver running the study (one driver per folder)
 """
 
 from __future__ import annotations
