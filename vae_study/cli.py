@@ -206,8 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def continue_command(argv: Sequence[str]) -> str:
+    """The command that continues an interrupted ``run`` or ``fit``: the same one, without
+    --fresh (which would delete what was saved)."""
+    import shlex
+
+    prog = "vae-study" if Path(sys.argv[0]).name == "vae-study" else "python -m vae_study"
+    return f"{prog} {shlex.join(a for a in argv if a != '--fresh')}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -219,7 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vae-study: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("vae-study: interrupted", file=sys.stderr)
+        if args.command in ("run", "fit"):
+            print("vae-study: interrupted; to continue, run the same command again: "
+                  f"{continue_command(argv)}", file=sys.stderr)
+        else:
+            print("vae-study: interrupted", file=sys.stderr)
         return 130
 
 

@@ -25,6 +25,8 @@ VAL_NLL = "val/nll"
 VAL_CE_BOUND = "val/ce_bound"
 VAL_BPD = "val/bpd"  # bits/dim of val/nll, dequantised 8-bit data only
 EPOCH_SECONDS = "time/epoch_s"
+TRAIN_EXAMPLES = "data/train_examples"  # training examples a trial used (train_subset)
+TRAIN_NOISE = "data/train_noise"  # fresh noise per batch: none, bernoulli (dynamic), uniform
 TOTAL_SECONDS = "time/total_s"
 
 TEST_NEG_ELBO = "test/neg_elbo"

@@ -19,8 +19,10 @@ RESULTS_FILE = "results.csv"
 
 # Trial statuses, in our words. Ray's TERMINATED covers completed, stopped (by the scheduler)
 # and a diverged trial, which is failed here with its reason in the error column.
+# Interrupted: running when the study was paused (Ctrl-C); the next run resumes it.
 PENDING, RUNNING, COMPLETED, STOPPED, FAILED = (
     "pending", "running", "completed", "stopped", "failed")
+INTERRUPTED = "interrupted"
 FINISHED = (COMPLETED, STOPPED, FAILED)
 STATUSES = (PENDING, RUNNING, *FINISHED)
 
@@ -29,7 +31,7 @@ DIVERGED_KEY = "diverged"
 ERROR_KEY = "error"
 
 LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
-TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node",
+TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node", M.TRAIN_EXAMPLES,
                 M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.FINAL_VAL_SCALARS,
                 *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, "checkpoint",
                 ERROR_KEY]

@@ -222,12 +222,26 @@ def _run_keys() -> dict[str, Any]:
     return keys
 
 
+# Data keys a search may not vary: they change the evaluation data every trial is scored on
+# (data.train_subset and data.binarize static/dynamic change the training data only).
+_FIXED_IN_A_STUDY = {
+    "data.dataset": "it changes the data every trial is scored on; run one study per dataset",
+    "data.val_size": "it changes the validation examples every trial is scored on and "
+                     "selected by; set it once in the data section",
+    "data.root": "it says where the files are, not how a trial trains; set it once in the "
+                 "data section",
+}
+
+
 def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     where = f"search.space.{_show_key(key)}"
     run_keys = _run_keys()
     if key not in run_keys:
         raise ConfigError(f"{where}: {_show(key)} is not a run key; searchable keys look like "
                           "train.beta or model.latent_dim" + _did_you_mean(key, list(run_keys)))
+    if key in _FIXED_IN_A_STUDY:
+        raise ConfigError(f"{where}: got {spec!r:.80}, but {key} cannot be searched: "
+                          f"{_FIXED_IN_A_STUDY[key]}")
     if not isinstance(spec, Mapping) or not spec:
         raise ConfigError(f"{where}: expected one of {{choice: [...]}}, {{uniform: [low, high]}}"
                           ", {log_uniform: [low, high]}, {int: [low, high]}; got "

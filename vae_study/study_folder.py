@@ -20,6 +20,7 @@ from .study_config import StudyConfig, study_from_dict
 
 STUDY_FILE = "study.yaml"
 TUNE_DIR = "tune"
+LOCK_FILE = "driver.lock"  # held (flock) by the driver running the study: pid and host
 
 
 @dataclass

@@ -6,17 +6,24 @@ The only module that imports Ray. A study lives in ``<output.dir>/<name>/``:
     optuna.db       the Optuna study (``optuna-dashboard sqlite:///.../optuna.db``)
     results.csv     one row per trial, rewritten atomically as trials start and finish
     tune/           Ray Tune's experiment: trial folders, checkpoints, searcher state
+    driver.lock     locked by the driver running the study (one driver per folder)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
 import os
 import secrets
 import shutil
+import signal
+import socket
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -33,14 +40,18 @@ from . import metrics as M
 from . import results as R
 from .checkpoint import write_yaml
 from .config import read_yaml
-from .data import Datasets, load_datasets
+from .data import Source, prepare, read_source
 from .errors import StudyError, TrainingDiverged, VaeStudyError
 from .search import decode_params, define_by_run, encode_point, make_sampler, make_storage
 from .study_config import StudyConfig
-from .study_folder import STUDY_FILE, TUNE_DIR
+from .study_folder import LOCK_FILE, STUDY_FILE, TUNE_DIR
 
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
+# Optuna user attribute of a trial that was running when the study was paused (Ctrl-C).
+# Optuna has no "interrupted" state: the trial stays RUNNING until the next run tells it its
+# result (COMPLETE, FAIL or PRUNED); the attribute stays as a record that it was paused.
+INTERRUPTED_ATTR = "vae_study_interrupted"
 
 log = logging.getLogger("vae_study")
 
@@ -49,8 +60,12 @@ log = logging.getLogger("vae_study")
 # The trainable: one trial = one ``fit``.
 
 
-def train_trial(config: dict[str, Any], *, study: StudyConfig, data: Datasets) -> None:
+def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -> None:
     """Ray Tune function trainable: fit the trial's configuration, report every epoch.
+
+    ``source`` is the dataset as read once by the driver (through Ray's object store); the
+    trial presents it as its own ``data`` section says (train_subset, binarize), with the
+    same validation and test examples as every other trial.
 
     Resumes from ``tune.get_checkpoint()`` when Ray restarts the trial. A diverged run is
     reported once with ``diverged: 1`` and ends normally, so Ray does not retry a
@@ -64,6 +79,8 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, data: Datasets) -
                            {k: v for k, v in config.items() if not k.startswith("_")})
     run = study.trial_config(params)
     torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
+    data = prepare(source, run.data, dequantize=run.dequantized)
+    used = {M.TRAIN_EXAMPLES: len(data.train), M.TRAIN_NOISE: data.train_noise}
     logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per checkpoint
     work = Path(tempfile.mkdtemp(prefix="vae_study_trial_"))
     restored = tune.get_checkpoint()
@@ -72,7 +89,7 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, data: Datasets) -
 
     def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
-        tune.report({**_reportable(row), NODE_KEY: node}, checkpoint=checkpoint)
+        tune.report({**_reportable(row), **used, NODE_KEY: node}, checkpoint=checkpoint)
 
     try:
         if restored is not None:
@@ -127,19 +144,8 @@ class StudySearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = [None if not result else result.get(m) for m in metrics]
-        finite = all(isinstance(v, int | float) and math.isfinite(v) for v in values)
-        diverged = bool(result and result.get(R.DIVERGED_KEY))
+        state, value = optuna_outcome(metrics, result, error=error)
         ot_trial = self._ot_trials[trial_id]
-        if finite and not error and not diverged:
-            value = values if len(values) > 1 else values[0]
-            state = optuna.trial.TrialState.COMPLETE
-        else:
-            value = None
-            failed = error or diverged or any(
-                isinstance(v, float) and not math.isfinite(v) for v in values)
-            state = (optuna.trial.TrialState.FAIL if failed
-                     else optuna.trial.TrialState.PRUNED)
         try:
             self._ot_study.tell(ot_trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -152,6 +158,21 @@ class StudySearch(OptunaSearch):
         except Exception as exc:  # already told (a restored driver): keep going
             log.warning("optuna: %s", exc)
         self._completed_trials.add(trial_id)
+
+
+def optuna_outcome(metrics: list[str], result: dict | None, *,
+                   error: bool = False) -> tuple[Any, Any]:
+    """(Optuna state, value) of a trial that Ray ended with ``result`` as its last report:
+    COMPLETE with the objective values, FAIL (an error, a divergence, a non-finite
+    objective) or PRUNED (stopped by the scheduler before the objectives existed)."""
+    values = [None if not result else result.get(m) for m in metrics]
+    finite = all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    diverged = bool(result and result.get(R.DIVERGED_KEY))
+    if finite and not error and not diverged:
+        return optuna.trial.TrialState.COMPLETE, (values if len(values) > 1 else values[0])
+    failed = error or diverged or any(
+        isinstance(v, float) and not math.isfinite(v) for v in values)
+    return (optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED), None
 
 
 def make_searcher(study: StudyConfig, folder: Path) -> ConcurrencyLimiter:
@@ -174,8 +195,9 @@ def make_searcher(study: StudyConfig, folder: Path) -> ConcurrencyLimiter:
 # The results table, kept current from Ray's trials.
 
 
-def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
-    """One results.csv row from a Ray ``Trial``."""
+def trial_row(trial: Any, study: StudyConfig, *, interrupted: bool = False) -> dict[str, Any]:
+    """One results.csv row from a Ray ``Trial``. ``interrupted``: the trial was running
+    when the study was paused (Ray has since marked it TERMINATED)."""
     last = dict(trial.last_result or {})
     params = decode_params(study.search.space,
                            {p.key: trial.config.get(p.key) for p in study.search.space})
@@ -187,11 +209,14 @@ def trial_row(trial: Any, study: StudyConfig) -> dict[str, Any]:
         "wall_s": last.get("time_total_s"),
         "node": last.get(NODE_KEY),
     }
-    for key in (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.FINAL_VAL_SCALARS,
+    for key in (M.TRAIN_EXAMPLES, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
+                *M.FINAL_VAL_SCALARS,
                 *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, M.TOTAL_SECONDS):
         row[key] = last.get(key)
     status = trial.status
-    if status == "ERROR":
+    if interrupted and status in ("TERMINATED", "RUNNING", "PAUSED"):
+        row["status"] = R.INTERRUPTED
+    elif status == "ERROR":
         row["status"] = R.FAILED
         row[R.ERROR_KEY] = _first_line(trial)
     elif status == "TERMINATED":
@@ -221,10 +246,12 @@ def _first_line(trial: Any) -> str:
     return lines[-1][:300] if lines else text
 
 
-def write_table(study: StudyConfig, folder: Path, trials: list) -> None:
-    """results.csv from Ray's trials. A finished trial Ray no longer knows keeps its row; an
+def write_table(study: StudyConfig, folder: Path, trials: list,
+                interrupted: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+    """results.csv from Ray's trials (``interrupted``: the ids of those running when the study
+    was paused); returns its rows. A finished trial Ray no longer knows keeps its row; an
     unfinished one was started after Ray's last snapshot and is run again under a new id."""
-    rows = [trial_row(t, study) for t in trials]
+    rows = [trial_row(t, study, interrupted=t.trial_id in interrupted) for t in trials]
     known = {r["trial_id"] for r in rows}
     path = folder / R.RESULTS_FILE
     if path.is_file():
@@ -236,11 +263,18 @@ def write_table(study: StudyConfig, folder: Path, trials: list) -> None:
                  if r["trial_id"] not in known and r.get("status") in R.FINISHED]
     R.write_results(path, rows, [p.key for p in study.search.space],
                     [(o.metric, o.mode) for o in study.search.objectives])
+    return rows
 
 
 class ResultsTable(Callback):
     """Rewrites results.csv from all of Ray's trials whenever one starts, ends or (at most
-    every 2 s) reports."""
+    every 2 s) reports, and when the experiment ends.
+
+    A study paused by Ctrl-C ends Tune's loop with trials still running; Tune then marks them
+    TERMINATED as it stops their workers, like a finished trial. What each trial was doing at
+    the end of Tune's last step (``on_step_end``) tells them apart: the table calls them
+    interrupted. (Pickled with the Tuner: a restored study uses this object again.)
+    """
 
     def __init__(self, study: StudyConfig, folder: Path) -> None:
         self.study = study
@@ -266,8 +300,12 @@ class ResultsTable(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.write(trials)
 
+    def on_step_end(self, iteration, trials, **info):
+        self.live = {t.trial_id for t in trials if t.status in ("RUNNING", "PAUSED")}
+
     def on_experiment_end(self, trials, **info):
-        self.write(trials)
+        write_table(self.study, self.folder, trials, getattr(self, "live", set()))
+        self.last_write = time.monotonic()
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,9 +313,11 @@ class ResultsTable(Callback):
 
 
 def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
-    """Create or check the study folder; returns (folder, whether it is a resume).
+    """Create or check the study folder and lock it for this driver (``release_folder``
+    unlocks it); returns (folder, whether it is a resume).
 
-    A folder made by a study with another search space or base config is refused.
+    A folder made by a study with another search space or base config is refused, and so is
+    a folder another driver is running (see ``lock_folder``).
     """
     out_root = Path(study.output.dir).expanduser()
     folder = out_root / study.name
@@ -287,11 +327,34 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
         raise StudyError(f"the study folder {folder} points outside output.dir "
                          f"({out_root}); refusing to write there")
     previous = folder / STUDY_FILE
-    if fresh and folder.exists():
-        if not previous.is_file() and any(folder.iterdir()):
-            raise StudyError(f"--fresh would delete {folder}, which is not a vae_study "
-                             "study folder; remove it yourself or choose another name")
-        shutil.rmtree(folder)
+    if fresh and folder.exists() and not previous.is_file() and any(
+            p.name != LOCK_FILE for p in folder.iterdir()):
+        raise StudyError(f"--fresh would delete {folder}, which is not a vae_study "
+                         "study folder; remove it yourself or choose another name")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"cannot write the study folder {folder}: {exc.strerror}; choose "
+                         "another output.dir") from None
+    lock_folder(folder)  # before anything in it is deleted or written
+    try:
+        resume = _check_folder(study, folder, fresh=fresh)
+    except BaseException:
+        release_folder(folder)
+        raise
+    return folder, resume
+
+
+def _check_folder(study: StudyConfig, folder: Path, *, fresh: bool) -> bool:
+    previous = folder / STUDY_FILE
+    if fresh:
+        for p in folder.iterdir():
+            if p.name == LOCK_FILE:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     resume = previous.is_file()
     if resume:
         before = read_yaml(previous)
@@ -302,7 +365,6 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
                              + ", ".join(changed) + " section; run it under a new name "
                              "(--set name=...) or add --fresh to start it over")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write_test"
         probe.write_text("ok")
         probe.unlink()
@@ -310,7 +372,40 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
         raise StudyError(f"cannot write the study folder {folder}: {exc.strerror}; choose "
                          "another output.dir") from None
     write_yaml(folder / STUDY_FILE, study.to_dict())
-    return folder, resume
+    return resume
+
+
+_HELD_LOCKS: dict[Path, int] = {}  # study folder -> the descriptor holding its lock
+
+
+def lock_folder(folder: Path) -> None:
+    """Lock the study folder for this process: ``flock`` on its LOCK_FILE, held open until
+    ``release_folder`` or the process's end (the OS releases the lock of a killed driver, so
+    a stale lock file never blocks a rerun). The file names the holder: pid and host.
+
+    Another driver holding it is a ``StudyError`` naming that driver.
+    """
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "unknown yet"
+        os.close(fd)
+        raise StudyError(f"the study folder {folder} is in use by another vae_study driver "
+                         f"({holder}); two drivers on one study collide: wait for it to end, "
+                         "stop it (Ctrl-C pauses it), or give this study another name "
+                         "(--set name=...)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    _HELD_LOCKS[folder.resolve()] = fd
+
+
+def release_folder(folder: Path) -> None:
+    """Unlock a folder ``lock_folder`` locked (the lock file stays: it names no one now)."""
+    fd = _HELD_LOCKS.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def ensure_private_token() -> Path | None:
@@ -354,12 +449,15 @@ def start_ray(study: StudyConfig) -> Any:
         return ray.get_runtime_context()
     kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": logging.WARNING,
                               "log_to_driver": True}
+    local = contextlib.nullcontext()
     if cfg.address is None:
         ensure_private_token()
         kwargs.update(include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host,
                       dashboard_port=cfg.dashboard_port)
+        local = loopback_only()
     try:
-        ctx = ray.init(address=cfg.address, **kwargs)
+        with local:
+            ctx = ray.init(address=cfg.address, **kwargs)
     except ConnectionError as exc:
         raise StudyError(f"ray.address={cfg.address}: no Ray cluster answers ({exc}); start "
                          "one with 'ray start --head' or leave ray.address unset for a local "
@@ -373,6 +471,37 @@ def start_ray(study: StudyConfig) -> Any:
     if url:
         print(f"Ray dashboard: http://{url}", flush=True)
     return ctx
+
+
+_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """While a local Ray starts: its processes listen on 127.0.0.1 only.
+
+    Ray (2.40-2.60) binds its gRPC servers (GCS, raylet, object manager, workers) and its
+    agents to every interface unless the node's IP is 127.0.0.1, and gives a node the
+    machine's network address unless multi-node clusters are off: ``RAY_ENABLE_WINDOWS_OR_
+    OSX_CLUSTER=0``, read once at import into ``ray._private.ray_constants`` (private: the
+    only switch there is). Both are set while ``ray.init`` starts the node, whose processes
+    inherit the variable, then restored; the driver knows its node's IP from then on.
+    """
+    from ray._private import ray_constants
+
+    before_env = os.environ.get(_CLUSTER_ENV)
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before_env is None:
+            os.environ.pop(_CLUSTER_ENV, None)
+        else:
+            os.environ[_CLUSTER_ENV] = before_env
+        if before is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def resolve_resources(study: StudyConfig) -> dict[str, float]:
@@ -431,11 +560,91 @@ def check_shared_storage(folder: Path) -> None:
                          "a shared disk)")
 
 
+class Pause:
+    """Ctrl-C (SIGINT) as a clean pause of a study, for the life of the ``with`` block.
+
+    Ray Tune's own SIGINT handler is turned off (``TUNE_DISABLE_SIGINT_HANDLER``) so every
+    Ctrl-C passes through here. Before Tune's loop runs it is a KeyboardInterrupt as usual:
+    nothing of the study is being written. In the loop, the first one asks Tune to stop
+    through the SIGUSR1 handler Tune installs for that purpose: Tune snapshots its experiment
+    state and stops the trials. From then until the driver has written its records and Ray
+    has shut down, a Ctrl-C is only noted: Tune writes its experiment state in place, and a
+    KeyboardInterrupt half-way through it would leave a study that cannot be resumed.
+    ``requested`` says whether any Ctrl-C came; the caller raises KeyboardInterrupt at the end.
+    """
+
+    BEFORE, TUNING, SAVING = "before", "tuning", "saving"
+    _RAY_LINES = ("Stop signal received", "Experiment has been interrupted",
+                  "Trials did not complete")  # Tune's words for a pause (Tuner.restore...)
+
+    def __init__(self) -> None:
+        self.phase = self.BEFORE
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> Pause:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers belong to the main thread: Ray's default then
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        # A SIGUSR1 handler left by an earlier Tune run in this process would stop nothing.
+        self._previous_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        logging.getLogger("ray.tune.tune").addFilter(self._quiet)
+        self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._installed:
+            return
+        signal.signal(signal.SIGINT, self._previous)
+        signal.signal(signal.SIGUSR1, self._previous_usr1)
+        if self._env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+        logging.getLogger("ray.tune.tune").removeFilter(self._quiet)
+        self._installed = False
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.phase == self.BEFORE:
+            raise KeyboardInterrupt
+        first, self.requested = not self.requested, True
+        if self.phase == self.TUNING and first:
+            stop_tune = signal.getsignal(signal.SIGUSR1)
+            if not callable(stop_tune):  # Tune's loop has not started: nothing to save yet
+                raise KeyboardInterrupt
+            print("vae_study run: Ctrl-C: pausing the study, saving the state of every trial "
+                  "(a few seconds)", file=sys.stderr, flush=True)
+            stop_tune(signal.SIGUSR1, frame)
+        else:
+            print("vae_study run: still saving the study's state; Ctrl-C is ignored until it "
+                  "is saved", file=sys.stderr, flush=True)
+
+    def _quiet(self, record: logging.LogRecord) -> bool:
+        return not (self.requested and record.getMessage().startswith(self._RAY_LINES))
+
+
 def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> Path:
-    """Run (or continue) a study to ``search.num_trials`` trials; returns its folder."""
+    """Run (or continue) a study to ``search.num_trials`` trials; returns its folder.
+
+    Ctrl-C pauses the study (see ``Pause``): trials running then are recorded as
+    interrupted, and KeyboardInterrupt is raised once everything is saved; running the same
+    command again continues the study.
+    """
     # The dataset first: missing or damaged files stop the study before its folder exists.
-    data = load_datasets(study.base.data, dequantize=study.base.dequantized)  # once
+    source = read_source(study.base.data.dataset, study.base.data.root)  # once
+    check_data(study, source)
     folder, resume = prepare_folder(study, fresh=fresh)
+    try:
+        _run_locked(study, folder, source, resume, verbose)
+    finally:
+        release_folder(folder)
+    return folder
+
+
+def _run_locked(study: StudyConfig, folder: Path, source: Source, resume: bool,
+                verbose: int) -> None:
     check_optuna_db(folder, study.name)
     # The objectives (test/...) exist only in a trial's last report; the epochs before it
     # report the val/ metrics alone, which Tune's strict check would reject.
@@ -445,13 +654,21 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     print(f"vae_study run: study {study.name!r} in {folder}"
           + (" (continuing)" if resume else ""), flush=True)
+    with Pause() as pause:
+        _run_tuner(study, folder, source, verbose, pause)
+    if pause.requested:
+        raise KeyboardInterrupt
+
+
+def _run_tuner(study: StudyConfig, folder: Path, source: Source, verbose: int,
+               pause: Pause) -> None:
     started_here = not ray.is_initialized()
     start_ray(study)
     try:
         resources = resolve_resources(study)
         check_shared_storage(folder)
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, study=study, data=data),
+            tune.with_parameters(train_trial, study=study, source=source),
             {"cpu": resources["cpu"], "gpu": resources["gpu"]})
         tune_dir = folder / TUNE_DIR
         if tune.Tuner.can_restore(str(tune_dir.resolve())):
@@ -477,12 +694,26 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
                     verbose=verbose,
                 ),
             )
+        pause.phase = Pause.TUNING
         grid = tuner.fit()
-        _finish(study, folder, grid)
+        paused = pause.requested  # a Ctrl-C from now on came after Tune's loop ended
+        pause.phase = Pause.SAVING
+        _finish(study, folder, grid, paused=paused)
     finally:
         if started_here:
             ray.shutdown()
-    return folder
+
+
+def check_data(study: StudyConfig, source: Source) -> None:
+    """The base data section, with the largest searched training subset, can be presented
+    from ``source``: a train_subset or val_size too large stops the study before it starts.
+    (Searched data keys change the training data only; see study_config.)"""
+    subsets = [v for p in study.search.space if p.key == "data.train_subset"
+               for v in (p.values if p.kind == "choice" else (p.high,)) if v is not None]
+    config = study.base
+    if subsets:
+        config = study.trial_config({"data.train_subset": int(max(subsets))})
+    prepare(source, config.data, dequantize=config.dequantized)
 
 
 def check_tune_state(tune_dir: Path) -> None:
@@ -537,18 +768,61 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _finish(study: StudyConfig, folder: Path, grid: Any) -> None:
-    """Final results.csv from Ray's view of every trial; no Optuna trial left RUNNING."""
+def _finish(study: StudyConfig, folder: Path, grid: Any, *, paused: bool) -> None:
+    """The final results.csv and Optuna records, and one line saying where the study stands.
+
+    Finished: every Optuna trial ends; one still RUNNING that Ray never recorded (asked by a
+    driver killed before Tune's snapshot) never ran: FAIL. Paused: Optuna trials still
+    RUNNING stay so, marked with ``INTERRUPTED_ATTR``: the next run tells them their result.
+    """
     trials = list(grid._experiment_analysis.trials)
-    write_table(study, folder, trials)
-    ot_study = optuna.load_study(study_name=study.name, storage=make_storage(folder))
+    path = folder / R.RESULTS_FILE
+    rows: list[dict[str, Any]] = []
+    if paused:
+        try:  # written by ResultsTable as Tune ended, with the interrupted trials told apart
+            rows = R.read_results(path).to_dict("records")
+        except VaeStudyError:
+            rows = []
+    if not rows:
+        rows = write_table(study, folder, trials)
+    status = {str(r["trial_id"]): r["status"] for r in rows}
+    _finish_optuna(study, folder, trials, status, paused=paused)
+    count = {s: sum(1 for v in status.values() if v == s)
+             for s in (R.COMPLETED, R.STOPPED, R.FAILED, R.INTERRUPTED, R.PENDING)}
+    finished = count[R.COMPLETED] + count[R.STOPPED] + count[R.FAILED]
+    detail = ", ".join(f"{n} {s}" for s, n in count.items() if n)
+    head = "paused" if paused else "done"
+    print(f"vae_study run: {head}: {finished} of {study.search.num_trials} trials finished"
+          + (f" ({detail})" if detail else "") + f"; results in {path}", flush=True)
+
+
+def _finish_optuna(study: StudyConfig, folder: Path, trials: list, status: dict[str, str],
+                   *, paused: bool) -> None:
+    storage = make_storage(folder)
+    ot_study = optuna.load_study(study_name=study.name, storage=storage)
+    study_id = storage.get_study_id_from_name(study.name)
+    by_number = {t.config.get(OPTUNA_TRIAL_KEY): t for t in trials}
+    metrics = [o.metric for o in study.search.objectives]
     for t in ot_study.get_trials(deepcopy=False,
                                  states=(optuna.trial.TrialState.RUNNING,
                                          optuna.trial.TrialState.WAITING)):
-        # Asked by a driver that was killed before Ray recorded the trial: it never ran.
-        ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    finished = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-    print(f"vae_study run: {finished}/{study.search.num_trials} trials finished; "
-          f"results in {folder / R.RESULTS_FILE}", flush=True)
+        ray_trial = by_number.get(t.number)
+        ended = ray_trial is not None and status.get(ray_trial.trial_id) in R.FINISHED
+        if ended:  # Ray ended it but the searcher never told Optuna (an older snapshot)
+            state, value = optuna_outcome(metrics, ray_trial.last_result,
+                                          error=ray_trial.status == "ERROR")
+            _tell(ot_study, t.number, state, value)
+        elif paused:
+            if t.state == optuna.trial.TrialState.RUNNING:
+                storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(
+                    study_id, t.number), INTERRUPTED_ATTR, True)
+        else:  # asked by a driver that was killed before Ray recorded the trial: never ran
+            _tell(ot_study, t.number, optuna.trial.TrialState.FAIL, None)
 
 
+def _tell(ot_study: Any, number: int, state: Any, value: Any) -> None:
+    try:
+        ot_study.tell(number, value, state=state)
+    except RuntimeError as exc:  # the grid sampler's Study.stop outside optimize
+        if "Study.stop" not in str(exc):
+            log.warning("optuna: %s", exc)

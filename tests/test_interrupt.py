@@ -1,0 +1,171 @@
+"""Ctrl-C is a pause: the study's records say so, and the same command continues it.
+
+Slow: a real driver (``python -m vae_study run``) gets SIGINT, as a terminal's Ctrl-C sends it,
+while one trial is done and another is mid-way; then the same command runs the study to the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import write_mnist
+from study_factory import tiny_study, write_study
+from vae_study import results as R
+from vae_study.study_config import study_from_dict
+from vae_study.tune import INTERRUPTED_ATTR
+
+
+def _slow_trials(tmp_path: Path, **over) -> dict:
+    """Trials of several seconds each, long enough to be caught half-way."""
+    if not (tmp_path / "big" / "mnist").exists():
+        write_mnist(tmp_path / "big", n_train=3000, n_test=200)
+    keys = {"train.epochs": 20, "model.hidden": [256], "data.root": str(tmp_path / "big"),
+            "search.num_trials": 4, "search.max_concurrent": 1}
+    keys.update(over)
+    return tiny_study(tmp_path, **keys)
+
+
+def _start_driver(tmp_path: Path, path: Path, log_name: str, env: dict):
+    log = open(tmp_path / log_name, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "vae_study", "run", str(path),
+                             "--no-report"], cwd=tmp_path,
+                            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def _table(folder: Path):
+    try:
+        return R.read_results(folder / R.RESULTS_FILE)
+    except Exception:
+        return None
+
+
+def _wait_for(proc, log, condition, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if proc.poll() is not None:
+            log.flush()
+            pytest.fail("the driver ended before Ctrl-C:\n" + Path(log.name).read_text()[-3000:])
+        found = condition()
+        if found:
+            return found
+    pytest.fail("the condition for Ctrl-C never held")
+
+
+def _pids(folder: Path, trial_id: str) -> list[int]:
+    """The worker processes that reported epochs of a trial, in order."""
+    pids = []
+    for line in (folder / "tune" / f"trial_{trial_id}" / "result.json").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "val/neg_elbo" in row:
+            pids.append((row["pid"], row["epoch"]))
+    return pids
+
+
+@pytest.mark.slow
+def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
+    raw = _slow_trials(tmp_path)
+    path = write_study(tmp_path, raw)
+    objective = study_from_dict(raw).search.objectives[0].metric
+    folder = tmp_path / "runs" / "tiny"
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
+
+    def one_done_one_mid_way():
+        table = _table(folder)
+        if table is None:
+            return None
+        done = table[table["status"] == R.COMPLETED]
+        mid = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
+        return mid["trial_id"].tolist() if len(done) >= 1 and not mid.empty else None
+
+    proc, log = _start_driver(tmp_path, path, "first.log", env)
+    try:
+        mid_way = _wait_for(proc, log, one_done_one_mid_way)
+        os.kill(proc.pid, signal.SIGINT)  # the driver alone, as Ray's processes block SIGINT
+        time.sleep(0.5)
+        second = proc.poll() is None
+        if second:  # an impatient second Ctrl-C while the state is saved changes nothing
+            os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    out = (tmp_path / "first.log").read_text()
+    assert code == 130, out[-3000:]
+
+    # One line, the last, says how to continue: the same command. Not Ray's Tuner.restore.
+    hint = "vae-study: interrupted; to continue, run the same command again: "
+    assert out.count(hint) == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last == f"{hint}python -m vae_study run {path} --no-report", out[-3000:]
+    assert "Tuner.restore" not in out
+    assert not second or "Ctrl-C is ignored until it is saved" in out
+
+    # The records call the paused trials interrupted or pending; none stopped or failed.
+    table = R.read_results(folder / R.RESULTS_FILE)
+    statuses = table.set_index("trial_id")["status"].to_dict()
+    assert not {R.STOPPED, R.FAILED} & set(statuses.values()), statuses
+    assert set(statuses.values()) <= {R.COMPLETED, R.INTERRUPTED, R.PENDING}, statuses
+    assert all(statuses[t] == R.INTERRUPTED for t in mid_way), statuses
+    completed = sum(1 for s in statuses.values() if s == R.COMPLETED)
+    counted = re.search(r"paused: (\d+) of 4 trials finished", out)
+    assert counted and int(counted.group(1)) == completed, out[-3000:]
+
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    ot = optuna.load_study(study_name="tiny", storage=storage)
+    states = [t.state for t in ot.trials]
+    assert optuna.trial.TrialState.FAIL not in states, states
+    by_number = {t.number: t for t in ot.trials}
+    for trial_id in mid_way:  # still RUNNING in Optuna, marked as interrupted
+        number = int(table.set_index("trial_id").loc[trial_id, "optuna_trial"])
+        assert by_number[number].state == optuna.trial.TrialState.RUNNING
+        assert by_number[number].user_attrs.get(INTERRUPTED_ATTR) is True
+
+    # The same command again finishes the study; the interrupted trial resumes mid-way.
+    again = subprocess.run([sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+                           cwd=tmp_path, env={**os.environ, **env}, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "done: 4 of 4 trials finished (4 completed)" in again.stdout
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+    for trial_id in mid_way:
+        pids = _pids(folder, trial_id)
+        workers = list(dict.fromkeys(p for p, _ in pids))
+        assert len(workers) == 2, pids
+        assert next(e for p, e in pids if p == workers[1]) > 1, pids  # from its checkpoint
+
+    # Optuna learnt every result: the same value as results.csv, trial by trial.
+    ot = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(ot.trials) == 4
+    assert {t.state for t in ot.trials} == {optuna.trial.TrialState.COMPLETE}
+    by_number = {t.number: t for t in ot.trials}
+    assert sorted(by_number) == sorted(int(n) for n in table["optuna_trial"])
+    for row in table.to_dict("records"):
+        value = by_number[int(row["optuna_trial"])].value
+        assert math.isclose(value, float(row[objective]), rel_tol=1e-12), (row, value)
+
+
+def test_the_command_that_continues_drops_fresh():
+    from vae_study.cli import continue_command
+
+    assert continue_command(["run", "my study.yaml", "--fresh", "--set", "name=a b"]) == (
+        "python -m vae_study run 'my study.yaml' --set 'name=a b'")
