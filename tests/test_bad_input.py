@@ -348,8 +348,8 @@ def test_no_report_skips_the_report_dir_check(tmp_path, monkeypatch):
     def stop(*args, **kwargs):
         raise ConfigError("reached run_study")
 
-    # a stand-in for vae_study.tune, so that Ray is not even imported
-    monkeypatch.setitem(sys.modules, "vae_study.tune", types.SimpleNamespace(run_study=stop))
+    # a stand-in for vae_study.driver, so that Ray is not even imported
+    monkeypatch.setitem(sys.modules, "vae_study.driver", types.SimpleNamespace(run_study=stop))
     with pytest.raises(ConfigError, match="reached run_study"):
         cmd_run(build_parser().parse_args(["run", str(path), "--no-report"]))
     with pytest.raises(ConfigError, match="report.dir"):  # without --no-report: refused

@@ -224,8 +224,8 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
     import ray
     from ray.cluster_utils import Cluster
 
+    from vae_study.driver import run_study
     from vae_study.study_config import study_from_dict
-    from vae_study.tune import run_study
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
                                                             "include_dashboard": False})
@@ -405,7 +405,7 @@ def test_a_damaged_results_table_is_a_clear_error(tmp_path):
 
 def test_token_file_is_created_owner_only_and_a_readable_one_is_flagged(tmp_path,
                                                                        monkeypatch):
-    from vae_study.tune import ensure_private_token
+    from vae_study.cluster import ensure_private_token
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
@@ -427,7 +427,7 @@ def test_token_file_is_created_owner_only_and_a_readable_one_is_flagged(tmp_path
 def test_dashboard_binds_localhost_unless_asked_and_then_warns(tmp_path, monkeypatch):
     import ray
 
-    from vae_study import tune as T
+    from vae_study import cluster as T
     from vae_study.study_config import study_from_dict
 
     seen = {}

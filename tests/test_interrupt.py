@@ -22,8 +22,8 @@ import pytest
 from conftest import write_mnist
 from study_factory import tiny_study, write_study
 from vae_study import results as R
+from vae_study.driver import INTERRUPTED_ATTR
 from vae_study.study_config import study_from_dict
-from vae_study.tune import INTERRUPTED_ATTR
 
 
 def _slow_trials(tmp_path: Path, **over) -> dict:

@@ -88,7 +88,7 @@ def _free_port() -> int:
 def test_a_local_studys_ray_listens_on_loopback_only(tmp_path):
     import ray
 
-    from vae_study.tune import start_ray
+    from vae_study.cluster import start_ray
 
     # The default token file, as every in-process study of the tests: Ray keeps the token
     # it read for the life of the process.

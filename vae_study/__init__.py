@@ -37,7 +37,7 @@ from .train import FitResult, fit
 _LAZY = {
     "load_study": ("study_config", "load_study"),
     "StudyConfig": ("study_config", "StudyConfig"),
-    "run_study": ("tune", "run_study"),
+    "run_study": ("driver", "run_study"),
     "build_report": ("report", "build_report"),
     "load_folder": ("study_folder", "load_folder"),
 }

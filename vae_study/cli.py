@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.set)  # every key checked before Ray starts
     if study.report.enabled and not args.no_report:  # not found out hours later, at the end
         check_writable(Path(study.report.dir), "report.dir")
-    from .tune import run_study  # imports Ray: only once the study file is known to be good
+    from .driver import run_study  # imports Ray: only once the study file is known to be good
 
     folder = run_study(study, fresh=args.fresh)
     if study.report.enabled and not args.no_report:

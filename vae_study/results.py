@@ -15,20 +15,25 @@ from . import metrics as M
 from .checkpoint import atomic_write_text
 from .errors import CheckpointError
 
-RESULTS_FILE = "results.csv"
-
-# Trial statuses, in our words. Ray's TERMINATED covers completed, stopped (by the scheduler)
-# and a diverged trial, which is failed here with its reason in the error column.
-# Interrupted: running when the study was paused (Ctrl-C); the next run resumes it.
-PENDING, RUNNING, COMPLETED, STOPPED, FAILED = (
-    "pending", "running", "completed", "stopped", "failed")
-INTERRUPTED = "interrupted"
-FINISHED = (COMPLETED, STOPPED, FAILED)
-STATUSES = (PENDING, RUNNING, *FINISHED)
+# The file's name and the status words belong to the study folder's layout (layout.py);
+# re-exported for the modules that read and write the table.
+from .layout import (  # noqa: F401
+    COMPLETED,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    PENDING,
+    RESULTS_FILE,
+    RUNNING,
+    STATUSES,
+    STOPPED,
+)
 
 # Keys the trainable adds to its reports.
 DIVERGED_KEY = "diverged"
 ERROR_KEY = "error"
+NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
+OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 
 LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
 TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node", M.TRAIN_EXAMPLES,
@@ -147,3 +152,86 @@ def parse_kl_per_dim(cell: Any) -> list[float]:
     if not isinstance(cell, str) or not cell.strip():
         return []
     return [float(v) for v in cell.split()]
+
+
+# ---------------------------------------------------------------------------------------
+# The table from Ray's trials (duck-typed: ``trial_id``, ``status``, ``config``,
+# ``last_result``, ``checkpoint``, ``get_error()``), so it is tested without Ray.
+
+
+def trial_row(trial: Any, study: Any, *, interrupted: bool = False) -> dict[str, Any]:
+    """One results.csv row from a Ray ``Trial`` of ``study`` (a ``StudyConfig``).
+    ``interrupted``: the trial was running when the study was paused (Ray has since marked
+    it TERMINATED)."""
+    from .search import decode_params
+
+    last = dict(trial.last_result or {})
+    params = decode_params(study.search.space,
+                           {p.key: trial.config.get(p.key) for p in study.search.space})
+    row: dict[str, Any] = {
+        "trial_id": trial.trial_id,
+        "optuna_trial": trial.config.get(OPTUNA_TRIAL_KEY),
+        **params,
+        M.EPOCH: last.get(M.EPOCH),
+        "wall_s": last.get("time_total_s"),
+        "node": last.get(NODE_KEY),
+    }
+    for key in (M.TRAIN_EXAMPLES, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
+                *M.FINAL_VAL_SCALARS,
+                *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, M.TOTAL_SECONDS):
+        row[key] = last.get(key)
+    row["status"] = trial_status(trial.status, last, interrupted=interrupted)
+    if row["status"] == FAILED:
+        row[ERROR_KEY] = (_first_line(trial) if trial.status == "ERROR"
+                          else last.get(ERROR_KEY))
+    ckpt = getattr(trial, "checkpoint", None)
+    row["checkpoint"] = getattr(ckpt, "path", None)
+    return row
+
+
+def trial_status(ray_status: str, last: dict[str, Any], *, interrupted: bool = False) -> str:
+    """Our status word for a trial Ray calls ``ray_status``, whose last report is ``last``."""
+    if interrupted and ray_status in ("TERMINATED", "RUNNING", "PAUSED"):
+        return INTERRUPTED
+    if ray_status == "ERROR":
+        return FAILED
+    if ray_status == "TERMINATED":
+        if last.get(DIVERGED_KEY):  # failed, not retried: the reason says it diverged
+            return FAILED
+        if last.get(M.TEST_NEG_ELBO) is not None:  # the test metrics came with it
+            return COMPLETED
+        return STOPPED
+    if ray_status in ("RUNNING", "PAUSED"):
+        return RUNNING
+    return PENDING
+
+
+def _first_line(trial: Any) -> str:
+    try:
+        err = trial.get_error()
+    except Exception:
+        err = None
+    text = str(err) if err else "the trial failed (see its error.txt in the tune folder)"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else text
+
+
+def write_table(study: Any, folder: Path, trials: Sequence[Any],
+                interrupted: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+    """results.csv of the study folder ``folder`` from Ray's trials (``interrupted``: the ids
+    of those running when the study was paused); returns its rows. A finished trial Ray no
+    longer knows keeps its row; an unfinished one was started after Ray's last snapshot and
+    is run again under a new id."""
+    rows = [trial_row(t, study, interrupted=t.trial_id in interrupted) for t in trials]
+    known = {r["trial_id"] for r in rows}
+    path = Path(folder) / RESULTS_FILE
+    if path.is_file():
+        try:
+            previous = read_results(path).to_dict("records")
+        except CheckpointError:
+            previous = []  # a damaged table is rebuilt from Ray's trials
+        rows += [r for r in previous
+                 if r["trial_id"] not in known and r.get("status") in FINISHED]
+    write_results(path, rows, [p.key for p in study.search.space],
+                  [(o.metric, o.mode) for o in study.search.objectives])
+    return rows

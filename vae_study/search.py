@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .layout import StudyLayout
 from .study_config import Param, SearchConfig
-
-DB_FILE = "optuna.db"
 
 
 def _encode(value: Any) -> Any:
@@ -81,7 +80,7 @@ def make_sampler(search: SearchConfig) -> Any:
 
 def storage_url(folder: Path) -> str:
     """The SQLite URL of a study folder's Optuna storage (what optuna-dashboard opens)."""
-    return f"sqlite:///{(Path(folder) / DB_FILE).resolve()}"
+    return StudyLayout(folder).storage_url
 
 
 def make_storage(folder: Path) -> Any:

@@ -1,0 +1,116 @@
+"""The study folder: every name in it, in one place.
+
+A study lives in ``<output.dir>/<name>/`` (``output.dir`` defaults to ``runs``)::
+
+    study.yaml      the resolved study file (what a resume is compared against)
+    results.csv     one row per trial, rewritten atomically as trials start and finish
+    optuna.db       the Optuna study (``optuna-dashboard sqlite:///.../optuna.db``)
+    driver.lock     locked by the driver running the study (one driver per folder)
+    tune/           Ray Tune's experiment: its state, and one folder per trial:
+      trial_<id>/     result.json (one line per report), checkpoint_<n>/state.pt
+
+The driver writes it, the report and ``study_folder`` read it, the search opens its Optuna
+storage and the tests build one by hand, all through ``StudyLayout``. Nothing here imports
+torch, Ray or Optuna. The words of a trial's status are here too: the driver writes them into
+results.csv, the report and the plots read them back.
+
+Several members in one trial (the fused-members issue): a member's files go in
+``member_dir(trial_id, member)`` = ``tune/trial_<id>/member_<m>/``, inside the trial's folder,
+so Ray's per-trial files stay where Ray puts them and a one-member trial keeps today's layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_DIR = "runs"  # output.dir by default, where ``vae_study run`` puts study and run folders
+REPORTS_DIR = "reports"  # report.dir by default
+
+STUDY_FILE = "study.yaml"
+RESULTS_FILE = "results.csv"
+DB_FILE = "optuna.db"
+TUNE_DIR = "tune"
+LOCK_FILE = "driver.lock"  # held (flock) by the driver running the study: pid and host
+TRIAL_PREFIX = "trial_"
+MEMBER_PREFIX = "member_"
+RESULT_FILE = "result.json"  # Ray's per-trial reports, one JSON object a line
+CHECKPOINT_GLOB = "checkpoint_*"  # Ray's checkpoint folders in a trial folder
+
+# Trial statuses, in our words. Ray's TERMINATED covers completed, stopped (by the scheduler)
+# and a diverged trial, which is failed here with its reason in the error column.
+# Interrupted: running when the study was paused (Ctrl-C); the next run resumes it.
+PENDING, RUNNING, COMPLETED, STOPPED, FAILED = (
+    "pending", "running", "completed", "stopped", "failed")
+INTERRUPTED = "interrupted"
+FINISHED = (COMPLETED, STOPPED, FAILED)
+STATUSES = (PENDING, RUNNING, *FINISHED)
+
+
+def trial_dirname(trial_id: str) -> str:
+    """The name of a trial's folder in ``tune/`` (Ray's default repeats every parameter)."""
+    return f"{TRIAL_PREFIX}{trial_id}"
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """The paths of one study folder."""
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+
+    @classmethod
+    def of(cls, output_dir: str | Path, name: str) -> StudyLayout:
+        """The folder of the study ``name`` under ``output_dir`` (``~`` expanded)."""
+        return cls(Path(output_dir).expanduser() / name)
+
+    @property
+    def study_file(self) -> Path:
+        return self.folder / STUDY_FILE
+
+    @property
+    def results_file(self) -> Path:
+        return self.folder / RESULTS_FILE
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.folder / DB_FILE
+
+    @property
+    def storage_url(self) -> str:
+        """The SQLite URL of the Optuna storage (what optuna-dashboard opens)."""
+        return f"sqlite:///{self.optuna_db.resolve()}"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.folder / TUNE_DIR
+
+    @property
+    def lock_file(self) -> Path:
+        return self.folder / LOCK_FILE
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.tune_dir / trial_dirname(trial_id)
+
+    def member_dir(self, trial_id: str, member: int) -> Path:
+        """The folder of one member of a trial that trains several (see the module's doc)."""
+        return self.trial_dir(trial_id) / f"{MEMBER_PREFIX}{member}"
+
+    def result_file(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / RESULT_FILE
+
+    def checkpoints(self, trial_id: str) -> list[Path]:
+        """The trial's checkpoint folders that hold a model state, oldest first."""
+        from .checkpoint import STATE_FILE  # torch: only when checkpoints are asked for
+
+        found = sorted(self.trial_dir(trial_id).glob(f"{CHECKPOINT_GLOB}/{STATE_FILE}"))
+        return [p.parent for p in found]
+
+
+def holds_state(checkpoint_dir: Path) -> bool:
+    """Whether ``checkpoint_dir`` holds a model state (``checkpoint.STATE_FILE``)."""
+    from .checkpoint import STATE_FILE
+
+    return (Path(checkpoint_dir) / STATE_FILE).is_file()

@@ -1,0 +1,177 @@
+"""The searcher: Ray's ``OptunaSearch``, made to tell Optuna the truth about every trial.
+
+Also the one place that touches private attributes of Ray and Optuna (``Internals``): the
+versions they were read from are listed, and any other version gets a warning (not a
+refusal: a user's cluster is not pinned to ours).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from . import results as R
+from .errors import StudyError
+from .search import define_by_run, encode_point, make_sampler, make_storage
+from .study_config import StudyConfig
+
+log = logging.getLogger("vae_study")
+
+# Releases (major.minor) whose private attributes below were read and tested with this code.
+TESTED_RAY = frozenset({"2.60"})
+TESTED_OPTUNA = frozenset({"5.0"})
+
+
+# ---------------------------------------------------------------------------------------
+# Private attributes of Ray and Optuna: the only code that reads or sets them.
+#
+# Why they are needed: OptunaSearch keeps the Optuna trial of each Ray trial (``_ot_trials``),
+# its Optuna study (``_ot_study``) and the ids it has told (``_completed_trials``) to itself,
+# and offers no hook to tell Optuna that a trial failed or was pruned; a ResultGrid hands out
+# Results, not the Trials (status, config, checkpoint) the results table is made of
+# (``_experiment_analysis``); and a local Ray binds every interface unless a constant read at
+# import (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``) says multi-node is off.
+
+
+def _version(module: Any) -> str:
+    return ".".join(str(module.__version__).split(".")[:2])
+
+
+@functools.cache
+def check_versions() -> None:
+    """Warn once per process when Ray or Optuna is a release these attributes were not
+    tested with."""
+    for name, module, tested in (("ray", ray, TESTED_RAY), ("optuna", optuna, TESTED_OPTUNA)):
+        if _version(module) not in tested:
+            warnings.warn(f"{name} {module.__version__} is a release vae_study was not tested "
+                          f"with (tested: {', '.join(sorted(tested))}); the study uses some of "
+                          f"its private attributes (vae_study/searcher.py); if the study fails, "
+                          f"pip install '{name}=={sorted(tested)[-1]}.*'", stacklevel=2)
+
+
+def _private(obj: Any, name: str) -> Any:
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise StudyError(
+            f"{type(obj).__name__}.{name} is missing in ray {ray.__version__} / optuna "
+            f"{optuna.__version__}: vae_study reads it (vae_study/searcher.py) and was tested "
+            f"with ray {', '.join(sorted(TESTED_RAY))} and optuna "
+            f"{', '.join(sorted(TESTED_OPTUNA))}; install one of those") from None
+
+
+def optuna_trials(searcher: OptunaSearch) -> dict[str, Any]:
+    """Ray trial id -> the Optuna trial the searcher asked for it."""
+    return _private(searcher, "_ot_trials")
+
+
+def optuna_study(searcher: OptunaSearch) -> Any:
+    return _private(searcher, "_ot_study")
+
+
+def told_trials(searcher: OptunaSearch) -> set[str]:
+    """Ray trial ids whose result the searcher has told Optuna."""
+    return _private(searcher, "_completed_trials")
+
+
+def grid_trials(grid: Any) -> list[Any]:
+    """Ray's Trials (status, config, last result, checkpoint) of a ``ResultGrid``."""
+    return list(_private(grid, "_experiment_analysis").trials)
+
+
+def set_ray_multinode(enabled: bool) -> bool | None:
+    """Set Ray's multi-node switch for a node started from now on; returns what it was
+    (None: this Ray has no such switch, nothing was set)."""
+    from ray._private import ray_constants
+
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if before is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
+    return before
+
+
+# ---------------------------------------------------------------------------------------
+# The searcher.
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that skips reports without the objective (intermediate epochs),
+    records a diverged or metric-less trial as FAIL/PRUNED instead of leaving it
+    RUNNING, and tags each trial's config with its Optuna trial number."""
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if config is not None:
+            config[R.OPTUNA_TRIAL_KEY] = optuna_trials(self)[trial_id].number
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list):
+            return
+        value = result.get(self.metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            try:
+                super().on_trial_result(trial_id, result)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # a trial restored after Optuna recorded its end re-reports its result
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        told, asked = told_trials(self), optuna_trials(self)
+        if trial_id in told or trial_id not in asked:
+            return
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        state, value = optuna_outcome(metrics, result, error=error)
+        try:
+            optuna_study(self).tell(asked[trial_id], value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # told before the driver was killed; Optuna keeps that record
+        except RuntimeError as exc:
+            # The grid sampler stops the study when its last point is told; outside
+            # study.optimize that is an error, after the trial is recorded. Nothing to do.
+            if "Study.stop" not in str(exc):
+                log.warning("optuna: %s", exc)
+        except Exception as exc:  # already told (a restored driver): keep going
+            log.warning("optuna: %s", exc)
+        told.add(trial_id)
+
+
+def optuna_outcome(metrics: list[str], result: dict | None, *,
+                   error: bool = False) -> tuple[Any, Any]:
+    """(Optuna state, value) of a trial that Ray ended with ``result`` as its last report:
+    COMPLETE with the objective values, FAIL (an error, a divergence, a non-finite
+    objective) or PRUNED (stopped by the scheduler before the objectives existed)."""
+    values = [None if not result else result.get(m) for m in metrics]
+    finite = all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    diverged = bool(result and result.get(R.DIVERGED_KEY))
+    if finite and not error and not diverged:
+        return optuna.trial.TrialState.COMPLETE, (values if len(values) > 1 else values[0])
+    failed = error or diverged or any(
+        isinstance(v, float) and not math.isfinite(v) for v in values)
+    return (optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED), None
+
+
+def make_searcher(study: StudyConfig, folder: Path) -> ConcurrencyLimiter:
+    check_versions()
+    objectives = study.search.objectives
+    metric: Any = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
+    mode: Any = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
+    searcher = StudySearch(
+        space=define_by_run(study.search.space),
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(study.search),
+        study_name=study.name,
+        storage=make_storage(folder),
+        points_to_evaluate=[encode_point(p) for p in study.search.points_to_evaluate] or None,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=study.search.max_concurrent)

@@ -1,0 +1,73 @@
+"""The trainable: one Ray Tune trial = one ``fit`` of the trial's configuration."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from . import metrics as M
+from . import results as R
+from .data import Source, prepare
+from .errors import TrainingDiverged
+from .search import decode_params
+from .study_config import StudyConfig
+
+
+def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -> None:
+    """Ray Tune function trainable: fit the trial's configuration, report every epoch.
+
+    ``source`` is the dataset as read once by the driver (through Ray's object store); the
+    trial presents it as its own ``data`` section says (train_subset, binarize), with the
+    same validation and test examples as every other trial.
+
+    Resumes from ``tune.get_checkpoint()`` when Ray restarts the trial. A diverged run is
+    reported once with ``diverged: 1`` and ends normally, so Ray does not retry a
+    deterministic failure and the searcher records it as failed.
+    """
+    import torch
+
+    from .train import fit
+
+    params = decode_params(study.search.space,
+                           {k: v for k, v in config.items() if not k.startswith("_")})
+    run = study.trial_config(params)
+    torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
+    data = prepare(source, run.data, dequantize=run.dequantized)
+    used = {M.TRAIN_EXAMPLES: len(data.train), M.TRAIN_NOISE: data.train_noise}
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per checkpoint
+    work = Path(tempfile.mkdtemp(prefix="vae_study_trial_"))
+    restored = tune.get_checkpoint()
+
+    node = ray.get_runtime_context().get_node_id()
+
+    def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
+        tune.report({**_reportable(row), **used, R.NODE_KEY: node}, checkpoint=checkpoint)
+
+    try:
+        if restored is not None:
+            with restored.as_directory() as folder:
+                resume = work / "restored"
+                shutil.copytree(folder, resume)
+            fit(run, out_dir=work / "run", resume_from=resume, data=data, on_epoch=report)
+        else:
+            fit(run, out_dir=work / "run", data=data, on_epoch=report)
+    except TrainingDiverged as exc:
+        tune.report({R.DIVERGED_KEY: 1, R.ERROR_KEY: str(exc), M.EPOCH: exc.epoch,
+                     R.NODE_KEY: node})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _reportable(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray wants flat scalars; the per-dimension KL list travels as text."""
+    out = {}
+    for k, v in row.items():
+        out[k] = " ".join(f"{x:.5g}" for x in v) if isinstance(v, list) else v
+    return out
