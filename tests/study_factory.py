@@ -15,6 +15,7 @@ from conftest import write_mnist
 from vae_study import metrics as M
 from vae_study import results as R
 from vae_study.checkpoint import write_yaml
+from vae_study.layout import StudyLayout
 from vae_study.study_config import study_from_dict
 from vae_study.train import fit
 
@@ -38,9 +39,10 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
                              "model.latent_dim": {"choice": [2, 4]}}},
     }
     study = study_from_dict(raw)
-    folder = tmp / "runs" / name
+    layout = StudyLayout.of(tmp / "runs", name)
+    folder = layout.folder
     folder.mkdir(parents=True)
-    write_yaml(folder / "study.yaml", study.to_dict())
+    write_yaml(layout.study_file, study.to_dict())
     statuses = statuses or [R.COMPLETED] * n_trials
     rows = []
     trained = 0
@@ -49,7 +51,7 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
         beta = math.exp(rng.uniform(math.log(0.1), math.log(10.0)))
         latent = rng.choice([2, 4])
         status = statuses[i % len(statuses)]
-        trial_dir = folder / "tune" / f"trial_{trial_id}"
+        trial_dir = layout.trial_dir(trial_id)
         trial_dir.mkdir(parents=True)
         row = {"trial_id": trial_id, "optuna_trial": i, "status": status,
                "train.beta": beta, "model.latent_dim": latent}
@@ -80,7 +82,7 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
                              rate, 6.0), M.TEST_KL_PER_DIM: [rate / latent] * latent}
             if status == R.FAILED:
                 row[R.ERROR_KEY] = "training diverged: the loss is nan at epoch 2, batch 3"
-        with open(trial_dir / "result.json", "w") as f:
+        with open(layout.result_file(trial_id), "w") as f:
             for h in history:
                 f.write(json.dumps({**h, "training_iteration": h[M.EPOCH]}) + "\n")
         if history:  # the driver copies the last report's validation terms into the row
@@ -88,7 +90,7 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
                                                     M.VAL_DISTORTION)})
         row.update({k: v for k, v in final.items()})
         rows.append(row)
-    R.write_results(folder / R.RESULTS_FILE, rows, ["train.beta", "model.latent_dim"],
+    R.write_results(layout.results_file, rows, ["train.beta", "model.latent_dim"],
                     [(o.metric, o.mode) for o in study.search.objectives])
     return folder
 
@@ -130,7 +132,7 @@ def write_study(tmp_path: Path, raw: dict) -> Path:
 
 
 def optuna_states(folder: Path, name: str) -> dict[str, int]:
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = optuna.load_study(study_name=name, storage=StudyLayout(folder).storage_url)
     counts: dict[str, int] = {}
     for t in study.trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import VaeStudyError
+from .layout import REPORTS_DIR, RUNS_DIR
 
 
 def _progress_printer(epochs: int):
@@ -63,7 +64,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .train import FINAL_FILE, check_output_folder, fit
 
     config = load_run_config(args.config, args.set, extra_sections=STUDY_SECTIONS)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    out = Path(args.out) if args.out else Path(RUNS_DIR) / Path(args.config).stem
     check_output_folder(out)  # fit checks too; before --fresh deletes anything
     if args.fresh and out.exists():
         import shutil
@@ -163,7 +164,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .study_folder import load_folder
 
     name = load_folder(args.folder).study.name
-    out = build_report(args.folder, Path(args.out) if args.out else Path("reports") / name)
+    out = build_report(args.folder, Path(args.out) if args.out else Path(REPORTS_DIR) / name)
     print(f"report: {out / 'index.html'}")
     return 0
 

@@ -251,7 +251,7 @@ def build_section(cls: type, raw: Any, section: str) -> Any:
     for key, value in raw.items():
         if key not in names:
             raise ConfigError(f"unknown key {section}.{_show_key(key)}; the keys of {section} are: "
-                              + ", ".join(names) + _did_you_mean(str(key), names))
+                              + ", ".join(names) + did_you_mean(str(key), names))
         kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -260,7 +260,8 @@ def build_section(cls: type, raw: Any, section: str) -> Any:
     return obj
 
 
-def _did_you_mean(key: str, names: Sequence[str]) -> str:
+def did_you_mean(key: str, names: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the name in ``names`` closest to ``key``, or ``""``."""
     import difflib
 
     close = difflib.get_close_matches(key, names, n=1)
@@ -289,6 +290,10 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}: got {_show(value)}, expected one of "
                               + ", ".join(str(a) for a in args))
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: got {_show(value)}, expected a mapping of keys")
+        return {k: coerce(v, args[1], f"{key}.{_show_key(k)}") for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value]
@@ -334,6 +339,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):  # built and checked already (a study's search.space)
+            return value
         return build_section(hint, value, key)
     raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug, not user input
 
@@ -560,7 +567,7 @@ def run_config_from_dict(raw: Mapping[str, Any], *, extra_sections: Sequence[str
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"unknown section {_show(key)}; the sections are: "
-                              + ", ".join(sorted(allowed)) + _did_you_mean(str(key),
+                              + ", ".join(sorted(allowed)) + did_you_mean(str(key),
                                                                            sorted(allowed)))
     return RunConfig(
         data=build_section(DataConfig, raw.get("data"), "data"),

@@ -23,6 +23,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from . import metrics as M
+from .layout import COMPLETED, FAILED, PENDING, RUNNING, STOPPED
 from .study_config import Param
 from .study_folder import Trial
 
@@ -425,16 +426,16 @@ def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
     axes = fig.subplots(1, 3)
     keys = ((M.VAL_NEG_ELBO, "validation -ELBO"), (M.VAL_RATE, "validation rate R"),
             (M.VAL_DISTORTION, "validation distortion D"))
-    styles = {"completed": "-", "stopped": "--", "running": "-.", "pending": "-."}
+    styles = {COMPLETED: "-", STOPPED: "--", RUNNING: "-.", PENDING: "-."}
     for ax, (key, label) in zip(axes, keys, strict=True):
         for t in with_history:
             ep = [h[M.EPOCH] for h in t.history]
             ys = [h.get(key) for h in t.history]
             ax.plot(ep, ys, styles.get(t.status, ":"), color=cmap(norm(t.beta)), lw=1,
                     alpha=0.85)
-            if t.status == "failed":
+            if t.status == FAILED:
                 ax.plot(ep[-1:], ys[-1:], "x", color="red", ms=9, mew=2)
-            elif t.status == "stopped":
+            elif t.status == STOPPED:
                 ax.plot(ep[-1:], ys[-1:], "|", color="black", ms=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{label} [nats]")
@@ -442,9 +443,9 @@ def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="-", color="k", label="completed"),
+    handles = [Line2D([], [], ls="-", color="k", label=COMPLETED),
                Line2D([], [], ls="--", color="k", marker="|", label="stopped (scheduler)"),
-               Line2D([], [], ls="-.", color="k", label="running"),
+               Line2D([], [], ls="-.", color="k", label=RUNNING),
                Line2D([], [], ls=":", color="red", marker="x", label="failed or diverged")]
     axes[2].legend(handles=handles, fontsize=8)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="beta")

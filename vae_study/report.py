@@ -20,6 +20,7 @@ from . import metrics as M
 from . import plots
 from . import results as R
 from .checkpoint import atomic_write_text
+from .layout import REPORTS_DIR, StudyLayout
 from .pareto import pareto_front
 from .study_folder import StudyFolder, Trial, load_folder
 
@@ -149,7 +150,7 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of the study in ``folder`` into ``out`` (default reports/<name>)."""
     started = time.perf_counter()
     sf = load_folder(folder)
-    out = Path(out) if out is not None else Path("reports") / sf.study.name
+    out = Path(out) if out is not None else Path(REPORTS_DIR) / sf.study.name
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     figures: list[tuple[str, str]] = []  # (file name, caption)
@@ -214,7 +215,7 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
 
 
 def _search_figure(sf: StudyFolder, out: Path, add: Any, notes: list[str]) -> None:
-    db = sf.folder / "optuna.db"
+    db = StudyLayout(sf.folder).optuna_db
     if not db.is_file():
         notes.append("No optuna.db in the study folder: no search history.")
         return

@@ -5,7 +5,6 @@ starts. No Ray or Optuna imports here: a bad study file fails in milliseconds.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import warnings
@@ -19,18 +18,18 @@ from .config import (
     MAX_SEED,
     RUN_SECTIONS,
     RunConfig,
-    _did_you_mean,
     _show,
     _show_key,
     apply_overrides,
     build_section,
-    coerce,
+    did_you_mean,
     read_yaml,
     replace_keys,
     run_config_from_dict,
     to_dict,
 )
 from .errors import ConfigError
+from .layout import REPORTS_DIR, RUNS_DIR
 
 KINDS = ("choice", "uniform", "log_uniform", "int")
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
@@ -78,10 +77,45 @@ class SearchConfig:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    def validate(self) -> None:
+        """The checks between keys of the section (those that need the base run
+        configuration are in ``_parse_search``)."""
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"search.seed: got {_show(self.seed)}, expected an integer in "
+                              "[0, 2**32 - 1]")
+        if self.num_trials < 1:
+            raise ConfigError(f"search.num_trials: got {self.num_trials}, expected an integer "
+                              ">= 1")
+        if self.max_concurrent < 1:
+            raise ConfigError(f"search.max_concurrent: got {self.max_concurrent}, expected an "
+                              "integer >= 1")
+        if self.max_concurrent > self.num_trials:
+            raise ConfigError(f"search.max_concurrent: got {self.max_concurrent}, more than "
+                              f"search.num_trials={self.num_trials}; it must be <= num_trials")
+        if self.algorithm == "grid":
+            not_choice = [p.key for p in self.space if p.kind != "choice"]
+            if not_choice:
+                raise ConfigError("search.algorithm: grid needs every search.space key to be "
+                                  "a choice; not a choice: " + ", ".join(not_choice))
+            points = math.prod(len(p.values) for p in self.space)
+            if self.num_trials > points:
+                raise ConfigError(f"search.num_trials: got {self.num_trials}, but the grid has "
+                                  f"{points} points; use num_trials <= {points} (each point "
+                                  "once)")
+        space_keys = {p.key for p in self.space}
+        for point in self.points_to_evaluate:
+            unknown = set(point) - space_keys
+            if unknown:
+                raise ConfigError("search.points_to_evaluate: "
+                                  f"{_show(sorted(map(str, unknown)))} not in "
+                                  f"search.space ({sorted(space_keys)})")
+            _check_point(point, self.space)
+        _check_sampler_options(self)
+
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: str = "runs"
+    dir: str = RUNS_DIR
 
 
 @dataclass(frozen=True)
@@ -146,7 +180,7 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    dir: str = "reports"
+    dir: str = REPORTS_DIR
     enabled: bool = True  # build the report when the study ends
 
 
@@ -238,7 +272,7 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     run_keys = _run_keys()
     if key not in run_keys:
         raise ConfigError(f"{where}: {_show(key)} is not a run key; searchable keys look like "
-                          "train.beta or model.latent_dim" + _did_you_mean(key, list(run_keys)))
+                          "train.beta or model.latent_dim" + did_you_mean(key, list(run_keys)))
     if key in _FIXED_IN_A_STUDY:
         raise ConfigError(f"{where}: got {spec!r:.80}, but {key} cannot be searched: "
                           f"{_FIXED_IN_A_STUDY[key]}")
@@ -317,9 +351,9 @@ def _same_quantity(base: RunConfig, trial: RunConfig, key: str, value: Any) -> N
             + "); trials must be comparable: run one study per kind")
 
 
-def _parse_objectives(raw: Any, base: RunConfig, select_on_test: bool
-                      ) -> tuple[Objective, ...]:
-    objectives = _objectives_from(raw, base)
+def _check_objectives(search: SearchConfig, base: RunConfig) -> None:
+    """The objectives are computed for ``base`` and, unless the study says so, not on test."""
+    objectives = search.objectives
     available = _available_metrics(base)
     for o in objectives:
         if o.metric not in available:
@@ -328,7 +362,7 @@ def _parse_objectives(raw: Any, base: RunConfig, select_on_test: bool
                 f"({M.QUANTITY_WORDS[base.quantity]}); use one of "
                 + ", ".join(m for m in M.DIRECTIONS if m in available))
     on_test = [o.metric for o in objectives if M.is_test_metric(o.metric)]
-    if on_test and not select_on_test:
+    if on_test and not search.select_on_test:
         raise ConfigError(
             f"search.objectives: {', '.join(on_test)} is a test metric, and a search that "
             "selects on the test split biases every test number it reports; select on "
@@ -338,7 +372,6 @@ def _parse_objectives(raw: Any, base: RunConfig, select_on_test: bool
         warnings.warn(f"search.select_on_test: the study selects on {', '.join(on_test)}; its "
                       "test numbers are optimistically biased and are not held-out estimates",
                       stacklevel=2)
-    return objectives
 
 
 def _available_metrics(base: RunConfig) -> set[str]:
@@ -374,7 +407,7 @@ def _objectives_from(raw: Any, base: RunConfig) -> tuple[Objective, ...]:
         metric = item["metric"]
         if metric not in M.DIRECTIONS:
             raise ConfigError(f"search.objectives: unknown metric {_show(metric)}; expected one of "
-                              + ", ".join(M.DIRECTIONS) + _did_you_mean(str(metric),
+                              + ", ".join(M.DIRECTIONS) + did_you_mean(str(metric),
                                                                         list(M.DIRECTIONS)))
         mode = item.get("mode", M.DIRECTIONS[metric])
         if mode not in ("min", "max"):
@@ -387,68 +420,27 @@ def _objectives_from(raw: Any, base: RunConfig) -> tuple[Objective, ...]:
 
 
 def _parse_search(raw: Any, base: RunConfig) -> SearchConfig:
+    """The search section, built like every other section (``build_section``: unknown keys,
+    types, the dataclass's defaults, ``SearchConfig.validate``) once its two structured keys
+    are typed: ``space`` as Params and ``objectives`` as Objectives. Then the checks that
+    need the base run configuration."""
     if raw is None:
         raise ConfigError("search: missing; a study needs search.space (what to vary) and "
                           "search.num_trials")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"search: expected a mapping, got {_show(raw)}")
-    names = [f.name for f in dataclasses.fields(SearchConfig)]
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"unknown key search.{_show_key(key)}; the keys of search are: "
-                              + ", ".join(names) + _did_you_mean(str(key), names))
     space_raw = raw.get("space")
     if not isinstance(space_raw, Mapping) or not space_raw:
         raise ConfigError("search.space: empty; name at least one key to vary, such as "
                           "train.beta: {log_uniform: [0.05, 20]}")
-    space = tuple(_parse_param(str(k), v, base) for k, v in space_raw.items())
-    algorithm = coerce(raw.get("algorithm", "tpe"), Literal["tpe", "random", "grid", "nsga2"],
-                       "search.algorithm")
-    num_trials = coerce(raw.get("num_trials", 8), int, "search.num_trials")
-    max_conc = coerce(raw.get("max_concurrent", 2), int, "search.max_concurrent")
-    seed = coerce(raw.get("seed", 0), int, "search.seed")
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"search.seed: got {_show(seed)}, expected an integer in "
-                          "[0, 2**32 - 1]")
-    if num_trials < 1:
-        raise ConfigError(f"search.num_trials: got {num_trials}, expected an integer >= 1")
-    if max_conc < 1:
-        raise ConfigError(f"search.max_concurrent: got {max_conc}, expected an integer >= 1")
-    if max_conc > num_trials:
-        raise ConfigError(f"search.max_concurrent: got {max_conc}, more than search.num_trials"
-                          f"={num_trials}; it must be <= num_trials")
-    select_on_test = coerce(raw.get("select_on_test", False), bool, "search.select_on_test")
-    objectives = _parse_objectives(raw.get("objectives"), base, select_on_test)
-    if algorithm == "grid":
-        not_choice = [p.key for p in space if p.kind != "choice"]
-        if not_choice:
-            raise ConfigError("search.algorithm: grid needs every search.space key to be a "
-                              "choice; not a choice: " + ", ".join(not_choice))
-        points = math.prod(len(p.values) for p in space)
-        if num_trials > points:
-            raise ConfigError(f"search.num_trials: got {num_trials}, but the grid has "
-                              f"{points} points; use num_trials <= {points} (each point once)")
-    points = raw.get("points_to_evaluate") or []
-    if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
-        raise ConfigError("search.points_to_evaluate: expected a list of mappings such as "
-                          "[{train.beta: 1.0}]")
-    space_keys = {p.key for p in space}
-    for point in points:
-        unknown = set(point) - space_keys
-        if unknown:
-            raise ConfigError("search.points_to_evaluate: "
-                              f"{_show(sorted(map(str, unknown)))} not in "
-                              f"search.space ({sorted(space_keys)})")
-        _check_point(point, space)
+    typed = {k: v for k, v in raw.items()
+             if not (k in ("points_to_evaluate", "sampler_options") and v is None)}
+    typed["space"] = tuple(_parse_param(str(k), v, base) for k, v in space_raw.items())
+    typed["objectives"] = _objectives_from(raw.get("objectives"), base)
+    search = build_section(SearchConfig, typed, "search")
+    _check_objectives(search, base)
+    for point in search.points_to_evaluate:
         replace_keys(base, dict(point))
-    options = raw.get("sampler_options") or {}
-    if not isinstance(options, Mapping):
-        raise ConfigError(f"search.sampler_options: expected a mapping, got {_show(options)}")
-    search = SearchConfig(algorithm=algorithm, num_trials=num_trials, max_concurrent=max_conc,
-                          seed=seed, space=space, objectives=objectives,
-                          points_to_evaluate=tuple(dict(p) for p in points),
-                          sampler_options=dict(options), select_on_test=select_on_test)
-    _check_sampler_options(search)
     return search
 
 
@@ -512,13 +504,7 @@ def check_name(name: Any) -> str:
 
 
 def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
-    base = run_config_from_dict({k: v for k, v in raw.items() if k in RUN_SECTIONS},
-                                extra_sections=())
-    for key in raw:
-        if key not in RUN_SECTIONS and key not in STUDY_SECTIONS:
-            allowed = [*RUN_SECTIONS, *STUDY_SECTIONS]
-            raise ConfigError(f"unknown section {_show(key)}; the sections are: "
-                              + ", ".join(allowed) + _did_you_mean(str(key), allowed))
+    base = run_config_from_dict(raw, extra_sections=STUDY_SECTIONS)  # unknown sections too
     study = StudyConfig(
         name=check_name(raw.get("name")),
         base=base,
