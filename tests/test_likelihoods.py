@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vae_study.config import ModelConfig
+from vae_study.errors import ConfigError
 from vae_study.likelihoods import (
     bernoulli_nll,
     bits_per_dim,
@@ -114,5 +115,5 @@ def test_a_learned_std_never_goes_below_its_floor():
     nll = vae.neg_log_likelihood(x, mean)
     assert nll[0, 0].item() == pytest.approx(784 * (math.log(0.05) + 0.5 * math.log(2 * math.pi)),
                                              rel=1e-5)
-    with pytest.raises(Exception, match="model.std_floor"):
+    with pytest.raises(ConfigError, match="model.std_floor"):
         ModelConfig(std_floor=0.5, gaussian_std=0.1).validate()
