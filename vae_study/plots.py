@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from . import metrics as M
 from .layout import COMPLETED, FAILED, PENDING, RUNNING, STOPPED
-from .study_config import Param
+from .search_config import Param
 from .study_folder import Trial
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import StudyLayout
-from .study_config import Param, SearchConfig
+from .search_config import Param, SearchConfig
 
 
 def _encode(value: Any) -> Any:

@@ -1,13 +1,12 @@
 """The study file: the run sections plus ``name``, ``output``, ``search``, ``scheduler``,
 ``resources``, ``ray`` and ``report``, each a frozen dataclass checked once, before anything
-starts. No Ray or Optuna imports here: a bad study file fails in milliseconds.
+starts. No Ray or Optuna imports here: a bad study file fails in milliseconds. The search
+section has its own module, ``search_config``.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +14,11 @@ from typing import Any, Literal
 
 from . import metrics as M
 from .config import (
-    MAX_SEED,
     RUN_SECTIONS,
     RunConfig,
     _show,
-    _show_key,
     apply_overrides,
     build_section,
-    did_you_mean,
     read_yaml,
     replace_keys,
     run_config_from_dict,
@@ -30,87 +26,20 @@ from .config import (
 )
 from .errors import ConfigError
 from .layout import REPORTS_DIR, RUNS_DIR
+from .search_config import (  # noqa: F401 (Param, Objective: the study's types)
+    ALGORITHMS,
+    KINDS,
+    Objective,
+    Param,
+    SearchConfig,
+    parse_search,
+    search_to_dict,
+)
 
-KINDS = ("choice", "uniform", "log_uniform", "int")
-ALGORITHMS = ("tpe", "random", "grid", "nsga2")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing \n
 _ADDRESS = re.compile(r"(?:ray://)?[A-Za-z0-9._\-\[\]:]+:([0-9]{1,5})")  # host:port
 _HOST = re.compile(r"[A-Za-z0-9._\-:]+")  # a name, IPv4 or IPv6 address: no spaces, no /
 MAX_NAME = 100  # characters; a folder name may have 255 bytes at most
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched key: ``train.beta: {log_uniform: [0.05, 20]}``."""
-
-    key: str  # a run key, section.key
-    kind: Literal["choice", "uniform", "log_uniform", "int"]
-    values: tuple[Any, ...] = ()  # choice
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False  # int only (uniform/log_uniform say it in their kind)
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    mode: Literal["min", "max"]
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    algorithm: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
-    num_trials: int = 8
-    max_concurrent: int = 2
-    seed: int = 0
-    space: tuple[Param, ...] = ()
-    # Default: the validation bound, val/nll (val/ce_bound for grey-level Bernoulli).
-    objectives: tuple[Objective, ...] = (Objective(M.VAL_NLL, "min"),)
-    points_to_evaluate: tuple[dict[str, Any], ...] = ()
-    # Extra keyword arguments of the Optuna sampler, e.g. {n_startup_trials: 16} for TPE.
-    sampler_options: dict[str, Any] = field(default_factory=dict)
-    # Test metrics may drive the search only when this says so: selecting on test biases
-    # every test number the study reports.
-    select_on_test: bool = False
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
-
-    def validate(self) -> None:
-        """The checks between keys of the section (those that need the base run
-        configuration are in ``_parse_search``)."""
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"search.seed: got {_show(self.seed)}, expected an integer in "
-                              "[0, 2**32 - 1]")
-        if self.num_trials < 1:
-            raise ConfigError(f"search.num_trials: got {self.num_trials}, expected an integer "
-                              ">= 1")
-        if self.max_concurrent < 1:
-            raise ConfigError(f"search.max_concurrent: got {self.max_concurrent}, expected an "
-                              "integer >= 1")
-        if self.max_concurrent > self.num_trials:
-            raise ConfigError(f"search.max_concurrent: got {self.max_concurrent}, more than "
-                              f"search.num_trials={self.num_trials}; it must be <= num_trials")
-        if self.algorithm == "grid":
-            not_choice = [p.key for p in self.space if p.kind != "choice"]
-            if not_choice:
-                raise ConfigError("search.algorithm: grid needs every search.space key to be "
-                                  "a choice; not a choice: " + ", ".join(not_choice))
-            points = math.prod(len(p.values) for p in self.space)
-            if self.num_trials > points:
-                raise ConfigError(f"search.num_trials: got {self.num_trials}, but the grid has "
-                                  f"{points} points; use num_trials <= {points} (each point "
-                                  "once)")
-        space_keys = {p.key for p in self.space}
-        for point in self.points_to_evaluate:
-            unknown = set(point) - space_keys
-            if unknown:
-                raise ConfigError("search.points_to_evaluate: "
-                                  f"{_show(sorted(map(str, unknown)))} not in "
-                                  f"search.space ({sorted(space_keys)})")
-            _check_point(point, self.space)
-        _check_sampler_options(self)
 
 
 @dataclass(frozen=True)
@@ -220,275 +149,6 @@ class StudyConfig:
 STUDY_SECTIONS = ("name", "output", "search", "scheduler", "resources", "ray", "report")
 
 
-def search_to_dict(s: SearchConfig) -> dict[str, Any]:
-    space: dict[str, Any] = {}
-    for p in s.space:
-        if p.kind == "choice":
-            space[p.key] = {"choice": list(p.values)}
-        elif p.kind == "int":
-            space[p.key] = {"int": [int(p.low), int(p.high)], **({"log": True} if p.log else {})}
-        else:
-            space[p.key] = {p.kind: [p.low, p.high]}
-    return {
-        "algorithm": s.algorithm, "num_trials": s.num_trials,
-        "max_concurrent": s.max_concurrent, "seed": s.seed, "space": space,
-        "objectives": [{"metric": o.metric, "mode": o.mode} for o in s.objectives],
-        "points_to_evaluate": [dict(p) for p in s.points_to_evaluate],
-        "sampler_options": dict(s.sampler_options),
-        "select_on_test": s.select_on_test,
-    }
-
-
-# ---------------------------------------------------------------------------------------
-# Parsing.
-
-
-def _run_keys() -> dict[str, Any]:
-    import typing
-
-    from .config import DataConfig, EvalConfig, ModelConfig, TrainConfig
-
-    keys = {}
-    for section, cls in zip(RUN_SECTIONS, (DataConfig, ModelConfig, TrainConfig, EvalConfig),
-                            strict=True):
-        for name, hint in typing.get_type_hints(cls).items():
-            keys[f"{section}.{name}"] = hint
-    return keys
-
-
-# Data keys a search may not vary: they change the evaluation data every trial is scored on
-# (data.train_subset and data.binarize static/dynamic change the training data only).
-_FIXED_IN_A_STUDY = {
-    "data.dataset": "it changes the data every trial is scored on; run one study per dataset",
-    "data.val_size": "it changes the validation examples every trial is scored on and "
-                     "selected by; set it once in the data section",
-    "data.root": "it says where the files are, not how a trial trains; set it once in the "
-                 "data section",
-}
-
-
-def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
-    where = f"search.space.{_show_key(key)}"
-    run_keys = _run_keys()
-    if key not in run_keys:
-        raise ConfigError(f"{where}: {_show(key)} is not a run key; searchable keys look like "
-                          "train.beta or model.latent_dim" + did_you_mean(key, list(run_keys)))
-    if key in _FIXED_IN_A_STUDY:
-        raise ConfigError(f"{where}: got {spec!r:.80}, but {key} cannot be searched: "
-                          f"{_FIXED_IN_A_STUDY[key]}")
-    if not isinstance(spec, Mapping) or not spec:
-        raise ConfigError(f"{where}: expected one of {{choice: [...]}}, {{uniform: [low, high]}}"
-                          ", {log_uniform: [low, high]}, {int: [low, high]}; got "
-                          + _show(spec))
-    kinds = [k for k in spec if k in KINDS]
-    extra = [k for k in spec if k not in KINDS and k != "log"]
-    if len(kinds) != 1 or extra:
-        raise ConfigError(f"{where}: expected exactly one of " + ", ".join(KINDS)
-                          + f" (and log: true for int); got keys {_show(list(spec))}")
-    kind = kinds[0]
-    value = spec[kind]
-    log = spec.get("log", False)
-    if not isinstance(log, bool) or (log and kind != "int"):
-        raise ConfigError(f"{where}.log: only int ranges take log: true (use log_uniform for "
-                          "floats)")
-    if kind == "choice":
-        if not isinstance(value, list) or not value:
-            raise ConfigError(f"{where}.choice: expected a non-empty list of values, got "
-                              f"{_show(value)}")
-        values = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        for v in value:  # every choice must be a valid value of its key
-            _same_quantity(base, replace_keys(base, {key: v}), key, v)
-        return Param(key, "choice", values=values)
-    bounds = [_number(v) for v in value] if isinstance(value, list) else []
-    if len(bounds) != 2 or None in bounds:
-        raise ConfigError(f"{where}.{kind}: expected [low, high] numbers, got {_show(value)}")
-    low, high = bounds
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ConfigError(f"{where}.{kind}: expected finite bounds, got {_show(value)}")
-    if not low < high:
-        raise ConfigError(f"{where}.{kind}: low < high must hold, but got "
-                          f"(low={_show(value[0])}, high={_show(value[1])})")
-    if (kind == "log_uniform" or log) and low <= 0:
-        raise ConfigError(f"{where}.{kind}: a log scale needs low > 0, but got "
-                          f"low={_show(value[0])}")
-    if kind == "int" and not (low.is_integer() and high.is_integer()):
-        raise ConfigError(f"{where}.int: expected integer bounds, got {_show(value)}")
-    hint = run_keys[key]
-    if kind == "int" and hint is not int and int | None != hint:
-        raise ConfigError(f"{where}: {key} is not an integer key; use uniform or log_uniform")
-    if kind in ("uniform", "log_uniform") and hint is not float:
-        raise ConfigError(f"{where}: {key} is not a real-valued key; use int or choice")
-    for bound in (low, high):  # the range must lie inside what the key accepts
-        replace_keys(base, {key: int(bound) if kind == "int" else bound})
-    return Param(key, kind, low=low, high=high, log=log)
-
-
-def _number(value: Any) -> float | None:
-    """A bound as a float (``1e-4`` written as text too, as ``coerce`` reads it), or None."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        return float(value)
-    except OverflowError:  # an integer too large for a float
-        return math.inf
-
-
-def _same_quantity(base: RunConfig, trial: RunConfig, key: str, value: Any) -> None:
-    """A searched value may not change what the study's bound is (a likelihood, a
-    cross-entropy, a density of dequantised pixels): trials would not be comparable."""
-    if (trial.quantity, trial.dequantized) != (base.quantity, base.dequantized):
-        raise ConfigError(
-            f"search.space.{key}: the choice {_show(value)} changes what the study's numbers are "
-            f"({M.QUANTITY_WORDS[trial.quantity]}"
-            + (", of dequantised pixels" if trial.dequantized else "")
-            + f", against the base configuration's {M.QUANTITY_WORDS[base.quantity]}"
-            + (", of dequantised pixels" if base.dequantized else "")
-            + "); trials must be comparable: run one study per kind")
-
-
-def _check_objectives(search: SearchConfig, base: RunConfig) -> None:
-    """The objectives are computed for ``base`` and, unless the study says so, not on test."""
-    objectives = search.objectives
-    available = _available_metrics(base)
-    for o in objectives:
-        if o.metric not in available:
-            raise ConfigError(
-                f"search.objectives: {o.metric} is not computed for this study's model and data "
-                f"({M.QUANTITY_WORDS[base.quantity]}); use one of "
-                + ", ".join(m for m in M.DIRECTIONS if m in available))
-    on_test = [o.metric for o in objectives if M.is_test_metric(o.metric)]
-    if on_test and not search.select_on_test:
-        raise ConfigError(
-            f"search.objectives: {', '.join(on_test)} is a test metric, and a search that "
-            "selects on the test split biases every test number it reports; select on "
-            f"validation ({M.bound_key('val', base.quantity)}, val/rate, val/distortion, "
-            "val/neg_elbo), or set search.select_on_test: true to do it anyway")
-    if on_test:
-        warnings.warn(f"search.select_on_test: the study selects on {', '.join(on_test)}; its "
-                      "test numbers are optimistically biased and are not held-out estimates",
-                      stacklevel=2)
-
-
-def _available_metrics(base: RunConfig) -> set[str]:
-    """The metrics a trial of ``base`` reports: the bound under its honest name only."""
-    out = set(M.DIRECTIONS)
-    for split in ("val", "test"):
-        other = (M.QUANTITY_CROSS_ENTROPY if base.quantity == M.QUANTITY_NLL
-                 else M.QUANTITY_NLL)
-        out.discard(M.bound_key(split, other))
-        if not base.dequantized:
-            out.discard(f"{split}/bpd")
-    return out
-
-
-def _objectives_from(raw: Any, base: RunConfig) -> tuple[Objective, ...]:
-    if raw is None:
-        return (Objective(M.bound_key("val", base.quantity), "min"),)
-    if isinstance(raw, str):
-        raw = [raw]
-    if isinstance(raw, Mapping):
-        raw = [{"metric": k, "mode": v} for k, v in raw.items()]
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("search.objectives: expected a metric name or a list of "
-                          "{metric: ..., mode: min|max}, such as [{metric: test/rate, mode: "
-                          f"min}}, {{metric: test/distortion, mode: min}}]; got {_show(raw)}")
-    out = []
-    for item in raw:
-        if isinstance(item, str):
-            item = {"metric": item}
-        if not isinstance(item, Mapping) or set(item) - {"metric", "mode"} or "metric" not in item:
-            raise ConfigError(f"search.objectives: expected {{metric: NAME, mode: min|max}}, got "
-                              f"{_show(item)}")
-        metric = item["metric"]
-        if metric not in M.DIRECTIONS:
-            raise ConfigError(f"search.objectives: unknown metric {_show(metric)}; expected one of "
-                              + ", ".join(M.DIRECTIONS) + did_you_mean(str(metric),
-                                                                        list(M.DIRECTIONS)))
-        mode = item.get("mode", M.DIRECTIONS[metric])
-        if mode not in ("min", "max"):
-            raise ConfigError(f"search.objectives: mode of {metric} must be min or max, got "
-                              f"{_show(mode)}")
-        out.append(Objective(metric, mode))
-    if len({o.metric for o in out}) != len(out):
-        raise ConfigError("search.objectives: a metric is listed twice")
-    return tuple(out)
-
-
-def _parse_search(raw: Any, base: RunConfig) -> SearchConfig:
-    """The search section, built like every other section (``build_section``: unknown keys,
-    types, the dataclass's defaults, ``SearchConfig.validate``) once its two structured keys
-    are typed: ``space`` as Params and ``objectives`` as Objectives. Then the checks that
-    need the base run configuration."""
-    if raw is None:
-        raise ConfigError("search: missing; a study needs search.space (what to vary) and "
-                          "search.num_trials")
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"search: expected a mapping, got {_show(raw)}")
-    space_raw = raw.get("space")
-    if not isinstance(space_raw, Mapping) or not space_raw:
-        raise ConfigError("search.space: empty; name at least one key to vary, such as "
-                          "train.beta: {log_uniform: [0.05, 20]}")
-    typed = {k: v for k, v in raw.items()
-             if not (k in ("points_to_evaluate", "sampler_options") and v is None)}
-    typed["space"] = tuple(_parse_param(str(k), v, base) for k, v in space_raw.items())
-    typed["objectives"] = _objectives_from(raw.get("objectives"), base)
-    search = build_section(SearchConfig, typed, "search")
-    _check_objectives(search, base)
-    for point in search.points_to_evaluate:
-        replace_keys(base, dict(point))
-    return search
-
-
-def _check_point(point: Mapping[str, Any], space: tuple[Param, ...]) -> None:
-    """A point to evaluate must lie in the search space: Optuna would refuse it only once
-    the study runs."""
-    params = {p.key: p for p in space}
-    for key, value in point.items():
-        p = params[key]
-        if p.kind == "choice":
-            if (tuple(value) if isinstance(value, list) else value) not in p.values:
-                raise ConfigError(f"search.points_to_evaluate: {key}={_show(value)} is not one "
-                                  f"of its choices {_show([to_dict(v) for v in p.values])}")
-            continue
-        number = _number(value)
-        if (number is None or not p.low <= number <= p.high
-                or (p.kind == "int" and not number.is_integer())):
-            what = "an integer" if p.kind == "int" else "a number"
-            raise ConfigError(f"search.points_to_evaluate: {key}={_show(value)} is not "
-                              f"{what} in its range [{_show(p.low)}, {_show(p.high)}]")
-
-
-def _check_sampler_options(search: SearchConfig) -> None:
-    """Build the Optuna sampler once, so an unknown or bad option stops the study file
-    here and not after Ray has started. Optuna is imported only when there are options."""
-    if not search.sampler_options:
-        return
-    _check_finite(search.sampler_options, "search.sampler_options")
-    import warnings
-
-    from .search import make_sampler
-
-    with warnings.catch_warnings():  # Optuna's experimental-feature warnings: shown at run
-        warnings.simplefilter("ignore")
-        make_sampler(search)
-
-
-def _check_finite(value: Any, where: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: got {_show(value)}, expected a finite number")
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _check_finite(v, f"{where}.{_show_key(k)}")
-    elif isinstance(value, list | tuple):
-        for v in value:
-            _check_finite(v, where)
-
-
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"name: expected the study's name (a folder name such as "
@@ -508,7 +168,7 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
     study = StudyConfig(
         name=check_name(raw.get("name")),
         base=base,
-        search=_parse_search(raw.get("search"), base),
+        search=parse_search(raw.get("search"), base),
         output=build_section(OutputConfig, raw.get("output"), "output"),
         scheduler=build_section(SchedulerConfig, raw.get("scheduler"), "scheduler"),
         resources=build_section(ResourcesConfig, raw.get("resources"), "resources"),
