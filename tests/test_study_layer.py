@@ -343,3 +343,23 @@ def test_an_old_study_folder_opens_through_the_layout(tmp_path):
     (t,) = sf.trials
     assert t.checkpoint == folder / "tune" / "trial_t1" / "checkpoint_000001"
     assert [h[M.VAL_NEG_ELBO] for h in t.history] == [99.0]
+
+
+def test_the_names_old_study_folders_pickled_still_resolve():
+    """Ray pickled the Tuner (its callback, searcher, trial-folder namer) into tune/ of a study
+    started before the split, under vae_study.tune and vae_study.study_config; a resume
+    unpickles them by those names."""
+    import pickle
+
+    from vae_study import driver, search_config, searcher, study_config, trainable, tune
+
+    assert (tune.ResultsTable, tune.StudySearch, tune.train_trial) == (
+        driver.ResultsTable, searcher.StudySearch, trainable.train_trial)
+    assert tune.trial_dirname(SimpleNamespace(trial_id="ab")) == "trial_ab"
+    assert (study_config.Param, study_config.SearchConfig, study_config.Objective) == (
+        search_config.Param, search_config.SearchConfig, search_config.Objective)
+    # A pickle that names the class by its old module loads (what Tuner.restore does).
+    old = pickle.dumps(search_config.Objective("val/nll", "min")).replace(
+        b"vae_study.search_config", b"vae_study.study_config")
+    assert b"vae_study.study_config" in old
+    assert pickle.loads(old) == search_config.Objective("val/nll", "min")
