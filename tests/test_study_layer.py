@@ -359,7 +359,7 @@ def test_the_names_old_study_folders_pickled_still_resolve():
     assert (study_config.Param, study_config.SearchConfig, study_config.Objective) == (
         search_config.Param, search_config.SearchConfig, search_config.Objective)
     # A pickle that names the class by its old module loads (what Tuner.restore does).
-    old = pickle.dumps(search_config.Objective("val/nll", "min")).replace(
+    old = pickle.dumps(search_config.Objective("val/nll", "min"), protocol=0).replace(
         b"vae_study.search_config", b"vae_study.study_config")
     assert b"vae_study.study_config" in old
     assert pickle.loads(old) == search_config.Objective("val/nll", "min")
