@@ -97,6 +97,9 @@ class TrainConfig:
     # Arithmetic of the encoder and decoder while training: float32, or bfloat16 mixed
     # precision (autocast; weights, objective and every evaluation stay float32).
     precision: Literal["float32", "bfloat16"] = "float32"
+    # Let CUDA run float32 matrix products and convolutions in TensorFloat-32 (a 10-bit
+    # mantissa; Ampere and newer GPUs): faster, less exact. Off: float32 means float32.
+    tf32: bool = False
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
