@@ -295,30 +295,18 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
 
     model = make_model(config, device)
     optimizer = make_optimizer(model, config.train)
-    generator = torch.Generator(device).manual_seed(config.train.seed)
-    history: list[dict[str, float]] = []
+    generator = torch.Generator(device).manual_seed(config.train.seed)  # the training stream
     source = Path(resume_from) if resume_from is not None else ckpt_dir
-    if ckpt.exists(source):
-        assert source is not None
-        state = ckpt.load(source, map_location=device)
-        check_resumable(state.config, config, source)
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        restore_generator(generator, state.generator, config.train.seed, state.epoch)
-        history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
-        if ckpt_dir is not None and source != ckpt_dir:
-            # The output folder holds its own checkpoint from the start, so a run resumed
-            # after its last epoch still has one to report and keep.
-            ckpt.save(ckpt_dir, state)
+    history = _resume(source, config, model, optimizer, generator, ckpt_dir, device)
     if out is not None:
         ckpt.write_yaml(out / CONFIG_FILE, to_dict(config))
         _rewrite_metrics(out / METRICS_FILE, history)
 
     batches = Batches(data.train, config.train.batch_size, shuffle=True,
                       noise=data.train_noise, generator=generator)
-    start = int(history[-1][M.EPOCH]) if history else 0
-    result_final: dict[str, Any] = {}
-    for epoch in range(start + 1, config.train.epochs + 1):
+    epochs_done = int(history[-1][M.EPOCH]) if history else 0
+    final: dict[str, Any] = {}  # val/nll and the test metrics, once training has ended
+    for epoch in range(epochs_done + 1, config.train.epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, float] = {M.EPOCH: epoch}
         row.update(train_epoch(model, optimizer, batches, config.train, epoch,
@@ -333,44 +321,59 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
                     generator=generator.get_state(), config=to_dict(config), history=history))
                 with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
                     f.write(json.dumps(row) + "\n")
-        final: dict[str, Any] = {}
         if epoch == config.train.epochs and final_eval:
-            # The test metrics travel with the last epoch's report, so a scheduler that
+            # The final metrics travel with the last epoch's report, so a scheduler that
             # stops trials at the last epoch still sees them.
-            final = _final(model, data, config, out, epoch, started, eval_progress)
+            final = _evaluate_final(model, data, config, out, epoch, started, eval_progress)
         if on_epoch is not None:
             on_epoch({**row, **final}, ckpt_dir)
-        result_final = final
 
-    result = FitResult(model=model, history=history)
-    if final_eval:
-        if start < config.train.epochs:
-            result.final = result_final
-        else:  # resumed after the last epoch: the stored test metrics, else evaluate now
-            stored = _stored_final(source, config, start)
-            if stored is not None:
-                result.final = stored
-                _store_final(stored, config, out, start)
-            else:
-                result.final = _final(model, data, config, out, start, started, eval_progress)
-            if on_epoch is not None and history:
-                on_epoch({**history[-1], **result.final}, ckpt_dir)
-    return result
+    if final_eval and epochs_done >= config.train.epochs:
+        # Resumed after its last epoch: the final metrics stored with the checkpoint (when
+        # the evaluation settings are the same), else evaluated now; reported once more.
+        final = _read_final(source, config, epochs_done) or {}
+        if final:
+            _write_final(final, config, out, epochs_done)
+        else:
+            final = _evaluate_final(model, data, config, out, epochs_done, started,
+                                    eval_progress)
+        if on_epoch is not None and history:
+            on_epoch({**history[-1], **final}, ckpt_dir)
+    return FitResult(model=model, history=history, final=final)
 
 
-def _final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
-           epoch: int, started: float, progress: EvalProgressHook | None) -> dict[str, Any]:
+def _resume(source: Path | None, config: RunConfig, model: VAE,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            ckpt_dir: Path | None, device: torch.device) -> list[dict[str, float]]:
+    """Load the checkpoint in ``source`` (if any) into the run; returns its history."""
+    if source is None or not ckpt.exists(source):
+        return []
+    state = ckpt.load(source, map_location=device)
+    check_resumable(state.config, config, source)
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    restore_generator(generator, state.generator, config.train.seed, state.epoch)
+    if ckpt_dir is not None and source != ckpt_dir:
+        # The output folder holds its own checkpoint from the start, so a run resumed
+        # after its last epoch still has one to report and keep.
+        ckpt.save(ckpt_dir, state)
+    return [h for h in state.history if h[M.EPOCH] <= state.epoch]
+
+
+def _evaluate_final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
+                    epoch: int, started: float, progress: EvalProgressHook | None
+                    ) -> dict[str, Any]:
     final = final_metrics(model, data, config, progress)
     for key in (*M.FINAL_VAL_SCALARS, *M.TEST_SCALARS):  # NaN: a diverged run, not a result
         if key in final and not math.isfinite(final[key]):
             raise TrainingDiverged(epoch, 0, final[key], what=key)
-    # Seconds inside fit in this process: training, validation, test metrics.
+    # Seconds inside fit in this process: training, validation, final metrics.
     final[M.TOTAL_SECONDS] = time.perf_counter() - started
-    _store_final(final, config, out, epoch)
+    _write_final(final, config, out, epoch)
     return final
 
 
-def _store_final(final: dict[str, Any], config: RunConfig, out: Path | None,
+def _write_final(final: dict[str, Any], config: RunConfig, out: Path | None,
                  epoch: int) -> None:
     """final.json beside the run, and inside its checkpoint with the eval config used, so a
     run resumed after its last epoch reports the same numbers without evaluating again."""
@@ -382,14 +385,16 @@ def _store_final(final: dict[str, Any], config: RunConfig, out: Path | None,
                         {"epoch": epoch, "eval": to_dict(config.eval), "metrics": final})
 
 
-def _stored_final(source: Path | None, config: RunConfig, epoch: int) -> dict[str, Any] | None:
+def _read_final(source: Path | None, config: RunConfig, epoch: int) -> dict[str, Any] | None:
+    """The final metrics stored in a checkpoint folder, if made at ``epoch`` with the same
+    evaluation settings; None otherwise (or if the file is damaged: evaluate again)."""
     path = None if source is None else Path(source) / FINAL_FILE
     if path is None or not path.is_file():
         return None
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # damaged: evaluate again
+        return None
     if stored.get("epoch") != epoch or stored.get("eval") != to_dict(config.eval):
         return None
     return dict(stored["metrics"])
