@@ -216,3 +216,14 @@ def test_conv_members_are_refused_with_the_way_out(mnist_root):
     configs = [_config(mnist_root, **{"model.arch": "conv", "train.seed": s}) for s in (0, 1)]
     with pytest.raises(ConfigError, match="model.arch: got 'conv'.*one at a time with fit"):
         fit_pack(configs)
+
+
+def test_one_member_is_todays_trainer_bit_for_bit(mnist_root):
+    config = _config(mnist_root, **{"train.seed": 4, "train.beta": 0.5})
+    alone, single = fit_pack([config], final_eval=False)[0], fit(config, final_eval=False)
+    for x, y in zip(alone.model.state_dict().values(), single.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(x, y)
+    strip = lambda hist: [{k: v for k, v in h.items() if k not in STATIC}  # noqa: E731
+                          for h in hist]
+    assert strip(alone.history) == strip(single.history)

@@ -197,7 +197,8 @@ def _linear_names(body: nn.Sequential, prefix: str) -> list[str]:
 def _release(model: VAE) -> None:
     """A member leaving the pack: its parameters own their memory again."""
     for p in model.parameters():
-        p.data = p.data.clone()
+        if p.untyped_storage().nbytes() != p.numel() * p.element_size():  # a view of a stack
+            p.data = p.data.clone()
 
 
 class _Member:
@@ -289,7 +290,7 @@ def fit_pack(configs: Sequence[RunConfig], *, out_dirs: Sequence[str | Path] | N
     training = [m for m in members if results[m.index] is None]
     while training:
         t0 = time.perf_counter()
-        _train_pack_epoch(training, data)
+        _train_epoch(training, data)
         seconds = time.perf_counter() - t0  # the pack's epoch: what each member waited
         for member in training:  # every checkpoint of the epoch, then the hooks
             if member.failed is None:
@@ -325,10 +326,45 @@ def _fit_alone(member: _Member, data: Datasets, on_epoch: PackEpochHook | None,
         return exc
 
 
-def _train_pack_epoch(training: list[_Member], data: Datasets) -> None:
+def _train_epoch(training: list[_Member], data: Datasets) -> None:
     """One epoch of every member in ``training``: its next epoch, which may differ between
     members resumed from different checkpoints. Appends each surviving member's history row
-    (training means and validation terms); sets ``failed`` on a member that diverges."""
+    (training means and validation terms); sets ``failed`` on a member that diverges.
+
+    A member alone is trained by ``train.train_epoch`` itself (today's trainer, bit for bit,
+    at its speed); two or more by the stacked model."""
+    for m in training:
+        m.epoch += 1
+        m.model.train()
+    rows = [_train_alone(training[0], data)] if len(training) == 1 else _train_stacked(
+        training, data)
+    for m, row in zip(training, rows, strict=True):
+        if row is None:
+            continue
+        try:
+            row.update(T.validation_terms(m.model, data, m.epoch))
+        except TrainingDiverged as exc:
+            m.failed = exc
+            continue
+        m.history.append(row)
+
+
+def _train_alone(m: _Member, data: Datasets) -> dict[str, float] | None:
+    _release(m.model)
+    batches = Batches(data.train, m.config.train.batch_size, shuffle=True,
+                      noise=data.train_noise, generator=m.generator)
+    try:
+        return {M.EPOCH: m.epoch, **T.train_epoch(m.model, m.optimizer, batches,
+                                                  m.config.train, m.epoch,
+                                                  generator=m.generator)}
+    except TrainingDiverged as exc:
+        m.failed = exc
+        return None
+
+
+def _train_stacked(training: list[_Member], data: Datasets) -> list[dict[str, float] | None]:
+    """The training half of ``_train_epoch`` for two or more members: one batched step per
+    batch, each member's own Adam step; a member whose loss is NaN or infinite is frozen."""
     stack = StackedMLP([m.model for m in training], [m.generator for m in training])
     cfg = training[0].config.train
     device = data.train.x.device
@@ -336,9 +372,6 @@ def _train_pack_epoch(training: list[_Member], data: Datasets) -> None:
     batches = [iter(Batches(data.train, cfg.batch_size, shuffle=True, noise=data.train_noise,
                             generator=m.generator)) for m in training]
     n_batches = -(-len(data.train) // cfg.batch_size)
-    for m in training:
-        m.epoch += 1
-        m.model.train()
     epochs = [m.epoch for m in training]
     betas = torch.tensor([m.config.train.beta for m in training], device=device)[:, None]
     unit_beta = all(m.config.train.beta == 1.0 for m in training)
@@ -382,20 +415,17 @@ def _train_pack_epoch(training: list[_Member], data: Datasets) -> None:
                 stack.set_member_grads(j)
                 m.optimizer.step()
     stack.zero_grad()
+    rows: list[dict[str, float] | None] = []
     for j, m in enumerate(training):
         m.model.zero_grad(set_to_none=True)
         if not live_host[j]:
+            rows.append(None)
             continue
         means = (stats[:, j].double().cpu() * sizes[:, None]).sum(0) / sizes.sum()
         loss_mean, rate_mean, dist_mean = means.tolist()
-        row: dict[str, float] = {M.EPOCH: m.epoch, M.TRAIN_LOSS: loss_mean,
-                                 M.TRAIN_RATE: rate_mean, M.TRAIN_DISTORTION: dist_mean}
-        try:
-            row.update(T.validation_terms(m.model, data, m.epoch))
-        except TrainingDiverged as exc:
-            m.failed = exc
-            continue
-        m.history.append(row)
+        rows.append({M.EPOCH: m.epoch, M.TRAIN_LOSS: loss_mean, M.TRAIN_RATE: rate_mean,
+                     M.TRAIN_DISTORTION: dist_mean})
+    return rows
 
 
 def _diverged(losses: torch.Tensor, live: list[bool], epochs: list[int], first_batch: int
