@@ -60,7 +60,8 @@ def _assert_same_run(a: FitResult, b: FitResult, rtol: float = RTOL) -> None:
     {"train.objective": "iwae", "train.k": 3, "data.binarize": "none"},
     {"model.likelihood": "gaussian", "model.learn_std": True, "data.binarize": "none"},
     {"model.hidden": [32, 16], "model.activation": "tanh", "train.k": 2},
-], ids=["dynamic-elbo", "iwae-k3", "gaussian-learned-std", "two-layers-k2"])
+    {"train.precision": "bfloat16"},  # autocast: the batched matmuls in bfloat16 too
+], ids=["dynamic-elbo", "iwae-k3", "gaussian-learned-std", "two-layers-k2", "bfloat16"])
 def test_members_equal_their_separate_fits(mnist_root, shared):
     configs = _members(mnist_root, SPECS, **shared)
     if "model.likelihood" in shared:  # a per-member initial std is a member key too
