@@ -74,6 +74,18 @@ def test_members_equal_their_separate_fits(mnist_root, shared):
     assert packed[0].history[-1][M.TRAIN_LOSS] != packed[1].history[-1][M.TRAIN_LOSS]
 
 
+def test_members_equal_their_separate_fits_step_by_step_for_50_steps(mnist_root):
+    """One batch an epoch (250 training images, batch 256): each history row is one step."""
+    configs = _members(mnist_root, SPECS[1:], **{"train.batch_size": 256, "train.epochs": 50})
+    packed = fit_pack(configs, final_eval=False)
+    keys = (M.TRAIN_LOSS, M.TRAIN_RATE, M.TRAIN_DISTORTION)
+    for config, member in zip(configs, packed, strict=True):
+        single = fit(config, final_eval=False)
+        steps = [h[key] for h in single.history for key in keys]
+        assert len(steps) == 50 * len(keys)
+        assert [h[key] for h in member.history for key in keys] == pytest.approx(steps, rel=RTOL)
+
+
 def test_a_member_does_not_depend_on_its_pack_mates_or_m(mnist_root):
     x = _config(mnist_root, **{"train.seed": 5, "train.beta": 0.7, "train.lr": 2e-3})
     alone = fit_pack([x], final_eval=False)[0]
