@@ -12,8 +12,10 @@ Each member is still a run of its own, equal to ``train.fit`` of its configurati
 
 - its ``VAE`` is made by ``train.make_model`` (same seed, same initial weights); its
   parameters become views of its row of the stacked weights, so the member's model, its
-  ``train.make_optimizer`` Adam (torch's own update, one step per member with its own lr)
-  and its checkpoint are exactly those of a single run;
+  ``train.make_optimizer`` Adam and its checkpoint are those of a single run. Adam is
+  torch's own (fused) step, once per member with the member's lr, on the views: the same
+  update, the same state dict, bit for bit; a hand-written Adam over the stack would be a
+  dozen elementwise passes where torch's fused kernel makes one;
 - its own ``torch.Generator`` draws, in ``fit``'s order, its batch permutation, its dynamic
   binarization or dequantisation noise (``data.Batches``) and its reparameterisation noise;
 - the loss is the sum over members of each member's batch-mean loss, so each member's
@@ -22,7 +24,8 @@ Each member is still a run of its own, equal to ``train.fit`` of its configurati
   take a member's folder as a single run's. A member that diverges is frozen (no update),
   reported as ``TrainingDiverged`` in its slot, and keeps its last good checkpoint; the others
   go on. Its numbers do not depend on M or on its pack-mates, up to float rounding: a batched
-  matmul kernel is not bit-for-bit the single one.
+  matmul kernel is not bit-for-bit the single one. A member training alone (M = 1, or the
+  last one left) goes through ``train.train_epoch`` itself: today's trainer, bit for bit.
 """
 
 from __future__ import annotations
