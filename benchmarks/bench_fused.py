@@ -5,7 +5,8 @@ studies/seed.yaml, M members differing in seed, lr and beta are trained for a fi
 of batches (``--batches``, default one epoch) two ways, timed in the same run:
 
 1. one at a time: ``train.fit`` of each member in turn (today's trainer);
-2. fused: ``fused.fit_pack`` of all M at once (M = 1 is the fused code with one member).
+2. fused: ``fused.fit_pack`` of all M at once (M = 1 is ``train.train_epoch``'s path, so
+   fused M=1 against one at a time measures only fit_pack's bookkeeping).
 
 Rows also: the seed model's float32 matrix products alone (``bench_epoch.epoch_matmuls``,
 the floor of any float32 trainer on this machine), and two single-thread trials at once (two

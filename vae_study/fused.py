@@ -112,9 +112,6 @@ class StackedMLP:
         self.decoder_body = _linear_names(template.decoder.body, "decoder.body")
         self.activation = template.encoder.body[1]  # stateless: the same for every member
 
-    def __len__(self) -> int:
-        return len(self.generators)
-
     @property
     def log_std(self) -> torch.Tensor:
         """The Gaussian likelihood's per-member log std, (M, 1, 784) against (K, M, B, 784)."""
