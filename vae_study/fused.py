@@ -147,7 +147,13 @@ class StackedMLP:
         return out.view(m, k, b, -1).transpose(0, 1)
 
     def neg_log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """-log p(x|z): x (M, B, 784), out (K, M, B, 784) -> (K, M, B); VAE's dispatch."""
+        """-log p(x|z): x (M, B, 784), out (K, M, B, 784) -> (K, M, B); VAE's dispatch.
+
+        With K = 1, out[0] (M, B, 784) against x (M, B, 784): ``bernoulli_nll`` then works
+        in blocks of a few members, as it does along K in a single run, so its temporaries
+        stay in cache instead of spanning the whole pack."""
+        if out.shape[0] == 1:
+            return VAE.neg_log_likelihood(self, x, out[0]).unsqueeze(0)  # type: ignore[arg-type]
         return VAE.neg_log_likelihood(self, x, out)  # type: ignore[arg-type]
 
     def set_member_grads(self, j: int) -> None:
