@@ -61,9 +61,9 @@ def check_packable(configs: Sequence[RunConfig]) -> None:
     differs (in config order) and the member that differs."""
     if not configs:
         raise ConfigError("fit_pack: got no configurations; give at least one")
-    first = T._flatten(to_dict(configs[0]))
+    first = T.flatten_keys(to_dict(configs[0]))
     for i, config in enumerate(configs[1:], start=1):
-        flat = T._flatten(to_dict(config))
+        flat = T.flatten_keys(to_dict(config))
         for key in first:
             if key in MEMBER_KEYS or key.startswith(MEMBER_PREFIXES):
                 continue
@@ -237,7 +237,7 @@ class _Member:
             self.history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
         if self.out is not None:
             ckpt.write_yaml(self.out / T.CONFIG_FILE, to_dict(self.config))
-            T._rewrite_metrics(self.out / T.METRICS_FILE, self.history)
+            T.rewrite_metrics(self.out / T.METRICS_FILE, self.history)
         self.epoch = int(self.history[-1][M.EPOCH]) if self.history else 0
 
     def save(self, row: dict[str, float]) -> None:
@@ -305,7 +305,7 @@ def fit_pack(configs: Sequence[RunConfig], *, out_dirs: Sequence[str | Path] | N
         for member in training:
             if member.failed is None and member.epoch == first.train.epochs and final_eval:
                 try:
-                    member.final = T._evaluate_final(member.model, data, member.config,
+                    member.final = T.evaluate_final(member.model, data, member.config,
                                                      member.out, member.epoch, started, None)
                 except TrainingDiverged as exc:
                     member.failed = exc

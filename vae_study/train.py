@@ -243,9 +243,9 @@ def final_metrics(model: VAE, data: Datasets, config: RunConfig,
 
 def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> None:
     """Refuse to continue a checkpoint trained under a different configuration."""
-    now = _flatten(to_dict(config))
+    now = flatten_keys(to_dict(config))
     # A key the checkpoint lacks is newer than it: the run was trained with its default.
-    before = {**_flatten(to_dict(RunConfig())), **_flatten(saved)}
+    before = {**flatten_keys(to_dict(RunConfig())), **flatten_keys(saved)}
     changed = [k for k in sorted(set(now) | set(before))
                if now.get(k) != before.get(k)
                and not any(k == c or (c.endswith(".") and k.startswith(c))
@@ -257,11 +257,11 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> No
                               "--fresh to start over")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten_keys(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return flat
@@ -300,7 +300,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
     history = _resume(source, config, model, optimizer, generator, ckpt_dir, device)
     if out is not None:
         ckpt.write_yaml(out / CONFIG_FILE, to_dict(config))
-        _rewrite_metrics(out / METRICS_FILE, history)
+        rewrite_metrics(out / METRICS_FILE, history)
 
     batches = Batches(data.train, config.train.batch_size, shuffle=True,
                       noise=data.train_noise, generator=generator)
@@ -324,7 +324,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         if epoch == config.train.epochs and final_eval:
             # The final metrics travel with the last epoch's report, so a scheduler that
             # stops trials at the last epoch still sees them.
-            final = _evaluate_final(model, data, config, out, epoch, started, eval_progress)
+            final = evaluate_final(model, data, config, out, epoch, started, eval_progress)
         if on_epoch is not None:
             on_epoch({**row, **final}, ckpt_dir)
 
@@ -335,7 +335,7 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         if final:
             _write_final(final, config, out, epochs_done)
         else:
-            final = _evaluate_final(model, data, config, out, epochs_done, started,
+            final = evaluate_final(model, data, config, out, epochs_done, started,
                                     eval_progress)
         if on_epoch is not None and history:
             on_epoch({**history[-1], **final}, ckpt_dir)
@@ -360,7 +360,7 @@ def _resume(source: Path | None, config: RunConfig, model: VAE,
     return [h for h in state.history if h[M.EPOCH] <= state.epoch]
 
 
-def _evaluate_final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
+def evaluate_final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
                     epoch: int, started: float, progress: EvalProgressHook | None
                     ) -> dict[str, Any]:
     final = final_metrics(model, data, config, progress)
@@ -400,7 +400,7 @@ def _read_final(source: Path | None, config: RunConfig, epoch: int) -> dict[str,
     return dict(stored["metrics"])
 
 
-def _rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:
+def rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:
     """metrics.jsonl as the checkpoint knows it (drops epochs a crash left unsaved)."""
     ckpt.atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
