@@ -5,6 +5,7 @@ Each example's K=5000 decoder outputs go through the Bernoulli NLL: 3.9 million 
 example, where torch's CPU kernel (scalar log1p) costs about 5 ns a value. The resident
 memory before and after each pass is printed too: it must stay flat over the examples.
 Usage: VAE_STUDY_DATA=../shared/data python benchmarks/bench_nll.py [--examples 300]
+[--k 5000] [--device cuda] [--chunk-size 8192]
 (without a dataset, random grey images are used).
 """
 
@@ -17,11 +18,11 @@ import time
 import torch
 
 import vae_study.model as model_module
-from vae_study.config import RunConfig
+from vae_study.config import EvalConfig, RunConfig
 from vae_study.errors import DataError
 from vae_study.evaluate import iwae_nll
 from vae_study.likelihoods import torch_bernoulli_nll
-from vae_study.train import make_model, resolve_device
+from vae_study.train import configure_backends, make_model, resolve_device
 
 
 def rss_mb() -> float:
@@ -29,10 +30,13 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def timed(model, x, k: int) -> tuple[float, float, float]:
+def timed(model, x, k: int, chunk_size: int) -> tuple[float, float, float]:
     before = rss_mb()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    nll = iwae_nll(model, x, k, generator=torch.Generator(x.device).manual_seed(0))
+    nll = iwae_nll(model, x, k, chunk_size=chunk_size,
+                   generator=torch.Generator(x.device).manual_seed(0))
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, nll.mean().item(), rss_mb() - before
@@ -43,9 +47,12 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=300)
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--chunk-size", type=int, default=EvalConfig().chunk_size,
+                        help="decoder rows at once (eval.chunk_size); a GPU wants more")
     args = parser.parse_args()
     device = resolve_device(args.device)
     config = RunConfig()
+    configure_backends(config.train, device)  # float32 means float32, as in fit
     try:
         from vae_study.data import load_datasets
 
@@ -56,14 +63,14 @@ def main() -> None:
         source = "random grey images (no dataset found)"
     model = make_model(config, device).eval()
     print(f"device {device}, threads {torch.get_num_threads()}, {args.examples} {source}, "
-          f"K={args.k}, seed model (untrained)")
+          f"K={args.k}, chunk size {args.chunk_size}, seed model (untrained)")
     ours = model_module.bernoulli_nll
-    timed(model, x[:5], args.k)  # warm-up
+    timed(model, x[:5], args.k, args.chunk_size)  # warm-up
     rows = {}
     for name, fn in (("torch kernel", torch_bernoulli_nll), ("vae_study", ours)):
         model_module.bernoulli_nll = fn
         try:
-            rows[name] = timed(model, x, args.k)
+            rows[name] = timed(model, x, args.k, args.chunk_size)
         finally:
             model_module.bernoulli_nll = ours
     for name, (secs, nll, grew) in rows.items():

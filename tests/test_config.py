@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vae_study.config import (
@@ -111,3 +113,26 @@ def test_replace_keys_checks_again():
         replace_keys(RunConfig(), {"train.beta": -3})
     with pytest.raises(ConfigError, match="section.key"):
         replace_keys(RunConfig(), {"beta": 3})
+
+
+def test_a_config_made_in_python_is_checked_as_strictly_as_one_read_from_yaml():
+    from vae_study.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
+
+    for make, fragment in (
+        (lambda: TrainConfig(lr=-1), "train.lr: got -1.0"),
+        (lambda: TrainConfig(epochs="3"), "train.epochs: got '3', expected an integer"),
+        (lambda: TrainConfig(seed=2**32), "train.seed"),
+        (lambda: ModelConfig(hidden=()), "model.hidden: got []"),
+        (lambda: ModelConfig(activation="sigmoid"), "model.activation: got 'sigmoid'"),
+        (lambda: DataConfig(val_size=-1), "data.val_size: got -1"),
+        (lambda: EvalConfig(k=0), "eval.k: got 0"),
+        (lambda: RunConfig(model=ModelConfig(likelihood="gaussian"),
+                           data=DataConfig(binarize="dynamic")), "the data are binary"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            make()
+    # Lossless conversions are made, as when reading YAML: lists to tuples, ints to floats.
+    model = ModelConfig(hidden=[200, 200])
+    assert model.hidden == (200, 200) and hash(model)  # frozen and hashable
+    train = TrainConfig(lr=1, beta="0.5")
+    assert train.lr == 1.0 and isinstance(train.lr, float) and train.beta == 0.5

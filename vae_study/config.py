@@ -16,16 +16,40 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from .errors import ConfigError
 
 
+class Section:
+    """A config section: a frozen dataclass that converts and checks itself when it is built.
+
+    Made from YAML (``build_section``) or in Python (``TrainConfig(lr=-1)``), a section goes
+    through the same checks: every field is coerced to its type (lists to tuples, 1 to 1.0,
+    ``1e-3`` text to a number) and ``validate`` states the rules between values. So a config
+    made in a notebook is checked as strictly as one read from a study file.
+    """
+
+    SECTION: ClassVar[str] = ""  # the key prefix in messages: "train" -> "train.lr"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            key = f"{self.SECTION}.{f.name}" if self.SECTION else f.name
+            object.__setattr__(self, f.name, coerce(getattr(self, f.name), hints[f.name], key))
+        self.validate()
+
+    def validate(self) -> None:
+        """Rules between values; the types are already checked."""
+
+
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     """Which dataset, where it lives and how it is presented to the model."""
+
+    SECTION: ClassVar[str] = "data"
 
     dataset: Literal["mnist", "fashion_mnist", "binarized_mnist"] = "mnist"
     # Folder holding the datasets; None: $VAE_STUDY_DATA, else a per-user cache folder.
@@ -47,8 +71,10 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """Encoder q(z|x) = N(mu, diag sigma^2), decoder p(x|z), prior N(0, I)."""
+
+    SECTION: ClassVar[str] = "model"
 
     arch: Literal["mlp", "conv"] = "mlp"
     latent_dim: int = 20
@@ -79,8 +105,10 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     """Optimisation of one run: Adam on the beta-weighted objective."""
+
+    SECTION: ClassVar[str] = "train"
 
     epochs: int = 10
     batch_size: int = 128
@@ -97,6 +125,9 @@ class TrainConfig:
     # Arithmetic of the encoder and decoder while training: float32, or bfloat16 mixed
     # precision (autocast; weights, objective and every evaluation stay float32).
     precision: Literal["float32", "bfloat16"] = "float32"
+    # Let CUDA run float32 matrix products and convolutions in TensorFloat-32 (a 10-bit
+    # mantissa; Ampere and newer GPUs): faster, less exact. Off: float32 means float32.
+    tf32: bool = False
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -113,8 +144,10 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Section):
     """Test-set evaluation after training."""
+
+    SECTION: ClassVar[str] = "eval"
 
     # Importance samples for test/nll = -L_K (5000 is the literature's standard).
     k: int = 5000
@@ -253,10 +286,9 @@ def build_section(cls: type, raw: Any, section: str) -> Any:
             raise ConfigError(f"unknown key {section}.{_show_key(key)}; the keys of {section} are: "
                               + ", ".join(names) + did_you_mean(str(key), names))
         kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
+    obj = cls(**kwargs)  # a Section checks itself when built
+    if not isinstance(obj, Section) and hasattr(obj, "validate"):
+        obj.validate()
     return obj
 
 
@@ -338,6 +370,13 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is Any:
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: got {_show(value)}, expected a mapping")
+        return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{_show_key(k)}")
+                for k, v in value.items()}
+    if isinstance(hint, type) and isinstance(value, hint):
+        return value  # a section or Param already built (and checked)
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):  # built and checked already (a study's search.space)
             return value

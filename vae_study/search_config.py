@@ -7,6 +7,7 @@ keys are in ``SearchConfig.validate``, those that need the base run configuratio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 import warnings
@@ -135,8 +136,9 @@ def _run_keys() -> dict[str, Any]:
     keys = {}
     for section, cls in zip(RUN_SECTIONS, (DataConfig, ModelConfig, TrainConfig, EvalConfig),
                             strict=True):
-        for name, hint in typing.get_type_hints(cls).items():
-            keys[f"{section}.{name}"] = hint
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):  # fields only: not the SECTION class variable
+            keys[f"{section}.{f.name}"] = hints[f.name]
     return keys
 
 

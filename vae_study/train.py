@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,15 +55,95 @@ EvalProgressHook = Callable[[int, int], None]  # (test examples done for test/nl
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: the first GPU when there is one, else the CPU."""
+    """The torch device of ``train.device``.
+
+    ``auto``: the first GPU this process sees when there is one, else the CPU. ``cuda:N``
+    numbers the GPUs this process sees from 0, as torch does. A process that
+    CUDA_VISIBLE_DEVICES restricts (Ray sets it for a trial with a GPU share: the trial sees
+    its GPU, whatever its number on the machine, as cuda:0) and that asks for a GPU past the
+    ones it sees but named in that variable gets it under the number it sees it by: a trial
+    given GPU 3 that asks for cuda:3 runs on cuda:0. Any other GPU is a ``ConfigError``
+    naming the ones the process sees (torch would fail later with "invalid device ordinal").
+    """
+    from .errors import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import ConfigError
-
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
         raise ConfigError(f"train.device: got {name!r}, but no CUDA GPU is visible; use auto "
                           "or cpu")
-    return torch.device(name)
+    if name == "cuda":
+        return torch.device("cuda")
+    index = int(name.removeprefix("cuda:"))
+    count = torch.cuda.device_count()
+    if index < count:
+        return torch.device("cuda", index)
+    visible = visible_gpus()
+    if visible is not None and str(index) in visible[:count]:
+        return torch.device("cuda", visible.index(str(index)))
+    if visible is None:
+        sees = f"{count} GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
+    else:
+        sees = (f"only GPU {', '.join(visible[:count])} (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get(VISIBLE_DEVICES_VAR, '')!r}, as Ray sets it for a trial "
+                f"with a GPU share), as cuda:0 to cuda:{count - 1}")
+    raise ConfigError(f"train.device: got {name!r}, but this process sees {sees}; cuda:N "
+                      "counts the GPUs the process sees from 0: use cuda or auto (the GPU "
+                      "it was given) or one of those")
+
+
+VISIBLE_DEVICES_VAR = "CUDA_VISIBLE_DEVICES"
+
+
+def visible_gpus() -> list[str] | None:
+    """The GPUs CUDA_VISIBLE_DEVICES names (numbers or UUIDs), in the order the process
+    numbers them; None when it is unset (the process sees every GPU)."""
+    value = os.environ.get(VISIBLE_DEVICES_VAR)
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+# What configure_backends sets, process-wide. torch 2.9 replaced the allow_tf32 flags by
+# per-backend fp32_precision settings and warns about the old ones (mixing them is an error).
+_FP32_PRECISION_API = hasattr(torch.backends.cudnn, "conv")
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one workspace size: bit-reproducible cuBLAS
+
+
+def configure_backends(cfg: TrainConfig, device: torch.device | None = None) -> None:
+    """Set torch's process-global numerics for a run: float32 means float32, and the same
+    seed on the same device gives the same numbers, also for ``model.arch: conv`` on CUDA.
+
+    - TF32: on Ampere and newer GPUs torch may run float32 matrix products and cuDNN
+      convolutions (cuDNN's default: on) in TensorFloat-32, a 10-bit mantissa. Both are off
+      unless ``train.tf32`` is true, so "float32" training and every evaluation are float32.
+    - cuDNN ``deterministic``: convolutions use reproducible algorithms (the fastest backward
+      ones add with atomics, in a different order each time); ``benchmark`` off: no
+      algorithm is chosen by timing, which can differ between runs.
+    - cuBLAS is bit-reproducible on one stream with one workspace size
+      (``CUBLAS_WORKSPACE_CONFIG``, read when CUDA starts: set here, if unset, before a run
+      on a GPU starts CUDA in this process). Every other op of the model (elementwise ops,
+      reductions, the batch gather) is deterministic on CUDA, so this does without
+      ``torch.use_deterministic_algorithms``, which would turn alerts or errors on for all
+      later code in the process.
+
+    These flags belong to the process, not the run: ``fit`` calls this at its start, before
+    it trains or evaluates, so each run of a process that runs several uses its own.
+    """
+    if _FP32_PRECISION_API:
+        value = "tf32" if cfg.tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+        torch.backends.cudnn.rnn.fp32_precision = value  # conv and rnn alike, as the old flag
+    else:  # torch < 2.9; the matmul flag is set_float32_matmul_precision("high"/"highest")
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    if device is not None and device.type == "cuda" and not torch.cuda.is_initialized():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 
 
 @dataclass
@@ -161,8 +243,9 @@ def final_metrics(model: VAE, data: Datasets, config: RunConfig,
 
 def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> None:
     """Refuse to continue a checkpoint trained under a different configuration."""
-    now = _flatten(to_dict(config))
-    before = _flatten(saved)
+    now = flatten_keys(to_dict(config))
+    # A key the checkpoint lacks is newer than it: the run was trained with its default.
+    before = {**flatten_keys(to_dict(RunConfig())), **flatten_keys(saved)}
     changed = [k for k in sorted(set(now) | set(before))
                if now.get(k) != before.get(k)
                and not any(k == c or (c.endswith(".") and k.startswith(c))
@@ -174,11 +257,11 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> No
                               "--fresh to start over")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten_keys(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return flat
@@ -194,11 +277,15 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
     go (None: nothing is written). A checkpoint in ``resume_from``, else in
     ``out_dir/checkpoint``, is continued exactly: weights, optimizer, epoch and RNG state.
     on_epoch(metrics, checkpoint folder) runs after each epoch's checkpoint is written.
+    data: the splits, loaded once by the caller (a study's trials share them); on another
+    device they are copied to ``train.device`` and the run uses that copy only (the caller
+    decides whether its own is kept).
     """
     started = time.perf_counter()
     if out_dir is not None:
         check_output_folder(Path(out_dir))
     device = resolve_device(config.train.device)
+    configure_backends(config.train, device)
     if data is None:
         data = load_datasets(config.data, dequantize=config.dequantized, device=device)
     else:
@@ -208,30 +295,18 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
 
     model = make_model(config, device)
     optimizer = make_optimizer(model, config.train)
-    generator = torch.Generator(device).manual_seed(config.train.seed)
-    history: list[dict[str, float]] = []
+    generator = torch.Generator(device).manual_seed(config.train.seed)  # the training stream
     source = Path(resume_from) if resume_from is not None else ckpt_dir
-    if ckpt.exists(source):
-        assert source is not None
-        state = ckpt.load(source, map_location=device)
-        check_resumable(state.config, config, source)
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        restore_generator(generator, state.generator, config.train.seed, state.epoch)
-        history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
-        if ckpt_dir is not None and source != ckpt_dir:
-            # The output folder holds its own checkpoint from the start, so a run resumed
-            # after its last epoch still has one to report and keep.
-            ckpt.save(ckpt_dir, state)
+    history = _resume(source, config, model, optimizer, generator, ckpt_dir, device)
     if out is not None:
         ckpt.write_yaml(out / CONFIG_FILE, to_dict(config))
-        _rewrite_metrics(out / METRICS_FILE, history)
+        rewrite_metrics(out / METRICS_FILE, history)
 
     batches = Batches(data.train, config.train.batch_size, shuffle=True,
                       noise=data.train_noise, generator=generator)
-    start = int(history[-1][M.EPOCH]) if history else 0
-    result_final: dict[str, Any] = {}
-    for epoch in range(start + 1, config.train.epochs + 1):
+    epochs_done = int(history[-1][M.EPOCH]) if history else 0
+    final: dict[str, Any] = {}  # val/nll and the test metrics, once training has ended
+    for epoch in range(epochs_done + 1, config.train.epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, float] = {M.EPOCH: epoch}
         row.update(train_epoch(model, optimizer, batches, config.train, epoch,
@@ -246,44 +321,59 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
                     generator=generator.get_state(), config=to_dict(config), history=history))
                 with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
                     f.write(json.dumps(row) + "\n")
-        final: dict[str, Any] = {}
         if epoch == config.train.epochs and final_eval:
-            # The test metrics travel with the last epoch's report, so a scheduler that
+            # The final metrics travel with the last epoch's report, so a scheduler that
             # stops trials at the last epoch still sees them.
-            final = _final(model, data, config, out, epoch, started, eval_progress)
+            final = evaluate_final(model, data, config, out, epoch, started, eval_progress)
         if on_epoch is not None:
             on_epoch({**row, **final}, ckpt_dir)
-        result_final = final
 
-    result = FitResult(model=model, history=history)
-    if final_eval:
-        if start < config.train.epochs:
-            result.final = result_final
-        else:  # resumed after the last epoch: the stored test metrics, else evaluate now
-            stored = _stored_final(source, config, start)
-            if stored is not None:
-                result.final = stored
-                _store_final(stored, config, out, start)
-            else:
-                result.final = _final(model, data, config, out, start, started, eval_progress)
-            if on_epoch is not None and history:
-                on_epoch({**history[-1], **result.final}, ckpt_dir)
-    return result
+    if final_eval and epochs_done >= config.train.epochs:
+        # Resumed after its last epoch: the final metrics stored with the checkpoint (when
+        # the evaluation settings are the same), else evaluated now; reported once more.
+        final = _read_final(source, config, epochs_done) or {}
+        if final:
+            _write_final(final, config, out, epochs_done)
+        else:
+            final = evaluate_final(model, data, config, out, epochs_done, started,
+                                    eval_progress)
+        if on_epoch is not None and history:
+            on_epoch({**history[-1], **final}, ckpt_dir)
+    return FitResult(model=model, history=history, final=final)
 
 
-def _final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
-           epoch: int, started: float, progress: EvalProgressHook | None) -> dict[str, Any]:
+def _resume(source: Path | None, config: RunConfig, model: VAE,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            ckpt_dir: Path | None, device: torch.device) -> list[dict[str, float]]:
+    """Load the checkpoint in ``source`` (if any) into the run; returns its history."""
+    if source is None or not ckpt.exists(source):
+        return []
+    state = ckpt.load(source, map_location=device)
+    check_resumable(state.config, config, source)
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    restore_generator(generator, state.generator, config.train.seed, state.epoch)
+    if ckpt_dir is not None and source != ckpt_dir:
+        # The output folder holds its own checkpoint from the start, so a run resumed
+        # after its last epoch still has one to report and keep.
+        ckpt.save(ckpt_dir, state)
+    return [h for h in state.history if h[M.EPOCH] <= state.epoch]
+
+
+def evaluate_final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
+                    epoch: int, started: float, progress: EvalProgressHook | None
+                    ) -> dict[str, Any]:
     final = final_metrics(model, data, config, progress)
     for key in (*M.FINAL_VAL_SCALARS, *M.TEST_SCALARS):  # NaN: a diverged run, not a result
         if key in final and not math.isfinite(final[key]):
             raise TrainingDiverged(epoch, 0, final[key], what=key)
-    # Seconds inside fit in this process: training, validation, test metrics.
+    # Seconds inside fit in this process: training, validation, final metrics.
     final[M.TOTAL_SECONDS] = time.perf_counter() - started
-    _store_final(final, config, out, epoch)
+    _write_final(final, config, out, epoch)
     return final
 
 
-def _store_final(final: dict[str, Any], config: RunConfig, out: Path | None,
+def _write_final(final: dict[str, Any], config: RunConfig, out: Path | None,
                  epoch: int) -> None:
     """final.json beside the run, and inside its checkpoint with the eval config used, so a
     run resumed after its last epoch reports the same numbers without evaluating again."""
@@ -295,20 +385,22 @@ def _store_final(final: dict[str, Any], config: RunConfig, out: Path | None,
                         {"epoch": epoch, "eval": to_dict(config.eval), "metrics": final})
 
 
-def _stored_final(source: Path | None, config: RunConfig, epoch: int) -> dict[str, Any] | None:
+def _read_final(source: Path | None, config: RunConfig, epoch: int) -> dict[str, Any] | None:
+    """The final metrics stored in a checkpoint folder, if made at ``epoch`` with the same
+    evaluation settings; None otherwise (or if the file is damaged: evaluate again)."""
     path = None if source is None else Path(source) / FINAL_FILE
     if path is None or not path.is_file():
         return None
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # damaged: evaluate again
+        return None
     if stored.get("epoch") != epoch or stored.get("eval") != to_dict(config.eval):
         return None
     return dict(stored["metrics"])
 
 
-def _rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:
+def rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:
     """metrics.jsonl as the checkpoint knows it (drops epochs a crash left unsaved)."""
     ckpt.atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
@@ -341,8 +433,19 @@ MOVED_RUN_STREAM = 0x6D6F766564  # "moved"
 
 def restore_generator(generator: torch.Generator, saved: torch.Tensor, seed: int,
                       epoch: int) -> None:
-    """Continue the saved random stream; from another device type, a new seeded one."""
+    """Continue the saved random stream; from another device type, a new seeded one.
+
+    The new stream is the same on every rerun, but not the one an uninterrupted run would
+    have drawn: a warning says so.
+    """
     if saved.numel() == generator.get_state().numel():
         generator.set_state(saved)
-    else:
-        generator.manual_seed((seed * 1_000_003 + epoch) ^ MOVED_RUN_STREAM)
+        return
+    generator.manual_seed((seed * 1_000_003 + epoch) ^ MOVED_RUN_STREAM)
+    warnings.warn(f"the checkpoint's random stream (epochs 1-{epoch}) was drawn on another "
+                  f"device type (its generator state has {saved.numel()} bytes, a "
+                  f"{generator.device.type} one {generator.get_state().numel()}); the run "
+                  f"continues on a {generator.device.type} device with a new random stream "
+                  f"from epoch {epoch + 1}, seeded from train.seed and the epoch, so its "
+                  "numbers will not match an uninterrupted run bit for bit",
+                  RuntimeWarning, stacklevel=3)
