@@ -130,9 +130,7 @@ def figures(monkeypatch):
         return path
 
     monkeypatch.setattr(plots, "_save", keep)
-    yield kept
-    for fig in kept.values():
-        plots.plt.close(fig)
+    return kept  # plain Figure objects: nothing to close, pyplot never sees them
 
 
 def test_knob_figure_has_only_the_panels_it_needs(tmp_path, figures):
