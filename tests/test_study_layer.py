@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -210,29 +211,64 @@ def test_a_missing_private_attribute_is_a_study_error_naming_the_versions():
 @pytest.mark.parametrize(("gpus", "concurrent", "share"), [
     (0, 4, 0.0), (1, 1, 1.0), (1, 2, 0.5), (1, 3, 1 / 3), (1, 4, 0.25), (2, 3, 0.5),
     (2, 4, 0.5), (4, 2, 1.0), (8, 3, 1.0), (3, 4, 0.5),
+    (1, 8, 0.25), (1, 64, 0.25), (2, 16, 0.25),  # at most MAX_TRIALS_PER_GPU on a GPU
 ])
 def test_the_auto_gpu_share(gpus, concurrent, share):
-    from vae_study.cluster import gpu_share
+    from vae_study.cluster import MAX_TRIALS_PER_GPU, gpu_share
 
+    assert MAX_TRIALS_PER_GPU == 4
     assert gpu_share("auto", gpus, concurrent) == pytest.approx(share)
     assert gpu_share(0.25, gpus, concurrent) == 0.25  # a number is kept
+    assert gpu_share("auto", gpus, concurrent, "cpu") == 0.0  # CPU trials reserve no GPU
 
 
 def test_resources_the_cluster_cannot_give_stop_the_study(tmp_path):
     from vae_study.cluster import trial_resources
 
-    study = study_from_dict(tiny_study(tmp_path, **{"search.max_concurrent": 4}))
+    study = study_from_dict(tiny_study(tmp_path, **{"search.max_concurrent": 4,
+                                                    "train.device": "auto"}))
     assert trial_resources(study, cpus=8, gpus_total=1) == {"cpu": 1.0, "gpu": 0.25}
     assert trial_resources(study, cpus=8, gpus_total=0) == {"cpu": 1.0, "gpu": 0.0}
-    half = study_from_dict(tiny_study(tmp_path, **{"resources.gpus_per_trial": 0.5}))
+    half = study_from_dict(tiny_study(tmp_path, **{"resources.gpus_per_trial": 0.5,
+                                                   "train.device": "auto"}))
     with pytest.raises(StudyError, match="has no GPU"):
         trial_resources(half, cpus=8, gpus_total=0)
-    two = study_from_dict(tiny_study(tmp_path, **{"resources.gpus_per_trial": 2}))
-    with pytest.raises(StudyError, match="whole cluster has 1 GPUs"):
-        trial_resources(two, cpus=8, gpus_total=1)
+    one = study_from_dict(tiny_study(tmp_path, **{"resources.gpus_per_trial": 1,
+                                                  "train.device": "cuda"}))
+    with pytest.raises(StudyError, match="whole cluster has 0.5 GPUs"):
+        trial_resources(one, cpus=8, gpus_total=0.5)
+    cuda = study_from_dict(tiny_study(tmp_path, **{"train.device": "cuda"}))  # share auto
+    with pytest.raises(StudyError, match="no trial gets a share"):
+        trial_resources(cuda, cpus=8, gpus_total=0)
     many = study_from_dict(tiny_study(tmp_path, **{"resources.cpus_per_trial": 16}))
     with pytest.raises(StudyError, match="cpus_per_trial=16, but the whole cluster has 8"):
         trial_resources(many, cpus=8, gpus_total=0)
+
+
+@pytest.mark.parametrize(("device", "gpu_ids", "cuda", "expected"), [
+    ("auto", [], True, "cpu"),  # no share: the CPU, even where a GPU is visible
+    ("cpu", [], True, "cpu"),
+    ("auto", ["3"], True, "cuda"),  # the GPU Ray gave, which the trial sees as cuda:0
+    ("cuda", ["3"], True, "cuda"),
+    ("cuda:3", ["3"], True, "cuda:3"),  # resolve_device maps it to the visible cuda:0
+    ("auto", ["0"], False, "cpu"),  # a node that advertises a GPU torch cannot see
+])
+def test_a_trials_device_follows_the_share_ray_gave_it(device, gpu_ids, cuda, expected):
+    from vae_study.trainable import trial_device
+
+    assert trial_device(device, gpu_ids, cuda) == expected
+
+
+@pytest.mark.parametrize(("keys", "fragment"), [
+    ({"resources.gpus_per_trial": 2}, "expected a fraction in [0, 1] or auto"),
+    ({"resources.gpus_per_trial": 0, "train.device": "cuda"},
+     "a trial without a GPU share runs on the CPU"),
+    ({"resources.gpus_per_trial": 0.5, "train.device": "cpu"},
+     "GPU shares they never use"),
+])
+def test_device_and_gpu_share_must_agree(tmp_path, keys, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        study_from_dict(tiny_study(tmp_path, **keys))
 
 
 # ---------------------------------------------------------------------------------------

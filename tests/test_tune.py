@@ -109,9 +109,16 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
 
 
 def test_gpus_on_a_cluster_without_gpus_stop_at_once(tmp_path, capsys):
-    raw = _study(tmp_path, **{"resources.gpus_per_trial": 0.5})
+    import ray
+
+    raw = _study(tmp_path, **{"resources.gpus_per_trial": 0.5, "train.device": "auto"})
     t0 = time.monotonic()
-    assert main(["run", str(_write(tmp_path, raw))]) == 2
+    # A cluster told it has no GPU, also on a machine that has one.
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR")
+    try:
+        assert main(["run", str(_write(tmp_path, raw))]) == 2
+    finally:
+        ray.shutdown()
     err = capsys.readouterr().err
     assert "gpus_per_trial=0.5" in err and "no GPU" in err
     assert time.monotonic() - t0 < 120

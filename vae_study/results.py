@@ -33,13 +33,15 @@ from .layout import (  # noqa: F401
 DIVERGED_KEY = "diverged"
 ERROR_KEY = "error"
 NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
+DEVICE_KEY = "device"  # the torch device a trial trained on (cpu, cuda)
+GPU_IDS_KEY = "gpu_ids"  # the GPUs Ray gave the trial, as CUDA_VISIBLE_DEVICES names them
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 
 LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
-TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node", M.TRAIN_EXAMPLES,
-                M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, *M.FINAL_VAL_SCALARS,
-                *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, "checkpoint",
-                ERROR_KEY]
+TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node", DEVICE_KEY, GPU_IDS_KEY,
+                M.TRAIN_EXAMPLES, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
+                *M.FINAL_VAL_SCALARS, *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM,
+                "checkpoint", ERROR_KEY]
 
 
 def columns(param_keys: Sequence[str]) -> list[str]:
@@ -106,7 +108,7 @@ def read_results(path: Path):
     _check_table(path, text)
     try:
         return pd.read_csv(io.StringIO(text), dtype={"trial_id": str, "node": str,
-                                                     "status": str})
+                                                     GPU_IDS_KEY: str, "status": str})
     except (pd.errors.ParserError, ValueError) as exc:
         raise _damaged(path, str(exc).splitlines()[0]) from None
 
@@ -175,6 +177,8 @@ def trial_row(trial: Any, study: Any, *, interrupted: bool = False) -> dict[str,
         M.EPOCH: last.get(M.EPOCH),
         "wall_s": last.get("time_total_s"),
         "node": last.get(NODE_KEY),
+        DEVICE_KEY: last.get(DEVICE_KEY),
+        GPU_IDS_KEY: last.get(GPU_IDS_KEY),
     }
     for key in (M.TRAIN_EXAMPLES, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
                 *M.FINAL_VAL_SCALARS,

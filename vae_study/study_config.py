@@ -70,8 +70,8 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class ResourcesConfig:
     cpus_per_trial: float = 1.0
-    # A GPU share per trial (0.25 packs four trials on a GPU); auto: a share where the
-    # cluster has GPUs, the CPU otherwise.
+    # A GPU share per trial (0.25 packs four trials on a GPU; a trial trains one model on
+    # one GPU, so at most 1); auto: a share where the cluster has GPUs, the CPU otherwise.
     gpus_per_trial: float | Literal["auto"] = 0.0
 
     def validate(self) -> None:
@@ -79,9 +79,10 @@ class ResourcesConfig:
             raise ConfigError(f"resources.cpus_per_trial: got {_show(self.cpus_per_trial)}, "
                               "expected a positive number of CPUs")
         g = self.gpus_per_trial
-        if g != "auto" and not (0 <= g <= 1 or (g > 1 and float(g).is_integer())):
+        if g != "auto" and not 0 <= g <= 1:
             raise ConfigError(f"resources.gpus_per_trial: got {_show(g)}, expected a fraction "
-                              "in [0, 1], a whole number of GPUs, or auto")
+                              "in [0, 1] or auto (a trial trains one model on one GPU: more "
+                              "than 1 would reserve GPUs it never uses)")
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,27 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
         raise ConfigError(f"scheduler.grace_period: got {study.scheduler.grace_period}, longer "
                           f"than train.epochs={study.base.train.epochs}; ASHA needs "
                           "grace_period <= train.epochs")
+    _check_device_and_share(study)
     if study.scheduler.type != "none" and study.search.multi_objective:
         raise ConfigError("scheduler.type: asha compares trials on one metric, but this study "
                           "has " + str(len(study.search.objectives)) + " objectives; use "
                           "scheduler.type: none for a multi-objective study")
     return study
+
+
+def _check_device_and_share(study: StudyConfig) -> None:
+    """train.device and resources.gpus_per_trial must agree: a trial without a GPU share
+    runs on the CPU, and a CPU trial must not hold GPU shares others could use."""
+    device, share = study.base.train.device, study.resources.gpus_per_trial
+    if device.startswith("cuda") and share == 0:
+        raise ConfigError(f"train.device: got {device!r} with resources.gpus_per_trial: 0; a "
+                          "trial without a GPU share runs on the CPU: set "
+                          "resources.gpus_per_trial (a share such as 0.5, or auto), or "
+                          "train.device: auto")
+    if device == "cpu" and share not in (0, "auto"):
+        raise ConfigError(f"resources.gpus_per_trial: got {_show(share)} with train.device: "
+                          "cpu; the trials would hold GPU shares they never use: set "
+                          "gpus_per_trial: 0, or train.device: auto")
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,10 +37,18 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -
 
     params = decode_params(study.search.space,
                            {k: v for k, v in config.items() if not k.startswith("_")})
-    run = study.trial_config(params)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if not gpu_ids:
+        # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial without a GPU share: hide
+        # every GPU from it, or torch (and "auto") would use GPU 0 unasked and unaccounted.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    device = trial_device(study.trial_config(params).train.device, gpu_ids,
+                          torch.cuda.is_available())
+    run = study.trial_config({**params, "train.device": device})
     torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
     data = prepare(source, run.data, dequantize=run.dequantized)
-    used = {M.TRAIN_EXAMPLES: len(data.train), M.TRAIN_NOISE: data.train_noise}
+    used = {M.TRAIN_EXAMPLES: len(data.train), M.TRAIN_NOISE: data.train_noise,
+            R.DEVICE_KEY: device, R.GPU_IDS_KEY: ",".join(gpu_ids)}
     logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per checkpoint
     work = Path(tempfile.mkdtemp(prefix="vae_study_trial_"))
     restored = tune.get_checkpoint()
@@ -63,6 +72,22 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -
                      R.NODE_KEY: node})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def trial_device(device: str, gpu_ids: list[str], cuda_available: bool) -> str:
+    """The ``train.device`` a trial runs with, from its study's and the GPUs Ray gave it.
+
+    Without a GPU share a trial runs on the CPU (``auto`` included); asking for ``cuda`` without
+    one is refused before the study starts (``study_config``). With a share the trial sees its
+    GPU, whatever its number on the machine, as ``cuda:0``: ``auto`` and ``cuda`` are that GPU.
+    A node that advertises GPUs to Ray while torch sees none (no driver) runs ``auto`` on the
+    CPU; an explicit ``cuda`` there fails in ``fit`` with a message naming what it sees.
+    """
+    if not gpu_ids:
+        return "cpu"
+    if device == "auto":
+        return "cuda" if cuda_available else "cpu"
+    return device
 
 
 def _reportable(row: dict[str, Any]) -> dict[str, Any]:
