@@ -157,3 +157,16 @@ def test_model_figure_names_are_plain_and_distinct():
     assert names[0] == "model_abc_00001.png" and names[2] == "model_a_b.png"
     assert len(set(names)) == len(names)
     assert all(re.fullmatch(r"model_[A-Za-z0-9_.-]+\.png", n) and len(n) < 120 for n in names)
+
+
+def test_every_status_word_the_driver_writes_reads_back(tmp_path):
+    """A paused study's table holds `interrupted` rows: reading it back must not call the
+    table damaged (the driver would then rebuild it and lose the word)."""
+    from vae_study.layout import STATUSES
+
+    assert R.INTERRUPTED in STATUSES
+    rows = [{"trial_id": f"t{i}", "optuna_trial": i, "status": s}
+            for i, s in enumerate(STATUSES)]
+    path = tmp_path / "results.csv"
+    R.write_results(path, rows, [])
+    assert list(R.read_results(path)["status"]) == list(STATUSES)

@@ -44,7 +44,7 @@ PENDING, RUNNING, COMPLETED, STOPPED, FAILED = (
     "pending", "running", "completed", "stopped", "failed")
 INTERRUPTED = "interrupted"
 FINISHED = (COMPLETED, STOPPED, FAILED)
-STATUSES = (PENDING, RUNNING, *FINISHED)
+STATUSES = (PENDING, RUNNING, INTERRUPTED, *FINISHED)  # every word results.csv may hold
 
 
 def trial_dirname(trial_id: str) -> str:
