@@ -55,8 +55,10 @@ class Run:
 
 
 def configs(args: argparse.Namespace) -> dict[str, dict]:
-    out = {"VAE K=1": {"train.objective": "elbo", "train.k": 1},
-           "IWAE K=5": {"train.objective": "iwae", "train.k": 5}}
+    out = {
+        "VAE K=1": {"train.objective": "elbo", "train.k": 1},
+        "IWAE K=5": {"train.objective": "iwae", "train.k": 5},
+    }
     if args.k50:
         out["IWAE K=50"] = {"train.objective": "iwae", "train.k": 50}
     return out
@@ -64,10 +66,16 @@ def configs(args: argparse.Namespace) -> dict[str, dict]:
 
 def base_config(args: argparse.Namespace, root: str | None) -> RunConfig:
     keys = {
-        "data.dataset": "mnist", "data.binarize": "dynamic", "data.root": root,
+        "data.dataset": "mnist",
+        "data.binarize": "dynamic",
+        "data.root": root,
         "data.val_size": 0 if not args.smoke else 20,
-        "model.hidden": [200, 200], "model.latent_dim": 50, "model.activation": "tanh",
-        "train.epochs": args.epochs, "train.batch_size": 100, "train.lr": 1e-3,
+        "model.hidden": [200, 200],
+        "model.latent_dim": 50,
+        "model.activation": "tanh",
+        "train.epochs": args.epochs,
+        "train.batch_size": 100,
+        "train.lr": 1e-3,
         "train.device": args.device,
     }
     if args.smoke:
@@ -75,15 +83,17 @@ def base_config(args: argparse.Namespace, root: str | None) -> RunConfig:
     return replace_keys(RunConfig(), keys)
 
 
-def one_run(label: str, keys: dict, seed: int, base: RunConfig, k: int,
-            examples: int) -> Run:
+def one_run(label: str, keys: dict, seed: int, base: RunConfig, k: int, examples: int) -> Run:
     config = replace_keys(base, {**keys, "train.seed": seed})
     t0 = time.perf_counter()
 
     def progress(row: dict, _folder: object) -> None:
         if row["epoch"] % 10 == 0:
-            print(f"  {label} seed {seed}: epoch {int(row['epoch'])}, train loss "
-                  f"{row['train/loss']:.2f}, {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"  {label} seed {seed}: epoch {int(row['epoch'])}, train loss "
+                f"{row['train/loss']:.2f}, {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
 
     result = fit(config, final_eval=False, on_epoch=progress)
     train_s = time.perf_counter() - t0
@@ -108,8 +118,10 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 def report(runs: list[Run], labels: list[str], args: argparse.Namespace) -> bool:
     by = {lab: [r for r in runs if r.label == lab] for lab in labels}
     n = runs[0].nll.numel()
-    print(f"\nTest NLL, K={args.k} on the first {n} test images of the fixed binarization; "
-          f"{args.epochs} epochs; mean +- standard error over {args.seeds} seeds")
+    print(
+        f"\nTest NLL, K={args.k} on the first {n} test images of the fixed binarization; "
+        f"{args.epochs} epochs; mean +- standard error over {args.seeds} seeds"
+    )
     print("| training | test NLL (nats) | -ELBO (nats) | active units | seeds |")
     print("|---|---|---|---|---|")
     stats = {}
@@ -118,34 +130,48 @@ def report(runs: list[Run], labels: list[str], args: argparse.Namespace) -> bool
         elbo_m, elbo_se = mean_se([r.neg_elbo for r in by[lab]])
         au = statistics.fmean(r.active for r in by[lab])
         stats[lab] = (nll_m, nll_se, au)
-        print(f"| {lab} | {nll_m:.2f} +- {nll_se:.2f} | {elbo_m:.2f} +- {elbo_se:.2f} | "
-              f"{au:.1f} ({', '.join(str(r.active) for r in by[lab])}) | {len(by[lab])} |")
+        print(
+            f"| {lab} | {nll_m:.2f} +- {nll_se:.2f} | {elbo_m:.2f} +- {elbo_se:.2f} | "
+            f"{au:.1f} ({', '.join(str(r.active) for r in by[lab])}) | {len(by[lab])} |"
+        )
     print("\nPaired differences on the same examples (first minus second), per seed:")
     worst = 0.0
     for i, a in enumerate(labels):
-        for b in labels[i + 1:]:
+        for b in labels[i + 1 :]:
             for ra, rb in zip(by[a], by[b], strict=True):
                 d = (ra.nll - rb.nll).double()
                 se = (d.std() / math.sqrt(d.numel())).item()
                 worst = max(worst, se)
-                print(f"  seed {ra.seed}: {a} - {b} = {d.mean().item():+.3f} nats, standard "
-                      f"error over {d.numel()} examples {se:.3f}")
-    print(f"largest paired standard error: {worst:.3f} nats (goal < 0.2: "
-          f"{'met' if worst < 0.2 else 'NOT met'})")
+                print(
+                    f"  seed {ra.seed}: {a} - {b} = {d.mean().item():+.3f} nats, standard "
+                    f"error over {d.numel()} examples {se:.3f}"
+                )
+    print(
+        f"largest paired standard error: {worst:.3f} nats (goal < 0.2: "
+        f"{'met' if worst < 0.2 else 'NOT met'})"
+    )
     (vae, vae_se, vae_au), (iw, iw_se, iw_au) = stats["VAE K=1"], stats["IWAE K=5"]
     combined = math.hypot(vae_se, iw_se)
     ok_nll = vae - iw > 2 * combined
     ok_au = iw_au >= vae_au
-    print(f"IWAE K=5 better than VAE K=1 by {vae - iw:.2f} nats; twice the combined standard "
-          f"error {2 * combined:.2f}: {'met' if ok_nll else 'NOT met'}")
-    print(f"active units IWAE K=5 {iw_au:.1f} >= VAE K=1 {vae_au:.1f}: "
-          f"{'met' if ok_au else 'NOT met'}")
+    print(
+        f"IWAE K=5 better than VAE K=1 by {vae - iw:.2f} nats; twice the combined standard "
+        f"error {2 * combined:.2f}: {'met' if ok_nll else 'NOT met'}"
+    )
+    print(
+        f"active units IWAE K=5 {iw_au:.1f} >= VAE K=1 {vae_au:.1f}: "
+        f"{'met' if ok_au else 'NOT met'}"
+    )
     train = sum(r.train_s for r in runs)
     evals = sum(r.eval_s for r in runs)
-    print(f"time: training {train:.0f} s, test NLL {evals:.0f} s "
-          f"({1000 * evals / (len(runs) * n):.1f} ms an example with K={args.k})")
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"time: training {train:.0f} s, test NLL {evals:.0f} s "
+        f"({1000 * evals / (len(runs) * n):.1f} ms an example with K={args.k})"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     return ok_nll and ok_au and worst < 0.2
 
 
@@ -157,11 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=TEST_K, help="test importance samples")
     parser.add_argument("--k50", action="store_true", help="also IWAE K=50 (slow on a CPU)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: torch's default); 1 on a shared 2-core machine, "
-                             "where busy-waiting OpenMP threads slow each step 40-fold")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a tiny run on made-up data: checks the script, proves nothing")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default); 1 on a shared 2-core machine, "
+        "where busy-waiting OpenMP threads slow each step 40-fold",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny run on made-up data: checks the script, proves nothing",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from conftest import write_mnist
 
-        root = str(write_mnist(Path(tempfile.mkdtemp(prefix="bench_burda_")) / "data",
-                               n_train=200, n_test=50))
+        root = str(
+            write_mnist(
+                Path(tempfile.mkdtemp(prefix="bench_burda_")) / "data", n_train=200, n_test=50
+            )
+        )
         args.epochs, args.seeds, args.examples, args.k = 1, 2, 20, 20
     base = base_config(args, root)
     runs = []
@@ -179,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seeds):
         for label, keys in configs(args).items():
             run = one_run(label, keys, seed, base, args.k, args.examples)
-            print(f"{label:10s} seed {seed}: test NLL {run.nll.mean().item():.3f}, "
-                  f"-ELBO {run.neg_elbo:.3f}, active units {run.active}, trained in "
-                  f"{run.train_s:.0f} s, evaluated in {run.eval_s:.0f} s", flush=True)
+            print(
+                f"{label:10s} seed {seed}: test NLL {run.nll.mean().item():.3f}, "
+                f"-ELBO {run.neg_elbo:.3f}, active units {run.active}, trained in "
+                f"{run.train_s:.0f} s, evaluated in {run.eval_s:.0f} s",
+                flush=True,
+            )
             runs.append(run)
     ok = report(runs, labels, args)
     print(f"bench_burda: ordering {'reproduced' if ok else 'NOT reproduced'}")

@@ -119,7 +119,7 @@ def epoch_bare(device, x: torch.Tensor, fast: bool = False) -> float:
     t0 = time.perf_counter()
     perm = torch.randperm(x.shape[0], device=device)
     for start in range(0, x.shape[0], 128):
-        data = x[perm[start:start + 128]]
+        data = x[perm[start : start + 128]]
         opt.zero_grad()
         out, mu, logvar = model(data)
         loss = loss_fn(out, data, mu, logvar)
@@ -163,19 +163,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--examples", type=int, default=None,
-                        help="train on the first N training images (default: all 60000)")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=None,
+        help="train on the first N training images (default: all 60000)",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
-    config = replace_keys(RunConfig(), {"data.val_size": 0, "train.device": str(device),
-                                        "data.train_subset": args.examples})
+    config = replace_keys(
+        RunConfig(),
+        {"data.val_size": 0, "train.device": str(device), "data.train_subset": args.examples},
+    )
     configure_backends(config.train, device)  # float32 means float32, as in fit
     data = load_datasets(config.data, device=device)  # all 60k training images, as the notebook
     tv_root = torchvision_root("mnist", resolve_root(config.data.root))
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{len(data.train)} training images, batch 128, {args.repeats} repeats (median)")
-    times: dict[str, list[float]] = {"notebook": [], "bare": [], "bare_fast": [],
-                                     "vae_study": [], "matmuls": [], "vae_study_bf16": []}
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{len(data.train)} training images, batch 128, {args.repeats} repeats (median)"
+    )
+    times: dict[str, list[float]] = {
+        "notebook": [],
+        "bare": [],
+        "bare_fast": [],
+        "vae_study": [],
+        "matmuls": [],
+        "vae_study_bf16": [],
+    }
     epoch_bare(device, data.train.x)  # warm-up (allocator, kernels)
     for _ in range(args.repeats):  # interleaved so drift hits all of them alike
         times["notebook"].append(epoch_notebook(device, tv_root, args.examples))
@@ -189,18 +203,30 @@ def main() -> None:
         print(f"  {k:14s} median {med[k]:7.3f} s/epoch   runs " + " ".join(f"{t:.3f}" for t in v))
     speedup = med["notebook"] / med["vae_study"]
     overhead = med["vae_study"] / med["bare"]
-    print(f"notebook / vae_study = {speedup:.2f}x   (goal >= 3x: "
-          f"{'met' if speedup >= 3 else 'NOT met'})")
-    print(f"vae_study / bare     = {overhead:.3f}   (goal <= 1.10: "
-          f"{'met' if overhead <= 1.10 else 'NOT met'})")
-    print(f"vae_study / bare_fast = {med['vae_study'] / med['bare_fast']:.3f}   "
-          "(the framework's own cost, same kernels)")
-    print(f"notebook / bare      = {med['notebook'] / med['bare']:.2f}x   "
-          "(the most any trainer gains by removing the pipeline alone)")
-    print(f"notebook / matmuls   = {med['notebook'] / med['matmuls']:.2f}x   "
-          "(the most any float32 trainer can reach here)")
-    print(f"notebook / vae_study_bf16 = {med['notebook'] / med['vae_study_bf16']:.2f}x   "
-          "(train.precision: bfloat16, opt-in)")
+    print(
+        f"notebook / vae_study = {speedup:.2f}x   (goal >= 3x: "
+        f"{'met' if speedup >= 3 else 'NOT met'})"
+    )
+    print(
+        f"vae_study / bare     = {overhead:.3f}   (goal <= 1.10: "
+        f"{'met' if overhead <= 1.10 else 'NOT met'})"
+    )
+    print(
+        f"vae_study / bare_fast = {med['vae_study'] / med['bare_fast']:.3f}   "
+        "(the framework's own cost, same kernels)"
+    )
+    print(
+        f"notebook / bare      = {med['notebook'] / med['bare']:.2f}x   "
+        "(the most any trainer gains by removing the pipeline alone)"
+    )
+    print(
+        f"notebook / matmuls   = {med['notebook'] / med['matmuls']:.2f}x   "
+        "(the most any float32 trainer can reach here)"
+    )
+    print(
+        f"notebook / vae_study_bf16 = {med['notebook'] / med['vae_study_bf16']:.2f}x   "
+        "(train.precision: bfloat16, opt-in)"
+    )
 
 
 if __name__ == "__main__":

@@ -42,26 +42,40 @@ from vae_study.data import Datasets, Split, load_datasets  # noqa: E402
 from vae_study.fused import fit_pack  # noqa: E402
 from vae_study.train import fit, make_model  # noqa: E402
 
-MODELS = {"seed": {"model.hidden": [400], "model.latent_dim": 20},
-          "small": {"model.hidden": [128], "model.latent_dim": 8}}
+MODELS = {
+    "seed": {"model.hidden": [400], "model.latent_dim": 20},
+    "small": {"model.hidden": [128], "model.latent_dim": 8},
+}
 BATCH = 128
 EPOCH_BATCHES = 430  # 55,000 training images (5,000 held out) in batches of 128
 
 
 def member_configs(model: str, m: int) -> list[RunConfig]:
     """M members of ``model``: seeds 0..M-1, learning rates and betas spread around 1e-3, 1."""
-    return [replace_keys(RunConfig(), {
-        **MODELS[model], "data.binarize": "none", "train.epochs": 1, "train.device": "cpu",
-        "train.seed": j, "train.lr": 1e-3 * (1 + 0.1 * j), "train.beta": 1.0 + 0.05 * j,
-    }) for j in range(m)]
+    return [
+        replace_keys(
+            RunConfig(),
+            {
+                **MODELS[model],
+                "data.binarize": "none",
+                "train.epochs": 1,
+                "train.device": "cpu",
+                "train.seed": j,
+                "train.lr": 1e-3 * (1 + 0.1 * j),
+                "train.beta": 1.0 + 0.05 * j,
+            },
+        )
+        for j in range(m)
+    ]
 
 
 def bench_data(batches: int) -> Datasets:
     """The first ``batches`` batches' worth of MNIST training images, no validation split."""
     data = load_datasets(member_configs("seed", 1)[0].data)
     empty = Split(data.train.x[:0], None)
-    return Datasets(Split(data.train.x[: batches * BATCH], None), empty, data.test,
-                    data.train_noise)
+    return Datasets(
+        Split(data.train.x[: batches * BATCH], None), empty, data.test, data.train_noise
+    )
 
 
 def one_at_a_time(model: str, m: int, data: Datasets) -> float:
@@ -94,8 +108,9 @@ def two_trials_at_once(model: str, batches: int) -> float:
     """Wall seconds for two single-thread processes to train one member each."""
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_trial_worker, args=(model, s, batches, barrier, queue))
-             for s in (0, 1)]
+    procs = [
+        ctx.Process(target=_trial_worker, args=(model, s, batches, barrier, queue)) for s in (0, 1)
+    ]
     for p in procs:
         p.start()
     seconds = [queue.get() for _ in procs]
@@ -147,13 +162,18 @@ def pack_memory(model: str, m: int, batches: int, threads: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads here (a shared CPU: keep 1; OpenMP busy-waits)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads here (a shared CPU: keep 1; OpenMP busy-waits)",
+    )
     parser.add_argument("--batches", type=int, default=EPOCH_BATCHES)
     parser.add_argument("--members", default="1,4,8,16")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke check: 4 batches, M in {1, 8}, one repeat")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke check: 4 batches, M in {1, 8}, one repeat"
+    )
     # M=1 is fit's own path (train.train_epoch); a pack of two or more the stacked model.
     args = parser.parse_args()
     if args.quick:
@@ -162,8 +182,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = bench_data(args.batches)
     per_member_epoch = args.batches / EPOCH_BATCHES  # member-epochs in one member's run
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.batches} batches of "
-          f"{BATCH} per member, {args.repeats} repeat(s) (median), members {members}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.batches} batches of "
+        f"{BATCH} per member, {args.repeats} repeat(s) (median), members {members}"
+    )
     fused("small", 2, data)  # warm-up: kernels, allocator
     one_at_a_time("small", 1, data)
 
@@ -184,24 +206,32 @@ def main() -> None:
                 seed_fused_seconds[m] = t_fus
             print(f"  {m:>3} {r_seq:>14.3f} {r_fus:>10.3f} {r_fus / r_seq:>21.2f}x")
         if 1 in members:
-            print("  fused M / fused M=1: " + "  ".join(
-                f"M={m} {rates[model, m][1] / rates[model, 1][1]:.2f}x" for m in members))
+            print(
+                "  fused M / fused M=1: "
+                + "  ".join(
+                    f"M={m} {rates[model, m][1] / rates[model, 1][1]:.2f}x" for m in members
+                )
+            )
 
-    matmuls = statistics.median(epoch_matmuls(torch.device("cpu"), args.batches * BATCH)
-                                for _ in range(args.repeats))
-    print(f"\nseed model's float32 matmuls alone: {per_member_epoch / matmuls:.3f} "
-          f"member-epochs/s ({matmuls / per_member_epoch:.3f} s a member-epoch)")
+    matmuls = statistics.median(
+        epoch_matmuls(torch.device("cpu"), args.batches * BATCH) for _ in range(args.repeats)
+    )
+    print(
+        f"\nseed model's float32 matmuls alone: {per_member_epoch / matmuls:.3f} "
+        f"member-epochs/s ({matmuls / per_member_epoch:.3f} s a member-epoch)"
+    )
     for m in members:
         member_epoch = seed_fused_seconds[m] / m / per_member_epoch
-        print(f"  fused M={m}: member-epoch {member_epoch:.3f} s = "
-              f"{member_epoch / (matmuls / per_member_epoch):.2f}x the matmul floor")
+        print(
+            f"  fused M={m}: member-epoch {member_epoch:.3f} s = "
+            f"{member_epoch / (matmuls / per_member_epoch):.2f}x the matmul floor"
+        )
 
     print("\ntwo single-thread trials at once (two processes, one member each):")
     for model in MODELS:
         wall = two_trials_at_once(model, args.batches)
         rate = 2 * per_member_epoch / wall
-        ratios = "  ".join(f"fused M={m} / this {rates[model, m][1] / rate:.2f}x"
-                           for m in members)
+        ratios = "  ".join(f"fused M={m} / this {rates[model, m][1] / rate:.2f}x" for m in members)
         print(f"  {model}: {rate:.3f} member-epochs/s   {ratios}")
 
     print("\nunique memory (USS) of a fused pack, peak growth over the data alone:")
@@ -211,18 +241,24 @@ def main() -> None:
         grown = {m: pack_memory(model, m, args.batches, args.threads) for m in mem_members}
         lo, hi = mem_members
         per_extra = (grown[hi] - grown[lo]) / (hi - lo)
-        params = sum(p.numel() for p in make_model(member_configs(model, 1)[0],
-                                                   torch.device("cpu")).parameters())
-        print(f"  {model}: M={lo} {grown[lo] / 2**20:.1f} MiB, M={hi} {grown[hi] / 2**20:.1f} "
-              f"MiB: {per_extra / 2**20:.2f} MiB per extra member (its weights, gradient and "
-              f"Adam's two moments: {4 * 4 * params / 2**20:.2f} MiB)")
+        params = sum(
+            p.numel()
+            for p in make_model(member_configs(model, 1)[0], torch.device("cpu")).parameters()
+        )
+        print(
+            f"  {model}: M={lo} {grown[lo] / 2**20:.1f} MiB, M={hi} {grown[hi] / 2**20:.1f} "
+            f"MiB: {per_extra / 2**20:.2f} MiB per extra member (its weights, gradient and "
+            f"Adam's two moments: {4 * 4 * params / 2**20:.2f} MiB)"
+        )
 
     m8 = 8 if 8 in members else max(members)
     seed_ratio = rates["seed", m8][1] / rates["seed", m8][0]
     small_ratio = rates["small", m8][1] / rates["small", m8][0]
     floor_ratio = (seed_fused_seconds[m8] / m8) / matmuls
-    print(f"\nbench_fused: seed M={m8} {seed_ratio:.2f}x | small M={m8} {small_ratio:.2f}x | "
-          f"seed member-epoch / matmul floor {floor_ratio:.2f}x")
+    print(
+        f"\nbench_fused: seed M={m8} {seed_ratio:.2f}x | small M={m8} {small_ratio:.2f}x | "
+        f"seed member-epoch / matmul floor {floor_ratio:.2f}x"
+    )
 
 
 if __name__ == "__main__":

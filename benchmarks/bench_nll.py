@@ -35,8 +35,9 @@ def timed(model, x, k: int, chunk_size: int) -> tuple[float, float, float]:
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    nll = iwae_nll(model, x, k, chunk_size=chunk_size,
-                   generator=torch.Generator(x.device).manual_seed(0))
+    nll = iwae_nll(
+        model, x, k, chunk_size=chunk_size, generator=torch.Generator(x.device).manual_seed(0)
+    )
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, nll.mean().item(), rss_mb() - before
@@ -47,8 +48,12 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=300)
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--chunk-size", type=int, default=EvalConfig().chunk_size,
-                        help="decoder rows at once (eval.chunk_size); a GPU wants more")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=EvalConfig().chunk_size,
+        help="decoder rows at once (eval.chunk_size); a GPU wants more",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     config = RunConfig()
@@ -62,8 +67,10 @@ def main() -> None:
         x = torch.rand(args.examples, 784, device=device)
         source = "random grey images (no dataset found)"
     model = make_model(config, device).eval()
-    print(f"device {device}, threads {torch.get_num_threads()}, {args.examples} {source}, "
-          f"K={args.k}, chunk size {args.chunk_size}, seed model (untrained)")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, {args.examples} {source}, "
+        f"K={args.k}, chunk size {args.chunk_size}, seed model (untrained)"
+    )
     ours = model_module.bernoulli_nll
     timed(model, x[:5], args.k, args.chunk_size)  # warm-up
     rows = {}
@@ -74,10 +81,14 @@ def main() -> None:
         finally:
             model_module.bernoulli_nll = ours
     for name, (secs, nll, grew) in rows.items():
-        print(f"  {name:13s} {secs:7.2f} s  ({1000 * secs / args.examples:5.1f} ms an example)"
-              f"  test/nll {nll:.4f}  resident memory {grew:+.0f} MB")
-    print(f"torch kernel / vae_study = {rows['torch kernel'][0] / rows['vae_study'][0]:.2f}x; "
-          f"same NLL to {abs(rows['torch kernel'][1] - rows['vae_study'][1]):.1e} nats")
+        print(
+            f"  {name:13s} {secs:7.2f} s  ({1000 * secs / args.examples:5.1f} ms an example)"
+            f"  test/nll {nll:.4f}  resident memory {grew:+.0f} MB"
+        )
+    print(
+        f"torch kernel / vae_study = {rows['torch kernel'][0] / rows['vae_study'][0]:.2f}x; "
+        f"same NLL to {abs(rows['torch kernel'][1] - rows['vae_study'][1]):.1e} nats"
+    )
 
 
 if __name__ == "__main__":

@@ -30,15 +30,18 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vae_study_report_"))
     root = write_mnist(tmp / "data", n_train=2000, n_test=2000)
     statuses = [R.COMPLETED] * 8 + [R.STOPPED, R.FAILED]
-    folder = make_study_folder(tmp, root, n_trials=args.trials, epochs=20, checkpoints=5,
-                               statuses=statuses, offset=1000.0)
+    folder = make_study_folder(
+        tmp, root, n_trials=args.trials, epochs=20, checkpoints=5, statuses=statuses, offset=1000.0
+    )
     t0 = time.perf_counter()
     out = build_report(folder, tmp / "report")
     seconds = time.perf_counter() - t0
     pngs = sorted(p.name for p in out.glob("*.png"))
     print(f"figures: {', '.join(pngs)}")
-    print(f"report of {args.trials} trials ({len(pngs)} figures) built in {seconds:.1f} s on "
-          f"{os.cpu_count()} CPUs  (goal: well under 60 s)")
+    print(
+        f"report of {args.trials} trials ({len(pngs)} figures) built in {seconds:.1f} s on "
+        f"{os.cpu_count()} CPUs  (goal: well under 60 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -49,28 +49,37 @@ def main() -> None:
     c = args.concurrency
     print(f"1-epoch trials on {args.subset} images, concurrency {c}, {os.cpu_count()} CPUs")
     for n, (w, b) in runs.items():
-        print(f"  {n:4d} trials: study wall {w:6.1f} s, sum of trial times {b:6.1f} s, "
-              f"overhead {(w * c - b) / n:.3f} s per trial per slot (one-time costs included)")
+        print(
+            f"  {n:4d} trials: study wall {w:6.1f} s, sum of trial times {b:6.1f} s, "
+            f"overhead {(w * c - b) / n:.3f} s per trial per slot (one-time costs included)"
+        )
     marginal = ((w_big - w_small) * c - (b_big - b_small)) / (args.trials - small)
-    print(f"marginal overhead per trial per slot = {marginal:.3f} s (the {args.trials}-trial "
-          f"study less the {small}-trial one; Ray's scalability target is about 0.15 s)")
+    print(
+        f"marginal overhead per trial per slot = {marginal:.3f} s (the {args.trials}-trial "
+        f"study less the {small}-trial one; Ray's scalability target is about 0.15 s)"
+    )
 
 
 def _run(tmp: Path, root: str, args: argparse.Namespace, trials: int) -> tuple[float, float]:
-    study = study_from_dict({
-        "name": "overhead",
-        "output": {"dir": str(tmp / "runs")},
-        "data": {"root": root, "train_subset": args.subset, "val_size": 500},
-        "model": {"hidden": [64], "latent_dim": 4},
-        "train": {"epochs": 1, "batch_size": 128, "device": "cpu"},
-        "eval": {"k": 10, "nll_examples": 200, "surgery_examples": 200},
-        "search": {"algorithm": "random", "num_trials": trials,
-                   "max_concurrent": args.concurrency,
-                   "space": {"train.beta": {"log_uniform": [0.1, 10.0]}}},
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-        "ray": {"dashboard": False},
-        "report": {"enabled": False},
-    })
+    study = study_from_dict(
+        {
+            "name": "overhead",
+            "output": {"dir": str(tmp / "runs")},
+            "data": {"root": root, "train_subset": args.subset, "val_size": 500},
+            "model": {"hidden": [64], "latent_dim": 4},
+            "train": {"epochs": 1, "batch_size": 128, "device": "cpu"},
+            "eval": {"k": 10, "nll_examples": 200, "surgery_examples": 200},
+            "search": {
+                "algorithm": "random",
+                "num_trials": trials,
+                "max_concurrent": args.concurrency,
+                "space": {"train.beta": {"log_uniform": [0.1, 10.0]}},
+            },
+            "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+            "ray": {"dashboard": False},
+            "report": {"enabled": False},
+        }
+    )
     t0 = time.perf_counter()
     folder = run_study(study, verbose=0)
     wall = time.perf_counter() - t0

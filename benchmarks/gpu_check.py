@@ -61,12 +61,18 @@ def plan(dry: bool) -> list[Step]:
     nll = ["--examples", "20", "--k", "50"] if dry else ["--examples", "10000", "--k", "5000"]
     big_chunk = "1024" if dry else "131072"
     steps = [
-        Step("gpu tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           str(REPO / "tests")], 150),
+        Step(
+            "gpu tests",
+            [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(REPO / "tests")],
+            150,
+        ),
         Step("epoch", [py, str(BENCH / "bench_epoch.py"), "--device", device, *epoch], 120),
         Step("test NLL", [py, str(BENCH / "bench_nll.py"), "--device", device, *nll], 90),
-        Step("test NLL, big chunks", [py, str(BENCH / "bench_nll.py"), "--device", device,
-                                      *nll, "--chunk-size", big_chunk], 60),
+        Step(
+            "test NLL, big chunks",
+            [py, str(BENCH / "bench_nll.py"), "--device", device, *nll, "--chunk-size", big_chunk],
+            60,
+        ),
     ]
     fused = BENCH / "bench_fused.py"
     if fused.is_file():
@@ -78,14 +84,16 @@ def run(step: Step, env: dict[str, str]) -> None:
     print(f"\n=== {step.name}: {' '.join(step.argv[1:])}", flush=True)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(step.argv, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=step.timeout_s)
+        proc = subprocess.run(
+            step.argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=step.timeout_s
+        )
         step.output = proc.stdout + proc.stderr
         step.ok = proc.returncode == 0
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout or b""
-        step.output = (out.decode() if isinstance(out, bytes) else out) + \
-            f"\n(stopped after {step.timeout_s} s)"
+        step.output = (
+            out.decode() if isinstance(out, bytes) else out
+        ) + f"\n(stopped after {step.timeout_s} s)"
     step.seconds = time.perf_counter() - t0
     print(step.output.rstrip(), flush=True)
 
@@ -113,7 +121,8 @@ def figures(step: Step) -> None:
             value = f"{float(secs):.2f} s"
             if name == "vae_study" and the_goal:
                 value += f" (goal < {NLL_GOAL_S:g} s: " + (
-                    "met)" if float(secs) < NLL_GOAL_S else "NOT met)")
+                    "met)" if float(secs) < NLL_GOAL_S else "NOT met)"
+                )
             step.rows.append((f"test NLL, {name}{where}", value))
         m = re.search(r"test/nll ([\d.]+)", out)
         if m:
@@ -127,8 +136,12 @@ def figures(step: Step) -> None:
 
 def data_env(dry: bool, scratch: Path) -> tuple[dict[str, str], str]:
     """The environment of the steps, and a line saying which data they read."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
     if os.environ.get("VAE_STUDY_DATA"):
         return env, f"$VAE_STUDY_DATA ({os.environ['VAE_STUDY_DATA']})"
     shared = REPO.parent / "shared" / "data"
@@ -157,8 +170,9 @@ def describe_machine(dry: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true",
-                        help="the same steps on the CPU at tiny sizes (a minute)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the same steps on the CPU at tiny sizes (a minute)"
+    )
     args = parser.parse_args()
     machine = describe_machine(args.dry_run)
     print(machine, flush=True)
@@ -172,8 +186,10 @@ def main() -> int:
     total = time.perf_counter() - started
     kind = "dry run, CPU, tiny sizes: not figures to report" if args.dry_run else "measured"
     print(f"\n{SUMMARY_MARK}")
-    print(f"**GPU check** ({kind}; `python benchmarks/gpu_check.py`): {machine}; data: {data}; "
-          f"{total:.0f} s in all.\n")
+    print(
+        f"**GPU check** ({kind}; `python benchmarks/gpu_check.py`): {machine}; data: {data}; "
+        f"{total:.0f} s in all.\n"
+    )
     print("| figure | value |\n|---|---|")
     for step in steps:
         for name, value in step.rows:

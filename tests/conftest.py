@@ -20,9 +20,9 @@ def tiny_images(n: int, seed: int = 0) -> np.ndarray:
     for i in range(n):
         r = rng.integers(4, 24)
         if i % 2:
-            img[i, r - 2:r + 2, 4:24] = 255
+            img[i, r - 2 : r + 2, 4:24] = 255
         else:
-            img[i, 4:24, r - 2:r + 2] = 255
+            img[i, 4:24, r - 2 : r + 2] = 255
     return img
 
 
@@ -39,17 +39,31 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool) -> None:
         path.write_bytes(data)
 
 
-def write_mnist(root: Path, *, layout: str = "flat", dataset: str = "mnist",
-                n_train: int = 300, n_test: int = 100, gz: bool = True) -> Path:
+def write_mnist(
+    root: Path,
+    *,
+    layout: str = "flat",
+    dataset: str = "mnist",
+    n_train: int = 300,
+    n_test: int = 100,
+    gz: bool = True,
+) -> Path:
     """MNIST-format files under ``root``, in the flat (<root>/mnist/*.gz) or torchvision layout."""
-    folder = root / dataset if layout == "flat" else root / {
-        "mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[dataset] / "raw"
+    folder = (
+        root / dataset
+        if layout == "flat"
+        else root / {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[dataset] / "raw"
+    )
     rng = np.random.default_rng(1)
     for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte", tiny_images(n, seed),
-                  gz=gz and layout == "flat")
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte",
-                  rng.integers(0, 10, n).astype(np.uint8), gz=gz and layout == "flat")
+        write_idx(
+            folder / f"{prefix}-images-idx3-ubyte", tiny_images(n, seed), gz=gz and layout == "flat"
+        )
+        write_idx(
+            folder / f"{prefix}-labels-idx1-ubyte",
+            rng.integers(0, 10, n).astype(np.uint8),
+            gz=gz and layout == "flat",
+        )
     return root
 
 

@@ -20,9 +20,18 @@ from vae_study.study_config import study_from_dict
 from vae_study.train import fit
 
 
-def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: int = 3,
-                      checkpoints: int = 3, statuses: list[str] | None = None,
-                      name: str = "made", seed: int = 0, offset: float = 0.0) -> Path:
+def make_study_folder(
+    tmp: Path,
+    data_root: Path,
+    *,
+    n_trials: int = 6,
+    epochs: int = 3,
+    checkpoints: int = 3,
+    statuses: list[str] | None = None,
+    name: str = "made",
+    seed: int = 0,
+    offset: float = 0.0,
+) -> Path:
     """A study folder of ``n_trials`` over beta and latent size; the first ``checkpoints``
     completed trials are trained for real (tiny), the others get plausible numbers (their
     distortions raised by ``offset``)."""
@@ -34,9 +43,14 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
         "model": {"hidden": [32], "latent_dim": 2},
         "train": {"epochs": epochs, "batch_size": 64, "device": "cpu"},
         "eval": {"k": 8, "surgery_examples": 60},
-        "search": {"num_trials": n_trials, "max_concurrent": 1,
-                   "space": {"train.beta": {"log_uniform": [0.1, 10.0]},
-                             "model.latent_dim": {"choice": [2, 4]}}},
+        "search": {
+            "num_trials": n_trials,
+            "max_concurrent": 1,
+            "space": {
+                "train.beta": {"log_uniform": [0.1, 10.0]},
+                "model.latent_dim": {"choice": [2, 4]},
+            },
+        },
     }
     study = study_from_dict(raw)
     layout = StudyLayout.of(tmp / "runs", name)
@@ -53,8 +67,13 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
         status = statuses[i % len(statuses)]
         trial_dir = layout.trial_dir(trial_id)
         trial_dir.mkdir(parents=True)
-        row = {"trial_id": trial_id, "optuna_trial": i, "status": status,
-               "train.beta": beta, "model.latent_dim": latent}
+        row = {
+            "trial_id": trial_id,
+            "optuna_trial": i,
+            "status": status,
+            "train.beta": beta,
+            "model.latent_dim": latent,
+        }
         if status == R.COMPLETED and trained < checkpoints:
             trained += 1
             cfg = study.trial_config({"train.beta": beta, "model.latent_dim": latent})
@@ -62,36 +81,50 @@ def make_study_folder(tmp: Path, data_root: Path, *, n_trials: int = 6, epochs: 
             (trial_dir / "work" / "checkpoint").rename(trial_dir / "checkpoint_000002")
             history, final = res.history, res.final
         else:
-            done = {R.COMPLETED: epochs, R.STOPPED: 1, R.RUNNING: 2, R.FAILED: 2,
-                    R.PENDING: 0}[status]
+            done = {R.COMPLETED: epochs, R.STOPPED: 1, R.RUNNING: 2, R.FAILED: 2, R.PENDING: 0}[
+                status
+            ]
             rate = 30.0 / (1 + beta) + rng.uniform(0, 2)
             history = []
             for e in range(1, done + 1):
                 d = offset + 200.0 / e + 100 / (1 + rate)
-                history.append({M.EPOCH: e, M.VAL_RATE: rate, M.VAL_DISTORTION: d,
-                                M.VAL_NEG_ELBO: rate + d})
+                history.append(
+                    {M.EPOCH: e, M.VAL_RATE: rate, M.VAL_DISTORTION: d, M.VAL_NEG_ELBO: rate + d}
+                )
             final = {}
             if status == R.COMPLETED:
                 d = history[-1][M.VAL_DISTORTION]
                 q = study.base.quantity  # grey-level Bernoulli here: ce_bound, not nll
-                final = {M.TEST_RATE: rate, M.TEST_DISTORTION: d, M.TEST_NEG_ELBO: rate + d,
-                         M.bound_key("test", q): rate + d - 3, M.TEST_BOUND_GAP: 3.0,
-                         M.TEST_NLL_EXAMPLES: 100, M.bound_key("val", q): rate + d - 3,
-                         M.TEST_ACTIVE_UNITS: latent,
-                         M.TEST_MUTUAL_INFO: min(rate, 6.0), M.TEST_MARGINAL_KL: rate - min(
-                             rate, 6.0), M.TEST_KL_PER_DIM: [rate / latent] * latent}
+                final = {
+                    M.TEST_RATE: rate,
+                    M.TEST_DISTORTION: d,
+                    M.TEST_NEG_ELBO: rate + d,
+                    M.bound_key("test", q): rate + d - 3,
+                    M.TEST_BOUND_GAP: 3.0,
+                    M.TEST_NLL_EXAMPLES: 100,
+                    M.bound_key("val", q): rate + d - 3,
+                    M.TEST_ACTIVE_UNITS: latent,
+                    M.TEST_MUTUAL_INFO: min(rate, 6.0),
+                    M.TEST_MARGINAL_KL: rate - min(rate, 6.0),
+                    M.TEST_KL_PER_DIM: [rate / latent] * latent,
+                }
             if status == R.FAILED:
                 row[R.ERROR_KEY] = "training diverged: the loss is nan at epoch 2, batch 3"
         with open(layout.result_file(trial_id), "w") as f:
             for h in history:
                 f.write(json.dumps({**h, "training_iteration": h[M.EPOCH]}) + "\n")
         if history:  # the driver copies the last report's validation terms into the row
-            row.update({k: history[-1][k] for k in (M.EPOCH, M.VAL_NEG_ELBO, M.VAL_RATE,
-                                                    M.VAL_DISTORTION)})
+            row.update(
+                {k: history[-1][k] for k in (M.EPOCH, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION)}
+            )
         row.update({k: v for k, v in final.items()})
         rows.append(row)
-    R.write_results(layout.results_file, rows, ["train.beta", "model.latent_dim"],
-                    [(o.metric, o.mode) for o in study.search.objectives])
+    R.write_results(
+        layout.results_file,
+        rows,
+        ["train.beta", "model.latent_dim"],
+        [(o.metric, o.mode) for o in study.search.objectives],
+    )
     return folder
 
 
@@ -109,9 +142,15 @@ def tiny_study(tmp_path: Path, **over) -> dict:
         "model": {"hidden": [32], "latent_dim": 2},
         "train": {"epochs": 2, "batch_size": 100, "device": "cpu"},
         "eval": {"k": 10, "surgery_examples": 100, "val_k": 10, "val_examples": 100},
-        "search": {"algorithm": "tpe", "num_trials": 4, "max_concurrent": 2,
-                   "space": {"train.beta": {"log_uniform": [0.1, 10.0]},
-                             "model.latent_dim": {"choice": [2, 4]}}},
+        "search": {
+            "algorithm": "tpe",
+            "num_trials": 4,
+            "max_concurrent": 2,
+            "space": {
+                "train.beta": {"log_uniform": [0.1, 10.0]},
+                "model.latent_dim": {"choice": [2, 4]},
+            },
+        },
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},  # no GPU here: CPU
         "ray": {"dashboard": False},
         "report": {"enabled": False},

@@ -17,8 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
 
 
 def test_import_loads_no_study_dependency_and_the_study_functions_load_on_use():
@@ -28,12 +33,17 @@ def test_import_loads_no_study_dependency_and_the_study_functions_load_on_use():
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "print(vae_study.load_study.__module__, vae_study.run_study.__module__,\n"
         "      vae_study.build_report.__module__, vae_study.load_folder.__module__)\n"
-        "print('ray' in sys.modules, vae_study.metrics.VAL_NLL)\n")
+        "print('ray' in sys.modules, vae_study.metrics.VAL_NLL)\n"
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "[]"  # nothing heavy imported by the package itself
-    assert lines[1].split() == ["vae_study.study_config", "vae_study.driver", "vae_study.report",
-                                "vae_study.study_folder"]
+    assert lines[1].split() == [
+        "vae_study.study_config",
+        "vae_study.driver",
+        "vae_study.report",
+        "vae_study.study_folder",
+    ]
     assert lines[2] == "True val/nll"  # run_study brought Ray only when asked for
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         vae_study.nonsense  # noqa: B018
@@ -50,7 +60,8 @@ def test_building_a_report_leaves_a_notebooks_matplotlib_alone(tmp_path):
         "import vae_study\n"
         f"out = vae_study.build_report({str(folder)!r}, {str(tmp_path / 'rep')!r})\n"
         "print(matplotlib.get_backend(), plt.get_fignums(), sorted(p.name for p in\n"
-        "      out.glob('*.png'))[:1])\n")
+        "      out.glob('*.png'))[:1])\n"
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     backend, rest = r.stdout.split(" ", 1)
     assert backend == "svg" and rest.startswith("[1] ['")  # our figures never reach pyplot
@@ -58,8 +69,9 @@ def test_building_a_report_leaves_a_notebooks_matplotlib_alone(tmp_path):
 
 def test_the_api_raises_instead_of_exiting(tmp_path):
     with pytest.raises(vae_study.ConfigError, match="train.beta"):
-        (tmp_path / "s.yaml").write_text("name: s\ntrain: {beta: -1}\nsearch: {space: "
-                                         "{train.lr: {choice: [0.001]}}}\n")
+        (tmp_path / "s.yaml").write_text(
+            "name: s\ntrain: {beta: -1}\nsearch: {space: {train.lr: {choice: [0.001]}}}\n"
+        )
         vae_study.load_study(tmp_path / "s.yaml")
     with pytest.raises(vae_study.VaeStudyError, match="is not a study folder"):
         vae_study.load_folder(tmp_path)

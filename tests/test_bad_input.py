@@ -35,7 +35,7 @@ BASE = {
     "train": "train: {epochs: 2, batch_size: 100, device: cpu}",
     "eval": "eval: {k: 10, surgery_examples: 100}",
     "search": "search: {num_trials: 4, max_concurrent: 2, space: {train.beta: {log_uniform: "
-              "[0.1, 10.0]}, model.latent_dim: {choice: [2, 4]}}}",
+    "[0.1, 10.0]}, model.latent_dim: {choice: [2, 4]}}}",
     "ray": "ray: {dashboard: false}",
     "report": "report: {enabled: false}",
 }
@@ -61,89 +61,158 @@ BIG = "x" * 2_000_000
 CASES = [
     # 1-3: what the YAML reader itself must refuse
     ("alias bomb", _text() + _bomb(), "expand to more than"),
-    ("deep nesting", _text(eval="eval: {k: " + "[" * 5000 + "]" * 5000 + "}"),
-     f"nests deeper than {MAX_DEPTH} levels"),
+    (
+        "deep nesting",
+        _text(eval="eval: {k: " + "[" * 5000 + "]" * 5000 + "}"),
+        f"nests deeper than {MAX_DEPTH} levels",
+    ),
     ("recursive alias", _text(model="model: &m {hidden: [*m]}"), "refers to the value"),
     ("not UTF-8", b"name: tiny\ntrain: {device: cpu\xff}\n", "not UTF-8 text: byte 0xff at line 2"),
     ("huge integer", _text(train="train: {seed: " + "7" * 5000 + "}"), "5000 digits"),
-    ("python tag", _text(name="name: !!python/object/apply:os.system ['echo hi']"),
-     "could not determine a constructor"),
+    (
+        "python tag",
+        _text(name="name: !!python/object/apply:os.system ['echo hi']"),
+        "could not determine a constructor",
+    ),
     # 12: duplicates
-    ("duplicate section", _text() + "train: {epochs: 3}\n",
-     "the key 'train' is given twice (first at line 4)"),
-    ("duplicate key", _text(train="train:\n  beta: 1.0\n  epochs: 2\n  beta: 2.0"),
-     "at line 7, column 3: the key 'beta' is given twice (first at line 5)"),
+    (
+        "duplicate section",
+        _text() + "train: {epochs: 3}\n",
+        "the key 'train' is given twice (first at line 4)",
+    ),
+    (
+        "duplicate key",
+        _text(train="train:\n  beta: 1.0\n  epochs: 2\n  beta: 2.0"),
+        "at line 7, column 3: the key 'beta' is given twice (first at line 5)",
+    ),
     # 4: huge values are abbreviated (the whole line is checked for its length below)
     ("huge value", _text(train=f"train: {{device: cuda{BIG}}}"), "train.device: got 'cudaxxx"),
     ("huge key", _text(train=f"train:\n  ? {BIG}\n  : 1"), "unknown key train.'xxxx"),
     ("huge name", _text(name=f"name: {BIG}"), "name: got 'xxx"),
-    ("huge choice", _text(search=f"search: {{space: {{train.beta: {{choice: [{BIG}]}}}}}}"),
-     "train.beta: got 'xxx"),
+    (
+        "huge choice",
+        _text(search=f"search: {{space: {{train.beta: {{choice: [{BIG}]}}}}}}"),
+        "train.beta: got 'xxx",
+    ),
     # 5: non-finite numbers
     ("inf lr", _text(train="train: {lr: .inf}"), "train.lr: got inf, expected a finite number"),
     ("nan beta", _text(train="train: {beta: .nan}"), "train.beta: got nan"),
     ("inf gaussian std", _text(model="model: {gaussian_std: .inf}"), "model.gaussian_std"),
-    ("inf cpus", "resources: {cpus_per_trial: .inf}\n" + _text(),
-     "resources.cpus_per_trial: got inf, expected a finite number"),
-    ("nan gpus", "resources: {gpus_per_trial: .nan}\n" + _text(),
-     "resources.gpus_per_trial: got nan"),
-    ("inf bound", _text(search="search: {space: {train.beta: {uniform: [0.1, .inf]}}}"),
-     "search.space.train.beta.uniform: expected finite bounds"),
-    ("nan choice", _text(search="search: {space: {train.beta: {choice: [0.5, .nan]}}}"),
-     "train.beta: got nan"),
-    ("inf sampler option",
-     _text(search="search: {sampler_options: {prior_weight: .inf}, " + SPACE + "}"),
-     "search.sampler_options.prior_weight: got inf"),
+    (
+        "inf cpus",
+        "resources: {cpus_per_trial: .inf}\n" + _text(),
+        "resources.cpus_per_trial: got inf, expected a finite number",
+    ),
+    (
+        "nan gpus",
+        "resources: {gpus_per_trial: .nan}\n" + _text(),
+        "resources.gpus_per_trial: got nan",
+    ),
+    (
+        "inf bound",
+        _text(search="search: {space: {train.beta: {uniform: [0.1, .inf]}}}"),
+        "search.space.train.beta.uniform: expected finite bounds",
+    ),
+    (
+        "nan choice",
+        _text(search="search: {space: {train.beta: {choice: [0.5, .nan]}}}"),
+        "train.beta: got nan",
+    ),
+    (
+        "inf sampler option",
+        _text(search="search: {sampler_options: {prior_weight: .inf}, " + SPACE + "}"),
+        "search.sampler_options.prior_weight: got inf",
+    ),
     # 6: integers out of range
-    ("seed too large", _text(train="train: {seed: 4294967296}"),
-     "train.seed: got 4294967296, expected an integer in [0, 2**32 - 1]"),
+    (
+        "seed too large",
+        _text(train="train: {seed: 4294967296}"),
+        "train.seed: got 4294967296, expected an integer in [0, 2**32 - 1]",
+    ),
     ("negative seed", _text(train="train: {seed: -1}"), "train.seed: got -1"),
-    ("search seed", _text(search="search: {seed: 1099511627776, " + SPACE + "}"),
-     "search.seed: got 1099511627776"),
-    ("dashboard port", _text(ray="ray: {dashboard_port: 70000}"),
-     "ray.dashboard_port: got 70000, a dashboard port outside 0-65535"),
-    ("epochs", _text(train="train: {epochs: 10000000}"), "train.epochs: got 10000000, expected "
-     "at most 1000000"),
-    ("num_trials", _text(search="search: {num_trials: 10000001, " + SPACE + "}"),
-     "search.num_trials: got 10000001, expected at most"),
-    ("64 bits", _text(train="train: {batch_size: 18446744073709551616}"),
-     "train.batch_size: got 18446744073709551616, expected an integer that fits in 64 bits"),
+    (
+        "search seed",
+        _text(search="search: {seed: 1099511627776, " + SPACE + "}"),
+        "search.seed: got 1099511627776",
+    ),
+    (
+        "dashboard port",
+        _text(ray="ray: {dashboard_port: 70000}"),
+        "ray.dashboard_port: got 70000, a dashboard port outside 0-65535",
+    ),
+    (
+        "epochs",
+        _text(train="train: {epochs: 10000000}"),
+        "train.epochs: got 10000000, expected at most 1000000",
+    ),
+    (
+        "num_trials",
+        _text(search="search: {num_trials: 10000001, " + SPACE + "}"),
+        "search.num_trials: got 10000001, expected at most",
+    ),
+    (
+        "64 bits",
+        _text(train="train: {batch_size: 18446744073709551616}"),
+        "train.batch_size: got 18446744073709551616, expected an integer that fits in 64 bits",
+    ),
     ("float too large", _text(train="train: {batch_size: 1.0e+300}"), "fits in 64 bits"),
-    ("int bound too large", _text(search="search: {space: {train.k: {int: [1, " + "9" * 400
-                                  + "]}}}"), "search.space.train.k.int: expected finite bounds"),
+    (
+        "int bound too large",
+        _text(search="search: {space: {train.k: {int: [1, " + "9" * 400 + "]}}}"),
+        "search.space.train.k.int: expected finite bounds",
+    ),
     # 7: study names
     ("long name", _text(name="name: " + "a" * 101), "use at most 100"),
     ("trailing newline", _text(name='name: "smoke\\n"'), "line breaks"),
     # 8: devices
-    ("cuda:x", _text(train="train: {device: 'cuda:x'}"),
-     "train.device: got 'cuda:x', expected one of auto, cpu, cuda, cuda:N"),
+    (
+        "cuda:x",
+        _text(train="train: {device: 'cuda:x'}"),
+        "train.device: got 'cuda:x', expected one of auto, cpu, cuda, cuda:N",
+    ),
     ("cuda1", _text(train="train: {device: cuda1}"), "train.device: got 'cuda1'"),
     ("gpu", _text(train="train: {device: gpu}"), "train.device: got 'gpu'"),
     ("cuda:-1", _text(train="train: {device: 'cuda:-1'}"), "train.device: got 'cuda:-1'"),
     # 9: what Ray or Optuna would refuse only once the study runs
-    ("sampler option", _text(search="search: {sampler_options: {n_startup: 3}, " + SPACE + "}"),
-     "search.sampler_options: TPESampler.__init__() got an unexpected keyword argument"),
-    ("point not a choice",
-     _text(search="search: {points_to_evaluate: [{model.latent_dim: 3}], " + SPACE + "}"),
-     "model.latent_dim=3 is not one of its choices [2, 4]"),
-    ("point out of range",
-     _text(search="search: {points_to_evaluate: [{train.beta: 50.0}], " + SPACE + "}"),
-     "train.beta=50.0 is not a number in its range [0.1, 10.0]"),
-    ("point not an integer",
-     _text(search="search: {points_to_evaluate: [{train.k: 2.5}], space: {train.k: {int: "
-                  "[1, 5]}}}"), "train.k=2.5 is not an integer in its range"),
-    ("ray address", _text(ray="ray: {address: 'head node'}"),
-     "ray.address: got 'head node', expected auto, host:port"),
+    (
+        "sampler option",
+        _text(search="search: {sampler_options: {n_startup: 3}, " + SPACE + "}"),
+        "search.sampler_options: TPESampler.__init__() got an unexpected keyword argument",
+    ),
+    (
+        "point not a choice",
+        _text(search="search: {points_to_evaluate: [{model.latent_dim: 3}], " + SPACE + "}"),
+        "model.latent_dim=3 is not one of its choices [2, 4]",
+    ),
+    (
+        "point out of range",
+        _text(search="search: {points_to_evaluate: [{train.beta: 50.0}], " + SPACE + "}"),
+        "train.beta=50.0 is not a number in its range [0.1, 10.0]",
+    ),
+    (
+        "point not an integer",
+        _text(
+            search="search: {points_to_evaluate: [{train.k: 2.5}], space: {train.k: {int: [1, 5]}}}"
+        ),
+        "train.k=2.5 is not an integer in its range",
+    ),
+    (
+        "ray address",
+        _text(ray="ray: {address: 'head node'}"),
+        "ray.address: got 'head node', expected auto, host:port",
+    ),
     ("dashboard host", _text(ray="ray: {dashboard_host: 'http://x/'}"), "ray.dashboard_host"),
-    ("grace period", "scheduler: {type: asha, grace_period: 5}\n" + _text(),
-     "scheduler.grace_period: got 5, longer than train.epochs=2"),
+    (
+        "grace period",
+        "scheduler: {type: asha, grace_period: 5}\n" + _text(),
+        "scheduler.grace_period: got 5, longer than train.epochs=2",
+    ),
     ("report dir", "FILE", "report.dir"),
 ]
 
 
 @pytest.mark.parametrize("label, text, fragment", CASES, ids=[c[0] for c in CASES])
-def test_bad_study_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys, label, text,
-                                           fragment):
+def test_bad_study_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys, label, text, fragment):
     monkeypatch.chdir(tmp_path)  # the default output.dir (runs/) would appear here
     path = tmp_path / "study.yaml"
     if text == "FILE":  # report.dir under a regular file: cannot be created, even by root
@@ -174,13 +243,17 @@ def test_the_base_file_is_good(tmp_path):
     assert study.name == "tiny" and study.base.train.epochs == 2
 
 
-@pytest.mark.parametrize("label, text, fragment", [
-    ("alias bomb", _bomb(), "expand to more than"),
-    ("duplicate key", "train: {epochs: 1, epochs: 2}\n", "the key 'epochs' is given twice"),
-    ("not UTF-8", b"train: {device: \xc3\x28}\n", "not UTF-8 text"),
-    ("bad device", "train: {device: gpu}\n", "train.device: got 'gpu'"),
-    ("inf", "train: {lr: .inf}\n", "train.lr: got inf"),
-], ids=["alias bomb", "duplicate key", "not UTF-8", "bad device", "inf"])
+@pytest.mark.parametrize(
+    "label, text, fragment",
+    [
+        ("alias bomb", _bomb(), "expand to more than"),
+        ("duplicate key", "train: {epochs: 1, epochs: 2}\n", "the key 'epochs' is given twice"),
+        ("not UTF-8", b"train: {device: \xc3\x28}\n", "not UTF-8 text"),
+        ("bad device", "train: {device: gpu}\n", "train.device: got 'gpu'"),
+        ("inf", "train: {lr: .inf}\n", "train.lr: got inf"),
+    ],
+    ids=["alias bomb", "duplicate key", "not UTF-8", "bad device", "inf"],
+)
 def test_bad_run_file_for_fit(tmp_path, capsys, label, text, fragment):
     path = tmp_path / "run.yaml"
     if isinstance(text, bytes):
@@ -198,8 +271,11 @@ def test_refusals_start_no_ray(tmp_path, monkeypatch, capsys):
     import ray
 
     monkeypatch.chdir(tmp_path)
-    for text in (_text() + "train: {}\n", _text(train="train: {seed: 4294967296}"),
-                 _text(search="search: {sampler_options: {nope: 1}, " + SPACE + "}")):
+    for text in (
+        _text() + "train: {}\n",
+        _text(train="train: {seed: 4294967296}"),
+        _text(search="search: {sampler_options: {nope: 1}, " + SPACE + "}"),
+    ):
         (tmp_path / "study.yaml").write_text(text)
         assert main(["run", str(tmp_path / "study.yaml")]) == 2
         assert not ray.is_initialized()
@@ -209,11 +285,13 @@ def test_refusals_start_no_ray(tmp_path, monkeypatch, capsys):
 def test_bad_set_values_are_refused_like_file_values(tmp_path, capsys):
     path = write_study(tmp_path, tiny_study(tmp_path))
     deep = "[" * 1000 + "]" * 1000
-    for item, fragment in ((f"train.lr={deep}", "nests deeper than"),
-                           ("train.lr=.inf", "train.lr: got inf"),
-                           ("train.seed=-5", "train.seed: got -5"),
-                           ("name=a/b", "name: got 'a/b'"),
-                           (f"train.device={BIG}", "train.device: got 'xxx")):
+    for item, fragment in (
+        (f"train.lr={deep}", "nests deeper than"),
+        ("train.lr=.inf", "train.lr: got inf"),
+        ("train.seed=-5", "train.seed: got -5"),
+        ("name=a/b", "name: got 'a/b'"),
+        (f"train.device={BIG}", "train.device: got 'xxx"),
+    ):
         assert main(["run", str(path), "--set", item]) == 2
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1 and len(err) < 600, err
@@ -235,9 +313,13 @@ def test_set_name_and_output_dir(tmp_path):
 
 def test_scientific_notation_in_bounds_choices_and_points(tmp_path):
     path = tmp_path / "study.yaml"
-    path.write_text(_text(search="search: {points_to_evaluate: [{train.lr: 1e-3}], space: "
-                                 "{train.lr: {log_uniform: [1e-4, 1e-2]}, train.beta: "
-                                 "{choice: [5e-1, 1E0, 2e+0]}}}"))
+    path.write_text(
+        _text(
+            search="search: {points_to_evaluate: [{train.lr: 1e-3}], space: "
+            "{train.lr: {log_uniform: [1e-4, 1e-2]}, train.beta: "
+            "{choice: [5e-1, 1E0, 2e+0]}}}"
+        )
+    )
     study = load_study(path)
     lr, beta = study.search.space
     assert (lr.low, lr.high) == (1e-4, 1e-2)
@@ -251,8 +333,10 @@ def test_yaml_reader_keeps_what_is_legitimate(tmp_path):
     path = tmp_path / "a.yaml"
     # merge keys may override (that is not a duplicate); a word that only looks like a
     # number stays a string; 1e5 is a float; an anchor used a few times is fine
-    path.write_text("base: &b {epochs: 1, beta: 2.0}\ntrain: {<<: *b, epochs: 3}\n"
-                    "x: 1e\ny: 1e5\nz: [*b, *b, *b]\n")
+    path.write_text(
+        "base: &b {epochs: 1, beta: 2.0}\ntrain: {<<: *b, epochs: 3}\n"
+        "x: 1e\ny: 1e5\nz: [*b, *b, *b]\n"
+    )
     raw = read_yaml(path)
     assert raw["train"] == {"epochs": 3, "beta": 2.0}
     assert raw["x"] == "1e" and raw["y"] == 100000.0
@@ -341,8 +425,7 @@ def test_no_report_skips_the_report_dir_check(tmp_path, monkeypatch):
     """--no-report (or report.enabled: false) does not need a writable report.dir: the
     check must not refuse such a study (stopped here before Ray by a later, known error)."""
     (tmp_path / "f").write_text("x")
-    raw = tiny_study(tmp_path, **{"report.dir": str(tmp_path / "f" / "r"),
-                                  "report.enabled": True})
+    raw = tiny_study(tmp_path, **{"report.dir": str(tmp_path / "f" / "r"), "report.enabled": True})
     path = write_study(tmp_path, raw)
 
     def stop(*args, **kwargs):

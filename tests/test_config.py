@@ -25,8 +25,10 @@ def test_defaults_are_the_seed_notebook_model():
 
 def test_yaml_file_with_overrides(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text("data: {dataset: fashion_mnist}\nmodel:\n  hidden: [200, 200]\n"
-                    "train:\n  lr: 1e-3\n  beta: 2\n")
+    path.write_text(
+        "data: {dataset: fashion_mnist}\nmodel:\n  hidden: [200, 200]\n"
+        "train:\n  lr: 1e-3\n  beta: 2\n"
+    )
     c = load_run_config(path, ["train.beta=0.5", "model.latent_dim=50", "data.root=/d"])
     assert c.data.dataset == "fashion_mnist" and c.data.root == "/d"
     assert c.model.hidden == (200, 200) and c.model.latent_dim == 50
@@ -34,36 +36,39 @@ def test_yaml_file_with_overrides(tmp_path):
     assert c.train.lr == 1e-3  # YAML 1.1 reads "1e-3" as a string; it is a number here
 
 
-@pytest.mark.parametrize("raw, fragments", [
-    ({"train": {"bet": 1}}, ["unknown key train.bet", "did you mean beta"]),
-    ({"trian": {}}, ["unknown section 'trian'", "did you mean train"]),
-    ({"train": {"beta": 0}}, ["train.beta", "got 0", "positive"]),
-    ({"train": {"beta": -1.5}}, ["train.beta", "-1.5"]),
-    ({"train": {"beta": ".nan"}}, ["train.beta"]),
-    ({"train": {"k": 0}}, ["train.k", "got 0", ">= 1"]),
-    ({"train": {"k": 2.5}}, ["train.k", "2.5", "integer"]),
-    ({"train": {"epochs": "ten"}}, ["train.epochs", "'ten'", "integer"]),
-    ({"train": {"lr": -1e-3}}, ["train.lr", "positive"]),
-    ({"train": {"objective": "vae"}}, ["train.objective", "'vae'", "elbo, iwae"]),
-    ({"train": {"device": "tpu"}}, ["train.device", "auto, cpu, cuda"]),
-    ({"train": {"batch_size": True}}, ["train.batch_size", "integer"]),
-    ({"model": {"latent_dim": 0}}, ["model.latent_dim", "got 0"]),
-    ({"model": {"hidden": []}}, ["model.hidden", "non-empty"]),
-    ({"model": {"hidden": [400, 0]}}, ["model.hidden", "positive"]),
-    ({"model": {"hidden": "big"}}, ["model.hidden", "list"]),
-    ({"model": {"activation": "sigmoidal"}}, ["model.activation", "relu"]),
-    ({"model": {"likelihood": "poisson"}}, ["model.likelihood", "bernoulli, gaussian"]),
-    ({"model": {"gaussian_std": 0}}, ["model.gaussian_std", "positive"]),
-    ({"model": {"learn_std": "yes please"}}, ["model.learn_std", "true or false"]),
-    ({"data": {"dataset": "cifar10"}}, ["data.dataset", "'cifar10'", "mnist, fashion_mnist"]),
-    ({"data": {"binarize": "sometimes"}}, ["data.binarize", "none, dynamic, static"]),
-    ({"data": {"train_subset": 0}}, ["data.train_subset", "positive"]),
-    ({"data": {"val_size": -1}}, ["data.val_size"]),
-    ({"data": {"root": 3}}, ["data.root", "a string"]),
-    ({"eval": {"k": 0}}, ["eval.k", ">= 1"]),
-    ({"eval": {"nll_examples": 0}}, ["eval.nll_examples"]),
-    ({"data": [1, 2]}, ["data: expected a mapping"]),
-])
+@pytest.mark.parametrize(
+    "raw, fragments",
+    [
+        ({"train": {"bet": 1}}, ["unknown key train.bet", "did you mean beta"]),
+        ({"trian": {}}, ["unknown section 'trian'", "did you mean train"]),
+        ({"train": {"beta": 0}}, ["train.beta", "got 0", "positive"]),
+        ({"train": {"beta": -1.5}}, ["train.beta", "-1.5"]),
+        ({"train": {"beta": ".nan"}}, ["train.beta"]),
+        ({"train": {"k": 0}}, ["train.k", "got 0", ">= 1"]),
+        ({"train": {"k": 2.5}}, ["train.k", "2.5", "integer"]),
+        ({"train": {"epochs": "ten"}}, ["train.epochs", "'ten'", "integer"]),
+        ({"train": {"lr": -1e-3}}, ["train.lr", "positive"]),
+        ({"train": {"objective": "vae"}}, ["train.objective", "'vae'", "elbo, iwae"]),
+        ({"train": {"device": "tpu"}}, ["train.device", "auto, cpu, cuda"]),
+        ({"train": {"batch_size": True}}, ["train.batch_size", "integer"]),
+        ({"model": {"latent_dim": 0}}, ["model.latent_dim", "got 0"]),
+        ({"model": {"hidden": []}}, ["model.hidden", "non-empty"]),
+        ({"model": {"hidden": [400, 0]}}, ["model.hidden", "positive"]),
+        ({"model": {"hidden": "big"}}, ["model.hidden", "list"]),
+        ({"model": {"activation": "sigmoidal"}}, ["model.activation", "relu"]),
+        ({"model": {"likelihood": "poisson"}}, ["model.likelihood", "bernoulli, gaussian"]),
+        ({"model": {"gaussian_std": 0}}, ["model.gaussian_std", "positive"]),
+        ({"model": {"learn_std": "yes please"}}, ["model.learn_std", "true or false"]),
+        ({"data": {"dataset": "cifar10"}}, ["data.dataset", "'cifar10'", "mnist, fashion_mnist"]),
+        ({"data": {"binarize": "sometimes"}}, ["data.binarize", "none, dynamic, static"]),
+        ({"data": {"train_subset": 0}}, ["data.train_subset", "positive"]),
+        ({"data": {"val_size": -1}}, ["data.val_size"]),
+        ({"data": {"root": 3}}, ["data.root", "a string"]),
+        ({"eval": {"k": 0}}, ["eval.k", ">= 1"]),
+        ({"eval": {"nll_examples": 0}}, ["eval.nll_examples"]),
+        ({"data": [1, 2]}, ["data: expected a mapping"]),
+    ],
+)
 def test_bad_values_name_the_key_and_the_rule(raw, fragments):
     with pytest.raises(ConfigError) as err:
         run_config_from_dict(raw)
@@ -95,12 +100,15 @@ def test_missing_file_and_non_mapping_file(tmp_path):
         read_yaml(tmp_path / "list.yaml")
 
 
-@pytest.mark.parametrize("item, fragment", [
-    ("train.beta", "expected section.key=value"),
-    ("train..beta=1", "expected section.key=value or key=value"),
-    ("train.beta=[1", "not valid YAML"),
-    ("train.beta.x=1", "beta is not a section"),
-])
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ("train.beta", "expected section.key=value"),
+        ("train..beta=1", "expected section.key=value or key=value"),
+        ("train.beta=[1", "not valid YAML"),
+        ("train.beta.x=1", "beta is not a section"),
+    ],
+)
 def test_bad_overrides(item, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
         apply_overrides({"train": {"beta": 1.0}}, [item])
@@ -126,8 +134,12 @@ def test_a_config_made_in_python_is_checked_as_strictly_as_one_read_from_yaml():
         (lambda: ModelConfig(activation="sigmoid"), "model.activation: got 'sigmoid'"),
         (lambda: DataConfig(val_size=-1), "data.val_size: got -1"),
         (lambda: EvalConfig(k=0), "eval.k: got 0"),
-        (lambda: RunConfig(model=ModelConfig(likelihood="gaussian"),
-                           data=DataConfig(binarize="dynamic")), "the data are binary"),
+        (
+            lambda: RunConfig(
+                model=ModelConfig(likelihood="gaussian"), data=DataConfig(binarize="dynamic")
+            ),
+            "the data are binary",
+        ),
     ):
         with pytest.raises(ConfigError, match=re.escape(fragment)):
             make()

@@ -121,8 +121,9 @@ def test_dynamic_binarization_redraws_training_batches_only(tmp_path):
     assert (draws - dyn.train.x[:90]).abs().mean() < 0.03
 
 
-@pytest.mark.parametrize("binarize, dequantize", [("static", False), ("dynamic", False),
-                                                   ("none", True), ("none", False)])
+@pytest.mark.parametrize(
+    "binarize, dequantize", [("static", False), ("dynamic", False), ("none", True), ("none", False)]
+)
 def test_evaluation_data_is_the_same_whatever_a_study_varies(tmp_path, binarize, dequantize):
     """The test tensors are equal across seeds, train_subset and val_size; the validation
     tensors across seeds and train_subset. The seed cannot matter: load_datasets does not
@@ -130,12 +131,18 @@ def test_evaluation_data_is_the_same_whatever_a_study_varies(tmp_path, binarize,
     root = write_mnist(tmp_path / "d", n_train=300, n_test=80)
 
     def load(**keys):
-        return load_datasets(DataConfig(root=str(root), binarize=binarize,
-                                        **{"val_size": 50, **keys}), dequantize=dequantize)
+        return load_datasets(
+            DataConfig(root=str(root), binarize=binarize, **{"val_size": 50, **keys}),
+            dequantize=dequantize,
+        )
 
     base = load()
-    for other in (load(train_subset=20), load(val_size=120), load(val_size=0),
-                  load(train_subset=7, val_size=31)):
+    for other in (
+        load(train_subset=20),
+        load(val_size=120),
+        load(val_size=0),
+        load(train_subset=7, val_size=31),
+    ):
         assert torch.equal(other.test.x, base.test.x)
     for other in (load(train_subset=20), load(train_subset=200)):
         assert torch.equal(other.val.x, base.val.x)
@@ -156,15 +163,32 @@ def test_fit_scores_every_seed_on_the_same_test_tensors(tmp_path, monkeypatch):
     root = write_mnist(tmp_path / "d", n_train=200, n_test=60)
     seen = []
     real = T.evaluate_test
-    monkeypatch.setattr(T, "evaluate_test",
-                        lambda model, x, *a, **k: seen.append(x.clone()) or real(model, x, *a,
-                                                                                 **k))
+    monkeypatch.setattr(
+        T,
+        "evaluate_test",
+        lambda model, x, *a, **k: seen.append(x.clone()) or real(model, x, *a, **k),
+    )
     for seed, subset in ((0, None), (1, 50), (2**32 - 1, 120)):
-        T.fit(replace_keys(RunConfig(), {
-            "data.root": str(root), "data.val_size": 40, "data.binarize": "dynamic",
-            "data.train_subset": subset, "train.seed": seed, "train.epochs": 1,
-            "model.hidden": [16], "model.latent_dim": 2, "train.device": "cpu", "eval.k": 2,
-            "eval.val_k": 2, "eval.val_examples": 10, "eval.surgery_examples": 10}))
+        T.fit(
+            replace_keys(
+                RunConfig(),
+                {
+                    "data.root": str(root),
+                    "data.val_size": 40,
+                    "data.binarize": "dynamic",
+                    "data.train_subset": subset,
+                    "train.seed": seed,
+                    "train.epochs": 1,
+                    "model.hidden": [16],
+                    "model.latent_dim": 2,
+                    "train.device": "cpu",
+                    "eval.k": 2,
+                    "eval.val_k": 2,
+                    "eval.val_examples": 10,
+                    "eval.surgery_examples": 10,
+                },
+            )
+        )
     assert len(seen) == 3 and all(torch.equal(x, seen[0]) for x in seen)
 
 
@@ -177,13 +201,21 @@ def test_dequantised_pixels_stay_in_their_bins(tmp_path):
     # (pixel + u) / 256 with u in [0, 1): inside the pixel's own bin, and not at its corner.
     assert ((deq.test.x * 256 - pixel) >= 0).all() and ((deq.test.x * 256 - pixel) < 1).all()
     assert (deq.test.x * 256 - pixel).std() > 0.2  # uniform noise has std 0.29
-    batch = next(iter(Batches(deq.train, 50, shuffle=False, noise=NOISE_UNIFORM,
-                              generator=torch.Generator().manual_seed(0))))
+    batch = next(
+        iter(
+            Batches(
+                deq.train,
+                50,
+                shuffle=False,
+                noise=NOISE_UNIFORM,
+                generator=torch.Generator().manual_seed(0),
+            )
+        )
+    )
     offset = batch * 256 - (deq.train.x[:50] * 255).round()
     assert (offset >= 0).all() and (offset < 1).all()
     with pytest.raises(DataError, match="grey levels"):
-        load_datasets(DataConfig(root=str(root), val_size=10, binarize="static"),
-                      dequantize=True)
+        load_datasets(DataConfig(root=str(root), val_size=10, binarize="static"), dequantize=True)
 
 
 def test_train_subset_takes_the_first_examples_and_checks_its_size(tmp_path):
@@ -200,8 +232,17 @@ def test_batches_cover_each_example_once_per_epoch_in_a_seeded_order():
 
     x = torch.arange(10.0).unsqueeze(1).expand(10, 784).contiguous()
     split = Split(x, None)
-    order = lambda seed: torch.cat([b[:, 0] for b in Batches(  # noqa: E731
-        split, 4, shuffle=True, generator=torch.Generator().manual_seed(seed))])
+
+    def order(seed):
+        return torch.cat(
+            [
+                b[:, 0]
+                for b in Batches(
+                    split, 4, shuffle=True, generator=torch.Generator().manual_seed(seed)
+                )
+            ]
+        )
+
     assert sorted(order(0).tolist()) == list(range(10))
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
     assert len(Batches(split, 4, shuffle=True)) == 3

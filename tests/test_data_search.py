@@ -16,11 +16,14 @@ from vae_study.errors import ConfigError
 from vae_study.study_config import study_from_dict
 
 
-@pytest.mark.parametrize("key, spec, why", [
-    ("data.dataset", {"choice": ["mnist", "fashion_mnist"]}, "one study per dataset"),
-    ("data.val_size", {"int": [100, 200]}, "validation examples every trial is scored on"),
-    ("data.root", {"choice": ["/a", "/b"]}, "where the files are"),
-])
+@pytest.mark.parametrize(
+    "key, spec, why",
+    [
+        ("data.dataset", {"choice": ["mnist", "fashion_mnist"]}, "one study per dataset"),
+        ("data.val_size", {"int": [100, 200]}, "validation examples every trial is scored on"),
+        ("data.root", {"choice": ["/a", "/b"]}, "where the files are"),
+    ],
+)
 def test_keys_that_change_the_evaluation_data_cannot_be_searched(tmp_path, key, spec, why):
     with pytest.raises(ConfigError) as err:
         study_from_dict(tiny_study(tmp_path, **{"search.space": {key: spec}}))
@@ -31,14 +34,20 @@ def test_keys_that_change_the_evaluation_data_cannot_be_searched(tmp_path, key, 
 
 def test_binarize_none_against_binary_data_is_still_refused(tmp_path):
     with pytest.raises(ConfigError, match="changes what the study's numbers are"):
-        study_from_dict(tiny_study(tmp_path, **{
-            "search.space": {"data.binarize": {"choice": ["none", "static"]}}}))
+        study_from_dict(
+            tiny_study(
+                tmp_path, **{"search.space": {"data.binarize": {"choice": ["none", "static"]}}}
+            )
+        )
 
 
-def test_a_searched_subset_larger_than_the_data_stops_the_study_before_its_folder(tmp_path,
-                                                                                   capsys):
-    raw = tiny_study(tmp_path, **{  # 600 training images, 100 held out: 500 to train on
-        "search.space": {"data.train_subset": {"choice": [100, 501]}}})
+def test_a_searched_subset_larger_than_the_data_stops_the_study_before_its_folder(tmp_path, capsys):
+    raw = tiny_study(
+        tmp_path,
+        **{  # 600 training images, 100 held out: 500 to train on
+            "search.space": {"data.train_subset": {"choice": [100, 501]}}
+        },
+    )
     assert main(["run", str(write_study(tmp_path, raw))]) == 2
     err = capsys.readouterr().err
     assert "data.train_subset: got 501" in err and "Traceback" not in err
@@ -52,14 +61,19 @@ def _reports(folder: Path, trial_id: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_each_trial_trains_on_the_data_its_label_says(tmp_path):
-    raw = tiny_study(tmp_path, **{
-        "data.binarize": "static",
-        "train.epochs": 1,
-        "search.algorithm": "grid",
-        "search.num_trials": 4,
-        "search.space": {"data.train_subset": {"choice": [100, 300]},
-                         "data.binarize": {"choice": ["static", "dynamic"]}},
-    })
+    raw = tiny_study(
+        tmp_path,
+        **{
+            "data.binarize": "static",
+            "train.epochs": 1,
+            "search.algorithm": "grid",
+            "search.num_trials": 4,
+            "search.space": {
+                "data.train_subset": {"choice": [100, 300]},
+                "data.binarize": {"choice": ["static", "dynamic"]},
+            },
+        },
+    )
     assert main(["run", str(write_study(tmp_path, raw)), "--no-report"]) == 0
     folder = tmp_path / "runs" / "tiny"
     table = R.read_results(folder / R.RESULTS_FILE)

@@ -22,15 +22,17 @@ class LinearGaussianVAE(VAE):
     """
 
     def __init__(self, latent: int = 2, s: float = 0.5, exact: bool = True) -> None:
-        super().__init__(ModelConfig(latent_dim=latent, hidden=(8,), likelihood="gaussian",
-                                     gaussian_std=s))
+        super().__init__(
+            ModelConfig(latent_dim=latent, hidden=(8,), likelihood="gaussian", gaussian_std=s)
+        )
         g = torch.Generator().manual_seed(0)
         self.W = torch.randn(784, latent, generator=g, dtype=torch.float64) * 0.3
         self.b = torch.rand(784, generator=g, dtype=torch.float64)
         self.s2 = s * s
         # Posterior: Sigma = (I + W^T W / s^2)^-1, mean = Sigma W^T (x - b) / s^2.
-        self.post_cov = torch.linalg.inv(torch.eye(latent, dtype=torch.float64)
-                                         + self.W.T @ self.W / self.s2)
+        self.post_cov = torch.linalg.inv(
+            torch.eye(latent, dtype=torch.float64) + self.W.T @ self.W / self.s2
+        )
         self.exact = exact
         self.decoder = _Affine(self.W, self.b)
 
@@ -60,8 +62,11 @@ class _Affine(nn.Module):
 def _lg_data(model: LinearGaussianVAE, n: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
     z = torch.randn(n, model.W.shape[1], generator=g, dtype=torch.float64)
-    x = z @ model.W.T + model.b + math.sqrt(model.s2) * torch.randn(n, 784, generator=g,
-                                                                    dtype=torch.float64)
+    x = (
+        z @ model.W.T
+        + model.b
+        + math.sqrt(model.s2) * torch.randn(n, 784, generator=g, dtype=torch.float64)
+    )
     return x.float()
 
 
@@ -77,15 +82,20 @@ def test_iwae_nll_tightens_towards_the_true_nll_and_is_chunk_invariant():
     model = LinearGaussianVAE(exact=False)
     x = _lg_data(model, 50)
     truth = -model.log_marginal(x).mean().item()
-    nll = {k: iwae_nll(model, x, k, generator=torch.Generator().manual_seed(0)).mean().item()
-           for k in (1, 10, 1000)}
+    nll = {
+        k: iwae_nll(model, x, k, generator=torch.Generator().manual_seed(0)).mean().item()
+        for k in (1, 10, 1000)
+    }
     neg_elbo = elbo_terms(model, x)["neg_elbo"]
     assert nll[1] == pytest.approx(neg_elbo, abs=1.0)
     assert nll[1] > nll[10] > nll[1000] >= truth - 0.05
     assert nll[1000] - truth < 0.1 * (neg_elbo - truth)
     # The same bound whether samples are taken 1000 at a time or in running chunks of 64.
-    chunked = iwae_nll(model, x, 1000, chunk_size=64,
-                       generator=torch.Generator().manual_seed(1)).mean().item()
+    chunked = (
+        iwae_nll(model, x, 1000, chunk_size=64, generator=torch.Generator().manual_seed(1))
+        .mean()
+        .item()
+    )
     assert chunked == pytest.approx(nll[1000], abs=0.05)
 
 
@@ -130,8 +140,9 @@ def test_elbo_surgery_splits_the_rate_and_bounds_the_information():
     # An encoder that ignores x carries no information: q(z) = q(z|x).
     mi0, mkl0 = elbo_surgery(torch.full((n, d), 0.5), torch.full((n, d), -1.0), generator=g)
     assert mi0 == pytest.approx(0.0, abs=1e-9)
-    assert mkl0 == pytest.approx(rate(torch.full((1, d), 0.5), torch.full((1, d), -1.0)).item(),
-                                 abs=0.15)
+    assert mkl0 == pytest.approx(
+        rate(torch.full((1, d), 0.5), torch.full((1, d), -1.0)).item(), abs=0.15
+    )
 
 
 def test_elbo_surgery_of_a_real_encoder_sums_to_its_rate():
@@ -154,22 +165,33 @@ def test_evaluate_test_reports_every_named_metric_under_its_quantity():
     x = torch.rand(40, 784)
     cfg = EvalConfig(k=20, nll_examples=10, surgery_examples=30)
     out = evaluate_test(model, x, cfg, generator=torch.Generator().manual_seed(0))
-    expected = {M.TEST_NEG_ELBO, M.TEST_RATE, M.TEST_DISTORTION, M.TEST_NLL, M.TEST_BOUND_GAP,
-                M.TEST_NLL_EXAMPLES, M.TEST_ACTIVE_UNITS, M.TEST_MUTUAL_INFO,
-                M.TEST_MARGINAL_KL, M.TEST_KL_PER_DIM}
+    expected = {
+        M.TEST_NEG_ELBO,
+        M.TEST_RATE,
+        M.TEST_DISTORTION,
+        M.TEST_NLL,
+        M.TEST_BOUND_GAP,
+        M.TEST_NLL_EXAMPLES,
+        M.TEST_ACTIVE_UNITS,
+        M.TEST_MUTUAL_INFO,
+        M.TEST_MARGINAL_KL,
+        M.TEST_KL_PER_DIM,
+    }
     assert set(out) == expected and out[M.TEST_NLL_EXAMPLES] == 10
     assert len(out[M.TEST_KL_PER_DIM]) == 3
     assert sum(out[M.TEST_KL_PER_DIM]) == pytest.approx(out[M.TEST_RATE], rel=1e-4)
     assert out[M.TEST_NEG_ELBO] == pytest.approx(out[M.TEST_RATE] + out[M.TEST_DISTORTION])
     assert out[M.TEST_NLL] <= out[M.TEST_NEG_ELBO] + 1.0
     # A cross-entropy is named so; a density of dequantised pixels also gets bits/dim.
-    ce = evaluate_test(model, x, cfg, quantity=M.QUANTITY_CROSS_ENTROPY,
-                       generator=torch.Generator().manual_seed(0))
+    ce = evaluate_test(
+        model, x, cfg, quantity=M.QUANTITY_CROSS_ENTROPY, generator=torch.Generator().manual_seed(0)
+    )
     assert M.TEST_CE_BOUND in ce and M.TEST_NLL not in ce and M.TEST_BPD not in ce
     assert ce[M.TEST_CE_BOUND] == out[M.TEST_NLL]  # the same arithmetic, an honest name
     deq = evaluate_test(model, x, cfg, dequantized=True, generator=torch.Generator().manual_seed(0))
-    assert deq[M.TEST_BPD] == pytest.approx((deq[M.TEST_NLL] + 784 * math.log(256))
-                                            / (784 * math.log(2)))
+    assert deq[M.TEST_BPD] == pytest.approx(
+        (deq[M.TEST_NLL] + 784 * math.log(256)) / (784 * math.log(2))
+    )
 
 
 def test_the_bound_gap_compares_the_elbo_and_the_bound_on_the_same_examples():
@@ -183,9 +205,10 @@ def test_the_bound_gap_compares_the_elbo_and_the_bound_on_the_same_examples():
     cfg = EvalConfig(k=200, nll_examples=20, surgery_examples=30)
     out = evaluate_test(model, x, cfg, generator=torch.Generator().manual_seed(0))
     sub = x[:20]
-    truth_gap = (elbo_terms(model, sub, generator=torch.Generator().manual_seed(1))["neg_elbo"]
-                 - iwae_nll(model, sub, 200, generator=torch.Generator().manual_seed(2)
-                            ).mean().item())
+    truth_gap = (
+        elbo_terms(model, sub, generator=torch.Generator().manual_seed(1))["neg_elbo"]
+        - iwae_nll(model, sub, 200, generator=torch.Generator().manual_seed(2)).mean().item()
+    )
     assert out[M.TEST_BOUND_GAP] == pytest.approx(truth_gap, abs=1.0)
     assert out[M.TEST_BOUND_GAP] > 0  # the K-sample bound is tighter than the ELBO
     across = out[M.TEST_NEG_ELBO] - out[M.TEST_NLL]  # all 60 against the first 20
@@ -200,8 +223,9 @@ def test_validation_bound_uses_its_own_samples_and_examples():
     model = VAE(ModelConfig(latent_dim=3, hidden=(16,)))
     x = torch.rand(50, 784, generator=torch.Generator().manual_seed(1))
     cfg = EvalConfig(val_k=30, val_examples=12)
-    out = evaluate_val(model, x, cfg, quantity=M.QUANTITY_NLL,
-                       generator=torch.Generator().manual_seed(0))
+    out = evaluate_val(
+        model, x, cfg, quantity=M.QUANTITY_NLL, generator=torch.Generator().manual_seed(0)
+    )
     direct = iwae_nll(model, x[:12], 30, generator=torch.Generator().manual_seed(0))
     assert out == {M.VAL_NLL: pytest.approx(direct.mean().item())}
     assert evaluate_val(model, x, EvalConfig(val_examples=0), quantity=M.QUANTITY_NLL) == {}

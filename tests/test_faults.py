@@ -54,18 +54,27 @@ def _slow_trials(tmp_path: Path, **over) -> dict:
     """Trials of a few seconds each, long enough to be caught half-way."""
     if not (tmp_path / "big" / "mnist").exists():
         write_mnist(tmp_path / "big", n_train=3000, n_test=200)
-    keys = {"train.epochs": 30, "model.hidden": [256], "data.root": str(tmp_path / "big"),
-            "search.num_trials": 4, "search.max_concurrent": 1}
+    keys = {
+        "train.epochs": 30,
+        "model.hidden": [256],
+        "data.root": str(tmp_path / "big"),
+        "search.num_trials": 4,
+        "search.max_concurrent": 1,
+    }
     keys.update(over)
     return tiny_study(tmp_path, **keys)
 
 
 def _start_driver(tmp_path: Path, path: Path, log_name: str, env: dict | None = None):
     log = open(tmp_path / log_name, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "vae_study", "run", str(path),
-                             "--no-report"], cwd=tmp_path, env={**os.environ, **(env or {}),
-                                                               "PYTHONUNBUFFERED": "1"},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+        cwd=tmp_path,
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return proc, log
 
 
@@ -75,8 +84,10 @@ def _wait_for(proc, log, condition, timeout: float = 240.0):
         time.sleep(0.2)
         if proc.poll() is not None:
             log.flush()
-            pytest.fail("the driver ended before the fault could be injected:\n"
-                        + Path(log.name).read_text()[-3000:])
+            pytest.fail(
+                "the driver ended before the fault could be injected:\n"
+                + Path(log.name).read_text()[-3000:]
+            )
         found = condition()
         if found:
             return found
@@ -84,9 +95,14 @@ def _wait_for(proc, log, condition, timeout: float = 240.0):
 
 
 def _finish_again(tmp_path: Path, path: Path, env: dict | None = None) -> None:
-    r = subprocess.run([sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
-                       cwd=tmp_path, env={**os.environ, **(env or {})}, capture_output=True,
-                       text=True, timeout=500)
+    r = subprocess.run(
+        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
@@ -116,8 +132,10 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
             ok = len(done) >= 2
         if not ok:
             return None
-        return (done.set_index("trial_id")["test/nll"].to_dict(),
-                running[running["epoch"].fillna(0) >= 3]["trial_id"].tolist())
+        return (
+            done.set_index("trial_id")["test/nll"].to_dict(),
+            running[running["epoch"].fillna(0) >= 3]["trial_id"].tolist(),
+        )
 
     proc, log = _start_driver(tmp_path, path, "first.log", env)
     try:
@@ -189,16 +207,19 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tmp_path):
-    raw = tiny_study(tmp_path, **{
-        "search.num_trials": 3,
-        "search.max_concurrent": 1,
-        "search.space": {"train.lr": {"choice": [0.001, 1.0e8]}},
-        "search.points_to_evaluate": [{"train.lr": 1.0e8}, {"train.lr": 0.001}],
-        "model.activation": "elu",
-        "train.epochs": 3,
-        "report.enabled": True,
-        "report.dir": str(tmp_path / "reports"),
-    })
+    raw = tiny_study(
+        tmp_path,
+        **{
+            "search.num_trials": 3,
+            "search.max_concurrent": 1,
+            "search.space": {"train.lr": {"choice": [0.001, 1.0e8]}},
+            "search.points_to_evaluate": [{"train.lr": 1.0e8}, {"train.lr": 0.001}],
+            "model.activation": "elu",
+            "train.epochs": 3,
+            "report.enabled": True,
+            "report.dir": str(tmp_path / "reports"),
+        },
+    )
     assert main(["run", str(write_study(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
     table = R.read_results(folder / R.RESULTS_FILE)
@@ -210,9 +231,23 @@ def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tm
     assert bad["error"].str.contains("training diverged").all()
     assert not bad["pareto"].any()
     for trial_id in bad["trial_id"]:  # not retried: one worker, one pass
-        assert len({r["pid"] for r in json.loads("[" + ",".join(
-            (folder / "tune" / f"trial_{trial_id}" / "result.json").read_text().split(
-                "\n")[:-1]) + "]")}) == 1
+        assert (
+            len(
+                {
+                    r["pid"]
+                    for r in json.loads(
+                        "["
+                        + ",".join(
+                            (folder / "tune" / f"trial_{trial_id}" / "result.json")
+                            .read_text()
+                            .split("\n")[:-1]
+                        )
+                        + "]"
+                    )
+                }
+            )
+            == 1
+        )
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'optuna.db'}")
     by_number = {t.number: t for t in study.trials}
     for n in bad["optuna_trial"]:
@@ -230,8 +265,9 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
     from vae_study.driver import run_study
     from vae_study.study_config import study_from_dict
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
-                                                            "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     removed = {}
@@ -243,9 +279,11 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
             table = _table(tmp_path / "runs" / "tiny")
             if table is None:
                 continue
-            on_worker = table[(table["node"] == worker.node_id)
-                              & (table["status"] == R.RUNNING)
-                              & (table["epoch"].fillna(0) >= 2)]
+            on_worker = table[
+                (table["node"] == worker.node_id)
+                & (table["status"] == R.RUNNING)
+                & (table["epoch"].fillna(0) >= 2)
+            ]
             if not on_worker.empty:
                 removed["trial"] = on_worker["trial_id"].iloc[0]
                 cluster.remove_node(worker, allow_graceful=False)
@@ -267,8 +305,7 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
 
 
 @pytest.mark.slow
-def test_damaged_ray_state_and_optuna_db_are_clear_errors_that_change_nothing(tmp_path,
-                                                                                capsys):
+def test_damaged_ray_state_and_optuna_db_are_clear_errors_that_change_nothing(tmp_path, capsys):
     path = write_study(tmp_path, tiny_study(tmp_path, **{"search.num_trials": 2}))
     assert main(["run", str(path), "--no-report"]) == 0
     folder = tmp_path / "runs" / "tiny"
@@ -294,23 +331,26 @@ def test_damaged_ray_state_and_optuna_db_are_clear_errors_that_change_nothing(tm
 # Bad input: one message, exit 2, nothing started, no study folder (fast: no Ray).
 
 
-@pytest.mark.parametrize("over, fragment", [
-    ({"train.beta": 0}, "train.beta: got 0"),
-    ({"train.beta": -2}, "train.beta: got -2"),
-    ({"train.k": 0}, "train.k: got 0"),
-    ({"model.latent_dim": 0}, "model.latent_dim: got 0"),
-    ({"resources.gpus_per_trial": 1.5}, "resources.gpus_per_trial: got 1.5"),
-    ({"search.space": {}}, "search.space: empty"),
-    ({"search.max_concurrent": 9}, "more than search.num_trials"),
-    ({"data.dataset": "svhn"}, "data.dataset: got 'svhn'"),
-    ({"search.objectives": ["test/bits"]}, "unknown metric 'test/bits'"),
-    ({"search.objectives": ["test/nll"]}, "select_on_test: true"),
-    ({"train.epochs": "many"}, "train.epochs: got 'many'"),
-    ({"search.space": {"train.beta": {"log_uniform": [-1, 2]}}}, "log scale needs low > 0"),
-    ({"name": "../../etc"}, "name: got '../../etc'"),
-    ({"name": "/tmp/abs"}, "name: got '/tmp/abs'"),
-    ({"trian": {}}, "unknown section 'trian'"),
-])
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"train.beta": 0}, "train.beta: got 0"),
+        ({"train.beta": -2}, "train.beta: got -2"),
+        ({"train.k": 0}, "train.k: got 0"),
+        ({"model.latent_dim": 0}, "model.latent_dim: got 0"),
+        ({"resources.gpus_per_trial": 1.5}, "resources.gpus_per_trial: got 1.5"),
+        ({"search.space": {}}, "search.space: empty"),
+        ({"search.max_concurrent": 9}, "more than search.num_trials"),
+        ({"data.dataset": "svhn"}, "data.dataset: got 'svhn'"),
+        ({"search.objectives": ["test/bits"]}, "unknown metric 'test/bits'"),
+        ({"search.objectives": ["test/nll"]}, "select_on_test: true"),
+        ({"train.epochs": "many"}, "train.epochs: got 'many'"),
+        ({"search.space": {"train.beta": {"log_uniform": [-1, 2]}}}, "log scale needs low > 0"),
+        ({"name": "../../etc"}, "name: got '../../etc'"),
+        ({"name": "/tmp/abs"}, "name: got '/tmp/abs'"),
+        ({"trian": {}}, "unknown section 'trian'"),
+    ],
+)
 def test_bad_study_values_are_refused_before_anything(tmp_path, capsys, over, fragment):
     raw = tiny_study(tmp_path, **over)
     assert main(["run", str(write_study(tmp_path, raw))]) == 2
@@ -320,9 +360,10 @@ def test_bad_study_values_are_refused_before_anything(tmp_path, capsys, over, fr
 
 
 def test_malformed_yaml_and_python_tags_are_refused(tmp_path, capsys):
-    for text, fragment in (("name: x\nsearch: {space: [\n", "not valid YAML at line"),
-                           ("name: !!python/object/apply:os.system ['touch pwned']\n",
-                            "not valid YAML")):
+    for text, fragment in (
+        ("name: x\nsearch: {space: [\n", "not valid YAML at line"),
+        ("name: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
+    ):
         path = tmp_path / "s.yaml"
         path.write_text(text)
         assert main(["run", str(path)]) == 2
@@ -331,8 +372,9 @@ def test_malformed_yaml_and_python_tags_are_refused(tmp_path, capsys):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_missing_or_corrupt_dataset_is_found_before_any_folder_or_trial(tmp_path, capsys,
-                                                                         monkeypatch):
+def test_missing_or_corrupt_dataset_is_found_before_any_folder_or_trial(
+    tmp_path, capsys, monkeypatch
+):
     import torchvision.datasets.mnist as tvm
 
     monkeypatch.setattr(tvm.MNIST, "mirrors", ["http://127.0.0.1:9/"])
@@ -370,8 +412,7 @@ def test_a_study_folder_symlinked_outside_output_dir_is_refused(tmp_path, capsys
     assert not any(outside.iterdir())
 
 
-def test_a_damaged_study_file_in_the_folder_is_an_error_that_overwrites_nothing(tmp_path,
-                                                                               capsys):
+def test_a_damaged_study_file_in_the_folder_is_an_error_that_overwrites_nothing(tmp_path, capsys):
     raw = tiny_study(tmp_path)
     folder = tmp_path / "runs" / "tiny"
     folder.mkdir(parents=True)
@@ -406,8 +447,7 @@ def test_a_damaged_results_table_is_a_clear_error(tmp_path):
 # Security defaults (fast).
 
 
-def test_token_file_is_created_owner_only_and_a_readable_one_is_flagged(tmp_path,
-                                                                       monkeypatch):
+def test_token_file_is_created_owner_only_and_a_readable_one_is_flagged(tmp_path, monkeypatch):
     from vae_study.cluster import ensure_private_token
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -446,8 +486,9 @@ def test_dashboard_binds_localhost_unless_asked_and_then_warns(tmp_path, monkeyp
         warnings.simplefilter("error")
         T.start_ray(study_from_dict(tiny_study(tmp_path, **{"ray.dashboard": True})))
     assert seen["dashboard_host"] == "127.0.0.1" and seen["include_dashboard"] is True
-    exposed = study_from_dict(tiny_study(tmp_path, **{"ray.dashboard": True,
-                                                      "ray.dashboard_host": "0.0.0.0"}))
+    exposed = study_from_dict(
+        tiny_study(tmp_path, **{"ray.dashboard": True, "ray.dashboard_host": "0.0.0.0"})
+    )
     with pytest.warns(UserWarning, match="reachable by anyone"):
         T.start_ray(exposed)
     assert seen["dashboard_host"] == "0.0.0.0"
@@ -479,21 +520,39 @@ def unsafe_calls(source: str) -> list[str]:
         where = f"line {call.lineno}: {name}"
         if name.startswith("subprocess.") and _keyword(call, "shell") not in (None, False):
             bad.append(where + " with shell=...")
-        elif name in ("os.system", "os.popen", "pickle.load", "pickle.loads", "yaml.load",
-                      "yaml.unsafe_load", "yaml.full_load", "cloudpickle.load",
-                      "cloudpickle.loads"):
+        elif name in (
+            "os.system",
+            "os.popen",
+            "pickle.load",
+            "pickle.loads",
+            "yaml.load",
+            "yaml.unsafe_load",
+            "yaml.full_load",
+            "cloudpickle.load",
+            "cloudpickle.loads",
+        ):
             bad.append(where)
         elif name == "torch.load" and _keyword(call, "weights_only") is not True:
             bad.append(where + " without weights_only=True")
     for node in ast.walk(ast.parse(source)):  # a loader that builds Python objects
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id == "yaml" and node.attr in _UNSAFE_LOADERS):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "yaml"
+            and node.attr in _UNSAFE_LOADERS
+        ):
             bad.append(f"line {node.lineno}: yaml.{node.attr}")
     return bad
 
 
-_UNSAFE_LOADERS = ("Loader", "UnsafeLoader", "FullLoader", "CLoader", "CUnsafeLoader",
-                   "CFullLoader")
+_UNSAFE_LOADERS = (
+    "Loader",
+    "UnsafeLoader",
+    "FullLoader",
+    "CLoader",
+    "CUnsafeLoader",
+    "CFullLoader",
+)
 
 
 def test_the_unsafe_call_scan_finds_what_it_looks_for():
@@ -510,8 +569,9 @@ def test_the_unsafe_call_scan_finds_what_it_looks_for():
         class L(yaml.FullLoader): pass
         class S(yaml.SafeLoader): pass
     """)
-    assert sorted(b.split(":")[0] for b in unsafe_calls(code)) == sorted([
-        "line 2", "line 4", "line 5", "line 6", "line 8", "line 6", "line 11"])
+    assert sorted(b.split(":")[0] for b in unsafe_calls(code)) == sorted(
+        ["line 2", "line 4", "line 5", "line 6", "line 8", "line 6", "line 11"]
+    )
 
 
 def test_no_shell_and_no_pickle_loads_in_our_code():

@@ -19,18 +19,29 @@ RTOL = 1e-5  # a batched matmul is not bit-for-bit the single one; a few steps s
 
 
 def _config(root, **keys) -> RunConfig:
-    base = {"data.root": str(root), "data.val_size": 50, "model.latent_dim": 4,
-            "model.hidden": [32], "train.epochs": 2, "train.batch_size": 32,
-            "train.device": "cpu", "eval.k": 8, "eval.val_k": 8, "eval.surgery_examples": 50,
-            "data.binarize": "dynamic"}
+    base = {
+        "data.root": str(root),
+        "data.val_size": 50,
+        "model.latent_dim": 4,
+        "model.hidden": [32],
+        "train.epochs": 2,
+        "train.batch_size": 32,
+        "train.device": "cpu",
+        "eval.k": 8,
+        "eval.val_k": 8,
+        "eval.surgery_examples": 50,
+        "data.binarize": "dynamic",
+    }
     base.update(keys)
     return replace_keys(RunConfig(), base)
 
 
 def _members(root, specs, **shared) -> list[RunConfig]:
     """Configurations differing in (seed, beta, lr)."""
-    return [_config(root, **{"train.seed": s, "train.beta": b, "train.lr": lr, **shared})
-            for s, b, lr in specs]
+    return [
+        _config(root, **{"train.seed": s, "train.beta": b, "train.lr": lr, **shared})
+        for s, b, lr in specs
+    ]
 
 
 SPECS = [(0, 1.0, 1e-3), (1, 0.5, 3e-3), (2, 2.0, 1e-3)]
@@ -55,13 +66,17 @@ def _assert_same_run(a: FitResult, b: FitResult, rtol: float = RTOL) -> None:
             assert b.final[key] == pytest.approx(value, rel=1e-4), key
 
 
-@pytest.mark.parametrize("shared", [
-    {},  # grey levels binarized afresh per batch, ELBO
-    {"train.objective": "iwae", "train.k": 3, "data.binarize": "none"},
-    {"model.likelihood": "gaussian", "model.learn_std": True, "data.binarize": "none"},
-    {"model.hidden": [32, 16], "model.activation": "tanh", "train.k": 2},
-    {"train.precision": "bfloat16"},  # autocast: the batched matmuls in bfloat16 too
-], ids=["dynamic-elbo", "iwae-k3", "gaussian-learned-std", "two-layers-k2", "bfloat16"])
+@pytest.mark.parametrize(
+    "shared",
+    [
+        {},  # grey levels binarized afresh per batch, ELBO
+        {"train.objective": "iwae", "train.k": 3, "data.binarize": "none"},
+        {"model.likelihood": "gaussian", "model.learn_std": True, "data.binarize": "none"},
+        {"model.hidden": [32, 16], "model.activation": "tanh", "train.k": 2},
+        {"train.precision": "bfloat16"},  # autocast: the batched matmuls in bfloat16 too
+    ],
+    ids=["dynamic-elbo", "iwae-k3", "gaussian-learned-std", "two-layers-k2", "bfloat16"],
+)
 def test_members_equal_their_separate_fits(mnist_root, shared):
     configs = _members(mnist_root, SPECS, **shared)
     if "model.likelihood" in shared:  # a per-member initial std is a member key too
@@ -103,8 +118,9 @@ def test_a_diverged_member_is_masked_and_the_others_go_on(mnist_root, tmp_path):
         fit(bad)
     outs = [tmp_path / n for n in ("a", "bad", "b")]
     seen: list[int] = []
-    packed = fit_pack([good[0], bad, good[1]], out_dirs=outs,
-                      on_epoch=lambda j, row, folder: seen.append(j))
+    packed = fit_pack(
+        [good[0], bad, good[1]], out_dirs=outs, on_epoch=lambda j, row, folder: seen.append(j)
+    )
     without = fit_pack(good)
     failed = packed[1]
     assert isinstance(failed, TrainingDiverged)
@@ -154,8 +170,7 @@ def test_an_interrupted_pack_resumes_every_member_exactly(mnist_root, tmp_path):
     assert all(ckpt.load(o / "checkpoint").epoch == 1 for o in outs)
     resumed = fit_pack(configs, out_dirs=outs)
     for a, b, out in zip(straight, resumed, outs, strict=True):
-        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(),
-                        strict=True):
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
             assert torch.equal(x, y)
         strip = [{k: v for k, v in h.items() if k not in STATIC} for h in a.history]
         assert strip == [{k: v for k, v in h.items() if k not in STATIC} for h in b.history]
@@ -169,8 +184,9 @@ def test_members_resumed_from_different_epochs_train_together(mnist_root, tmp_pa
     outs = [tmp_path / "a", tmp_path / "b"]
     fit(replace_keys(configs[0], {"train.epochs": 2}), out_dir=outs[0], final_eval=False)
     epochs_seen: dict[int, list[int]] = {0: [], 1: []}
-    packed = fit_pack(configs, out_dirs=outs,
-                      on_epoch=lambda j, row, folder: epochs_seen[j].append(row[M.EPOCH]))
+    packed = fit_pack(
+        configs, out_dirs=outs, on_epoch=lambda j, row, folder: epochs_seen[j].append(row[M.EPOCH])
+    )
     assert epochs_seen == {0: [3], 1: [1, 2, 3]}
     for config, member in zip(configs, packed, strict=True):
         _assert_same_run(fit(config), member)
@@ -182,12 +198,16 @@ def test_a_member_folder_is_a_fit_folder_that_fit_continues(mnist_root, tmp_path
     fit_pack(configs, out_dirs=outs)
     single = tmp_path / "single"
     fit(configs[1], out_dir=single)
-    files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*"))  # noqa: E731
+
+    def files(d):
+        return sorted(p.relative_to(d).as_posix() for p in d.rglob("*"))
+
     assert files(outs[1]) == files(single)
     state = ckpt.load(outs[1] / "checkpoint")
     reference = make_model(configs[1], torch.device("cpu"))
     assert {k: v.shape for k, v in state.model.items()} == {
-        k: v.shape for k, v in reference.state_dict().items()}
+        k: v.shape for k, v in reference.state_dict().items()
+    }
     for value in state.model.values():  # its own row, not the whole stack, is in the file
         assert value.untyped_storage().nbytes() == value.numel() * value.element_size()
     groups = make_optimizer(reference, configs[1].train).state_dict()["param_groups"]
@@ -210,11 +230,20 @@ def test_a_finished_member_reports_like_fit(mnist_root, tmp_path):
         assert b.final == a.final
 
 
-@pytest.mark.parametrize("key,value", [
-    ("model.hidden", [64]), ("model.latent_dim", 3), ("model.activation", "tanh"),
-    ("train.k", 2), ("train.objective", "iwae"), ("train.batch_size", 16),
-    ("train.epochs", 3), ("data.binarize", "none"), ("data.val_size", 40),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("model.hidden", [64]),
+        ("model.latent_dim", 3),
+        ("model.activation", "tanh"),
+        ("train.k", 2),
+        ("train.objective", "iwae"),
+        ("train.batch_size", 16),
+        ("train.epochs", 3),
+        ("data.binarize", "none"),
+        ("data.val_size", 40),
+    ],
+)
 def test_packs_refuse_mixed_shape_keys(mnist_root, key, value):
     configs = _members(mnist_root, SPECS[:2])
     check_packable(configs)  # seeds, betas and learning rates may differ
@@ -234,9 +263,12 @@ def test_conv_members_are_refused_with_the_way_out(mnist_root):
 def test_one_member_is_todays_trainer_bit_for_bit(mnist_root):
     config = _config(mnist_root, **{"train.seed": 4, "train.beta": 0.5})
     alone, single = fit_pack([config], final_eval=False)[0], fit(config, final_eval=False)
-    for x, y in zip(alone.model.state_dict().values(), single.model.state_dict().values(),
-                    strict=True):
+    for x, y in zip(
+        alone.model.state_dict().values(), single.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(x, y)
-    strip = lambda hist: [{k: v for k, v in h.items() if k not in STATIC}  # noqa: E731
-                          for h in hist]
+
+    def strip(hist):
+        return [{k: v for k, v in h.items() if k not in STATIC} for h in hist]
+
     assert strip(alone.history) == strip(single.history)

@@ -31,22 +31,36 @@ REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 _on_cuda = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")]
 DEVICES = ["cpu", pytest.param("cuda", marks=_on_cuda)]
-ACROSS = [pytest.param(a, b, marks=_on_cuda, id=f"{a}-to-{b}")
-          for a, b in (("cpu", "cuda"), ("cuda", "cpu"))]
+ACROSS = [
+    pytest.param(a, b, marks=_on_cuda, id=f"{a}-to-{b}")
+    for a, b in (("cpu", "cuda"), ("cuda", "cpu"))
+]
 
 
 def _config(root, device: str, **keys) -> RunConfig:
-    base = {"data.root": str(root), "data.val_size": 50, "model.latent_dim": 4,
-            "model.hidden": [32], "train.epochs": 2, "train.batch_size": 32,
-            "train.device": device, "eval.k": 8, "eval.val_k": 8, "eval.val_examples": 50,
-            "eval.nll_examples": 50, "eval.surgery_examples": 50}
+    base = {
+        "data.root": str(root),
+        "data.val_size": 50,
+        "model.latent_dim": 4,
+        "model.hidden": [32],
+        "train.epochs": 2,
+        "train.batch_size": 32,
+        "train.device": device,
+        "eval.k": 8,
+        "eval.val_k": 8,
+        "eval.val_examples": 50,
+        "eval.nll_examples": 50,
+        "eval.surgery_examples": 50,
+    }
     base.update(keys)
     return replace_keys(RunConfig(), base)
 
 
 def _same_weights(a, b) -> bool:
-    return all(torch.equal(x.cpu(), y.cpu()) for x, y in zip(
-        a.state_dict().values(), b.state_dict().values(), strict=True))
+    return all(
+        torch.equal(x.cpu(), y.cpu())
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +73,7 @@ def _torch_flags():
 
 
 # --- the core, on each device ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_training_epoch_moves_the_weights_on_the_device(mnist_root, device):
@@ -75,14 +90,15 @@ def test_a_training_epoch_moves_the_weights_on_the_device(mnist_root, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_resume_on_the_same_device_gives_the_same_numbers(mnist_root, tmp_path, device):
     keys = {"train.epochs": 3, "data.binarize": "dynamic"}
-    straight = fit(_config(mnist_root, device, **keys), out_dir=tmp_path / "a",
-                   final_eval=False)
-    fit(_config(mnist_root, device, **{**keys, "train.epochs": 1}), out_dir=tmp_path / "b",
-        final_eval=False)
+    straight = fit(_config(mnist_root, device, **keys), out_dir=tmp_path / "a", final_eval=False)
+    fit(
+        _config(mnist_root, device, **{**keys, "train.epochs": 1}),
+        out_dir=tmp_path / "b",
+        final_eval=False,
+    )
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        resumed = fit(_config(mnist_root, device, **keys), out_dir=tmp_path / "b",
-                      final_eval=False)
+        resumed = fit(_config(mnist_root, device, **keys), out_dir=tmp_path / "b", final_eval=False)
     assert not [w for w in seen if "random stream" in str(w.message)]  # the saved one goes on
     assert [h[M.EPOCH] for h in resumed.history] == [1, 2, 3]
     assert _same_weights(straight.model, resumed.model)
@@ -90,8 +106,11 @@ def test_resume_on_the_same_device_gives_the_same_numbers(mnist_root, tmp_path, 
 
 @pytest.mark.parametrize(("first", "then"), ACROSS)
 def test_resume_across_devices_continues_with_a_warning(mnist_root, tmp_path, first, then):
-    fit(_config(mnist_root, first, **{"train.epochs": 1}), out_dir=tmp_path / "run",
-        final_eval=False)
+    fit(
+        _config(mnist_root, first, **{"train.epochs": 1}),
+        out_dir=tmp_path / "run",
+        final_eval=False,
+    )
     with pytest.warns(RuntimeWarning, match="new random stream from epoch 2"):
         res = fit(_config(mnist_root, then, **{"train.epochs": 3}), out_dir=tmp_path / "run")
     assert [h[M.EPOCH] for h in res.history] == [1, 2, 3]
@@ -102,11 +121,18 @@ def test_resume_across_devices_continues_with_a_warning(mnist_root, tmp_path, fi
 @pytest.mark.parametrize("device", DEVICES)
 def test_evaluation_gives_finite_test_metrics_and_float32_weights(mnist_root, device):
     res = fit(_config(mnist_root, device, **{"train.epochs": 1}))
-    for key in (M.TEST_CE_BOUND, M.TEST_NEG_ELBO, M.TEST_RATE, M.TEST_DISTORTION,
-                M.TEST_BOUND_GAP, M.VAL_CE_BOUND):
+    for key in (
+        M.TEST_CE_BOUND,
+        M.TEST_NEG_ELBO,
+        M.TEST_RATE,
+        M.TEST_DISTORTION,
+        M.TEST_BOUND_GAP,
+        M.VAL_CE_BOUND,
+    ):
         assert torch.isfinite(torch.tensor(res.final[key])), key
     assert res.final[M.TEST_NEG_ELBO] == pytest.approx(
-        res.final[M.TEST_RATE] + res.final[M.TEST_DISTORTION], rel=1e-5)
+        res.final[M.TEST_RATE] + res.final[M.TEST_DISTORTION], rel=1e-5
+    )
     assert res.final[M.TEST_BOUND_GAP] >= 0  # -ELBO >= -L_K on the same examples
     assert all(p.dtype == torch.float32 for p in res.model.parameters())
 
@@ -122,8 +148,11 @@ def test_bfloat16_trains_with_float32_weights(mnist_root, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_conv_same_seed_same_device_gives_bit_identical_weights(mnist_root, device):
-    cfg = _config(mnist_root, device, **{"model.arch": "conv", "train.epochs": 1,
-                                         "data.train_subset": 96, "model.hidden": [16]})
+    cfg = _config(
+        mnist_root,
+        device,
+        **{"model.arch": "conv", "train.epochs": 1, "data.train_subset": 96, "model.hidden": [16]},
+    )
     a = fit(cfg, final_eval=False)
     b = fit(cfg, final_eval=False)
     assert _same_weights(a.model, b.model)
@@ -142,24 +171,33 @@ def test_conv_same_seed_same_device_gives_bit_identical_weights(mnist_root, devi
 
 # --- numerics flags, without a GPU ----------------------------------------------------------
 
+
 def _tf32_flags() -> dict[str, object]:
     if train._FP32_PRECISION_API:
-        return {"matmul": torch.backends.cuda.matmul.fp32_precision,
-                "conv": torch.backends.cudnn.conv.fp32_precision}
-    return {"matmul": torch.backends.cuda.matmul.allow_tf32,
-            "conv": torch.backends.cudnn.allow_tf32}
+        return {
+            "matmul": torch.backends.cuda.matmul.fp32_precision,
+            "conv": torch.backends.cudnn.conv.fp32_precision,
+        }
+    return {
+        "matmul": torch.backends.cuda.matmul.allow_tf32,
+        "conv": torch.backends.cudnn.allow_tf32,
+    }
 
 
 @pytest.mark.parametrize("tf32", [False, True])
 def test_fit_sets_tf32_and_deterministic_cudnn_before_training_and_evaluation(
-        mnist_root, monkeypatch, tf32):
+    mnist_root, monkeypatch, tf32
+):
     configure_backends(TrainConfig(tf32=not tf32))  # the other way round first
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
     seen: dict[str, object] = {}
 
     def spy(*args, **kwargs):
-        seen.update(_tf32_flags(), deterministic=torch.backends.cudnn.deterministic,
-                    benchmark=torch.backends.cudnn.benchmark)
+        seen.update(
+            _tf32_flags(),
+            deterministic=torch.backends.cudnn.deterministic,
+            benchmark=torch.backends.cudnn.benchmark,
+        )
         return final_metrics(*args, **kwargs)
 
     final_metrics = train.final_metrics
@@ -174,21 +212,27 @@ def test_fit_sets_tf32_and_deterministic_cudnn_before_training_and_evaluation(
         want = tf32
     expected = {"matmul": want, "conv": want, "deterministic": True, "benchmark": False}
     assert seen == expected  # at evaluation
-    assert {**_tf32_flags(), "deterministic": torch.backends.cudnn.deterministic,
-            "benchmark": torch.backends.cudnn.benchmark} == expected  # after fit
+    assert {
+        **_tf32_flags(),
+        "deterministic": torch.backends.cudnn.deterministic,
+        "benchmark": torch.backends.cudnn.benchmark,
+    } == expected  # after fit
 
 
 @pytest.mark.parametrize("tf32", [False, True])
 def test_configure_backends_on_torch_without_fp32_precision_uses_the_allow_tf32_flags(tf32):
     # torch < 2.9 has only the allow_tf32 flags; on a newer torch, reading them after the
     # new settings were used is an error, hence a fresh process.
-    code = ("import torch\nfrom vae_study import train\nfrom vae_study.config import "
-            "TrainConfig\ntrain._FP32_PRECISION_API = False\n"
-            f"train.configure_backends(TrainConfig(tf32={tf32}))\n"
-            "print(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, "
-            "torch.get_float32_matmul_precision(), torch.backends.cudnn.deterministic)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120).stdout.split()
+    code = (
+        "import torch\nfrom vae_study import train\nfrom vae_study.config import "
+        "TrainConfig\ntrain._FP32_PRECISION_API = False\n"
+        f"train.configure_backends(TrainConfig(tf32={tf32}))\n"
+        "print(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, "
+        "torch.get_float32_matmul_precision(), torch.backends.cudnn.deterministic)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
     assert out == [str(tf32), str(tf32), "high" if tf32 else "highest", "True"]
 
 
@@ -212,9 +256,11 @@ def test_tf32_is_a_boolean_key():
 
 # --- cuda:N inside a trial, without a GPU ---------------------------------------------------
 
+
 @pytest.fixture
 def gpus(monkeypatch):
     """A fake CUDA runtime that sees ``n`` GPUs, restricted by ``visible`` (or not)."""
+
     def setup(n: int, visible: str | None) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
@@ -222,6 +268,7 @@ def gpus(monkeypatch):
             monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         else:
             monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
     return setup
 
 
@@ -260,10 +307,13 @@ def test_no_gpu_refuses_cuda_and_auto_is_the_cpu(gpus):
 
 # --- checkpoints between devices, without a GPU ---------------------------------------------
 
-def test_checkpoint_load_maps_every_tensor_to_the_device_but_the_generator(mnist_root,
-                                                                          tmp_path):
-    fit(_config(mnist_root, "cpu", **{"train.epochs": 1}), out_dir=tmp_path / "run",
-        final_eval=False)
+
+def test_checkpoint_load_maps_every_tensor_to_the_device_but_the_generator(mnist_root, tmp_path):
+    fit(
+        _config(mnist_root, "cpu", **{"train.epochs": 1}),
+        out_dir=tmp_path / "run",
+        final_eval=False,
+    )
     # "meta" stands in for a GPU: the same mapping code, no memory, no device needed.
     state = ckpt.load(tmp_path / "run" / "checkpoint", map_location="meta")
     assert {t.device.type for t in state.model.values()} == {"meta"}
@@ -279,8 +329,11 @@ def test_a_checkpoint_drawn_on_cuda_resumes_on_the_cpu_with_a_warning(mnist_root
     resumed on a GPU) is the same code path in ``restore_generator``, the sizes swapped; it
     runs for real in ``test_resume_across_devices_continues_with_a_warning`` on a GPU."""
     cfg = _config(mnist_root, "cpu", **{"train.epochs": 3})
-    fit(_config(mnist_root, "cpu", **{"train.epochs": 1}), out_dir=tmp_path / "run",
-        final_eval=False)
+    fit(
+        _config(mnist_root, "cpu", **{"train.epochs": 1}),
+        out_dir=tmp_path / "run",
+        final_eval=False,
+    )
     state = ckpt.load(tmp_path / "run" / "checkpoint")
     state.generator = torch.zeros(16, dtype=torch.uint8)  # what a CUDA generator saves
     ckpt.save(tmp_path / "run" / "checkpoint", state)
@@ -302,31 +355,51 @@ def test_a_checkpoint_drawn_on_cuda_resumes_on_the_cpu_with_a_warning(mnist_root
 
 
 def test_a_checkpoint_written_before_train_tf32_existed_still_resumes(mnist_root, tmp_path):
-    fit(_config(mnist_root, "cpu", **{"train.epochs": 1}), out_dir=tmp_path / "run",
-        final_eval=False)
+    fit(
+        _config(mnist_root, "cpu", **{"train.epochs": 1}),
+        out_dir=tmp_path / "run",
+        final_eval=False,
+    )
     state = ckpt.load(tmp_path / "run" / "checkpoint")
     del state.config["train"]["tf32"]
     ckpt.save(tmp_path / "run" / "checkpoint", state)
     res = fit(_config(mnist_root, "cpu"), out_dir=tmp_path / "run", final_eval=False)
     assert [h[M.EPOCH] for h in res.history] == [1, 2]
     with pytest.raises(CheckpointError, match="train.tf32: False -> True"):
-        fit(_config(mnist_root, "cpu", **{"train.epochs": 3, "train.tf32": True}),
-            out_dir=tmp_path / "run", final_eval=False)
+        fit(
+            _config(mnist_root, "cpu", **{"train.epochs": 3, "train.tf32": True}),
+            out_dir=tmp_path / "run",
+            final_eval=False,
+        )
 
 
 # --- the GPU check script -------------------------------------------------------------------
 
+
 def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     root = write_mnist(tmp_path / "data")
-    env = {**os.environ, "VAE_STUDY_DATA": str(root), "PYTHONPATH": str(REPO),
-           "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "VAE_STUDY_DATA": str(root),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "2",
+    }
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--dry-run"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    summary = out[out.index("<!-- gpu_check summary -->"):]
-    for line in ("| epoch, vae_study |", "| test NLL, vae_study (chunk 8192) |",
-                 "| test NLL, vae_study (chunk 1024) |"):
+    summary = out[out.index("<!-- gpu_check summary -->") :]
+    for line in (
+        "| epoch, vae_study |",
+        "| test NLL, vae_study (chunk 8192) |",
+        "| test NLL, vae_study (chunk 1024) |",
+    ):
         assert line in summary, summary
     # Without CUDA, pytest -m gpu collects the CUDA tests and skips every one of them.
     assert re.search(r"\| gpu tests \| \d+ skipped, \d+ deselected \|", summary), summary

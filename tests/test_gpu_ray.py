@@ -27,9 +27,17 @@ def _run_on_a_cluster_with_gpus(study, num_gpus: float):
 
 
 def test_auto_packs_two_trials_on_one_gpu_and_each_uses_the_gpu_ray_gave(tmp_path):
-    study = study_from_dict(tiny_study(tmp_path, **{
-        "train.device": "auto", "resources.gpus_per_trial": "auto",
-        "search.num_trials": 2, "search.max_concurrent": 2}))
+    study = study_from_dict(
+        tiny_study(
+            tmp_path,
+            **{
+                "train.device": "auto",
+                "resources.gpus_per_trial": "auto",
+                "search.num_trials": 2,
+                "search.max_concurrent": 2,
+            },
+        )
+    )
     table = _run_on_a_cluster_with_gpus(study, num_gpus=1)
     assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
     # Both trials held half of GPU 0 at once (auto: 1 GPU / 2 concurrent trials) ...
@@ -42,9 +50,17 @@ def test_auto_packs_two_trials_on_one_gpu_and_each_uses_the_gpu_ray_gave(tmp_pat
 def test_a_trial_without_a_gpu_share_runs_on_the_cpu_on_a_gpu_node(tmp_path):
     """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial that asks for no GPU: with
     train.device auto it would train on GPU 0 unaccounted. It gets the CPU and no GPU ids."""
-    study = study_from_dict(tiny_study(tmp_path, **{
-        "train.device": "auto", "resources.gpus_per_trial": 0,
-        "search.num_trials": 2, "search.max_concurrent": 2}))
+    study = study_from_dict(
+        tiny_study(
+            tmp_path,
+            **{
+                "train.device": "auto",
+                "resources.gpus_per_trial": 0,
+                "search.num_trials": 2,
+                "search.max_concurrent": 2,
+            },
+        )
+    )
     table = _run_on_a_cluster_with_gpus(study, num_gpus=2)
     assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
     assert set(table[R.DEVICE_KEY]) == {"cpu"}
@@ -54,8 +70,16 @@ def test_a_trial_without_a_gpu_share_runs_on_the_cpu_on_a_gpu_node(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_two_trials_share_a_real_gpu(tmp_path):
-    study = study_from_dict(tiny_study(tmp_path, **{
-        "train.device": "auto", "resources.gpus_per_trial": 0.5,
-        "search.num_trials": 2, "search.max_concurrent": 2}))
+    study = study_from_dict(
+        tiny_study(
+            tmp_path,
+            **{
+                "train.device": "auto",
+                "resources.gpus_per_trial": 0.5,
+                "search.num_trials": 2,
+                "search.max_concurrent": 2,
+            },
+        )
+    )
     table = _run_on_a_cluster_with_gpus(study, num_gpus=torch.cuda.device_count())
     assert set(table["status"]) == {R.COMPLETED} and set(table[R.DEVICE_KEY]) == {"cuda"}

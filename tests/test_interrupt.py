@@ -30,18 +30,27 @@ def _slow_trials(tmp_path: Path, **over) -> dict:
     """Trials of several seconds each, long enough to be caught half-way."""
     if not (tmp_path / "big" / "mnist").exists():
         write_mnist(tmp_path / "big", n_train=3000, n_test=200)
-    keys = {"train.epochs": 20, "model.hidden": [256], "data.root": str(tmp_path / "big"),
-            "search.num_trials": 4, "search.max_concurrent": 1}
+    keys = {
+        "train.epochs": 20,
+        "model.hidden": [256],
+        "data.root": str(tmp_path / "big"),
+        "search.num_trials": 4,
+        "search.max_concurrent": 1,
+    }
     keys.update(over)
     return tiny_study(tmp_path, **keys)
 
 
 def _start_driver(tmp_path: Path, path: Path, log_name: str, env: dict):
     log = open(tmp_path / log_name, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "vae_study", "run", str(path),
-                             "--no-report"], cwd=tmp_path,
-                            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+        cwd=tmp_path,
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return proc, log
 
 
@@ -140,9 +149,14 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
         assert by_number[number].user_attrs.get(INTERRUPTED_ATTR) is True
 
     # The same command again finishes the study; the interrupted trial resumes mid-way.
-    again = subprocess.run([sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
-                           cwd=tmp_path, env={**os.environ, **env}, capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "done: 4 of 4 trials finished (4 completed)" in again.stdout
     table = R.read_results(folder / R.RESULTS_FILE)
@@ -168,4 +182,5 @@ def test_the_command_that_continues_drops_fresh():
     from vae_study.cli import continue_command
 
     assert continue_command(["run", "my study.yaml", "--fresh", "--set", "name=a b"]) == (
-        "python -m vae_study run 'my study.yaml' --set 'name=a b'")
+        "python -m vae_study run 'my study.yaml' --set 'name=a b'"
+    )

@@ -33,24 +33,34 @@ def test_continuous_bernoulli_density_integrates_to_one(logit):
     its direct form is 0/0 and for large |l| where the density piles up at one end."""
     # Where the density is steep (large |l|) most of its mass is within a few 1/|l| of an
     # end: a grid that is fine there as well as everywhere.
-    x = torch.unique(torch.cat([torch.linspace(0, 1, 200_001, dtype=torch.float64),
-                                torch.logspace(-12, 0, 20_001, dtype=torch.float64),
-                                1 - torch.logspace(-12, 0, 20_001, dtype=torch.float64)]))
+    x = torch.unique(
+        torch.cat(
+            [
+                torch.linspace(0, 1, 200_001, dtype=torch.float64),
+                torch.logspace(-12, 0, 20_001, dtype=torch.float64),
+                1 - torch.logspace(-12, 0, 20_001, dtype=torch.float64),
+            ]
+        )
+    )
     x = x.clamp(0, 1).unique()
     logits = torch.full((x.shape[0], 1), logit, dtype=torch.float64)  # one pixel per row
     density = torch.exp(-continuous_bernoulli_nll(logits, x[:, None]))
     assert _trapezoid(density, x) == pytest.approx(1.0, abs=2e-5)
     mean = _trapezoid(density * x, x)
-    assert continuous_bernoulli_mean(torch.tensor(logit, dtype=torch.float64)).item() == \
-        pytest.approx(mean, abs=2e-5)
+    assert continuous_bernoulli_mean(
+        torch.tensor(logit, dtype=torch.float64)
+    ).item() == pytest.approx(mean, abs=2e-5)
 
 
 def test_continuous_bernoulli_normaliser_matches_torch_and_its_closed_form():
     logits = torch.tensor(LOGITS, dtype=torch.float64)
     lam = torch.sigmoid(logits)
     # C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda), 2 at lambda = 1/2.
-    closed = torch.where((lam - 0.5).abs() < 1e-12, torch.full_like(lam, 2.0),
-                         2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))
+    closed = torch.where(
+        (lam - 0.5).abs() < 1e-12,
+        torch.full_like(lam, 2.0),
+        2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam),
+    )
     ours = continuous_bernoulli_log_norm(logits)
     far = logits.abs() < 30  # atanh(1 - 2 lambda) loses everything once lambda rounds to 1
     assert torch.allclose(ours[far], closed[far].log(), rtol=0, atol=1e-9)
@@ -75,9 +85,16 @@ def test_the_dequantised_gaussian_bounds_the_probability_of_each_pixel_value():
         u = (torch.arange(1024, dtype=torch.float64) + 0.5) / 1024  # midpoint rule, bin
         v = torch.arange(256, dtype=torch.float64)
         y = ((v[:, None] + u[None, :]) / 256).reshape(-1, 1)  # (256*64, 1) pixel values
-        nll = gaussian_nll(torch.full_like(y, mean), y, torch.tensor([math.log(std)],
-                                                                      dtype=torch.float64),
-                           floor=1e-6).reshape(256, 1024).mean(1)  # E_u[-log p] per level
+        nll = (
+            gaussian_nll(
+                torch.full_like(y, mean),
+                y,
+                torch.tensor([math.log(std)], dtype=torch.float64),
+                floor=1e-6,
+            )
+            .reshape(256, 1024)
+            .mean(1)
+        )  # E_u[-log p] per level
         lower = torch.exp(-(nll + math.log(256)))  # per pixel value: a lower bound of P(v)
         normal = torch.distributions.Normal(mean, std)
         edges = torch.arange(257, dtype=torch.float64) / 256
@@ -98,8 +115,16 @@ def test_bits_per_dim_of_the_uniform_density_is_eight():
 
 def test_a_learned_std_never_goes_below_its_floor():
     torch.manual_seed(0)
-    vae = VAE(ModelConfig(likelihood="gaussian", learn_std=True, gaussian_std=0.1,
-                          std_floor=0.01, hidden=(8,), latent_dim=2))
+    vae = VAE(
+        ModelConfig(
+            likelihood="gaussian",
+            learn_std=True,
+            gaussian_std=0.1,
+            std_floor=0.01,
+            hidden=(8,),
+            latent_dim=2,
+        )
+    )
     x = torch.full((3, 784), 0.5)
     mean = torch.full((1, 3, 784), 0.5)  # a perfect reconstruction: only log std counts
     with torch.no_grad():
@@ -113,7 +138,8 @@ def test_a_learned_std_never_goes_below_its_floor():
         vae.log_std.fill_(math.log(0.05))  # above the floor: the std is the learned one
     vae.log_std.grad = None
     nll = vae.neg_log_likelihood(x, mean)
-    assert nll[0, 0].item() == pytest.approx(784 * (math.log(0.05) + 0.5 * math.log(2 * math.pi)),
-                                             rel=1e-5)
+    assert nll[0, 0].item() == pytest.approx(
+        784 * (math.log(0.05) + 0.5 * math.log(2 * math.pi)), rel=1e-5
+    )
     with pytest.raises(ConfigError, match="model.std_floor"):
         ModelConfig(std_floor=0.5, gaussian_std=0.1).validate()

@@ -43,7 +43,7 @@ def _address(hex_address: str, v6: bool) -> tuple[str, int]:
     ip, port = hex_address.split(":")
     raw = bytes.fromhex(ip)
     if v6:  # four host-order 32-bit words
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
         return socket.inet_ntop(socket.AF_INET6, raw), int(port, 16)
     return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
 
@@ -92,11 +92,13 @@ def test_a_local_studys_ray_listens_on_loopback_only(tmp_path):
 
     # The default token file, as every in-process study of the tests: Ray keeps the token
     # it read for the life of the process.
-    study = study_from_dict(tiny_study(tmp_path, **{"ray.dashboard": True,
-                                                    "ray.dashboard_port": _free_port()}))
+    study = study_from_dict(
+        tiny_study(tmp_path, **{"ray.dashboard": True, "ray.dashboard_port": _free_port()})
+    )
     assert not ray.is_initialized()
     start_ray(study)
     try:
+
         @ray.remote(num_cpus=0)
         def worker_pid() -> int:
             return os.getpid()

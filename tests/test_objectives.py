@@ -25,8 +25,9 @@ from vae_study.objectives import (
 
 def _model(seed: int = 0, **kw) -> VAE:
     torch.manual_seed(seed)
-    return VAE(ModelConfig(latent_dim=kw.pop("latent_dim", 8), hidden=kw.pop("hidden", (64,)),
-                           **kw))
+    return VAE(
+        ModelConfig(latent_dim=kw.pop("latent_dim", 8), hidden=kw.pop("hidden", (64,)), **kw)
+    )
 
 
 def _grey(n: int, seed: int = 1) -> torch.Tensor:
@@ -104,12 +105,14 @@ def test_bernoulli_likelihood_is_stable_for_extreme_logits():
 def test_bernoulli_nll_matches_a_float64_reference_to_float32_rounding(binary):
     g = torch.Generator().manual_seed(0)
     # Logits from tiny to huge, where a careless log(1 + exp(-|l|)) loses exp(-|l|) < 6e-8.
-    logits = torch.cat([torch.randn(3, 4, 784, generator=g) * s for s in (1e-3, 1, 8, 20, 90)],
-                       dim=1)
+    logits = torch.cat(
+        [torch.randn(3, 4, 784, generator=g) * s for s in (1e-3, 1, 8, 20, 90)], dim=1
+    )
     x = torch.rand(20, 784, generator=g)
     x = torch.bernoulli(x, generator=g) if binary else x
-    ref = F.binary_cross_entropy_with_logits(logits.double(), x.double().expand_as(logits),
-                                             reduction="none").sum(-1)
+    ref = F.binary_cross_entropy_with_logits(
+        logits.double(), x.double().expand_as(logits), reduction="none"
+    ).sum(-1)
     for fn in (bernoulli_nll, torch_bernoulli_nll):  # the CPU kernel and the GPU path
         got = fn(logits, x)
         assert got.dtype == torch.float32 and got.shape == (3, 20)
@@ -149,15 +152,18 @@ def test_bfloat16_precision_runs_the_networks_in_bfloat16_and_the_terms_in_float
     model = _model()
     x = _grey(32)
     t32 = compute_terms(model, x, k=3, generator=torch.Generator().manual_seed(2))
-    t16 = compute_terms(model, x, k=3, generator=torch.Generator().manual_seed(2),
-                        compute_dtype=torch.bfloat16)
+    t16 = compute_terms(
+        model, x, k=3, generator=torch.Generator().manual_seed(2), compute_dtype=torch.bfloat16
+    )
     for a, b in ((t32.rate, t16.rate), (t32.distortion, t16.distortion)):
         assert b.dtype == torch.float32
         assert not torch.equal(a, b)  # the matmuls really ran in bfloat16 ...
         assert torch.allclose(a, b, rtol=2e-2)  # ... to bfloat16's 3 significant digits
     t16.loss.mean().backward()
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
-               for p in model.parameters())
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+        for p in model.parameters()
+    )
 
 
 def test_iwae_with_k1_is_the_elbo_and_log_mean_exp_is_stable():
@@ -197,8 +203,9 @@ def test_iwae_bound_exceeds_the_elbo_and_grows_with_k():
 def test_iwae_objective_trains_through_its_gradient():
     model = _model()
     x = _grey(8)
-    terms = compute_terms(model, x, k=5, beta=1.0, objective="iwae",
-                          generator=torch.Generator().manual_seed(0))
+    terms = compute_terms(
+        model, x, k=5, beta=1.0, objective="iwae", generator=torch.Generator().manual_seed(0)
+    )
     terms.loss.mean().backward()
     grads = [p.grad for p in model.encoder.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

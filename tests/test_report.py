@@ -28,8 +28,9 @@ def test_pareto_front_on_hand_made_points():
     # max mode flips the order; NaN never makes the front.
     assert pareto_front([(1, 1), (2, 2), (math.nan, 9)], ["max", "max"]) == [1]
     assert pareto_front([(1, 5), (2, 9)], ["min", "max"]) == [0, 1]
-    assert dominates((1, 1), (1, 2), ["min", "min"]) and not dominates((1, 1), (1, 1),
-                                                                        ["min", "min"])
+    assert dominates((1, 1), (1, 2), ["min", "min"]) and not dominates(
+        (1, 1), (1, 1), ["min", "min"]
+    )
     with pytest.raises(ValueError):
         pareto_front([(1, 2)], ["min", "up"])
 
@@ -53,13 +54,20 @@ def _check_report(out):
 
 def test_report_of_a_study_with_every_kind_of_trial(tmp_path):
     root = write_mnist(tmp_path / "data", n_train=300, n_test=100)
-    statuses = [R.COMPLETED, R.COMPLETED, R.COMPLETED, R.FAILED, R.FAILED, R.STOPPED,
-                R.RUNNING, R.COMPLETED]
+    statuses = [
+        R.COMPLETED,
+        R.COMPLETED,
+        R.COMPLETED,
+        R.FAILED,
+        R.FAILED,
+        R.STOPPED,
+        R.RUNNING,
+        R.COMPLETED,
+    ]
     folder = make_study_folder(tmp_path, root, n_trials=8, checkpoints=2, statuses=statuses)
     assert main(["report", str(folder), "--out", str(tmp_path / "rep")]) == 0
     pngs, page = _check_report(tmp_path / "rep")
-    assert {"rate_distortion.png", "knobs.png", "rate_split.png",
-            "learning_curves.png"} <= pngs
+    assert {"rate_distortion.png", "knobs.png", "rate_split.png", "learning_curves.png"} <= pngs
     models = {p for p in pngs if p.startswith("model_")}
     assert 1 <= len(models) <= 2  # only trials with a checkpoint get pictures
     summary = (tmp_path / "rep" / "summary.md").read_text()

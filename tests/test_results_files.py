@@ -21,14 +21,35 @@ PARAMS = ["train.beta", "model.latent_dim"]
 
 def _rows() -> list[dict]:
     return [
-        {"trial_id": "a1", "optuna_trial": 0, "status": R.COMPLETED, "train.beta": 0.5,
-         "model.latent_dim": 2, M.EPOCH: 3, M.TEST_NLL: 101.25, M.TEST_RATE: 20.5,
-         M.TEST_DISTORTION: 85.0, M.TEST_KL_PER_DIM: [10.0, 10.5]},
-        {"trial_id": "b2", "optuna_trial": 1, "status": R.FAILED, "train.beta": 4.0,
-         "model.latent_dim": 4, M.EPOCH: 2,
-         R.ERROR_KEY: "training diverged | loss nan\nat epoch 2, batch 3"},
-        {"trial_id": "c3", "optuna_trial": 2, "status": R.RUNNING, "train.beta": 1.0,
-         "model.latent_dim": 2, M.EPOCH: 1},
+        {
+            "trial_id": "a1",
+            "optuna_trial": 0,
+            "status": R.COMPLETED,
+            "train.beta": 0.5,
+            "model.latent_dim": 2,
+            M.EPOCH: 3,
+            M.TEST_NLL: 101.25,
+            M.TEST_RATE: 20.5,
+            M.TEST_DISTORTION: 85.0,
+            M.TEST_KL_PER_DIM: [10.0, 10.5],
+        },
+        {
+            "trial_id": "b2",
+            "optuna_trial": 1,
+            "status": R.FAILED,
+            "train.beta": 4.0,
+            "model.latent_dim": 4,
+            M.EPOCH: 2,
+            R.ERROR_KEY: "training diverged | loss nan\nat epoch 2, batch 3",
+        },
+        {
+            "trial_id": "c3",
+            "optuna_trial": 2,
+            "status": R.RUNNING,
+            "train.beta": 1.0,
+            "model.latent_dim": 2,
+            M.EPOCH: 1,
+        },
     ]
 
 
@@ -77,14 +98,17 @@ def test_a_table_cut_anywhere_but_between_rows_is_refused_naming_the_file(table)
     assert cut_rows == len(text) - 3  # every cut but the three between whole rows (0 too)
 
 
-@pytest.mark.parametrize("edit, why", [
-    (lambda t: "trial_id,optuna_trial,sta\n", "header"),
-    (lambda t: t.replace("trial_id,optuna_trial", "trial_id,optuna_tr", 1), "header"),
-    (lambda t: t[:t.rindex(",")] + "\n", "fields"),
-    (lambda t: t.replace(R.COMPLETED, "complet", 1), "status"),
-    (lambda t: t.replace(",", ",,", 1), "fields"),
-    (lambda t: "", "empty"),
-])
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda t: "trial_id,optuna_trial,sta\n", "header"),
+        (lambda t: t.replace("trial_id,optuna_trial", "trial_id,optuna_tr", 1), "header"),
+        (lambda t: t[: t.rindex(",")] + "\n", "fields"),
+        (lambda t: t.replace(R.COMPLETED, "complet", 1), "status"),
+        (lambda t: t.replace(",", ",,", 1), "fields"),
+        (lambda t: "", "empty"),
+    ],
+)
 def test_damaged_tables_are_refused(table, edit, why):
     table.write_text(edit(table.read_text()))
     with pytest.raises(CheckpointError, match=rf"{table} is damaged"):
@@ -108,6 +132,7 @@ def test_a_header_cut_short_is_not_a_study_of_no_trials(tmp_path):
 
 # --- the report: any string a study holds ---------------------------------------------------
 
+
 def _cells(line: str) -> int:
     """Columns of a markdown table line (an escaped ``\\|`` is not a separator)."""
     return len(re.split(r"(?<!\\)\|", line.strip())) - 2
@@ -115,8 +140,14 @@ def _cells(line: str) -> int:
 
 def test_the_report_escapes_study_strings_and_names_files_safely(tmp_path):
     data = write_mnist(tmp_path / "data")
-    folder = make_study_folder(tmp_path, data, n_trials=4, epochs=2, checkpoints=2,
-                               statuses=[R.COMPLETED, R.COMPLETED, R.FAILED, R.COMPLETED])
+    folder = make_study_folder(
+        tmp_path,
+        data,
+        n_trials=4,
+        epochs=2,
+        checkpoints=2,
+        statuses=[R.COMPLETED, R.COMPLETED, R.FAILED, R.COMPLETED],
+    )
     table = R.read_results(folder / R.RESULTS_FILE)
     error = "diverged | loss `nan`\n<b>at</b> epoch 2 [see](x)"
     ids = {"00000000": "sweep/a|1", "00000001": "../b", "00000002": "c/d", "00000003": "e`*"}
@@ -136,12 +167,14 @@ def test_the_report_escapes_study_strings_and_names_files_safely(tmp_path):
     tables = [block.splitlines() for block in summary.split("\n\n") if block.startswith("| ")]
     assert len(tables) >= 2  # the best trial, the Pareto front
     for lines in tables:
-        assert {_cells(line) for line in lines} == {_cells(lines[0])} == {
-            len(lines[1].split("|")) - 2}
+        assert (
+            {_cells(line) for line in lines} == {_cells(lines[0])} == {len(lines[1].split("|")) - 2}
+        )
     assert "sweep/a\\|1" in summary and "<b>" not in summary
     failed = summary.split("## Failed trials")[1].split("\n\n")[1]
-    assert failed == ("- c/d (failed): diverged \\| loss \\`nan\\`<br>&lt;b&gt;at&lt;/b&gt; "
-                      "epoch 2 \\[see\\](x)")
+    assert failed == (
+        "- c/d (failed): diverged \\| loss \\`nan\\`<br>&lt;b&gt;at&lt;/b&gt; epoch 2 \\[see\\](x)"
+    )
     # Model pictures of the two trained trials: plain file names inside the report folder.
     pictures = sorted(p.name for p in out.glob("model_*.png"))
     assert pictures == sorted(model_figure_name(i) for i in ("sweep/a|1", "../b"))
@@ -165,8 +198,7 @@ def test_every_status_word_the_driver_writes_reads_back(tmp_path):
     from vae_study.layout import STATUSES
 
     assert R.INTERRUPTED in STATUSES
-    rows = [{"trial_id": f"t{i}", "optuna_trial": i, "status": s}
-            for i, s in enumerate(STATUSES)]
+    rows = [{"trial_id": f"t{i}", "optuna_trial": i, "status": s} for i, s in enumerate(STATUSES)]
     path = tmp_path / "results.csv"
     R.write_results(path, rows, [])
     assert list(R.read_results(path)["status"]) == list(STATUSES)

@@ -29,13 +29,24 @@ def study(tmp_path):
     return study_from_dict(tiny_study(tmp_path))
 
 
-def fake_trial(trial_id: str, status: str, last: dict | None = None, *, error: str = "",
-               beta: float = 1.0, number: int = 0) -> SimpleNamespace:
+def fake_trial(
+    trial_id: str,
+    status: str,
+    last: dict | None = None,
+    *,
+    error: str = "",
+    beta: float = 1.0,
+    number: int = 0,
+) -> SimpleNamespace:
     """What write_table reads of a Ray Trial."""
     return SimpleNamespace(
-        trial_id=trial_id, status=status, last_result=last,
+        trial_id=trial_id,
+        status=status,
+        last_result=last,
         config={"train.beta": beta, "model.latent_dim": 2, R.OPTUNA_TRIAL_KEY: number},
-        checkpoint=None, get_error=lambda: error)
+        checkpoint=None,
+        get_error=lambda: error,
+    )
 
 
 DONE = {M.EPOCH: 2, M.VAL_NEG_ELBO: 90.0, M.TEST_NEG_ELBO: 91.0, M.VAL_NLL: 88.0}
@@ -64,8 +75,10 @@ def test_the_layout_names_every_file_of_a_study_folder(tmp_path):
         (layout.trial_dir("ab12") / f"checkpoint_00000{n}").mkdir(parents=True)
         (layout.trial_dir("ab12") / f"checkpoint_00000{n}" / "state.pt").write_bytes(b"x")
     (layout.trial_dir("ab12") / "checkpoint_000009").mkdir()  # no state: not a checkpoint
-    assert [p.name for p in layout.checkpoints("ab12")] == ["checkpoint_000001",
-                                                            "checkpoint_000003"]
+    assert [p.name for p in layout.checkpoints("ab12")] == [
+        "checkpoint_000001",
+        "checkpoint_000003",
+    ]
 
 
 def test_the_defaults_of_output_and_report_are_the_layouts():
@@ -80,19 +93,22 @@ def test_the_defaults_of_output_and_report_are_the_layouts():
 # Ray's trial status -> ours.
 
 
-@pytest.mark.parametrize(("ray_status", "last", "interrupted", "ours"), [
-    ("PENDING", None, False, R.PENDING),
-    ("RUNNING", {M.EPOCH: 1}, False, R.RUNNING),
-    ("PAUSED", {M.EPOCH: 1}, False, R.RUNNING),
-    ("TERMINATED", DONE, False, R.COMPLETED),
-    ("TERMINATED", {M.EPOCH: 1, M.VAL_NEG_ELBO: 95.0}, False, R.STOPPED),  # by the scheduler
-    ("TERMINATED", {R.DIVERGED_KEY: 1, R.ERROR_KEY: "nan"}, False, R.FAILED),
-    ("ERROR", {M.EPOCH: 1}, False, R.FAILED),
-    ("TERMINATED", DONE, True, R.INTERRUPTED),  # running when the study was paused
-    ("RUNNING", {M.EPOCH: 1}, True, R.INTERRUPTED),
-    ("ERROR", {M.EPOCH: 1}, True, R.FAILED),  # an error stays an error
-    ("PENDING", None, True, R.PENDING),
-])
+@pytest.mark.parametrize(
+    ("ray_status", "last", "interrupted", "ours"),
+    [
+        ("PENDING", None, False, R.PENDING),
+        ("RUNNING", {M.EPOCH: 1}, False, R.RUNNING),
+        ("PAUSED", {M.EPOCH: 1}, False, R.RUNNING),
+        ("TERMINATED", DONE, False, R.COMPLETED),
+        ("TERMINATED", {M.EPOCH: 1, M.VAL_NEG_ELBO: 95.0}, False, R.STOPPED),  # by the scheduler
+        ("TERMINATED", {R.DIVERGED_KEY: 1, R.ERROR_KEY: "nan"}, False, R.FAILED),
+        ("ERROR", {M.EPOCH: 1}, False, R.FAILED),
+        ("TERMINATED", DONE, True, R.INTERRUPTED),  # running when the study was paused
+        ("RUNNING", {M.EPOCH: 1}, True, R.INTERRUPTED),
+        ("ERROR", {M.EPOCH: 1}, True, R.FAILED),  # an error stays an error
+        ("PENDING", None, True, R.PENDING),
+    ],
+)
 def test_trial_status(ray_status, last, interrupted, ours):
     assert R.trial_status(ray_status, last or {}, interrupted=interrupted) == ours
 
@@ -116,12 +132,22 @@ def test_a_failed_row_says_why(study):
 def test_the_table_keeps_finished_trials_ray_forgot_and_drops_unfinished_ones(study, tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
-    R.write_table(study, folder, [fake_trial("old_done", "TERMINATED", DONE),
-                                  fake_trial("old_running", "RUNNING", {M.EPOCH: 1}),
-                                  fake_trial("kept", "RUNNING", {M.EPOCH: 1})])
+    R.write_table(
+        study,
+        folder,
+        [
+            fake_trial("old_done", "TERMINATED", DONE),
+            fake_trial("old_running", "RUNNING", {M.EPOCH: 1}),
+            fake_trial("kept", "RUNNING", {M.EPOCH: 1}),
+        ],
+    )
     # A restored driver: Ray knows "kept" (finished now) and a new trial only.
-    rows = R.write_table(study, folder, [fake_trial("kept", "TERMINATED", DONE),
-                                         fake_trial("new", "PENDING")], {"new"})
+    rows = R.write_table(
+        study,
+        folder,
+        [fake_trial("kept", "TERMINATED", DONE), fake_trial("new", "PENDING")],
+        {"new"},
+    )
     got = {r["trial_id"]: r["status"] for r in rows}
     assert got == {"kept": R.COMPLETED, "new": R.PENDING, "old_done": R.COMPLETED}
     table = R.read_results(folder / R.RESULTS_FILE)
@@ -146,8 +172,7 @@ def test_optuna_outcome():
     one, two = [M.VAL_NLL], [M.VAL_RATE, M.VAL_DISTORTION]
     assert optuna_outcome(one, {M.VAL_NLL: 80.0}) == (S.COMPLETE, 80.0)
     assert optuna_outcome(one, {M.VAL_NLL: 3}) == (S.COMPLETE, 3)
-    assert optuna_outcome(two, {M.VAL_RATE: 1.0, M.VAL_DISTORTION: 2.0}) == (S.COMPLETE,
-                                                                            [1.0, 2.0])
+    assert optuna_outcome(two, {M.VAL_RATE: 1.0, M.VAL_DISTORTION: 2.0}) == (S.COMPLETE, [1.0, 2.0])
     assert optuna_outcome(two, {M.VAL_RATE: 1.0}) == (S.PRUNED, None)  # stopped early
     assert optuna_outcome(one, None) == (S.PRUNED, None)
     assert optuna_outcome(one, {}) == (S.PRUNED, None)
@@ -208,11 +233,24 @@ def test_a_missing_private_attribute_is_a_study_error_naming_the_versions():
 # Resources.
 
 
-@pytest.mark.parametrize(("gpus", "concurrent", "share"), [
-    (0, 4, 0.0), (1, 1, 1.0), (1, 2, 0.5), (1, 3, 1 / 3), (1, 4, 0.25), (2, 3, 0.5),
-    (2, 4, 0.5), (4, 2, 1.0), (8, 3, 1.0), (3, 4, 0.5),
-    (1, 8, 0.25), (1, 64, 0.25), (2, 16, 0.25),  # at most MAX_TRIALS_PER_GPU on a GPU
-])
+@pytest.mark.parametrize(
+    ("gpus", "concurrent", "share"),
+    [
+        (0, 4, 0.0),
+        (1, 1, 1.0),
+        (1, 2, 0.5),
+        (1, 3, 1 / 3),
+        (1, 4, 0.25),
+        (2, 3, 0.5),
+        (2, 4, 0.5),
+        (4, 2, 1.0),
+        (8, 3, 1.0),
+        (3, 4, 0.5),
+        (1, 8, 0.25),
+        (1, 64, 0.25),
+        (2, 16, 0.25),  # at most MAX_TRIALS_PER_GPU on a GPU
+    ],
+)
 def test_the_auto_gpu_share(gpus, concurrent, share):
     from vae_study.cluster import MAX_TRIALS_PER_GPU, gpu_share
 
@@ -225,16 +263,19 @@ def test_the_auto_gpu_share(gpus, concurrent, share):
 def test_resources_the_cluster_cannot_give_stop_the_study(tmp_path):
     from vae_study.cluster import trial_resources
 
-    study = study_from_dict(tiny_study(tmp_path, **{"search.max_concurrent": 4,
-                                                    "train.device": "auto"}))
+    study = study_from_dict(
+        tiny_study(tmp_path, **{"search.max_concurrent": 4, "train.device": "auto"})
+    )
     assert trial_resources(study, cpus=8, gpus_total=1) == {"cpu": 1.0, "gpu": 0.25}
     assert trial_resources(study, cpus=8, gpus_total=0) == {"cpu": 1.0, "gpu": 0.0}
-    half = study_from_dict(tiny_study(tmp_path, **{"resources.gpus_per_trial": 0.5,
-                                                   "train.device": "auto"}))
+    half = study_from_dict(
+        tiny_study(tmp_path, **{"resources.gpus_per_trial": 0.5, "train.device": "auto"})
+    )
     with pytest.raises(StudyError, match="has no GPU"):
         trial_resources(half, cpus=8, gpus_total=0)
-    one = study_from_dict(tiny_study(tmp_path, **{"resources.gpus_per_trial": 1,
-                                                  "train.device": "cuda"}))
+    one = study_from_dict(
+        tiny_study(tmp_path, **{"resources.gpus_per_trial": 1, "train.device": "cuda"})
+    )
     with pytest.raises(StudyError, match="whole cluster has 0.5 GPUs"):
         trial_resources(one, cpus=8, gpus_total=0.5)
     cuda = study_from_dict(tiny_study(tmp_path, **{"train.device": "cuda"}))  # share auto
@@ -245,27 +286,34 @@ def test_resources_the_cluster_cannot_give_stop_the_study(tmp_path):
         trial_resources(many, cpus=8, gpus_total=0)
 
 
-@pytest.mark.parametrize(("device", "gpu_ids", "cuda", "expected"), [
-    ("auto", [], True, "cpu"),  # no share: the CPU, even where a GPU is visible
-    ("cpu", [], True, "cpu"),
-    ("auto", ["3"], True, "cuda"),  # the GPU Ray gave, which the trial sees as cuda:0
-    ("cuda", ["3"], True, "cuda"),
-    ("cuda:3", ["3"], True, "cuda:3"),  # resolve_device maps it to the visible cuda:0
-    ("auto", ["0"], False, "cpu"),  # a node that advertises a GPU torch cannot see
-])
+@pytest.mark.parametrize(
+    ("device", "gpu_ids", "cuda", "expected"),
+    [
+        ("auto", [], True, "cpu"),  # no share: the CPU, even where a GPU is visible
+        ("cpu", [], True, "cpu"),
+        ("auto", ["3"], True, "cuda"),  # the GPU Ray gave, which the trial sees as cuda:0
+        ("cuda", ["3"], True, "cuda"),
+        ("cuda:3", ["3"], True, "cuda:3"),  # resolve_device maps it to the visible cuda:0
+        ("auto", ["0"], False, "cpu"),  # a node that advertises a GPU torch cannot see
+    ],
+)
 def test_a_trials_device_follows_the_share_ray_gave_it(device, gpu_ids, cuda, expected):
     from vae_study.trainable import trial_device
 
     assert trial_device(device, gpu_ids, cuda) == expected
 
 
-@pytest.mark.parametrize(("keys", "fragment"), [
-    ({"resources.gpus_per_trial": 2}, "expected a fraction in [0, 1] or auto"),
-    ({"resources.gpus_per_trial": 0, "train.device": "cuda"},
-     "a trial without a GPU share runs on the CPU"),
-    ({"resources.gpus_per_trial": 0.5, "train.device": "cpu"},
-     "GPU shares they never use"),
-])
+@pytest.mark.parametrize(
+    ("keys", "fragment"),
+    [
+        ({"resources.gpus_per_trial": 2}, "expected a fraction in [0, 1] or auto"),
+        (
+            {"resources.gpus_per_trial": 0, "train.device": "cuda"},
+            "a trial without a GPU share runs on the CPU",
+        ),
+        ({"resources.gpus_per_trial": 0.5, "train.device": "cpu"}, "GPU shares they never use"),
+    ],
+)
 def test_device_and_gpu_share_must_agree(tmp_path, keys, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         study_from_dict(tiny_study(tmp_path, **keys))
@@ -278,14 +326,23 @@ def test_device_and_gpu_share_must_agree(tmp_path, keys, fragment):
 def test_best_trial_in_max_mode(tmp_path):
     from vae_study.report import best_trial
 
-    study = study_from_dict(tiny_study(tmp_path, **{
-        "search.objectives": [{"metric": M.VAL_RATE, "mode": "max"}]}))
-    trials = [Trial(i, status, {}, {M.VAL_RATE: v}) for i, status, v in [
-        ("low", R.COMPLETED, 2.0), ("high", R.COMPLETED, 9.0), ("nan", R.COMPLETED, math.nan),
-        ("stopped", R.STOPPED, 50.0), ("mid", R.COMPLETED, 5.0)]]
+    study = study_from_dict(
+        tiny_study(tmp_path, **{"search.objectives": [{"metric": M.VAL_RATE, "mode": "max"}]})
+    )
+    trials = [
+        Trial(i, status, {}, {M.VAL_RATE: v})
+        for i, status, v in [
+            ("low", R.COMPLETED, 2.0),
+            ("high", R.COMPLETED, 9.0),
+            ("nan", R.COMPLETED, math.nan),
+            ("stopped", R.STOPPED, 50.0),
+            ("mid", R.COMPLETED, 5.0),
+        ]
+    ]
     assert best_trial(StudyFolder(tmp_path, study, trials)).trial_id == "high"
-    low = study_from_dict(tiny_study(tmp_path, **{
-        "search.objectives": [{"metric": M.VAL_RATE, "mode": "min"}]}))
+    low = study_from_dict(
+        tiny_study(tmp_path, **{"search.objectives": [{"metric": M.VAL_RATE, "mode": "min"}]})
+    )
     assert best_trial(StudyFolder(tmp_path, low, trials)).trial_id == "low"
     assert best_trial(StudyFolder(tmp_path, study, trials[2:4])) is None
 
@@ -332,8 +389,13 @@ def test_the_search_section_takes_its_defaults_from_the_dataclass(tmp_path):
     raw["search"] = {"space": raw["search"]["space"], "num_trials": 2, "max_concurrent": 1}
     s = study_from_dict(raw).search
     d = SearchConfig()
-    assert (s.algorithm, s.seed, s.points_to_evaluate, s.sampler_options, s.select_on_test) \
-        == (d.algorithm, d.seed, d.points_to_evaluate, d.sampler_options, d.select_on_test)
+    assert (s.algorithm, s.seed, s.points_to_evaluate, s.sampler_options, s.select_on_test) == (
+        d.algorithm,
+        d.seed,
+        d.points_to_evaluate,
+        d.sampler_options,
+        d.select_on_test,
+    )
 
 
 def test_a_search_section_built_in_python_is_checked_like_one_read_from_yaml():
@@ -370,11 +432,14 @@ def test_an_old_study_folder_opens_through_the_layout(tmp_path):
     (folder / "tune" / "trial_t1" / "checkpoint_000001").mkdir(parents=True)
     (folder / "tune" / "trial_t1" / "checkpoint_000001" / "state.pt").write_bytes(b"x")
     (folder / "tune" / "trial_t1" / "result.json").write_text(
-        '{"epoch": 1, "val/neg_elbo": 99.0}\n')
+        '{"epoch": 1, "val/neg_elbo": 99.0}\n'
+    )
     write_yaml(folder / "study.yaml", study_from_dict(raw).to_dict())
-    R.write_results(folder / "results.csv", [{"trial_id": "t1", "status": R.COMPLETED,
-                                              "train.beta": 1.0, "model.latent_dim": 2}],
-                    ["train.beta", "model.latent_dim"])
+    R.write_results(
+        folder / "results.csv",
+        [{"trial_id": "t1", "status": R.COMPLETED, "train.beta": 1.0, "model.latent_dim": 2}],
+        ["train.beta", "model.latent_dim"],
+    )
     sf = load_folder(folder)
     (t,) = sf.trials
     assert t.checkpoint == folder / "tune" / "trial_t1" / "checkpoint_000001"
@@ -390,12 +455,19 @@ def test_the_names_old_study_folders_pickled_still_resolve():
     from vae_study import driver, search_config, searcher, study_config, trainable, tune
 
     assert (tune.ResultsTable, tune.StudySearch, tune.train_trial) == (
-        driver.ResultsTable, searcher.StudySearch, trainable.train_trial)
+        driver.ResultsTable,
+        searcher.StudySearch,
+        trainable.train_trial,
+    )
     assert tune.trial_dirname(SimpleNamespace(trial_id="ab")) == "trial_ab"
     assert (study_config.Param, study_config.SearchConfig, study_config.Objective) == (
-        search_config.Param, search_config.SearchConfig, search_config.Objective)
+        search_config.Param,
+        search_config.SearchConfig,
+        search_config.Objective,
+    )
     # A pickle that names the class by its old module loads (what Tuner.restore does).
     old = pickle.dumps(search_config.Objective("val/nll", "min"), protocol=0).replace(
-        b"vae_study.search_config", b"vae_study.study_config")
+        b"vae_study.search_config", b"vae_study.study_config"
+    )
     assert b"vae_study.study_config" in old
     assert pickle.loads(old) == search_config.Objective("val/nll", "min")

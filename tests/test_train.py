@@ -18,16 +18,26 @@ from vae_study.train import fit, make_optimizer
 
 
 def _config(root, **keys) -> RunConfig:
-    base = {"data.root": str(root), "data.val_size": 50, "model.latent_dim": 4,
-            "model.hidden": [32], "train.epochs": 2, "train.batch_size": 32,
-            "train.device": "cpu", "eval.k": 8, "eval.surgery_examples": 50}
+    base = {
+        "data.root": str(root),
+        "data.val_size": 50,
+        "model.latent_dim": 4,
+        "model.hidden": [32],
+        "train.epochs": 2,
+        "train.batch_size": 32,
+        "train.device": "cpu",
+        "eval.k": 8,
+        "eval.surgery_examples": 50,
+    }
     base.update(keys)
     return replace_keys(RunConfig(), base)
 
 
 def _same_weights(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
-                                                  b.state_dict().values(), strict=True))
+    return all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_fit_learns_and_writes_its_files(mnist_root, tmp_path):
@@ -48,8 +58,9 @@ def test_fit_learns_and_writes_its_files(mnist_root, tmp_path):
     # pytest.approx compares flat mappings only: the per-dimension KL list on its own.
     assert final.pop(M.TEST_KL_PER_DIM) == pytest.approx(res.final[M.TEST_KL_PER_DIM])
     assert len(res.final[M.TEST_KL_PER_DIM]) == 4  # model.latent_dim
-    assert final == pytest.approx({k: v for k, v in {**res.final, M.EPOCH: 4}.items()
-                                   if k != M.TEST_KL_PER_DIM})
+    assert final == pytest.approx(
+        {k: v for k, v in {**res.final, M.EPOCH: 4}.items() if k != M.TEST_KL_PER_DIM}
+    )
     assert (out / "checkpoint" / "state.pt").is_file()
     assert (out / "checkpoint" / "config.yaml").is_file() and (out / "config.yaml").is_file()
 
@@ -68,12 +79,15 @@ def test_same_seed_same_numbers_other_seed_other_numbers(mnist_root):
 def test_resume_continues_exactly_where_it_stopped(mnist_root, tmp_path, binarize):
     keys = {"train.epochs": 3, "data.binarize": binarize, "train.k": 2}
     straight = fit(_config(mnist_root, **keys), out_dir=tmp_path / "a")
-    fit(_config(mnist_root, **{**keys, "train.epochs": 1}), out_dir=tmp_path / "b",
-        final_eval=False)
+    fit(
+        _config(mnist_root, **{**keys, "train.epochs": 1}), out_dir=tmp_path / "b", final_eval=False
+    )
     resumed = fit(_config(mnist_root, **keys), out_dir=tmp_path / "b")
     assert _same_weights(straight.model, resumed.model)
-    strip = lambda hist: [{k: v for k, v in h.items() if k != M.EPOCH_SECONDS}  # noqa: E731
-                          for h in hist]
+
+    def strip(hist):
+        return [{k: v for k, v in h.items() if k != M.EPOCH_SECONDS} for h in hist]
+
     assert strip(straight.history) == strip(resumed.history)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)[M.EPOCH] for x in lines] == [1, 2, 3]
@@ -134,20 +148,30 @@ def test_huge_learning_rate_diverges_loudly_rather_than_silently(mnist_root):
 
 def test_on_epoch_hook_sees_each_epoch_and_its_checkpoint(mnist_root, tmp_path):
     seen = []
-    fit(_config(mnist_root), out_dir=tmp_path / "r",
-        on_epoch=lambda row, folder: seen.append((row[M.EPOCH], ckpt.load(folder).epoch)))
+    fit(
+        _config(mnist_root),
+        out_dir=tmp_path / "r",
+        on_epoch=lambda row, folder: seen.append((row[M.EPOCH], ckpt.load(folder).epoch)),
+    )
     assert seen == [(1, 1), (2, 2)]
 
 
-@pytest.mark.parametrize("keys", [
-    {"model.arch": "conv", "model.hidden": [64]},
-    {"train.objective": "iwae", "train.k": 4, "train.beta": 0.5},
-    {"model.likelihood": "gaussian", "model.learn_std": True},
-    {"model.hidden": [32, 16], "model.activation": "tanh", "data.binarize": "static"},
-    {"model.arch": "conv", "model.hidden": [64], "train.precision": "bfloat16"},
-    {"model.likelihood": "gaussian", "train.objective": "iwae", "train.k": 3,
-     "train.precision": "bfloat16"},
-])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"model.arch": "conv", "model.hidden": [64]},
+        {"train.objective": "iwae", "train.k": 4, "train.beta": 0.5},
+        {"model.likelihood": "gaussian", "model.learn_std": True},
+        {"model.hidden": [32, 16], "model.activation": "tanh", "data.binarize": "static"},
+        {"model.arch": "conv", "model.hidden": [64], "train.precision": "bfloat16"},
+        {
+            "model.likelihood": "gaussian",
+            "train.objective": "iwae",
+            "train.k": 3,
+            "train.precision": "bfloat16",
+        },
+    ],
+)
 def test_every_model_and_objective_trains(mnist_root, keys):
     cfg = _config(mnist_root, **{"train.epochs": 1, **keys})
     res = fit(cfg)
@@ -172,40 +196,48 @@ def test_bfloat16_training_learns_and_is_evaluated_in_float32(mnist_root):
 
 
 def test_adam_uses_the_fused_kernel_on_cpu_and_resumes_with_it(mnist_root, tmp_path):
-    res = fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a",
-              final_eval=False)
+    res = fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
     assert make_optimizer(res.model, RunConfig().train).param_groups[0]["fused"] is True
     saved = ckpt.load(tmp_path / "a" / "checkpoint").optimizer
     assert saved["param_groups"][0]["fused"] is True and len(saved["state"]) > 0
 
 
 def test_resuming_a_finished_run_into_a_new_folder_reports_an_existing_checkpoint(
-        mnist_root, tmp_path):
+    mnist_root, tmp_path
+):
     fit(_config(mnist_root), out_dir=tmp_path / "a", final_eval=False)
     seen = []
 
     def hook(row, folder):
         seen.append((row[M.EPOCH], ckpt.load(folder).epoch, M.TEST_CE_BOUND in row))
 
-    res = fit(_config(mnist_root), out_dir=tmp_path / "b",
-              resume_from=tmp_path / "a" / "checkpoint", on_epoch=hook)
+    res = fit(
+        _config(mnist_root),
+        out_dir=tmp_path / "b",
+        resume_from=tmp_path / "a" / "checkpoint",
+        on_epoch=hook,
+    )
     assert seen == [(2, 2, True)]  # no epoch left: one report, test metrics, a checkpoint
     assert (tmp_path / "b" / "checkpoint" / "state.pt").is_file()
     assert math.isfinite(res.final[M.TEST_CE_BOUND])
 
 
-def test_a_finished_run_resumed_reuses_its_test_metrics_unless_eval_changed(mnist_root,
-                                                                           tmp_path,
-                                                                           monkeypatch):
+def test_a_finished_run_resumed_reuses_its_test_metrics_unless_eval_changed(
+    mnist_root, tmp_path, monkeypatch
+):
     first = fit(_config(mnist_root), out_dir=tmp_path / "a")
     import vae_study.train as T
 
     calls = []
     real = T.final_metrics
     monkeypatch.setattr(T, "final_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = fit(_config(mnist_root), out_dir=tmp_path / "b",
-                resume_from=tmp_path / "a" / "checkpoint")
+    again = fit(
+        _config(mnist_root), out_dir=tmp_path / "b", resume_from=tmp_path / "a" / "checkpoint"
+    )
     assert calls == [] and again.final[M.TEST_CE_BOUND] == first.final[M.TEST_CE_BOUND]
-    other = fit(_config(mnist_root, **{"eval.k": 16}), out_dir=tmp_path / "c",
-                resume_from=tmp_path / "a" / "checkpoint")
+    other = fit(
+        _config(mnist_root, **{"eval.k": 16}),
+        out_dir=tmp_path / "c",
+        resume_from=tmp_path / "a" / "checkpoint",
+    )
     assert calls == [1] and math.isfinite(other.final[M.TEST_CE_BOUND])

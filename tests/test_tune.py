@@ -26,13 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 def test_study_runs_end_to_end(tmp_path, capsys):
     ray_results = Path.home() / "ray_results"
     existed = ray_results.exists()
-    path = _write(tmp_path, _study(tmp_path, **{
-        "report.enabled": True, "report.dir": str(tmp_path / "reports")}))
+    path = _write(
+        tmp_path,
+        _study(tmp_path, **{"report.enabled": True, "report.dir": str(tmp_path / "reports")}),
+    )
     assert main(["run", str(path)]) == 0
     folder = tmp_path / "runs" / "tiny"
     report = tmp_path / "reports" / "tiny"
-    assert {"index.html", "rate_distortion.png", "search.png"} <= {
-        p.name for p in report.iterdir()}
+    assert {"index.html", "rate_distortion.png", "search.png"} <= {p.name for p in report.iterdir()}
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 4 and table["trial_id"].is_unique
     assert set(table["status"]) == {R.COMPLETED}
@@ -40,8 +41,9 @@ def test_study_runs_end_to_end(tmp_path, capsys):
     assert table["train.beta"].between(0.1, 10.0).all()
     assert set(table["model.latent_dim"]) <= {2, 4}
     # The neg-ELBO splits into rate and distortion in every row.
-    assert ((table["test/rate"] + table["test/distortion"] - table["test/neg_elbo"]).abs()
-            < 1e-6).all()
+    assert (
+        (table["test/rate"] + table["test/distortion"] - table["test/neg_elbo"]).abs() < 1e-6
+    ).all()
     assert _optuna_states(folder, "tiny") == {"COMPLETE": 4}
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'optuna.db'}")
     by_number = {t.number: t for t in study.trials}
@@ -61,19 +63,23 @@ def test_study_runs_end_to_end(tmp_path, capsys):
 
     # Another search space into the same folder is refused; --fresh starts over.
     capsys.readouterr()
-    changed = _write(tmp_path, _study(tmp_path, **{
-        "search.space": {"train.beta": {"log_uniform": [0.5, 2.0]}}}))
+    changed = _write(
+        tmp_path, _study(tmp_path, **{"search.space": {"train.beta": {"log_uniform": [0.5, 2.0]}}})
+    )
     assert main(["run", str(changed)]) == 2
     assert "another search section" in capsys.readouterr().err
 
 
 def test_multi_objective_study_returns_its_pareto_set(tmp_path):
-    raw = _study(tmp_path, **{
-        "name": "rd",
-        "search.algorithm": "nsga2",
-        "search.num_trials": 5,
-        "search.objectives": [{"metric": "val/rate"}, {"metric": "val/distortion"}],
-    })
+    raw = _study(
+        tmp_path,
+        **{
+            "name": "rd",
+            "search.algorithm": "nsga2",
+            "search.num_trials": 5,
+            "search.objectives": [{"metric": "val/rate"}, {"metric": "val/distortion"}],
+        },
+    )
     assert main(["run", str(_write(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "rd"
     table = R.read_results(folder / R.RESULTS_FILE)
@@ -89,8 +95,9 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
-                                                            "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
@@ -132,12 +139,17 @@ def test_resolved_study_file_round_trips(tmp_path):
 
 
 def test_asha_stops_weak_trials_and_they_are_recorded_as_stopped(tmp_path):
-    raw = _study(tmp_path, **{
-        "search.num_trials": 6, "search.max_concurrent": 2, "search.algorithm": "random",
-        "search.space": {"train.lr": {"log_uniform": [1e-5, 3e-3]}},
-        "train.epochs": 6,
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3},
-    })
+    raw = _study(
+        tmp_path,
+        **{
+            "search.num_trials": 6,
+            "search.max_concurrent": 2,
+            "search.algorithm": "random",
+            "search.space": {"train.lr": {"log_uniform": [1e-5, 3e-3]}},
+            "train.epochs": 6,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3},
+        },
+    )
     assert main(["run", str(_write(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
     table = R.read_results(folder / R.RESULTS_FILE)

@@ -51,6 +51,7 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(f"module 'vae_study' has no attribute {name!r}")
 
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -71,13 +71,14 @@ def interrupts_deferred() -> Iterator[None]:
     usual ``KeyboardInterrupt``, once the block is done. Only the main thread receives
     signals; elsewhere (a Ray trainable's thread) this does nothing.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is None):  # a handler Python cannot restore
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None
+    ):  # a handler Python cannot restore
         yield
         return
     received: list[tuple[int, Any]] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(
-        (signum, frame)))
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
     try:
         yield
     finally:
@@ -107,15 +108,18 @@ def save(folder: Path, state: TrainingState) -> Path:
 
     folder = Path(folder)
     buf = io.BytesIO()
-    torch.save({
-        "format": 1,
-        "epoch": state.epoch,
-        "model": state.model,
-        "optimizer": state.optimizer,
-        "generator": state.generator,
-        "config": state.config,
-        "history": state.history,
-    }, buf)
+    torch.save(
+        {
+            "format": 1,
+            "epoch": state.epoch,
+            "model": state.model,
+            "optimizer": state.optimizer,
+            "generator": state.generator,
+            "config": state.config,
+            "history": state.history,
+        },
+        buf,
+    )
     atomic_write_bytes(folder / STATE_FILE, buf.getvalue())
     write_yaml(folder / CONFIG_FILE, state.config)
     return folder
@@ -138,19 +142,28 @@ def load(folder: Path, map_location: torch.device | str = "cpu") -> TrainingStat
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as exc:  # truncated zip, unpickling refused, ...
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); it is "
-                              "damaged: delete it to start the run again") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); it is "
+            "damaged: delete it to start the run again"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != 1:
         raise CheckpointError(f"{path} is not a vae_study checkpoint")
     generator = raw["generator"]
     if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
-        raise CheckpointError(f"{path} is damaged (its generator state is not a byte tensor); "
-                              "delete it to start the run again")
+        raise CheckpointError(
+            f"{path} is damaged (its generator state is not a byte tensor); "
+            "delete it to start the run again"
+        )
     device = torch.device(map_location)
-    return TrainingState(epoch=int(raw["epoch"]), model=_to(raw["model"], device),
-                         optimizer=_to(raw["optimizer"], device), generator=generator,
-                         config=raw["config"], history=list(raw["history"]))
+    return TrainingState(
+        epoch=int(raw["epoch"]),
+        model=_to(raw["model"], device),
+        optimizer=_to(raw["optimizer"], device),
+        generator=generator,
+        config=raw["config"],
+        history=list(raw["history"]),
+    )
 
 
 def _to(obj: Any, device: torch.device) -> Any:

@@ -27,8 +27,10 @@ def _progress_printer(epochs: int):
         width = 30
         filled = width * done // total
         elapsed = time.perf_counter() - started
-        sys.stderr.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{total} batches, {elapsed:.0f}s")
+        sys.stderr.write(
+            f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{done}/{total} batches, {elapsed:.0f}s"
+        )
         sys.stderr.flush()
 
     return progress
@@ -44,15 +46,20 @@ def _eval_printer(k: int):
         elapsed = time.perf_counter() - started
         if tty:
             filled = 30 * done // total
-            sys.stderr.write(f"\rtest NLL, eval.k={k}: [{'#' * filled}{'.' * (30 - filled)}] "
-                             f"{done}/{total} examples, {elapsed:.0f}s")
+            sys.stderr.write(
+                f"\rtest NLL, eval.k={k}: [{'#' * filled}{'.' * (30 - filled)}] "
+                f"{done}/{total} examples, {elapsed:.0f}s"
+            )
             if done == total:
                 sys.stderr.write("\r\033[K")
             sys.stderr.flush()
         elif 4 * done // total > shown["quarter"]:
             shown["quarter"] = 4 * done // total
-            print(f"last epoch trained; test NLL with eval.k={k}: {done}/{total} examples, "
-                  f"{elapsed:.0f}s", flush=True)
+            print(
+                f"last epoch trained; test NLL with eval.k={k}: {done}/{total} examples, "
+                f"{elapsed:.0f}s",
+                flush=True,
+            )
 
     return progress
 
@@ -77,24 +84,34 @@ def cmd_fit(args: argparse.Namespace) -> int:
     def on_epoch(row: dict[str, float], _ckpt: Path | None) -> None:
         if tty:
             sys.stderr.write("\r\033[K")
-        print(f"epoch {int(row[M.EPOCH]):>3}/{config.train.epochs}  "
-              f"loss {row[M.TRAIN_LOSS]:8.3f}  "
-              f"val -elbo {row.get(M.VAL_NEG_ELBO, float('nan')):8.3f}  "
-              f"rate {row.get(M.VAL_RATE, float('nan')):7.3f}  "
-              f"distortion {row.get(M.VAL_DISTORTION, float('nan')):8.3f}  "
-              f"({row[M.EPOCH_SECONDS]:.1f}s)", flush=True)
+        print(
+            f"epoch {int(row[M.EPOCH]):>3}/{config.train.epochs}  "
+            f"loss {row[M.TRAIN_LOSS]:8.3f}  "
+            f"val -elbo {row.get(M.VAL_NEG_ELBO, float('nan')):8.3f}  "
+            f"rate {row.get(M.VAL_RATE, float('nan')):7.3f}  "
+            f"distortion {row.get(M.VAL_DISTORTION, float('nan')):8.3f}  "
+            f"({row[M.EPOCH_SECONDS]:.1f}s)",
+            flush=True,
+        )
 
     try:
-        result = fit(config, out_dir=out, on_epoch=on_epoch, progress=progress,
-                     eval_progress=_eval_printer(config.eval.k))
+        result = fit(
+            config,
+            out_dir=out,
+            on_epoch=on_epoch,
+            progress=progress,
+            eval_progress=_eval_printer(config.eval.k),
+        )
     except KeyboardInterrupt:
         if tty:
             sys.stderr.write("\r\033[K")
         print(f"vae-study: interrupted; {_how_to_continue(args, out)}", file=sys.stderr)
         return 130
     bound = M.bound_key("test", config.quantity)
-    print(f"final metrics, nats per example; {bound} is a {M.QUANTITY_WORDS[config.quantity]}"
-          f", eval.k={config.eval.k} on {result.final.get(M.TEST_NLL_EXAMPLES)} test examples:")
+    print(
+        f"final metrics, nats per example; {bound} is a {M.QUANTITY_WORDS[config.quantity]}"
+        f", eval.k={config.eval.k} on {result.final.get(M.TEST_NLL_EXAMPLES)} test examples:"
+    )
     for key, value in result.final.items():
         if isinstance(value, float):
             print(f"  {key:22s} {value:10.3f}")
@@ -111,8 +128,18 @@ def _how_to_continue(args: argparse.Namespace, out: Path) -> str:
     from . import checkpoint as ckpt
     from .train import CHECKPOINT_DIR
 
-    command = shlex.join(["python", "-m", "vae_study", "fit", args.config,
-                          *[a for s in args.set for a in ("--set", s)], "--out", str(out)])
+    command = shlex.join(
+        [
+            "python",
+            "-m",
+            "vae_study",
+            "fit",
+            args.config,
+            *[a for s in args.set for a in ("--set", s)],
+            "--out",
+            str(out),
+        ]
+    )
     if not ckpt.exists(out / CHECKPOINT_DIR):
         return f"no epoch had finished, nothing to keep; start again with: {command}"
     try:
@@ -120,8 +147,10 @@ def _how_to_continue(args: argparse.Namespace, out: Path) -> str:
     except VaeStudyError:
         epoch = None
     kept = f"epoch {epoch}" if epoch is not None else "the last finished epoch"
-    return (f"{out / CHECKPOINT_DIR} holds {kept}; continue from it with the same command "
-            f"(without --fresh): {command}")
+    return (
+        f"{out / CHECKPOINT_DIR} holds {kept}; continue from it with the same command "
+        f"(without --fresh): {command}"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -152,11 +181,14 @@ def check_writable(path: Path, key: str) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"{key}: {path} cannot be created: {existing} is not a folder; "
-                          f"choose another {key}")
+        raise ConfigError(
+            f"{key}: {path} cannot be created: {existing} is not a folder; choose another {key}"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: {path} cannot be written: {existing} is not writable by "
-                          f"this user; choose another {key}")
+        raise ConfigError(
+            f"{key}: {path} cannot be written: {existing} is not writable by "
+            f"this user; choose another {key}"
+        )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -170,37 +202,52 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _add_set(parser: argparse.ArgumentParser, example: str) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help=f"override a key, e.g. --set {example} (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override a key, e.g. --set {example} (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vae-study",
-        description="Hyperparameter studies of variational autoencoders.")
+        prog="vae-study", description="Hyperparameter studies of variational autoencoders."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit_p = sub.add_parser("fit", help="train the one configuration a study file describes "
-                                       "(no search, no Ray)")
+    fit_p = sub.add_parser(
+        "fit", help="train the one configuration a study file describes (no search, no Ray)"
+    )
     fit_p.add_argument("config", help="a study or run YAML file")
     _add_set(fit_p, "train.beta=0.5")
     fit_p.add_argument("--out", help="output folder (default runs/<config name>)")
-    fit_p.add_argument("--fresh", action="store_true",
-                       help="delete the output folder first instead of resuming it")
+    fit_p.add_argument(
+        "--fresh", action="store_true", help="delete the output folder first instead of resuming it"
+    )
     fit_p.set_defaults(func=cmd_fit)
 
-    run_p = sub.add_parser("run", help="run (or continue) a study: many trials under Ray Tune, "
-                                       "chosen by Optuna")
+    run_p = sub.add_parser(
+        "run", help="run (or continue) a study: many trials under Ray Tune, chosen by Optuna"
+    )
     run_p.add_argument("study", help="a study YAML file, e.g. studies/beta_sweep.yaml")
     _add_set(run_p, "search.num_trials=50")
-    run_p.add_argument("--fresh", action="store_true",
-                       help="delete the study folder first instead of continuing it")
-    run_p.add_argument("--no-report", action="store_true",
-                       help="do not build the report when the study ends")
+    run_p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the study folder first instead of continuing it",
+    )
+    run_p.add_argument(
+        "--no-report", action="store_true", help="do not build the report when the study ends"
+    )
     run_p.set_defaults(func=cmd_run)
 
-    rep_p = sub.add_parser("report", help="build the report of a study folder (no Ray needed; "
-                                          "works on running or interrupted studies)")
+    rep_p = sub.add_parser(
+        "report",
+        help="build the report of a study folder (no Ray needed; "
+        "works on running or interrupted studies)",
+    )
     rep_p.add_argument("folder", help="the study folder, e.g. runs/beta_sweep")
     rep_p.add_argument("--out", help="output folder (default reports/<name>)")
     rep_p.set_defaults(func=cmd_report)
@@ -231,8 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         if args.command in ("run", "fit"):
-            print("vae-study: interrupted; to continue, run the same command again: "
-                  f"{continue_command(argv)}", file=sys.stderr)
+            print(
+                "vae-study: interrupted; to continue, run the same command again: "
+                f"{continue_command(argv)}",
+                file=sys.stderr,
+            )
         else:
             print("vae-study: interrupted", file=sys.stderr)
         return 130

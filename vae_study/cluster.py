@@ -31,16 +31,22 @@ def ensure_private_token() -> Path | None:
     other users can read is left alone, with a warning.
     """
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        warnings.warn("RAY_AUTH_MODE=disabled: anyone who reaches this Ray cluster's ports "
-                      "can run code on it", stacklevel=2)
+        warnings.warn(
+            "RAY_AUTH_MODE=disabled: anyone who reaches this Ray cluster's ports "
+            "can run code on it",
+            stacklevel=2,
+        )
         return None
     if os.environ.get("RAY_AUTH_TOKEN"):
         return None
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if path.exists():
         if path.stat().st_mode & 0o077:
-            warnings.warn(f"{path}, the Ray authentication token, is readable by other users; "
-                          f"run: chmod 600 {path}", stacklevel=2)
+            warnings.warn(
+                f"{path}, the Ray authentication token, is readable by other users; "
+                f"run: chmod 600 {path}",
+                stacklevel=2,
+            )
         return path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -56,31 +62,44 @@ def start_ray(study: StudyConfig) -> Any:
     """Start a local Ray, or join the cluster at ray.address; print the dashboard URL."""
     cfg = study.ray
     if cfg.dashboard and cfg.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
-        warnings.warn(f"ray.dashboard_host={cfg.dashboard_host}: the Ray dashboard, which "
-                      "can submit jobs that run code, is reachable by anyone who can reach "
-                      f"this host on port {cfg.dashboard_port}", stacklevel=2)
+        warnings.warn(
+            f"ray.dashboard_host={cfg.dashboard_host}: the Ray dashboard, which "
+            "can submit jobs that run code, is reachable by anyone who can reach "
+            f"this host on port {cfg.dashboard_port}",
+            stacklevel=2,
+        )
     if ray.is_initialized():
         return ray.get_runtime_context()
-    kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": logging.WARNING,
-                              "log_to_driver": True}
+    kwargs: dict[str, Any] = {
+        "configure_logging": True,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+    }
     local: contextlib.AbstractContextManager = contextlib.nullcontext()
     if cfg.address is None:
         ensure_private_token()
-        kwargs.update(include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host,
-                      dashboard_port=cfg.dashboard_port)
+        kwargs.update(
+            include_dashboard=cfg.dashboard,
+            dashboard_host=cfg.dashboard_host,
+            dashboard_port=cfg.dashboard_port,
+        )
         local = loopback_only()
     try:
         with local:
             ctx = ray.init(address=cfg.address, **kwargs)
     except ConnectionError as exc:
-        raise StudyError(f"ray.address={cfg.address}: no Ray cluster answers ({exc}); start "
-                         "one with 'ray start --head' or leave ray.address unset for a local "
-                         "Ray") from None
+        raise StudyError(
+            f"ray.address={cfg.address}: no Ray cluster answers ({exc}); start "
+            "one with 'ray start --head' or leave ray.address unset for a local "
+            "Ray"
+        ) from None
     except ray.exceptions.AuthenticationError as exc:
-        raise StudyError(f"ray.address={cfg.address}: the cluster asks for its "
-                         f"authentication token ({str(exc).splitlines()[0]}); copy the head "
-                         "node's ~/.ray/auth_token here (chmod 600) or set "
-                         "RAY_AUTH_TOKEN_PATH") from None
+        raise StudyError(
+            f"ray.address={cfg.address}: the cluster asks for its "
+            f"authentication token ({str(exc).splitlines()[0]}); copy the head "
+            "node's ~/.ray/auth_token here (chmod 600) or set "
+            "RAY_AUTH_TOKEN_PATH"
+        ) from None
     url = getattr(ctx, "dashboard_url", None)
     if url:
         print(f"Ray dashboard: http://{url}", flush=True)
@@ -133,8 +152,9 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 MAX_TRIALS_PER_GPU = 4
 
 
-def gpu_share(gpus_per_trial: float | str, gpus_total: float, max_concurrent: int,
-              device: str = "auto") -> float:
+def gpu_share(
+    gpus_per_trial: float | str, gpus_total: float, max_concurrent: int, device: str = "auto"
+) -> float:
     """GPUs per trial: ``auto`` gives each of ``max_concurrent`` trials an equal share of the
     cluster's GPUs, rounded down to 1/n so n trials pack one GPU, at most one whole GPU and at
     least 1/MAX_TRIALS_PER_GPU; no GPU in the cluster, or ``train.device: cpu``: 0 (the CPU).
@@ -153,20 +173,31 @@ def trial_resources(study: StudyConfig, cpus: float, gpus_total: float) -> dict[
     """CPUs and GPUs per trial on a cluster of ``cpus`` CPUs and ``gpus_total`` GPUs; a
     request the cluster can never meet is a ``StudyError``."""
     want_cpu = study.resources.cpus_per_trial
-    g = gpu_share(study.resources.gpus_per_trial, gpus_total, study.search.max_concurrent,
-                  study.base.train.device)
+    g = gpu_share(
+        study.resources.gpus_per_trial,
+        gpus_total,
+        study.search.max_concurrent,
+        study.base.train.device,
+    )
     if g > 0 and gpus_total == 0:
-        raise StudyError(f"resources.gpus_per_trial={g}, but the Ray cluster has no GPU; use "
-                         "gpus_per_trial: 0 (CPU) or auto")
+        raise StudyError(
+            f"resources.gpus_per_trial={g}, but the Ray cluster has no GPU; use "
+            "gpus_per_trial: 0 (CPU) or auto"
+        )
     if g == 0 and study.base.train.device.startswith("cuda"):
-        raise StudyError(f"train.device: {study.base.train.device}, but the Ray cluster has no "
-                         "GPU, so no trial gets a share; use train.device: auto or cpu")
+        raise StudyError(
+            f"train.device: {study.base.train.device}, but the Ray cluster has no "
+            "GPU, so no trial gets a share; use train.device: auto or cpu"
+        )
     if g > gpus_total:
-        raise StudyError(f"resources.gpus_per_trial={g}, but the whole cluster has "
-                         f"{gpus_total:g} GPUs")
+        raise StudyError(
+            f"resources.gpus_per_trial={g}, but the whole cluster has {gpus_total:g} GPUs"
+        )
     if want_cpu > cpus:
-        raise StudyError(f"resources.cpus_per_trial={want_cpu:g}, but the whole cluster has "
-                         f"{cpus:g} CPUs; no trial could ever start")
+        raise StudyError(
+            f"resources.cpus_per_trial={want_cpu:g}, but the whole cluster has "
+            f"{cpus:g} CPUs; no trial could ever start"
+        )
     return {"cpu": want_cpu, "gpu": float(g)}
 
 
@@ -195,14 +226,20 @@ def check_shared_storage(folder: Path) -> None:
             return None
 
     try:
-        refs = {n["NodeManagerAddress"]: sees.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(str(marker.resolve())) for n in nodes}
+        refs = {
+            n["NodeManagerAddress"]: sees.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(marker.resolve()))
+            for n in nodes
+        }
         blind = [addr for addr, ref in refs.items() if ray.get(ref, timeout=60) != token]
     finally:
         marker.unlink(missing_ok=True)
     if blind:
-        raise StudyError(f"the study folder {folder} is not visible from the Ray nodes at "
-                         + ", ".join(sorted(set(blind))) + "; a study on several nodes needs "
-                         "output.dir on storage every node mounts at the same path (NFS, "
-                         "a shared disk)")
+        raise StudyError(
+            f"the study folder {folder} is not visible from the Ray nodes at "
+            + ", ".join(sorted(set(blind)))
+            + "; a study on several nodes needs "
+            "output.dir on storage every node mounts at the same path (NFS, "
+            "a shared disk)"
+        )

@@ -64,10 +64,18 @@ class DataConfig(Section):
     val_size: int = 5000
 
     def validate(self) -> None:
-        _check(self.train_subset is None or self.train_subset >= 1, "data.train_subset",
-               self.train_subset, "a positive number of examples, or null for all")
-        _check(self.val_size >= 0, "data.val_size", self.val_size,
-               "a number of examples >= 0 (0 turns validation off)")
+        _check(
+            self.train_subset is None or self.train_subset >= 1,
+            "data.train_subset",
+            self.train_subset,
+            "a positive number of examples, or null for all",
+        )
+        _check(
+            self.val_size >= 0,
+            "data.val_size",
+            self.val_size,
+            "a number of examples >= 0 (0 turns validation off)",
+        )
 
 
 @dataclass(frozen=True)
@@ -92,16 +100,30 @@ class ModelConfig(Section):
     std_floor: float = 1e-3
 
     def validate(self) -> None:
-        _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim,
-               "an integer >= 1 (the number of latent dimensions)")
-        _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "model.hidden",
-               list(self.hidden), "a non-empty list of positive layer widths such as [400]")
-        _check(self.gaussian_std > 0 and math.isfinite(self.gaussian_std), "model.gaussian_std",
-               self.gaussian_std, "a positive standard deviation such as 0.1")
-        _check(0 < self.std_floor <= self.gaussian_std and math.isfinite(self.std_floor),
-               "model.std_floor", self.std_floor,
-               f"a positive floor of the learned std, at most model.gaussian_std="
-               f"{self.gaussian_std}")
+        _check(
+            self.latent_dim >= 1,
+            "model.latent_dim",
+            self.latent_dim,
+            "an integer >= 1 (the number of latent dimensions)",
+        )
+        _check(
+            len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
+            "model.hidden",
+            list(self.hidden),
+            "a non-empty list of positive layer widths such as [400]",
+        )
+        _check(
+            self.gaussian_std > 0 and math.isfinite(self.gaussian_std),
+            "model.gaussian_std",
+            self.gaussian_std,
+            "a positive standard deviation such as 0.1",
+        )
+        _check(
+            0 < self.std_floor <= self.gaussian_std and math.isfinite(self.std_floor),
+            "model.std_floor",
+            self.std_floor,
+            f"a positive floor of the learned std, at most model.gaussian_std={self.gaussian_std}",
+        )
 
 
 @dataclass(frozen=True)
@@ -132,15 +154,26 @@ class TrainConfig(Section):
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr,
-               "a positive learning rate such as 1e-3")
-        _check(self.beta > 0 and math.isfinite(self.beta), "train.beta", self.beta,
-               "a positive weight of the rate such as 1.0 (beta < 1 favours reconstruction)")
+        _check(
+            self.lr > 0 and math.isfinite(self.lr),
+            "train.lr",
+            self.lr,
+            "a positive learning rate such as 1e-3",
+        )
+        _check(
+            self.beta > 0 and math.isfinite(self.beta),
+            "train.beta",
+            self.beta,
+            "a positive weight of the rate such as 1.0 (beta < 1 favours reconstruction)",
+        )
         _check(self.k >= 1, "train.k", self.k, "an integer >= 1 (samples per example)")
-        _check(0 <= self.seed <= MAX_SEED, "train.seed", self.seed,
-               "an integer in [0, 2**32 - 1]")
-        _check(_DEVICE.fullmatch(self.device) is not None, "train.device", self.device,
-               "one of auto, cpu, cuda, cuda:N with N a GPU index (0, 1, ...)")
+        _check(0 <= self.seed <= MAX_SEED, "train.seed", self.seed, "an integer in [0, 2**32 - 1]")
+        _check(
+            _DEVICE.fullmatch(self.device) is not None,
+            "train.device",
+            self.device,
+            "one of auto, cpu, cuda, cuda:N with N a GPU index (0, 1, ...)",
+        )
 
 
 @dataclass(frozen=True)
@@ -165,14 +198,26 @@ class EvalConfig(Section):
 
     def validate(self) -> None:
         _check(self.k >= 1, "eval.k", self.k, "an integer >= 1 (importance samples)")
-        _check(self.nll_examples is None or self.nll_examples >= 1, "eval.nll_examples",
-               self.nll_examples, "a positive number of test examples, or null for all")
+        _check(
+            self.nll_examples is None or self.nll_examples >= 1,
+            "eval.nll_examples",
+            self.nll_examples,
+            "a positive number of test examples, or null for all",
+        )
         _check(self.chunk_size >= 1, "eval.chunk_size", self.chunk_size, "an integer >= 1")
         _check(self.val_k >= 1, "eval.val_k", self.val_k, "an integer >= 1 (importance samples)")
-        _check(self.val_examples >= 0, "eval.val_examples", self.val_examples,
-               "a number of validation examples >= 0 (0: no val/nll)")
-        _check(self.surgery_examples >= 2, "eval.surgery_examples", self.surgery_examples,
-               "an integer >= 2")
+        _check(
+            self.val_examples >= 0,
+            "eval.val_examples",
+            self.val_examples,
+            "a number of validation examples >= 0 (0: no val/nll)",
+        )
+        _check(
+            self.surgery_examples >= 2,
+            "eval.surgery_examples",
+            self.surgery_examples,
+            "an integer >= 2",
+        )
 
 
 @dataclass(frozen=True)
@@ -190,7 +235,8 @@ class RunConfig:
                 f"model.likelihood: got {self.model.likelihood!r}, a density for grey levels, "
                 f"but the data are binary (data.dataset={self.data.dataset!r}, "
                 f"data.binarize={self.data.binarize!r}); use bernoulli, or data.binarize: none "
-                "on mnist or fashion_mnist")
+                "on mnist or fashion_mnist"
+            )
 
     @property
     def binary_data(self) -> bool:
@@ -225,8 +271,13 @@ MAX_SEED = 2**32 - 1  # what numpy (Optuna's samplers) accepts; torch takes the 
 # would fail deep inside torch, Ray or Optuna instead of here. Every other integer must fit
 # in 64 bits.
 MAX_COUNT = {
-    "train.epochs": 10**6, "search.num_trials": 10**6, "search.max_concurrent": 10**6,
-    "train.k": 10**6, "eval.k": 10**6, "model.latent_dim": 10**6, "model.hidden": 10**6,
+    "train.epochs": 10**6,
+    "search.num_trials": 10**6,
+    "search.max_concurrent": 10**6,
+    "train.k": 10**6,
+    "eval.k": 10**6,
+    "model.latent_dim": 10**6,
+    "model.hidden": 10**6,
 }
 _INT64 = 2**63
 
@@ -245,7 +296,7 @@ def _show(value: Any, limit: int = 80) -> str:
     except ValueError:  # e.g. an integer inside a list too long for str()
         return f"a {type(value).__name__} too large to show"
     if len(text) > limit:
-        text = f"{text[:limit - 3]}... ({len(text)} characters)"
+        text = f"{text[: limit - 3]}... ({len(text)} characters)"
     return text
 
 
@@ -276,15 +327,19 @@ def build_section(cls: type, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{section}: expected a mapping of keys, got {type(raw).__name__} "
-                          f"{_show(raw)}")
+        raise ConfigError(
+            f"{section}: expected a mapping of keys, got {type(raw).__name__} {_show(raw)}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            raise ConfigError(f"unknown key {section}.{_show_key(key)}; the keys of {section} are: "
-                              + ", ".join(names) + did_you_mean(str(key), names))
+            raise ConfigError(
+                f"unknown key {section}.{_show_key(key)}; the keys of {section} are: "
+                + ", ".join(names)
+                + did_you_mean(str(key), names)
+            )
         kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
     obj = cls(**kwargs)  # a Section checks itself when built
     if not isinstance(obj, Section) and hasattr(obj, "validate"):
@@ -319,8 +374,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: got {_show(value)}, expected {allowed}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: got {_show(value)}, expected one of "
-                              + ", ".join(str(a) for a in args))
+            raise ConfigError(
+                f"{key}: got {_show(value)}, expected one of " + ", ".join(str(a) for a in args)
+            )
         return value
     if origin is dict:
         if not isinstance(value, Mapping):
@@ -337,8 +393,10 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}: got {_show(value)}, expected true or false")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or (
-            isinstance(value, float) and not value.is_integer()
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (isinstance(value, float) and not value.is_integer())
         ):
             raise ConfigError(f"{key}: got {_show(value)}, expected an integer")
         value = int(value)
@@ -346,8 +404,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if limit is not None and value > limit:
             raise ConfigError(f"{key}: got {_show(value)}, expected at most {limit}")
         if not -_INT64 <= value < _INT64:
-            raise ConfigError(f"{key}: got {_show(value)}, expected an integer that fits in "
-                              "64 bits")
+            raise ConfigError(
+                f"{key}: got {_show(value)}, expected an integer that fits in 64 bits"
+            )
         return value
     if hint is float:
         if isinstance(value, str):
@@ -373,8 +432,10 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: got {_show(value)}, expected a mapping")
-        return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{_show_key(k)}")
-                for k, v in value.items()}
+        return {
+            coerce(k, args[0], key): coerce(v, args[1], f"{key}.{_show_key(k)}")
+            for k, v in value.items()
+        }
     if isinstance(hint, type) and isinstance(value, hint):
         return value  # a section or Param already built (and checked)
     if dataclasses.is_dataclass(hint):
@@ -416,8 +477,11 @@ class _Loader(yaml.SafeLoader):
         try:
             if self._depth > MAX_DEPTH:
                 raise yaml.composer.ComposerError(
-                    None, None, f"the document nests deeper than {MAX_DEPTH} levels",
-                    self.peek_event().start_mark)
+                    None,
+                    None,
+                    f"the document nests deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -439,8 +503,11 @@ class _Loader(yaml.SafeLoader):
                     continue  # an unhashable key: the safe loader refuses it itself
                 if line is not None:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"the key {_show(key)} is given twice (first at line "
-                        f"{line + 1}); keep one", key_node.start_mark)
+                        None,
+                        None,
+                        f"the key {_show(key)} is given twice (first at line {line + 1}); keep one",
+                        key_node.start_mark,
+                    )
                 first[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -449,8 +516,8 @@ class _Loader(yaml.SafeLoader):
             return super().construct_yaml_int(node)
         except ValueError:  # more digits than int() converts
             raise yaml.constructor.ConstructorError(
-                None, None, f"an integer of {len(node.value)} digits is too long",
-                node.start_mark) from None
+                None, None, f"an integer of {len(node.value)} digits is too long", node.start_mark
+            ) from None
 
 
 class _Dumper(yaml.SafeDumper):
@@ -481,8 +548,9 @@ def _check_expanded(root: Any) -> None:
         if known is not None:
             return known
         if id(node) in open_nodes:
-            raise yaml.composer.ComposerError(None, None, "an alias refers to the value that "
-                                              "contains it", node.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to the value that contains it", node.start_mark
+            )
         open_nodes.add(id(node))
         values, depth = 1, 1
         if isinstance(node, yaml.SequenceNode):
@@ -497,12 +565,18 @@ def _check_expanded(root: Any) -> None:
             depth = max(depth, d + 1)
             if values > MAX_VALUES:
                 raise yaml.composer.ComposerError(
-                    None, None, f"its anchors and aliases expand to more than {MAX_VALUES} "
-                    "values", child.start_mark)
+                    None,
+                    None,
+                    f"its anchors and aliases expand to more than {MAX_VALUES} values",
+                    child.start_mark,
+                )
             if depth > MAX_DEPTH:
                 raise yaml.composer.ComposerError(
-                    None, None, f"its aliases expand to a nesting deeper than {MAX_DEPTH} "
-                    "levels", child.start_mark)
+                    None,
+                    None,
+                    f"its aliases expand to a nesting deeper than {MAX_DEPTH} levels",
+                    child.start_mark,
+                )
         open_nodes.discard(id(node))
         sizes[id(node)] = (values, depth)
         return values, depth
@@ -533,8 +607,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"config file {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} "
-                          f"at line {line} cannot be decoded; save the file as UTF-8") from None
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} "
+            f"at line {line} cannot be decoded; save the file as UTF-8"
+        ) from None
     try:
         raw = _load_yaml(text)
     except yaml.YAMLError as exc:
@@ -542,8 +618,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...), "
-                          f"got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (data:, model:, ...), got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -564,18 +641,20 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     for item in overrides:
         shown = _show(item)
         if "=" not in item:
-            raise ConfigError(f"--set {shown}: expected section.key=value, such as "
-                              "train.beta=0.5")
+            raise ConfigError(f"--set {shown}: expected section.key=value, such as train.beta=0.5")
         dotted, text = item.split("=", 1)
         parts = dotted.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {shown}: expected section.key=value or key=value, such "
-                              "as train.beta=0.5 or name=beta_sweep2")
+            raise ConfigError(
+                f"--set {shown}: expected section.key=value or key=value, such "
+                "as train.beta=0.5 or name=beta_sweep2"
+            )
         try:
             value = _load_yaml(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {shown}: the value is not valid YAML"
-                              f"{_yaml_problem(exc)}") from None
+            raise ConfigError(
+                f"--set {shown}: the value is not valid YAML{_yaml_problem(exc)}"
+            ) from None
         node = raw
         for part in parts[:-1]:
             child = node.get(part)
@@ -596,8 +675,9 @@ def _deep_copy(raw: Any) -> Any:
     return raw
 
 
-def run_config_from_dict(raw: Mapping[str, Any], *, extra_sections: Sequence[str] = ()
-                         ) -> RunConfig:
+def run_config_from_dict(
+    raw: Mapping[str, Any], *, extra_sections: Sequence[str] = ()
+) -> RunConfig:
     """Build a ``RunConfig`` from the run sections of ``raw``.
 
     ``extra_sections`` are top-level keys another layer (the study) owns and checks itself.
@@ -605,9 +685,11 @@ def run_config_from_dict(raw: Mapping[str, Any], *, extra_sections: Sequence[str
     allowed = set(RUN_SECTIONS) | set(extra_sections)
     for key in raw:
         if key not in allowed:
-            raise ConfigError(f"unknown section {_show(key)}; the sections are: "
-                              + ", ".join(sorted(allowed)) + did_you_mean(str(key),
-                                                                           sorted(allowed)))
+            raise ConfigError(
+                f"unknown section {_show(key)}; the sections are: "
+                + ", ".join(sorted(allowed))
+                + did_you_mean(str(key), sorted(allowed))
+            )
     return RunConfig(
         data=build_section(DataConfig, raw.get("data"), "data"),
         model=build_section(ModelConfig, raw.get("model"), "model"),
@@ -616,8 +698,9 @@ def run_config_from_dict(raw: Mapping[str, Any], *, extra_sections: Sequence[str
     )
 
 
-def load_run_config(path: str | Path, overrides: Sequence[str] = (), *,
-                    extra_sections: Sequence[str] = ()) -> RunConfig:
+def load_run_config(
+    path: str | Path, overrides: Sequence[str] = (), *, extra_sections: Sequence[str] = ()
+) -> RunConfig:
     """Read a run (or study) file and build its run configuration."""
     raw = apply_overrides(read_yaml(path), overrides)
     return run_config_from_dict(raw, extra_sections=extra_sections)
@@ -630,7 +713,8 @@ def replace_keys(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     for dotted, value in values.items():
         section, _, key = dotted.partition(".")
         if section not in RUN_SECTIONS or not key:
-            raise ConfigError(f"{dotted}: expected section.key with section one of "
-                              + ", ".join(RUN_SECTIONS))
+            raise ConfigError(
+                f"{dotted}: expected section.key with section one of " + ", ".join(RUN_SECTIONS)
+            )
         raw[section][key] = value
     return run_config_from_dict(raw)

@@ -63,8 +63,9 @@ class Datasets:
     train_noise: str = "none"
 
     def to(self, device: torch.device | str) -> Datasets:
-        return Datasets(self.train.to(device), self.val.to(device), self.test.to(device),
-                        self.train_noise)
+        return Datasets(
+            self.train.to(device), self.val.to(device), self.test.to(device), self.train_noise
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -88,9 +89,11 @@ def resolve_root(root: str | None) -> Path:
 
 
 def _how_to_fix(dataset: str) -> str:
-    return (f"put the {dataset} files under one of these paths (or set data.root / "
-            "VAE_STUDY_DATA to the folder that holds them), or run once where the internet is "
-            "reachable so they can be downloaded")
+    return (
+        f"put the {dataset} files under one of these paths (or set data.root / "
+        "VAE_STUDY_DATA to the folder that holds them), or run once where the internet is "
+        "reachable so they can be downloaded"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,7 +127,10 @@ def torchvision_root(dataset: str, root: Path) -> Path:
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError ...
         raise DataError(
             f"dataset {dataset} not found and its download failed ({_reason(exc)}); paths tried: "
-            + ", ".join(tried) + "; " + _how_to_fix(dataset)) from None
+            + ", ".join(tried)
+            + "; "
+            + _how_to_fix(dataset)
+        ) from None
     return root
 
 
@@ -179,13 +185,17 @@ def _from_class(cls: type, root: Path) -> tuple[Split, Split]:
         try:
             ds = cls(str(root), train=train, download=False)
         except Exception as exc:  # a truncated or corrupt IDX file fails deep in torchvision
-            raise DataError(f"cannot read {cls.__name__} from {root}: "
-                            f"{exc or type(exc).__name__}; the files are damaged, replace "
-                            "them") from None
+            raise DataError(
+                f"cannot read {cls.__name__} from {root}: "
+                f"{exc or type(exc).__name__}; the files are damaged, replace "
+                "them"
+            ) from None
         images = ds.data  # (N, 28, 28) uint8, read straight from the IDX file
         if images.ndim != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE[1:]:
-            raise DataError(f"{cls.__name__} under {root}: expected 28x28 images, got shape "
-                            f"{tuple(images.shape)}")
+            raise DataError(
+                f"{cls.__name__} under {root}: expected 28x28 images, got shape "
+                f"{tuple(images.shape)}"
+            )
         x = images.reshape(images.shape[0], NUM_PIXELS).float().div_(255.0)  # (N, 784)
         splits.append(Split(x, ds.targets.long()))
     return splits[0], splits[1]
@@ -203,8 +213,11 @@ def read_amat(path: Path) -> torch.Tensor:
             raw = f.read()
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}; the file is damaged, replace it") from None
-    chars = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(
-        0, dtype=torch.uint8)
+    chars = (
+        torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        if raw
+        else torch.empty(0, dtype=torch.uint8)
+    )
     newline, zero, one = ord("\n"), ord("0"), ord("1")
     lines = int((chars == newline).sum())
     if chars.numel() and int(chars[-1]) != newline:
@@ -213,8 +226,10 @@ def read_amat(path: Path) -> torch.Tensor:
     blank = (chars == ord(" ")) | (chars == newline) | (chars == ord("\r"))
     digits = chars[is_digit]
     if bool((~is_digit & ~blank).any()) or lines == 0 or digits.numel() != lines * NUM_PIXELS:
-        raise DataError(f"{path} is not a binarized-MNIST .amat file: expected lines of 784 "
-                        f"0/1 values, found {digits.numel()} values on {lines} lines")
+        raise DataError(
+            f"{path} is not a binarized-MNIST .amat file: expected lines of 784 "
+            f"0/1 values, found {digits.numel()} values on {lines} lines"
+        )
     return (digits - zero).float().reshape(lines, NUM_PIXELS)
 
 
@@ -242,8 +257,11 @@ def _read_binarized(root: Path) -> tuple[Split, Split, Split]:
             tried = [str(root / "binarized_mnist"), str(root)]
             raise DataError(
                 "dataset binarized_mnist not found (binarized_mnist_{train,valid,test}.amat[.gz]) "
-                f"and its download failed ({_reason(exc)}); paths tried: " + ", ".join(tried) + "; "
-                + _how_to_fix("binarized_mnist")) from None
+                f"and its download failed ({_reason(exc)}); paths tried: "
+                + ", ".join(tried)
+                + "; "
+                + _how_to_fix("binarized_mnist")
+            ) from None
         paths = {s: _amat_path(root, s) for s in _AMAT_SPLITS}
     tr, va, te = (Split(read_amat(paths[s]), None) for s in _AMAT_SPLITS)  # type: ignore[arg-type]
     return tr, va, te
@@ -284,23 +302,25 @@ def read_source(dataset: str, root: str | None) -> Source:
     if dataset in _TORCHVISION:
         full, test = _read_torchvision(dataset, folder)
         return Source(full, test, None)
-    raise DataError(f"unknown dataset {dataset!r}; expected one of mnist, fashion_mnist, "
-                    "binarized_mnist")
+    raise DataError(
+        f"unknown dataset {dataset!r}; expected one of mnist, fashion_mnist, binarized_mnist"
+    )
 
 
-def load_datasets(cfg: DataConfig, *, dequantize: bool = False,
-                  device: torch.device | str = "cpu") -> Datasets:
+def load_datasets(
+    cfg: DataConfig, *, dequantize: bool = False, device: torch.device | str = "cpu"
+) -> Datasets:
     """Read ``cfg.dataset`` and present its splits as ``cfg`` says, on ``device``.
 
     dequantize: uniform dequantisation of 8-bit grey levels, for density likelihoods
     (``RunConfig.dequantized``): x = (pixel + u) / 256 with u ~ U[0, 1).
     """
-    return prepare(read_source(cfg.dataset, cfg.root), cfg, dequantize=dequantize,
-                   device=device)
+    return prepare(read_source(cfg.dataset, cfg.root), cfg, dequantize=dequantize, device=device)
 
 
-def prepare(source: Source, cfg: DataConfig, *, dequantize: bool = False,
-            device: torch.device | str = "cpu") -> Datasets:
+def prepare(
+    source: Source, cfg: DataConfig, *, dequantize: bool = False, device: torch.device | str = "cpu"
+) -> Datasets:
     """The train, validation and test splits of ``cfg`` from a dataset read once.
 
     Evaluation data are fixed: the test split is binarized (or dequantised) by one draw of
@@ -311,14 +331,18 @@ def prepare(source: Source, cfg: DataConfig, *, dequantize: bool = False,
     binarization, dequantisation) through ``Datasets.train_noise``.
     """
     if dequantize and (cfg.binarize != "none" or source.valid is not None):
-        raise DataError(f"data.binarize: got {cfg.binarize!r} on {cfg.dataset}; "
-                        "dequantisation is for 8-bit grey levels (data.binarize: none)")
+        raise DataError(
+            f"data.binarize: got {cfg.binarize!r} on {cfg.dataset}; "
+            "dequantisation is for 8-bit grey levels (data.binarize: none)"
+        )
     draw = _dequantize if dequantize else torch.bernoulli
     drawn = dequantize or cfg.binarize != "none"
     if source.valid is not None:  # binarized_mnist: already binary; its own validation split
         if cfg.val_size > len(source.valid):
-            raise DataError(f"data.val_size: got {cfg.val_size}, but {cfg.dataset}'s "
-                            f"validation split has {len(source.valid)} examples")
+            raise DataError(
+                f"data.val_size: got {cfg.val_size}, but {cfg.dataset}'s "
+                f"validation split has {len(source.valid)} examples"
+            )
         val = _index(source.valid, torch.arange(cfg.val_size))
         stored, pool, test = source.train, source.train, source.test
     else:
@@ -338,9 +362,11 @@ def prepare(source: Source, cfg: DataConfig, *, dequantize: bool = False,
         train = pool  # the static draw, or grey levels as they are
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
-            raise DataError(f"data.train_subset: got {cfg.train_subset}, but {cfg.dataset} "
-                            f"has only {len(train)} training examples after holding out "
-                            f"data.val_size={cfg.val_size}")
+            raise DataError(
+                f"data.train_subset: got {cfg.train_subset}, but {cfg.dataset} "
+                f"has only {len(train)} training examples after holding out "
+                f"data.val_size={cfg.val_size}"
+            )
         train = _index(train, torch.arange(cfg.train_subset))
     return Datasets(train, val, test, train_noise=noise).to(device)
 
@@ -358,10 +384,12 @@ def _drawn(split: Split, draw: Any, seed: int) -> Split:
 def _hold_out_index(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, validation indices): a fixed permutation's tail is held out."""
     if val_size >= n:
-        raise DataError(f"data.val_size: got {val_size}, but the training split has only "
-                        f"{n} examples; use a smaller value")
+        raise DataError(
+            f"data.val_size: got {val_size}, but the training split has only "
+            f"{n} examples; use a smaller value"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(HOLD_OUT_SEED))
-    return perm[: n - val_size].sort().values, perm[n - val_size:].sort().values
+    return perm[: n - val_size].sort().values, perm[n - val_size :].sort().values
 
 
 def _index(split: Split, idx: torch.Tensor) -> Split:
@@ -377,8 +405,15 @@ class Batches:
     resumed run draw the same batches.
     """
 
-    def __init__(self, split: Split, batch_size: int, *, shuffle: bool,
-                 noise: str = NOISE_NONE, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        noise: str = NOISE_NONE,
+        generator: torch.Generator | None = None,
+    ) -> None:
         if noise not in (NOISE_NONE, NOISE_BERNOULLI, NOISE_UNIFORM):
             raise ValueError(f"noise must be none, bernoulli or uniform, got {noise!r}")
         self.split = split
@@ -397,9 +432,9 @@ class Batches:
             order = torch.randperm(n, device=x.device, generator=self.generator)
         for start in range(0, n, self.batch_size):
             if self.shuffle:
-                batch = x[order[start:start + self.batch_size]]  # (B, 784) gather
+                batch = x[order[start : start + self.batch_size]]  # (B, 784) gather
             else:
-                batch = x[start:start + self.batch_size]
+                batch = x[start : start + self.batch_size]
             if self.noise == NOISE_BERNOULLI:
                 batch = torch.bernoulli(batch, generator=self.generator)
             elif self.noise == NOISE_UNIFORM:

@@ -68,11 +68,14 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     return folder
 
 
-def _run_locked(study: StudyConfig, folder: Path, source: Source, resume: bool,
-                verbose: int) -> None:
+def _run_locked(
+    study: StudyConfig, folder: Path, source: Source, resume: bool, verbose: int
+) -> None:
     check_optuna_db(folder, study.name)
-    print(f"vae_study run: study {study.name!r} in {folder}"
-          + (" (continuing)" if resume else ""), flush=True)
+    print(
+        f"vae_study run: study {study.name!r} in {folder}" + (" (continuing)" if resume else ""),
+        flush=True,
+    )
     defaults = {k: v for k, v in _TUNE_ENV_DEFAULTS.items() if k not in os.environ}
     with environment({**_TUNE_ENV, **defaults}), Pause() as pause:
         _run_tuner(study, folder, source, verbose, pause)
@@ -80,8 +83,9 @@ def _run_locked(study: StudyConfig, folder: Path, source: Source, resume: bool,
         raise KeyboardInterrupt
 
 
-def _run_tuner(study: StudyConfig, folder: Path, source: Source, verbose: int,
-               pause: Pause) -> None:
+def _run_tuner(
+    study: StudyConfig, folder: Path, source: Source, verbose: int, pause: Pause
+) -> None:
     started_here = not ray.is_initialized()
     start_ray(study)
     try:
@@ -89,18 +93,22 @@ def _run_tuner(study: StudyConfig, folder: Path, source: Source, verbose: int,
         check_shared_storage(folder)
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, study=study, source=source),
-            {"cpu": resources["cpu"], "gpu": resources["gpu"]})
+            {"cpu": resources["cpu"], "gpu": resources["gpu"]},
+        )
         tune_dir = StudyLayout(folder).tune_dir
         if tune.Tuner.can_restore(str(tune_dir.resolve())):
             check_tune_state(tune_dir)
             try:
-                tuner = tune.Tuner.restore(str(tune_dir.resolve()), trainable,
-                                           resume_unfinished=True, resume_errored=True)
+                tuner = tune.Tuner.restore(
+                    str(tune_dir.resolve()), trainable, resume_unfinished=True, resume_errored=True
+                )
             except Exception as exc:
-                raise StudyError(f"Ray Tune's experiment state in {tune_dir} cannot be "
-                                 f"restored ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing "
-                                 "was changed; start the study over with --fresh") from None
+                raise StudyError(
+                    f"Ray Tune's experiment state in {tune_dir} cannot be "
+                    f"restored ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing "
+                    "was changed; start the study over with --fresh"
+                ) from None
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -128,8 +136,13 @@ def check_data(study: StudyConfig, source: Source) -> None:
     """The base data section, with the largest searched training subset, can be presented
     from ``source``: a train_subset or val_size too large stops the study before it starts.
     (Searched data keys change the training data only; see study_config.)"""
-    subsets = [v for p in study.search.space if p.key == "data.train_subset"
-               for v in (p.values if p.kind == "choice" else (p.high,)) if v is not None]
+    subsets = [
+        v
+        for p in study.search.space
+        if p.key == "data.train_subset"
+        for v in (p.values if p.kind == "choice" else (p.high,))
+        if v is not None
+    ]
     config = study.base
     if subsets:
         config = study.trial_config({"data.train_subset": int(max(subsets))})
@@ -143,9 +156,11 @@ def check_tune_state(tune_dir: Path) -> None:
         try:
             json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise StudyError(f"Ray Tune's experiment state {path} cannot be restored "
-                             f"({type(exc).__name__}: {exc}); nothing was changed; start "
-                             "the study over with --fresh") from None
+            raise StudyError(
+                f"Ray Tune's experiment state {path} cannot be restored "
+                f"({type(exc).__name__}: {exc}); nothing was changed; start "
+                "the study over with --fresh"
+            ) from None
 
 
 def check_optuna_db(folder: Path, name: str) -> None:
@@ -159,9 +174,11 @@ def check_optuna_db(folder: Path, name: str) -> None:
     except KeyError:
         return  # the file exists but this study was never created in it (killed early)
     except Exception as exc:
-        raise StudyError(f"{db} cannot be read ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); it was left as "
-                         "it is; move it away or start over with --fresh") from None
+        raise StudyError(
+            f"{db} cannot be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); it was left as "
+            "it is; move it away or start over with --fresh"
+        ) from None
 
 
 def _tune_config(study: StudyConfig, folder: Path) -> Any:
@@ -170,10 +187,13 @@ def _tune_config(study: StudyConfig, folder: Path) -> Any:
     scheduler = None
     if study.scheduler.type == "asha":
         scheduler = ASHAScheduler(
-            time_attr=M.EPOCH, metric=study.scheduler.metric,
+            time_attr=M.EPOCH,
+            metric=study.scheduler.metric,
             mode=M.DIRECTIONS.get(study.scheduler.metric, "min"),
-            max_t=study.base.train.epochs, grace_period=study.scheduler.grace_period,
-            reduction_factor=study.scheduler.reduction_factor)
+            max_t=study.base.train.epochs,
+            grace_period=study.scheduler.grace_period,
+            reduction_factor=study.scheduler.reduction_factor,
+        )
     return tune.TuneConfig(
         search_alg=make_searcher(study, folder),
         scheduler=scheduler,
@@ -249,35 +269,46 @@ def _finish(study: StudyConfig, folder: Path, grid: Any, *, paused: bool) -> Non
         rows = write_table(study, folder, trials)
     status = {str(r["trial_id"]): r["status"] for r in rows}
     _finish_optuna(study, folder, trials, status, paused=paused)
-    count = {s: sum(1 for v in status.values() if v == s)
-             for s in (R.COMPLETED, R.STOPPED, R.FAILED, R.INTERRUPTED, R.PENDING)}
+    count = {
+        s: sum(1 for v in status.values() if v == s)
+        for s in (R.COMPLETED, R.STOPPED, R.FAILED, R.INTERRUPTED, R.PENDING)
+    }
     finished = count[R.COMPLETED] + count[R.STOPPED] + count[R.FAILED]
     detail = ", ".join(f"{n} {s}" for s, n in count.items() if n)
     head = "paused" if paused else "done"
-    print(f"vae_study run: {head}: {finished} of {study.search.num_trials} trials finished"
-          + (f" ({detail})" if detail else "") + f"; results in {path}", flush=True)
+    print(
+        f"vae_study run: {head}: {finished} of {study.search.num_trials} trials finished"
+        + (f" ({detail})" if detail else "")
+        + f"; results in {path}",
+        flush=True,
+    )
 
 
-def _finish_optuna(study: StudyConfig, folder: Path, trials: list, status: dict[str, str],
-                   *, paused: bool) -> None:
+def _finish_optuna(
+    study: StudyConfig, folder: Path, trials: list, status: dict[str, str], *, paused: bool
+) -> None:
     storage = make_storage(folder)
     ot_study = optuna.load_study(study_name=study.name, storage=storage)
     study_id = storage.get_study_id_from_name(study.name)
     by_number = {t.config.get(R.OPTUNA_TRIAL_KEY): t for t in trials}
     metrics = [o.metric for o in study.search.objectives]
-    for t in ot_study.get_trials(deepcopy=False,
-                                 states=(optuna.trial.TrialState.RUNNING,
-                                         optuna.trial.TrialState.WAITING)):
+    for t in ot_study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    ):
         ray_trial = by_number.get(t.number)
         ended = ray_trial is not None and status.get(ray_trial.trial_id) in R.FINISHED
         if ended:  # Ray ended it but the searcher never told Optuna (an older snapshot)
-            state, value = optuna_outcome(metrics, ray_trial.last_result,
-                                          error=ray_trial.status == "ERROR")
+            state, value = optuna_outcome(
+                metrics, ray_trial.last_result, error=ray_trial.status == "ERROR"
+            )
             _tell(ot_study, t.number, state, value)
         elif paused:
             if t.state == optuna.trial.TrialState.RUNNING:
-                storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(
-                    study_id, t.number), INTERRUPTED_ATTR, True)
+                storage.set_trial_user_attr(
+                    storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+                    INTERRUPTED_ATTR,
+                    True,
+                )
         else:  # asked by a driver that was killed before Ray recorded the trial: never ran
             _tell(ot_study, t.number, optuna.trial.TrialState.FAIL, None)
 

@@ -26,20 +26,22 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 
 def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
     for start in range(0, x.shape[0], size):
-        yield x[start:start + size]
+        yield x[start : start + size]
 
 
 @torch.no_grad()
-def encode_all(model: VAE, x: torch.Tensor, batch_size: int = 1000
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_all(
+    model: VAE, x: torch.Tensor, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """mu, logvar of q(z|x) for every row of x: (N, D) each."""
     parts = [model.encode(xb) for xb in _chunks(x, batch_size)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 @torch.no_grad()
-def elbo_terms(model: VAE, x: torch.Tensor, *, batch_size: int = 1000,
-               generator: torch.Generator | None = None) -> dict[str, float]:
+def elbo_terms(
+    model: VAE, x: torch.Tensor, *, batch_size: int = 1000, generator: torch.Generator | None = None
+) -> dict[str, float]:
     """Mean rate, distortion and -ELBO over x (N, 784), one z per example."""
     total_rate = torch.zeros((), device=x.device, dtype=torch.float64)
     total_dist = torch.zeros((), device=x.device, dtype=torch.float64)
@@ -53,9 +55,15 @@ def elbo_terms(model: VAE, x: torch.Tensor, *, batch_size: int = 1000,
 
 
 @torch.no_grad()
-def iwae_nll(model: VAE, x: torch.Tensor, k: int, *, chunk_size: int = 8192,
-             generator: torch.Generator | None = None,
-             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def iwae_nll(
+    model: VAE,
+    x: torch.Tensor,
+    k: int,
+    *,
+    chunk_size: int = 8192,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """-L_K per example, (N,): minus the K-sample importance-weighted bound on log p(x).
 
     Examples are taken ``max(1, chunk_size // k)`` at a time; when K exceeds ``chunk_size``
@@ -80,7 +88,7 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int, *, chunk_size: int = 8192,
             log_w = log_weights(log_px_z, z, mu, logvar).double()
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
             done += s
-        nll[start:start + xb.shape[0]] = math.log(k) - acc
+        nll[start : start + xb.shape[0]] = math.log(k) - acc
         start += xb.shape[0]
         if progress is not None:
             progress(start, x.shape[0])
@@ -93,9 +101,13 @@ def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> 
 
 
 @torch.no_grad()
-def elbo_surgery(mu: torch.Tensor, logvar: torch.Tensor, *,
-                 generator: torch.Generator | None = None, rows: int = 1024
-                 ) -> tuple[float, float]:
+def elbo_surgery(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    rows: int = 1024,
+) -> tuple[float, float]:
     """(I_q(x; z), KL(q(z) || p(z))) for the N examples whose q(z|x_n) are given.
 
     One z_n ~ q(z|x_n) per example; q(z) = 1/N sum_m q(z|x_m) is evaluated exactly over the
@@ -109,13 +121,14 @@ def elbo_surgery(mu: torch.Tensor, logvar: torch.Tensor, *,
     inv_var = torch.exp(-logvar)  # (N, D)
     # log q(z_i | x_m) = -0.5 * sum_d [(z_id - mu_md)^2 / var_md + logvar_md + log 2 pi],
     # expanded into matrix products so no (N, N, D) tensor is made.
-    const = -0.5 * ((mu.pow(2) * inv_var).sum(1) + logvar.sum(1)
-                    + mu.shape[1] * math.log(2 * math.pi))  # (N,) per component m
+    const = -0.5 * (
+        (mu.pow(2) * inv_var).sum(1) + logvar.sum(1) + mu.shape[1] * math.log(2 * math.pi)
+    )  # (N,) per component m
     log_qz = torch.empty(n, dtype=torch.float64, device=mu.device)
     for start in range(0, n, rows):
-        zi = z[start:start + rows]  # (R, D)
-        pair = (-0.5 * zi.pow(2) @ inv_var.T + zi @ (mu * inv_var).T + const)  # (R, N)
-        log_qz[start:start + rows] = log_mean_exp(pair, 1)
+        zi = z[start : start + rows]  # (R, D)
+        pair = -0.5 * zi.pow(2) @ inv_var.T + zi @ (mu * inv_var).T + const  # (R, N)
+        log_qz[start : start + rows] = log_mean_exp(pair, 1)
     log_qz_x = log_normal(z, mu, logvar)  # (N,)
     log_pz = log_standard_normal(z)
     mutual_info = (log_qz_x - log_qz).mean().item()
@@ -124,19 +137,22 @@ def elbo_surgery(mu: torch.Tensor, logvar: torch.Tensor, *,
 
 
 @torch.no_grad()
-def neg_elbo_per_example(model: VAE, x: torch.Tensor, *, batch_size: int = 1000,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+def neg_elbo_per_example(
+    model: VAE, x: torch.Tensor, *, batch_size: int = 1000, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """-ELBO of each row of x, one z per example: (N,)."""
     parts = []
     for xb in _chunks(x, batch_size):
         out, mu, logvar, _ = model(xb, 1, generator)
-        parts.append(gaussian_kl(mu, logvar).sum(-1).double()
-                     - model.log_likelihood(xb, out)[0].double())
+        parts.append(
+            gaussian_kl(mu, logvar).sum(-1).double() - model.log_likelihood(xb, out)[0].double()
+        )
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
 
 
-def _bound_metrics(split: str, nll: torch.Tensor, quantity: str, dequantized: bool,
-                   dims: int) -> dict[str, float]:
+def _bound_metrics(
+    split: str, nll: torch.Tensor, quantity: str, dequantized: bool, dims: int
+) -> dict[str, float]:
     """-L_K under its honest name, with bits/dim for dequantised 8-bit data."""
     value = nll.mean().item()
     out = {M.bound_key(split, quantity): value}
@@ -146,9 +162,15 @@ def _bound_metrics(split: str, nll: torch.Tensor, quantity: str, dequantized: bo
 
 
 @torch.no_grad()
-def evaluate_val(model: VAE, x: torch.Tensor, cfg: EvalConfig, *, quantity: str,
-                 dequantized: bool = False, generator: torch.Generator | None = None
-                 ) -> dict[str, float]:
+def evaluate_val(
+    model: VAE,
+    x: torch.Tensor,
+    cfg: EvalConfig,
+    *,
+    quantity: str,
+    dequantized: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
     """``val/nll`` (or ``val/ce_bound``) with eval.val_k samples on the first
     eval.val_examples validation examples: what a study selects on, computed once."""
     n = min(cfg.val_examples, x.shape[0])
@@ -162,10 +184,16 @@ def evaluate_val(model: VAE, x: torch.Tensor, cfg: EvalConfig, *, quantity: str,
 
 
 @torch.no_grad()
-def evaluate_test(model: VAE, x: torch.Tensor, cfg: EvalConfig, *,
-                  quantity: str = M.QUANTITY_NLL, dequantized: bool = False,
-                  generator: torch.Generator | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+def evaluate_test(
+    model: VAE,
+    x: torch.Tensor,
+    cfg: EvalConfig,
+    *,
+    quantity: str = M.QUANTITY_NLL,
+    dequantized: bool = False,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, object]:
     """The ``test/...`` metrics of a trained model on x (N, 784).
 
     Which examples: rate, distortion, -ELBO, active units and KL per dimension on all N;
@@ -177,8 +205,9 @@ def evaluate_test(model: VAE, x: torch.Tensor, cfg: EvalConfig, *,
     terms = elbo_terms(model, x, generator=generator)
     mu, logvar = encode_all(model, x)
     nll_x = x if cfg.nll_examples is None else x[: cfg.nll_examples]
-    nll = iwae_nll(model, nll_x, cfg.k, chunk_size=cfg.chunk_size, generator=generator,
-                   progress=progress)
+    nll = iwae_nll(
+        model, nll_x, cfg.k, chunk_size=cfg.chunk_size, generator=generator, progress=progress
+    )
     gap = neg_elbo_per_example(model, nll_x, generator=generator) - nll
     m = min(cfg.surgery_examples, x.shape[0])
     mutual_info, marginal_kl = elbo_surgery(mu[:m], logvar[:m], generator=generator)

@@ -71,11 +71,14 @@ def check_packable(configs: Sequence[RunConfig]) -> None:
                 raise ConfigError(
                     f"{key}: member {i} has {_short(flat.get(key))}, member 0 has "
                     f"{_short(first[key])}; members of a pack share every key but "
-                    f"{', '.join(MEMBER_KEYS)} and eval.*; train them in separate packs")
+                    f"{', '.join(MEMBER_KEYS)} and eval.*; train them in separate packs"
+                )
     if configs[0].model.arch != "mlp":
-        raise ConfigError(f"model.arch: got {configs[0].model.arch!r}; fit_pack batches "
-                          "model.arch: mlp only (stacked matmuls); train conv configurations "
-                          "one at a time with fit")
+        raise ConfigError(
+            f"model.arch: got {configs[0].model.arch!r}; fit_pack batches "
+            "model.arch: mlp only (stacked matmuls); train conv configurations "
+            "one at a time with fit"
+        )
 
 
 def _short(value: Any) -> str:
@@ -106,8 +109,10 @@ class StackedMLP:
             for j, m in enumerate(models):
                 m.get_parameter(name).data = self.params[name].detach()[j]
         self.members = [[m.get_parameter(name) for name in self.names] for m in models]
-        self.buffers = {name: torch.stack([m.get_buffer(name) for m in models])
-                        for name, _ in template.named_buffers()}
+        self.buffers = {
+            name: torch.stack([m.get_buffer(name) for m in models])
+            for name, _ in template.named_buffers()
+        }
         self.encoder_body = _linear_names(template.encoder.body, "encoder.body")
         self.decoder_body = _linear_names(template.decoder.body, "decoder.body")
         self.activation = template.encoder.body[1]  # stateless: the same for every member
@@ -120,8 +125,7 @@ class StackedMLP:
 
     def _linear(self, name: str, h: torch.Tensor) -> torch.Tensor:
         """nn.Linear per member: h (M, N, in) -> (M, N, out)."""
-        return BatchedLinear.apply(h, self.params[name + ".weight"],
-                                   self.params[name + ".bias"])
+        return BatchedLinear.apply(h, self.params[name + ".weight"], self.params[name + ".bias"])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = x  # (M, B, 784)
@@ -129,12 +133,22 @@ class StackedMLP:
             h = self.activation(self._linear(name, h))
         return self._linear("encoder.mu", h), self._linear("encoder.logvar", h)  # (M, B, D)
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, k: int = 1,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def reparameterize(
+        self,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        k: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """z = mu + sigma * eps, eps drawn per member from its own generator, exactly as
         ``VAE.reparameterize`` draws it: (M, B, D) -> (K, M, B, D). ``generator`` is unused."""
-        eps = torch.stack([torch.randn((k, *mu.shape[1:]), device=mu.device, dtype=mu.dtype,
-                                       generator=g) for g in self.generators], dim=1)
+        eps = torch.stack(
+            [
+                torch.randn((k, *mu.shape[1:]), device=mu.device, dtype=mu.dtype, generator=g)
+                for g in self.generators
+            ],
+            dim=1,
+        )
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -177,8 +191,9 @@ class BatchedLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(
+        ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
         return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
@@ -210,8 +225,9 @@ def _release(model: VAE) -> None:
 class _Member:
     """One member's run: what ``fit`` keeps in its locals."""
 
-    def __init__(self, index: int, config: RunConfig, out: Path | None,
-                 device: torch.device) -> None:
+    def __init__(
+        self, index: int, config: RunConfig, out: Path | None, device: torch.device
+    ) -> None:
         self.index = index
         self.config = config
         self.out = out
@@ -232,8 +248,9 @@ class _Member:
             T.check_resumable(state.config, self.config, self.ckpt_dir)
             self.model.load_state_dict(state.model)
             self.optimizer.load_state_dict(state.optimizer)
-            T.restore_generator(self.generator, state.generator, self.config.train.seed,
-                                state.epoch)
+            T.restore_generator(
+                self.generator, state.generator, self.config.train.seed, state.epoch
+            )
             self.history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
         if self.out is not None:
             ckpt.write_yaml(self.out / T.CONFIG_FILE, to_dict(self.config))
@@ -248,17 +265,29 @@ class _Member:
         for key, value in weights.items():  # views of the stack: save this member's row only
             weights[key] = value.clone()
         with ckpt.interrupts_deferred():
-            ckpt.save(self.ckpt_dir, ckpt.TrainingState(
-                epoch=self.epoch, model=weights, optimizer=self.optimizer.state_dict(),
-                generator=self.generator.get_state(), config=to_dict(self.config),
-                history=self.history))
+            ckpt.save(
+                self.ckpt_dir,
+                ckpt.TrainingState(
+                    epoch=self.epoch,
+                    model=weights,
+                    optimizer=self.optimizer.state_dict(),
+                    generator=self.generator.get_state(),
+                    config=to_dict(self.config),
+                    history=self.history,
+                ),
+            )
             with open(self.out / T.METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
                 f.write(json.dumps(row) + "\n")
 
 
-def fit_pack(configs: Sequence[RunConfig], *, out_dirs: Sequence[str | Path] | None = None,
-             data: Datasets | None = None, on_epoch: PackEpochHook | None = None,
-             final_eval: bool = True) -> list[T.FitResult | TrainingDiverged]:
+def fit_pack(
+    configs: Sequence[RunConfig],
+    *,
+    out_dirs: Sequence[str | Path] | None = None,
+    data: Datasets | None = None,
+    on_epoch: PackEpochHook | None = None,
+    final_eval: bool = True,
+) -> list[T.FitResult | TrainingDiverged]:
     """Train ``configs`` as one pack; per member, what ``train.fit`` would return.
 
     out_dirs: one output folder per member, laid out as ``fit``'s (None: nothing written);
@@ -270,8 +299,10 @@ def fit_pack(configs: Sequence[RunConfig], *, out_dirs: Sequence[str | Path] | N
     started = time.perf_counter()
     check_packable(configs)
     if out_dirs is not None and len(out_dirs) != len(configs):
-        raise ConfigError(f"fit_pack: got {len(out_dirs)} out_dirs for {len(configs)} "
-                          "configurations; give one folder per member")
+        raise ConfigError(
+            f"fit_pack: got {len(out_dirs)} out_dirs for {len(configs)} "
+            "configurations; give one folder per member"
+        )
     outs = [Path(d) for d in out_dirs] if out_dirs is not None else [None] * len(configs)
     named = [o.resolve() for o in outs if o is not None]
     if len(set(named)) != len(named):
@@ -286,8 +317,7 @@ def fit_pack(configs: Sequence[RunConfig], *, out_dirs: Sequence[str | Path] | N
     else:
         data = data.to(device)
 
-    members = [_Member(j, c, o, device)
-               for j, (c, o) in enumerate(zip(configs, outs, strict=True))]
+    members = [_Member(j, c, o, device) for j, (c, o) in enumerate(zip(configs, outs, strict=True))]
     results: list[T.FitResult | TrainingDiverged | None] = [None] * len(members)
     for member in members:
         member.resume(device)
@@ -305,8 +335,9 @@ def fit_pack(configs: Sequence[RunConfig], *, out_dirs: Sequence[str | Path] | N
         for member in training:
             if member.failed is None and member.epoch == first.train.epochs and final_eval:
                 try:
-                    member.final = T.evaluate_final(member.model, data, member.config,
-                                                     member.out, member.epoch, started, None)
+                    member.final = T.evaluate_final(
+                        member.model, data, member.config, member.out, member.epoch, started, None
+                    )
                 except TrainingDiverged as exc:
                     member.failed = exc
             if member.failed is None and on_epoch is not None:
@@ -315,19 +346,21 @@ def fit_pack(configs: Sequence[RunConfig], *, out_dirs: Sequence[str | Path] | N
             if member.failed is not None or member.epoch == first.train.epochs:
                 _release(member.model)
                 results[member.index] = member.failed or T.FitResult(
-                    model=member.model, history=member.history, final=member.final)
+                    model=member.model, history=member.history, final=member.final
+                )
         training = [m for m in training if results[m.index] is None]
     return results  # type: ignore[return-value]
 
 
-def _fit_alone(member: _Member, data: Datasets, on_epoch: PackEpochHook | None,
-               final_eval: bool) -> T.FitResult | TrainingDiverged:
+def _fit_alone(
+    member: _Member, data: Datasets, on_epoch: PackEpochHook | None, final_eval: bool
+) -> T.FitResult | TrainingDiverged:
     """A member whose checkpoint is past its last epoch: ``fit`` reports or evaluates it."""
-    hook = None if on_epoch is None else (
-        lambda row, folder: on_epoch(member.index, row, folder))
+    hook = None if on_epoch is None else (lambda row, folder: on_epoch(member.index, row, folder))
     try:
-        return T.fit(member.config, out_dir=member.out, data=data, on_epoch=hook,
-                     final_eval=final_eval)
+        return T.fit(
+            member.config, out_dir=member.out, data=data, on_epoch=hook, final_eval=final_eval
+        )
     except TrainingDiverged as exc:
         return exc
 
@@ -342,8 +375,9 @@ def _train_epoch(training: list[_Member], data: Datasets) -> None:
     for m in training:
         m.epoch += 1
         m.model.train()
-    rows = [_train_alone(training[0], data)] if len(training) == 1 else _train_stacked(
-        training, data)
+    rows = (
+        [_train_alone(training[0], data)] if len(training) == 1 else _train_stacked(training, data)
+    )
     for m, row in zip(training, rows, strict=True):
         if row is None:
             continue
@@ -357,12 +391,20 @@ def _train_epoch(training: list[_Member], data: Datasets) -> None:
 
 def _train_alone(m: _Member, data: Datasets) -> dict[str, float] | None:
     _release(m.model)
-    batches = Batches(data.train, m.config.train.batch_size, shuffle=True,
-                      noise=data.train_noise, generator=m.generator)
+    batches = Batches(
+        data.train,
+        m.config.train.batch_size,
+        shuffle=True,
+        noise=data.train_noise,
+        generator=m.generator,
+    )
     try:
-        return {M.EPOCH: m.epoch, **T.train_epoch(m.model, m.optimizer, batches,
-                                                  m.config.train, m.epoch,
-                                                  generator=m.generator)}
+        return {
+            M.EPOCH: m.epoch,
+            **T.train_epoch(
+                m.model, m.optimizer, batches, m.config.train, m.epoch, generator=m.generator
+            ),
+        }
     except TrainingDiverged as exc:
         m.failed = exc
         return None
@@ -375,8 +417,18 @@ def _train_stacked(training: list[_Member], data: Datasets) -> list[dict[str, fl
     cfg = training[0].config.train
     device = data.train.x.device
     n_members = len(training)
-    batches = [iter(Batches(data.train, cfg.batch_size, shuffle=True, noise=data.train_noise,
-                            generator=m.generator)) for m in training]
+    batches = [
+        iter(
+            Batches(
+                data.train,
+                cfg.batch_size,
+                shuffle=True,
+                noise=data.train_noise,
+                generator=m.generator,
+            )
+        )
+        for m in training
+    ]
     n_batches = -(-len(data.train) // cfg.batch_size)
     epochs = [m.epoch for m in training]
     betas = torch.tensor([m.config.train.beta for m in training], device=device)[:, None]
@@ -394,21 +446,34 @@ def _train_stacked(training: list[_Member], data: Datasets) -> list[dict[str, fl
     for i in range(n_batches):
         x = torch.stack([next(b) for b in batches])  # (M, B, 784)
         if cfg.objective == "elbo":
-            terms = compute_terms(stack, x, k=cfg.k, objective="elbo",  # type: ignore[arg-type]
-                                  compute_dtype=compute_dtype)
+            terms = compute_terms(
+                stack,
+                x,
+                k=cfg.k,
+                objective="elbo",  # type: ignore[arg-type]
+                compute_dtype=compute_dtype,
+            )
             loss = terms.loss if unit_beta else terms.distortion + betas * terms.rate
         else:  # beta inside the importance weights, per member: (M, 1) against (K, M, B)
-            terms = compute_terms(stack, x, k=cfg.k, beta=betas,  # type: ignore[arg-type]
-                                  objective="iwae", compute_dtype=compute_dtype)
+            terms = compute_terms(
+                stack,
+                x,
+                k=cfg.k,
+                beta=betas,  # type: ignore[arg-type]
+                objective="iwae",
+                compute_dtype=compute_dtype,
+            )
             loss = terms.loss
         loss_means = loss.mean(1)  # (M,): each member's batch-mean loss
         with torch.no_grad():
-            torch.stack((loss_means, terms.rate.mean(1), terms.distortion.mean(1)), dim=1,
-                        out=stats[i])
+            torch.stack(
+                (loss_means, terms.rate.mean(1), terms.distortion.mean(1)), dim=1, out=stats[i]
+            )
         sizes[i] = x.shape[1]
         if (i + 1) % check_every == 0 or i + 1 == n_batches:
-            for j, exc in _diverged(stats[checked:i + 1, :, 0], live_host, epochs,
-                                    first_batch=checked + 1):
+            for j, exc in _diverged(
+                stats[checked : i + 1, :, 0], live_host, epochs, first_batch=checked + 1
+            ):
                 training[j].failed, live_host[j], live[j] = exc, False, False
             checked = i + 1
         if not any(live_host):
@@ -429,13 +494,20 @@ def _train_stacked(training: list[_Member], data: Datasets) -> list[dict[str, fl
             continue
         means = (stats[:, j].double().cpu() * sizes[:, None]).sum(0) / sizes.sum()
         loss_mean, rate_mean, dist_mean = means.tolist()
-        rows.append({M.EPOCH: m.epoch, M.TRAIN_LOSS: loss_mean, M.TRAIN_RATE: rate_mean,
-                     M.TRAIN_DISTORTION: dist_mean})
+        rows.append(
+            {
+                M.EPOCH: m.epoch,
+                M.TRAIN_LOSS: loss_mean,
+                M.TRAIN_RATE: rate_mean,
+                M.TRAIN_DISTORTION: dist_mean,
+            }
+        )
     return rows
 
 
-def _diverged(losses: torch.Tensor, live: list[bool], epochs: list[int], first_batch: int
-              ) -> list[tuple[int, TrainingDiverged]]:
+def _diverged(
+    losses: torch.Tensor, live: list[bool], epochs: list[int], first_batch: int
+) -> list[tuple[int, TrainingDiverged]]:
     """Live members with a non-finite loss among ``losses`` (batches, M), each with the
     ``TrainingDiverged`` of its first bad batch (as ``train_epoch`` would raise it)."""
     losses = losses.cpu()
@@ -444,6 +516,5 @@ def _diverged(losses: torch.Tensor, live: list[bool], epochs: list[int], first_b
     for j in bad.any(0).nonzero().flatten().tolist():
         if live[j]:
             row = int(bad[:, j].nonzero()[0, 0])
-            out.append((j, TrainingDiverged(epochs[j], first_batch + row,
-                                            float(losses[row, j]))))
+            out.append((j, TrainingDiverged(epochs[j], first_batch + row, float(losses[row, j]))))
     return out

@@ -41,7 +41,12 @@ CHECKPOINT_GLOB = "checkpoint_*"  # Ray's checkpoint folders in a trial folder
 # and a diverged trial, which is failed here with its reason in the error column.
 # Interrupted: running when the study was paused (Ctrl-C); the next run resumes it.
 PENDING, RUNNING, COMPLETED, STOPPED, FAILED = (
-    "pending", "running", "completed", "stopped", "failed")
+    "pending",
+    "running",
+    "completed",
+    "stopped",
+    "failed",
+)
 INTERRUPTED = "interrupted"
 FINISHED = (COMPLETED, STOPPED, FAILED)
 STATUSES = (PENDING, RUNNING, INTERRUPTED, *FINISHED)  # every word results.csv may hold

@@ -69,8 +69,7 @@ def _bernoulli_nll_values(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     x_follows = x.dim() == logits.dim() and x.shape[0] == logits.shape[0] > 1
     for start in range(0, logits.shape[0], step):
         end = start + step
-        out[start:end] = _bernoulli_nll_block(logits[start:end],
-                                              x[start:end] if x_follows else x)
+        out[start:end] = _bernoulli_nll_block(logits[start:end], x[start:end] if x_follows else x)
     return out
 
 
@@ -99,8 +98,7 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def torch_bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The same through ``F.binary_cross_entropy_with_logits`` (the GPU path)."""
-    return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits),
-                                              reduction="none").sum(-1)
+    return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
 
 def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
@@ -134,8 +132,9 @@ def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(small, 0.5 + logits / 12.0, direct)
 
 
-def gaussian_nll(mean: torch.Tensor, x: torch.Tensor, log_std: torch.Tensor, *,
-                 floor: float) -> torch.Tensor:
+def gaussian_nll(
+    mean: torch.Tensor, x: torch.Tensor, log_std: torch.Tensor, *, floor: float
+) -> torch.Tensor:
     """-log N(x; mean, std^2) summed over the last axis, std = max(exp(log_std), floor).
 
     The floor keeps a learned std from collapsing where a pixel barely varies (MNIST's

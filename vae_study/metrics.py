@@ -74,7 +74,7 @@ QUANTITY_CROSS_ENTROPY = "cross_entropy"
 QUANTITY_WORDS = {
     QUANTITY_NLL: "negative log-likelihood (nats per example)",
     QUANTITY_CROSS_ENTROPY: "Bernoulli cross-entropy on grey levels, a reconstruction loss and "
-                            "not a likelihood (nats per example)",
+    "not a likelihood (nats per example)",
 }
 
 

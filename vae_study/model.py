@@ -71,10 +71,13 @@ class ConvEncoder(nn.Module):
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 4, stride=2, padding=1), act(),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), act(),  # (B, 64, 7, 7)
+            nn.Conv2d(1, 32, 4, stride=2, padding=1),
+            act(),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            act(),  # (B, 64, 7, 7)
             nn.Flatten(),
-            nn.Linear(64 * 7 * 7, cfg.hidden[0]), act(),
+            nn.Linear(64 * 7 * 7, cfg.hidden[0]),
+            act(),
         )
         self.mu = nn.Linear(cfg.hidden[0], cfg.latent_dim)
         self.logvar = nn.Linear(cfg.hidden[0], cfg.latent_dim)
@@ -89,11 +92,14 @@ class ConvDecoder(nn.Module):
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         self.fc = nn.Sequential(
-            nn.Linear(cfg.latent_dim, cfg.hidden[0]), act(),
-            nn.Linear(cfg.hidden[0], 64 * 7 * 7), act(),
+            nn.Linear(cfg.latent_dim, cfg.hidden[0]),
+            act(),
+            nn.Linear(cfg.hidden[0], 64 * 7 * 7),
+            act(),
         )
         self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), act(),  # (N, 32, 14, 14)
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+            act(),  # (N, 32, 14, 14)
             nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),  # (N, 1, 28, 28)
         )
 
@@ -127,8 +133,9 @@ class VAE(nn.Module):
         return self.encoder(x)
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, k: int = 1,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """z_k = mu + sigma * eps_k, eps_k ~ N(0, I): (B, D) -> (K, B, D)."""
         eps = torch.randn((k, *mu.shape), device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + torch.exp(0.5 * logvar) * eps
@@ -138,8 +145,9 @@ class VAE(nn.Module):
         lead = z.shape[:-1]
         return self.decoder(z.reshape(-1, self.latent_dim)).view(*lead, NUM_PIXELS)
 
-    def forward(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, 784) -> (decoder output (K, B, 784), mu, logvar, z (K, B, D))."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, k, generator)

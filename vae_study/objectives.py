@@ -60,8 +60,13 @@ class Terms:
         return self.rate + self.distortion
 
 
-def log_weights(log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
-                logvar: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+def log_weights(
+    log_px_z: torch.Tensor,
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    beta: float = 1.0,
+) -> torch.Tensor:
     """log p(x|z_k) + beta * (log p(z_k) - log q(z_k|x)): (K, B).
 
     beta = 1 gives the importance weights log p(x, z_k) / q(z_k|x) of the IWAE bound. Other
@@ -71,10 +76,16 @@ def log_weights(log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
     return log_px_z + beta * (log_standard_normal(z) - log_normal(z, mu, logvar))
 
 
-def compute_terms(model: VAE, x: torch.Tensor, *, k: int = 1, beta: float = 1.0,
-                  objective: Literal["elbo", "iwae"] = "elbo",
-                  generator: torch.Generator | None = None,
-                  compute_dtype: torch.dtype | None = None) -> Terms:
+def compute_terms(
+    model: VAE,
+    x: torch.Tensor,
+    *,
+    k: int = 1,
+    beta: float = 1.0,
+    objective: Literal["elbo", "iwae"] = "elbo",
+    generator: torch.Generator | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> Terms:
     """The training loss and its rate and distortion for a batch x (B, 784).
 
     compute_dtype (``train.precision``): run the encoder and decoder under autocast to this

@@ -30,8 +30,11 @@ def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> lis
     """
     if any(m not in ("min", "max") for m in modes):
         raise ValueError(f"modes must be 'min' or 'max', got {list(modes)}")
-    valid = [i for i, p in enumerate(points)
-             if len(p) == len(modes) and all(v is not None and math.isfinite(v) for v in p)]
+    valid = [
+        i
+        for i, p in enumerate(points)
+        if len(p) == len(modes) and all(v is not None and math.isfinite(v) for v in p)
+    ]
     front = []
     for i in valid:
         if not any(dominates(points[j], points[i], modes) for j in valid if j != i):

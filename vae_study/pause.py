@@ -25,8 +25,11 @@ class Pause:
     """
 
     BEFORE, TUNING, SAVING = "before", "tuning", "saving"
-    _RAY_LINES = ("Stop signal received", "Experiment has been interrupted",
-                  "Trials did not complete")  # Tune's words for a pause (Tuner.restore...)
+    _RAY_LINES = (
+        "Stop signal received",
+        "Experiment has been interrupted",
+        "Trials did not complete",
+    )  # Tune's words for a pause (Tuner.restore...)
 
     def __init__(self) -> None:
         self.phase = self.BEFORE
@@ -65,12 +68,20 @@ class Pause:
             stop_tune = signal.getsignal(signal.SIGUSR1)
             if not callable(stop_tune):  # Tune's loop has not started: nothing to save yet
                 raise KeyboardInterrupt
-            print("vae_study run: Ctrl-C: pausing the study, saving the state of every trial "
-                  "(a few seconds)", file=sys.stderr, flush=True)
+            print(
+                "vae_study run: Ctrl-C: pausing the study, saving the state of every trial "
+                "(a few seconds)",
+                file=sys.stderr,
+                flush=True,
+            )
             stop_tune(signal.SIGUSR1, frame)
         else:
-            print("vae_study run: still saving the study's state; Ctrl-C is ignored until it "
-                  "is saved", file=sys.stderr, flush=True)
+            print(
+                "vae_study run: still saving the study's state; Ctrl-C is ignored until it "
+                "is saved",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _quiet(self, record: logging.LogRecord) -> bool:
         return not (self.requested and record.getMessage().startswith(self._RAY_LINES))

@@ -52,9 +52,11 @@ def _marker_key(trials: Sequence[Trial]) -> tuple[str, dict[Any, str]]:
         values = sorted({getattr(t, attr) for t in trials})
         if len(values) > 1:
             return attr, {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(values)} | {
-                "__label__": label}
+                "__label__": label
+            }
     return "latent_dim", {v: "o" for v in {t.latent_dim for t in trials}} | {
-        "__label__": "latent size"}
+        "__label__": "latent size"
+    }
 
 
 def _staircase(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
@@ -70,16 +72,26 @@ def _staircase(points: list[tuple[float, float]]) -> tuple[list[float], list[flo
     return xs, ys
 
 
-def rate_distortion_plane(trials: Sequence[Trial], path: Path, *, show_paths: bool = True,
-                          selected: Sequence[Trial] = (), selected_label: str = ""
-                          ) -> Path | None:
+def rate_distortion_plane(
+    trials: Sequence[Trial],
+    path: Path,
+    *,
+    show_paths: bool = True,
+    selected: Sequence[Trial] = (),
+    selected_label: str = "",
+) -> Path | None:
     """Figure 1: every finished trial at its test (rate, distortion); the Pareto front of
     those plotted test numbers; iso -ELBO lines; ``selected`` (the study's selection, made on
     its objectives) ringed and labelled ``selected_label``."""
     from .pareto import pareto_front
 
-    done = [t for t in trials if t.finished and math.isfinite(t.value(M.TEST_RATE))
-            and math.isfinite(t.value(M.TEST_DISTORTION))]
+    done = [
+        t
+        for t in trials
+        if t.finished
+        and math.isfinite(t.value(M.TEST_RATE))
+        and math.isfinite(t.value(M.TEST_DISTORTION))
+    ]
     if not done:
         return None
     norm, cmap = _beta_colour(done)
@@ -94,24 +106,46 @@ def rate_distortion_plane(trials: Sequence[Trial], path: Path, *, show_paths: bo
                 ax.plot(r, d, "-", color=cmap(norm(t.beta)), alpha=0.25, lw=0.8, zorder=1)
     for value in sorted({getattr(t, attr) for t in done}):
         group = [t for t in done if getattr(t, attr) == value]
-        ax.scatter([t.value(M.TEST_RATE) for t in group],
-                        [t.value(M.TEST_DISTORTION) for t in group],
-                        c=[t.beta for t in group], cmap=cmap, norm=norm, s=55,
-                        marker=markers[value], edgecolors="black", linewidths=0.5, zorder=3,
-                        label=f"{markers['__label__']} {value}")
+        ax.scatter(
+            [t.value(M.TEST_RATE) for t in group],
+            [t.value(M.TEST_DISTORTION) for t in group],
+            c=[t.beta for t in group],
+            cmap=cmap,
+            norm=norm,
+            s=55,
+            marker=markers[value],
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+            label=f"{markers['__label__']} {value}",
+        )
     rates = np.array([t.value(M.TEST_RATE) for t in done])
     dists = np.array([t.value(M.TEST_DISTORTION) for t in done])
     front = pareto_front(list(zip(rates, dists, strict=True)), ["min", "min"])
     fx, fy = _staircase([(rates[i], dists[i]) for i in front])
-    ax.plot(fx, fy, "-", color="crimson", lw=1.6, zorder=2,
-            label="Pareto front of the test (rate, distortion) shown")
+    ax.plot(
+        fx,
+        fy,
+        "-",
+        color="crimson",
+        lw=1.6,
+        zorder=2,
+        label="Pareto front of the test (rate, distortion) shown",
+    )
     done_ids = {t.trial_id for t in done}
     shown = [t for t in selected if t.trial_id in done_ids]
     if shown:
-        ax.scatter([t.value(M.TEST_RATE) for t in shown],
-                   [t.value(M.TEST_DISTORTION) for t in shown], s=140, marker="s",
-                   facecolors="none", edgecolors="black", linewidths=1.4, zorder=4,
-                   label=selected_label)
+        ax.scatter(
+            [t.value(M.TEST_RATE) for t in shown],
+            [t.value(M.TEST_DISTORTION) for t in shown],
+            s=140,
+            marker="s",
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.4,
+            zorder=4,
+            label=selected_label,
+        )
     # Lines of equal -ELBO: R + D = c. The best one touches the front where beta = 1 is
     # the tangent slope (-1).
     total = rates + dists
@@ -123,17 +157,32 @@ def rate_distortion_plane(trials: Sequence[Trial], path: Path, *, show_paths: bo
         xs = np.linspace(x0, x1, 50)
         ax.plot(xs, c - xs, "--", color="grey" if j else "black", lw=0.9, zorder=0)
         xl = min(max(c - y1 * 0.98, x0), x1)
-        ax.annotate(f"-ELBO = {c:.1f}" + (" (best)" if j == 0 else ""),
-                    (xl, c - xl), fontsize=8, color="black" if j == 0 else "grey",
-                    xytext=(4, 4), textcoords="offset points")
-    ax.scatter([rates[best]], [dists[best]], s=220, facecolors="none", edgecolors="crimson",
-               linewidths=1.8, zorder=4, label=f"best test -ELBO (trial {done[best].trial_id})")
+        ax.annotate(
+            f"-ELBO = {c:.1f}" + (" (best)" if j == 0 else ""),
+            (xl, c - xl),
+            fontsize=8,
+            color="black" if j == 0 else "grey",
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.scatter(
+        [rates[best]],
+        [dists[best]],
+        s=220,
+        facecolors="none",
+        edgecolors="crimson",
+        linewidths=1.8,
+        zorder=4,
+        label=f"best test -ELBO (trial {done[best].trial_id})",
+    )
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("rate R = KL(q(z|x) || p(z))  [nats per example]")
     ax.set_ylabel("distortion D = -E_q[log p(x|z)]  [nats per example]")
-    ax.set_title("Rate-distortion plane of the study (test split)"
-                 + ("; faint lines: validation path over epochs" if show_paths else ""))
+    ax.set_title(
+        "Rate-distortion plane of the study (test split)"
+        + ("; faint lines: validation path over epochs" if show_paths else "")
+    )
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="beta")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -142,8 +191,12 @@ def rate_distortion_plane(trials: Sequence[Trial], path: Path, *, show_paths: bo
 
 # ---- Knob plots: one knob against a metric, only among trials that match on the others ----
 
-KNOB_NAMES = {"train.beta": "beta", "model.latent_dim": "latent size", "train.k": "K",
-              "train.objective": "training objective"}
+KNOB_NAMES = {
+    "train.beta": "beta",
+    "model.latent_dim": "latent size",
+    "train.k": "K",
+    "train.objective": "training objective",
+}
 # A continuous searched key (uniform, log_uniform, a wide int range) is matched in this many
 # bins over its search range (log-spaced for log scales) when another knob is plotted.
 CONTINUOUS_BINS = 4
@@ -227,12 +280,15 @@ def _level(param: Param, value: Any) -> tuple[Any, str]:
 
 # knob -> (metric, y label) of its two panels; the bound's entry is filled in by quantity.
 KNOB_METRICS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
-    "train.beta": ((M.TEST_RATE, "test rate R [nats]"),
-                   (M.TEST_DISTORTION, "test distortion D [nats]")),
-    "train.k": (("bound", "bound"),
-                (M.TEST_BOUND_GAP, "test -ELBO - bound, same examples [nats]")),
-    "model.latent_dim": ((M.TEST_RATE, "test rate R [nats]"),
-                         (M.TEST_ACTIVE_UNITS, "test active units")),
+    "train.beta": (
+        (M.TEST_RATE, "test rate R [nats]"),
+        (M.TEST_DISTORTION, "test distortion D [nats]"),
+    ),
+    "train.k": (("bound", "bound"), (M.TEST_BOUND_GAP, "test -ELBO - bound, same examples [nats]")),
+    "model.latent_dim": (
+        (M.TEST_RATE, "test rate R [nats]"),
+        (M.TEST_ACTIVE_UNITS, "test active units"),
+    ),
 }
 
 
@@ -253,13 +309,17 @@ def matching_text(searched: Sequence[Param]) -> str:
         edges = bin_edges(p)
         if edges is not None:
             scale = "log-spaced" if p.kind == "log_uniform" or p.log else "equal-width"
-            parts.append(f"{knob_name(p.key)} in {CONTINUOUS_BINS} {scale} bins (edges "
-                         + ", ".join(f"{e:.3g}" for e in edges) + ")")
+            parts.append(
+                f"{knob_name(p.key)} in {CONTINUOUS_BINS} {scale} bins (edges "
+                + ", ".join(f"{e:.3g}" for e in edges)
+                + ")"
+            )
     return "; ".join(parts)
 
 
-def knob_series(trials: Sequence[Trial], knob: str, metric: str,
-                searched: Sequence[Param]) -> list[KnobSeries]:
+def knob_series(
+    trials: Sequence[Trial], knob: str, metric: str, searched: Sequence[Param]
+) -> list[KnobSeries]:
     """``metric`` against ``knob`` among finished trials, one series per setting of the other
     searched knobs (continuous ones binned, see ``bin_edges``): a series never mixes
     values of another knob. A series needs two values of ``knob``; points are means over
@@ -269,23 +329,38 @@ def knob_series(trials: Sequence[Trial], knob: str, metric: str,
     order: dict[tuple[tuple[str, str], ...], tuple[Any, ...]] = {}
     for t in trials:
         value = t.value(metric)
-        if (not t.finished or t.params.get(knob) is None or not math.isfinite(value)
-                or any(t.params.get(p.key) is None for p in others)):
+        if (
+            not t.finished
+            or t.params.get(knob) is None
+            or not math.isfinite(value)
+            or any(t.params.get(p.key) is None for p in others)
+        ):
             continue
         levels = [_level(p, t.params[p.key]) for p in others]
         fixed = tuple((p.key, label) for p, (_, label) in zip(others, levels, strict=True))
         order[fixed] = tuple(key for key, _ in levels)
         groups.setdefault(fixed, {}).setdefault(_plain(t.params[knob]), []).append(
-            (t.trial_id, value))
+            (t.trial_id, value)
+        )
     out = []
     for fixed in sorted(groups, key=lambda f: order[f]):
         by_x = groups[fixed]
         if len(by_x) < 2:
             continue
-        out.append(KnobSeries(fixed, tuple(
-            KnobPoint(x, float(np.mean([v for _, v in by_x[x]])), len(by_x[x]),
-                      tuple(i for i, _ in by_x[x]))
-            for x in sorted(by_x, key=_sort_key))))
+        out.append(
+            KnobSeries(
+                fixed,
+                tuple(
+                    KnobPoint(
+                        x,
+                        float(np.mean([v for _, v in by_x[x]])),
+                        len(by_x[x]),
+                        tuple(i for i, _ in by_x[x]),
+                    )
+                    for x in sorted(by_x, key=_sort_key)
+                ),
+            )
+        )
     return out
 
 
@@ -296,8 +371,9 @@ def bound_label(quantity: str) -> str:
     return "test cross-entropy bound -L_K (not a likelihood)"
 
 
-def knob_panels(trials: Sequence[Trial], searched: Sequence[Param],
-                quantity: str) -> list[KnobPanel]:
+def knob_panels(
+    trials: Sequence[Trial], searched: Sequence[Param], quantity: str
+) -> list[KnobPanel]:
     """The panels of the knob figure, two per varied knob (none for a knob not searched)."""
     panels = []
     for p in varied_knobs(searched):
@@ -309,17 +385,28 @@ def knob_panels(trials: Sequence[Trial], searched: Sequence[Param],
             if not series:
                 reported = [t for t in trials if t.finished and math.isfinite(t.value(metric))]
                 others = [knob_name(o.key) for o in searched if o.key != p.key]
-                message = (f"no finished trial reports {metric} yet" if not reported else
-                           f"{NO_MATCH}: no two finished trials differ in {knob_name(p.key)}"
-                           + (f"\nwith the same {', '.join(others)}" if others else ""))
-            panels.append(KnobPanel(p.key, metric, ylabel,
-                                    f"{knob_name(p.key)} against {ylabel.split(' [')[0]}",
-                                    tuple(series), message))
+                message = (
+                    f"no finished trial reports {metric} yet"
+                    if not reported
+                    else f"{NO_MATCH}: no two finished trials differ in {knob_name(p.key)}"
+                    + (f"\nwith the same {', '.join(others)}" if others else "")
+                )
+            panels.append(
+                KnobPanel(
+                    p.key,
+                    metric,
+                    ylabel,
+                    f"{knob_name(p.key)} against {ylabel.split(' [')[0]}",
+                    tuple(series),
+                    message,
+                )
+            )
     return panels
 
 
-def knobs(trials: Sequence[Trial], path: Path, *, searched: Sequence[Param],
-          quantity: str) -> Path | None:
+def knobs(
+    trials: Sequence[Trial], path: Path, *, searched: Sequence[Param], quantity: str
+) -> Path | None:
     """Figure 2: each searched knob (beta, K, latent size) against two test metrics, one line
     per setting of the other searched knobs; no figure when none is varied or finished."""
     panels = knob_panels(trials, searched, quantity)
@@ -331,18 +418,32 @@ def knobs(trials: Sequence[Trial], path: Path, *, searched: Sequence[Param],
     for j, panel in enumerate(panels):
         ax = axes[j % 2, j // 2]
         if panel.message is not None:
-            ax.text(0.5, 0.5, panel.message, ha="center", va="center", transform=ax.transAxes,
-                    color="grey", wrap=True)
+            ax.text(
+                0.5,
+                0.5,
+                panel.message,
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="grey",
+                wrap=True,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         for i, s in enumerate(panel.series):
             xs = [pt.x for pt in s.points]
-            ax.plot(xs, [pt.mean for pt in s.points], marker=MARKERS[i % len(MARKERS)],
-                    label=s.label)
+            ax.plot(
+                xs, [pt.mean for pt in s.points], marker=MARKERS[i % len(MARKERS)], label=s.label
+            )
             for pt in s.points:
                 if pt.n > 1:
-                    ax.annotate(f"n={pt.n}", (pt.x, pt.mean), fontsize=7,
-                                xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(
+                        f"n={pt.n}",
+                        (pt.x, pt.mean),
+                        fontsize=7,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
         if panel.series:
             if panel.metric == M.TEST_ACTIVE_UNITS:
                 xs = sorted({pt.x for s in panel.series for pt in s.points})
@@ -359,17 +460,27 @@ def knobs(trials: Sequence[Trial], path: Path, *, searched: Sequence[Param],
         ax.set_ylabel(panel.ylabel)
         ax.set_title(panel.title, fontsize=10)
         ax.grid(alpha=0.3)
-    title = ("Knobs against test metrics, each line among trials matched on the other "
-             "searched knobs; n = trials averaged (unmarked points: single trials). "
-             + (f"Searched knobs matched by: {matching_text(searched)}." if len(searched) > 1
-                else "One knob searched."))
+    title = (
+        "Knobs against test metrics, each line among trials matched on the other "
+        "searched knobs; n = trials averaged (unmarked points: single trials). "
+        + (
+            f"Searched knobs matched by: {matching_text(searched)}."
+            if len(searched) > 1
+            else "One knob searched."
+        )
+    )
     fig.suptitle(textwrap.fill(title, 60 + 60 * cols), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path, *,
-               front_label: str = "front trials") -> Path | None:
+def rate_split(
+    trials: Sequence[Trial],
+    front: Sequence[Trial],
+    path: Path,
+    *,
+    front_label: str = "front trials",
+) -> Path | None:
     """Figure 3: mutual information against marginal KL; KL per latent dimension of the
     ``front`` trials (``front_label`` says which front)."""
     done = [t for t in trials if t.finished and math.isfinite(t.value(M.TEST_MUTUAL_INFO))]
@@ -380,8 +491,16 @@ def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path, *,
     (ax1, ax2) = fig.subplots(1, 2)
     mi = np.array([t.value(M.TEST_MUTUAL_INFO) for t in done])
     mkl = np.array([t.value(M.TEST_MARGINAL_KL) for t in done])
-    ax1.scatter(mi, mkl, c=[t.beta for t in done], cmap=cmap, norm=norm, s=50,
-                edgecolors="black", linewidths=0.5)
+    ax1.scatter(
+        mi,
+        mkl,
+        c=[t.beta for t in done],
+        cmap=cmap,
+        norm=norm,
+        s=50,
+        edgecolors="black",
+        linewidths=0.5,
+    )
     top = float(np.nanmax(mi + mkl)) * 1.05 if len(done) else 1.0
     for c in np.linspace(top / 4, top, 4):
         xs = np.linspace(0, c, 20)
@@ -396,8 +515,13 @@ def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path, *,
     if shown:
         for t in sorted(shown, key=lambda t: t.beta):
             kl = sorted(t.kl_per_dim, reverse=True)
-            ax2.plot(range(1, len(kl) + 1), kl, marker=".", color=cmap(norm(t.beta)),
-                     label=f"trial {t.trial_id} (beta {t.beta:.3g})")
+            ax2.plot(
+                range(1, len(kl) + 1),
+                kl,
+                marker=".",
+                color=cmap(norm(t.beta)),
+                label=f"trial {t.trial_id} (beta {t.beta:.3g})",
+            )
         ax2.axhline(0.01, color="grey", ls=":", lw=1)
         top = max(max(t.kl_per_dim) for t in shown)
         ax2.set_yscale("symlog", linthresh=0.01)
@@ -405,12 +529,18 @@ def rate_split(trials: Sequence[Trial], front: Sequence[Trial], path: Path, *,
         ax2.xaxis.get_major_locator().set_params(integer=True)
         ax2.legend(fontsize=7)
     else:
-        ax2.text(0.5, 0.5, f"no KL per dimension recorded\nfor the {front_label}", ha="center",
-                 va="center", transform=ax2.transAxes, color="grey")
+        ax2.text(
+            0.5,
+            0.5,
+            f"no KL per dimension recorded\nfor the {front_label}",
+            ha="center",
+            va="center",
+            transform=ax2.transAxes,
+            color="grey",
+        )
     ax2.set_xlabel("latent dimension, sorted by its KL")
     ax2.set_ylabel("KL of the dimension [nats] (symlog)")
-    ax2.set_title(f"KL per latent dimension, {front_label} (near 0: collapsed units)",
-                  fontsize=10)
+    ax2.set_title(f"KL per latent dimension, {front_label} (near 0: collapsed units)", fontsize=10)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -424,15 +554,17 @@ def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
     norm, cmap = _beta_colour(with_history)
     fig = Figure(figsize=(16, 5))
     axes = fig.subplots(1, 3)
-    keys = ((M.VAL_NEG_ELBO, "validation -ELBO"), (M.VAL_RATE, "validation rate R"),
-            (M.VAL_DISTORTION, "validation distortion D"))
+    keys = (
+        (M.VAL_NEG_ELBO, "validation -ELBO"),
+        (M.VAL_RATE, "validation rate R"),
+        (M.VAL_DISTORTION, "validation distortion D"),
+    )
     styles = {COMPLETED: "-", STOPPED: "--", RUNNING: "-.", PENDING: "-."}
     for ax, (key, label) in zip(axes, keys, strict=True):
         for t in with_history:
             ep = [h[M.EPOCH] for h in t.history]
             ys = [h.get(key) for h in t.history]
-            ax.plot(ep, ys, styles.get(t.status, ":"), color=cmap(norm(t.beta)), lw=1,
-                    alpha=0.85)
+            ax.plot(ep, ys, styles.get(t.status, ":"), color=cmap(norm(t.beta)), lw=1, alpha=0.85)
             if t.status == FAILED:
                 ax.plot(ep[-1:], ys[-1:], "x", color="red", ms=9, mew=2)
             elif t.status == STOPPED:
@@ -443,10 +575,12 @@ def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="-", color="k", label=COMPLETED),
-               Line2D([], [], ls="--", color="k", marker="|", label="stopped (scheduler)"),
-               Line2D([], [], ls="-.", color="k", label=RUNNING),
-               Line2D([], [], ls=":", color="red", marker="x", label="failed or diverged")]
+    handles = [
+        Line2D([], [], ls="-", color="k", label=COMPLETED),
+        Line2D([], [], ls="--", color="k", marker="|", label="stopped (scheduler)"),
+        Line2D([], [], ls="-.", color="k", label=RUNNING),
+        Line2D([], [], ls=":", color="red", marker="x", label="failed or diverged"),
+    ]
     axes[2].legend(handles=handles, fontsize=8)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="beta")
     fig.suptitle("Learning curves, coloured by beta")
@@ -459,13 +593,14 @@ def _grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
     out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad))
     for i in range(min(len(images), rows * cols)):
         r, c = divmod(i, cols)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h,
-            pad + c * (w + pad):pad + c * (w + pad) + w] = images[i]
+        out[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + c * (w + pad) : pad + c * (w + pad) + w,
+        ] = images[i]
     return out
 
 
-def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path,
-                   title: str) -> Path:
+def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path, title: str) -> Path:
     """Figure 5 for one trial: reconstructions, prior samples, traversals, the latent space."""
     import torch
 
@@ -481,7 +616,7 @@ def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path,
         samples = model.mean(model.decode(torch.randn(32, model.latent_dim, generator=g)))
         mu_all, logvar_all = encode_all(model, x[:5000])
         kl = gaussian_kl(mu_all, logvar_all).mean(0)
-        dims = torch.argsort(kl, descending=True)[:min(6, model.latent_dim)]
+        dims = torch.argsort(kl, descending=True)[: min(6, model.latent_dim)]
         steps = torch.linspace(-3, 3, 9)
         base = mu_all[0]
         trav = []
@@ -497,14 +632,17 @@ def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path,
     axes[0, 0].set_title("test images (top) and their reconstructions (bottom, from mean z)")
     axes[0, 1].imshow(_grid(samples.view(-1, 28, 28).numpy(), 4, 8), cmap="gray", vmin=0, vmax=1)
     axes[0, 1].set_title("samples: decoder mean at z ~ p(z) = N(0, I)")
-    axes[1, 0].imshow(_grid(trav_img.view(-1, 28, 28).numpy(), len(dims), len(steps)),
-                      cmap="gray", vmin=0, vmax=1)
-    axes[1, 0].set_title("traversals of the dimensions with most KL: z_d from -3 to 3, "
-                         "the rest at E_q[z] of a test image", fontsize=10)
+    axes[1, 0].imshow(
+        _grid(trav_img.view(-1, 28, 28).numpy(), len(dims), len(steps)), cmap="gray", vmin=0, vmax=1
+    )
+    axes[1, 0].set_title(
+        "traversals of the dimensions with most KL: z_d from -3 to 3, "
+        "the rest at E_q[z] of a test image",
+        fontsize=10,
+    )
     row = 28 + 2
     axes[1, 0].set_yticks([2 + row * i + 14 for i in range(len(dims))])
-    axes[1, 0].set_yticklabels([f"dim {int(d)}\n{float(kl[d]):.2f} nats" for d in dims],
-                               fontsize=8)
+    axes[1, 0].set_yticklabels([f"dim {int(d)}\n{float(kl[d]):.2f} nats" for d in dims], fontsize=8)
     axes[1, 0].set_xticks([])
     for spine in axes[1, 0].spines.values():
         spine.set_visible(False)
@@ -525,8 +663,9 @@ def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path,
         axes[1, 1].set_ylabel("E_q[z_2]")
         how = "E_q[z]"
     if labels is not None:
-        sc = axes[1, 1].scatter(pts[:, 0], pts[:, 1], c=labels[:len(pts)].numpy(), cmap="tab10",
-                                s=3, alpha=0.7)
+        sc = axes[1, 1].scatter(
+            pts[:, 0], pts[:, 1], c=labels[: len(pts)].numpy(), cmap="tab10", s=3, alpha=0.7
+        )
         fig.colorbar(sc, ax=axes[1, 1], label="class label")
     else:
         axes[1, 1].scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5)
@@ -551,8 +690,11 @@ def search_history(optuna_study: Any, objective: str, path: Path) -> Path | None
     values = [t.values[0] for t in done]
     ax1.plot(numbers, values, "o", label=objective)
     if not multi:
-        best = np.minimum.accumulate(values) if optuna_study.direction.name == "MINIMIZE" \
+        best = (
+            np.minimum.accumulate(values)
+            if optuna_study.direction.name == "MINIMIZE"
             else np.maximum.accumulate(values)
+        )
         ax1.plot(numbers, best, "-", color="crimson", label="best so far")
     ax1.set_xlabel("Optuna trial number")
     ax1.set_ylabel(f"{objective} [nats]")
@@ -565,8 +707,16 @@ def search_history(optuna_study: Any, objective: str, path: Path) -> Path | None
     except Exception as exc:  # too few trials, a single parameter value, ...
         imp = {}
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        ax2.text(0.5, 0.5, f"parameter importance unavailable:\n{reason}", ha="center",
-                 va="center", transform=ax2.transAxes, wrap=True, color="grey")
+        ax2.text(
+            0.5,
+            0.5,
+            f"parameter importance unavailable:\n{reason}",
+            ha="center",
+            va="center",
+            transform=ax2.transAxes,
+            wrap=True,
+            color="grey",
+        )
     if imp:
         names = list(imp)[::-1]
         ax2.barh(names, [imp[n] for n in names])

@@ -32,8 +32,9 @@ def rd_front(trials: list[Trial]) -> list[Trial]:
     empirical R-D curve of the numbers the R-D plane plots. It describes test results; it is
     not a selection (a study selects on its objectives: ``study_front``, ``best_trial``)."""
     done = [t for t in trials if t.finished]
-    idx = pareto_front([[t.value(M.TEST_RATE), t.value(M.TEST_DISTORTION)] for t in done],
-                       ["min", "min"])
+    idx = pareto_front(
+        [[t.value(M.TEST_RATE), t.value(M.TEST_DISTORTION)] for t in done], ["min", "min"]
+    )
     return sorted((done[i] for i in idx), key=lambda t: t.value(M.TEST_RATE))
 
 
@@ -43,8 +44,9 @@ def study_front(sf: StudyFolder) -> list[Trial]:
     test rate. Empty for a single-objective study."""
     if not sf.study.search.multi_objective:
         return []
-    return sorted((t for t in sf.trials if t.finished and t.pareto),
-                  key=lambda t: t.value(M.TEST_RATE))
+    return sorted(
+        (t for t in sf.trials if t.finished and t.pareto), key=lambda t: t.value(M.TEST_RATE)
+    )
 
 
 def best_trial(sf: StudyFolder) -> Trial | None:
@@ -85,9 +87,11 @@ def selection_warning(sf: StudyFolder) -> str | None:
     on_test = _on_test(sf)
     if not on_test:
         return None
-    return (f"Warning: this study selects on test metrics ({', '.join(on_test)}; "
-            "search.select_on_test: true): its test numbers are optimistically biased, not "
-            "held-out estimates.")
+    return (
+        f"Warning: this study selects on test metrics ({', '.join(on_test)}; "
+        "search.select_on_test: true): its test numbers are optimistically biased, not "
+        "held-out estimates."
+    )
 
 
 def protocol_lines(sf: StudyFolder) -> list[str]:
@@ -95,8 +99,13 @@ def protocol_lines(sf: StudyFolder) -> list[str]:
     base = sf.study.base
     quantity, ev = base.quantity, base.eval
     bound, val_bound = M.bound_key("test", quantity), M.bound_key("val", quantity)
-    counts = sorted({int(t.value(M.TEST_NLL_EXAMPLES)) for t in sf.trials
-                     if math.isfinite(t.value(M.TEST_NLL_EXAMPLES))})
+    counts = sorted(
+        {
+            int(t.value(M.TEST_NLL_EXAMPLES))
+            for t in sf.trials
+            if math.isfinite(t.value(M.TEST_NLL_EXAMPLES))
+        }
+    )
     if len(counts) == 1:
         nll_n = f"the first {counts[0]} test examples ({M.TEST_NLL_EXAMPLES})"
     elif counts:
@@ -105,12 +114,15 @@ def protocol_lines(sf: StudyFolder) -> list[str]:
         nll_n = f"the first {ev.nll_examples} test examples (eval.nll_examples)"
     else:
         nll_n = "all test examples (eval.nll_examples: null)"
-    bpd = (f", with bits/dim ({M.TEST_BPD}, {M.VAL_BPD})" if base.dequantized else "")
+    bpd = f", with bits/dim ({M.TEST_BPD}, {M.VAL_BPD})" if base.dequantized else ""
     val_n = min(ev.val_examples, base.data.val_size)  # evaluate_val: at most the split
-    val = (f"{val_bound} on the first {val_n} validation examples (eval.val_examples = "
-           f"{ev.val_examples}, data.val_size = {base.data.val_size}) with eval.val_k = "
-           f"{ev.val_k} importance samples"
-           if val_n > 0 else f"no {val_bound} (eval.val_examples or data.val_size is 0)")
+    val = (
+        f"{val_bound} on the first {val_n} validation examples (eval.val_examples = "
+        f"{ev.val_examples}, data.val_size = {base.data.val_size}) with eval.val_k = "
+        f"{ev.val_k} importance samples"
+        if val_n > 0
+        else f"no {val_bound} (eval.val_examples or data.val_size is 0)"
+    )
     return [
         f"quantity: the bound -L_K is {bound} ({val_bound} on validation), a "
         f"{M.QUANTITY_WORDS[quantity]}{bpd}, with eval.k = {ev.k} importance samples",
@@ -128,13 +140,20 @@ def _columns(sf: StudyFolder) -> list[tuple[str, str]]:
     name = "NLL" if quantity == M.QUANTITY_NLL else "CE bound"
     cols = [(f"val {name}", M.bound_key("val", quantity))]
     cols += [("val bits/dim", M.VAL_BPD)] if dequantized else []
-    cols += [("val -ELBO", M.VAL_NEG_ELBO), ("val rate", M.VAL_RATE),
-             ("val distortion", M.VAL_DISTORTION), ("test rate", M.TEST_RATE),
-             ("test distortion", M.TEST_DISTORTION), ("test -ELBO", M.TEST_NEG_ELBO),
-             (f"test {name}", M.bound_key("test", quantity))]
+    cols += [
+        ("val -ELBO", M.VAL_NEG_ELBO),
+        ("val rate", M.VAL_RATE),
+        ("val distortion", M.VAL_DISTORTION),
+        ("test rate", M.TEST_RATE),
+        ("test distortion", M.TEST_DISTORTION),
+        ("test -ELBO", M.TEST_NEG_ELBO),
+        (f"test {name}", M.bound_key("test", quantity)),
+    ]
     cols += [("test bits/dim", M.TEST_BPD)] if dequantized else []
-    return cols + [("test gap -ELBO - bound", M.TEST_BOUND_GAP),
-                   ("test active units", M.TEST_ACTIVE_UNITS)]
+    return cols + [
+        ("test gap -ELBO - bound", M.TEST_BOUND_GAP),
+        ("test active units", M.TEST_ACTIVE_UNITS),
+    ]
 
 
 def _spread(front: list[Trial], n: int) -> list[Trial]:
@@ -160,12 +179,18 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     front = rd_front(sf.trials)
     chosen_front = study_front(sf)
     best = best_trial(sf)
-    selected, selected_label = ((chosen_front, front_words(sf)) if sf.study.search.multi_objective
-                                else ([best] if best else [], selection_words(sf)))
+    selected, selected_label = (
+        (chosen_front, front_words(sf))
+        if sf.study.search.multi_objective
+        else ([best] if best else [], selection_words(sf))
+    )
     # The trials the rate split and model pictures show: the study's own Pareto set when it
     # has several objectives, else the test R-D front.
-    shown_front, shown_words = ((chosen_front, "trials of the study's Pareto set")
-                                if chosen_front else (front, "trials of the test R-D front"))
+    shown_front, shown_words = (
+        (chosen_front, "trials of the study's Pareto set")
+        if chosen_front
+        else (front, "trials of the test R-D front")
+    )
 
     def add(path: Path | None, caption: str, missing: str) -> None:
         if path is None:
@@ -173,37 +198,49 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
         else:
             figures.append((path.name, caption))
 
-    add(plots.rate_distortion_plane(sf.trials, out / "rate_distortion.png", selected=selected,
-                                    selected_label=selected_label),
+    add(
+        plots.rate_distortion_plane(
+            sf.trials, out / "rate_distortion.png", selected=selected, selected_label=selected_label
+        ),
         "The rate-distortion plane: each finished trial at its test (rate, distortion), "
         "coloured by beta; the red staircase is the Pareto front of those test numbers (the "
         f"empirical R-D curve); black squares: {selected_label}; dashed lines have equal "
         "-ELBO = R + D.",
-        "No finished trial yet: the rate-distortion plane is empty.")
+        "No finished trial yet: the rate-distortion plane is empty.",
+    )
     searched = sf.study.search.space
     varied = plots.varied_knobs(searched)
     if varied:
         matched = plots.matching_text(searched)
-        add(plots.knobs(sf.trials, out / "knobs.png", searched=searched,
-                        quantity=sf.study.base.quantity),
+        add(
+            plots.knobs(
+                sf.trials, out / "knobs.png", searched=searched, quantity=sf.study.base.quantity
+            ),
             "The searched knobs ("
             + ", ".join(plots.knob_name(p.key) for p in varied)
             + ") against test metrics, the bound as "
             + plots.bound_label(sf.study.base.quantity)
             + "; each line compares only trials at matched settings of the other searched "
-            "knobs" + (f" ({matched})" if matched else "")
+            "knobs"
+            + (f" ({matched})" if matched else "")
             + "; n marks points that average several trials; panels without matched trials "
-            "say so.", "No finished trial yet: no knob plots.")
+            "say so.",
+            "No finished trial yet: no knob plots.",
+        )
     else:
         notes.append("The study varies none of beta, K and latent size: no knob plots.")
-    add(plots.rate_split(sf.trials, shown_front, out / "rate_split.png",
-                         front_label=shown_words),
+    add(
+        plots.rate_split(sf.trials, shown_front, out / "rate_split.png", front_label=shown_words),
         "Where the rate goes: R = I(x; z) + KL(q(z) || p(z)) per trial, and the KL of each "
         f"latent dimension for the {shown_words}.",
-        "No finished trial yet: no rate split.")
-    add(plots.learning_curves(sf.trials, out / "learning_curves.png"),
+        "No finished trial yet: no rate split.",
+    )
+    add(
+        plots.learning_curves(sf.trials, out / "learning_curves.png"),
         "Learning curves (validation), coloured by beta; stopped trials dashed, failed or "
-        "diverged ones end in a red cross.", "No trial has reported an epoch yet.")
+        "diverged ones end in a red cross.",
+        "No trial has reported an epoch yet.",
+    )
     _search_figure(sf, out, add, notes)
     _model_figures(sf, best, shown_front, shown_words, out, figures, notes)
 
@@ -227,13 +264,22 @@ def _search_figure(sf: StudyFolder, out: Path, add: Any, notes: list[str]) -> No
         notes.append(f"The Optuna study could not be read ({exc}): no search history.")
         return
     obj = sf.study.search.objectives[0].metric
-    add(plots.search_history(study, obj, out / "search.png"),
+    add(
+        plots.search_history(study, obj, out / "search.png"),
         f"The search: Optuna's history of {obj} and the importance of each parameter.",
-        "Fewer than two finished Optuna trials: no search history yet.")
+        "Fewer than two finished Optuna trials: no search history yet.",
+    )
 
 
-def _model_figures(sf: StudyFolder, best: Trial | None, front: list[Trial], front_words: str,
-                   out: Path, figures: list[tuple[str, str]], notes: list[str]) -> None:
+def _model_figures(
+    sf: StudyFolder,
+    best: Trial | None,
+    front: list[Trial],
+    front_words: str,
+    out: Path,
+    figures: list[tuple[str, str]],
+    notes: list[str],
+) -> None:
     chosen: list[tuple[Trial, str]] = []
     if best is not None:
         chosen.append((best, selection_words(sf)))
@@ -255,8 +301,7 @@ def _model_figures(sf: StudyFolder, best: Trial | None, front: list[Trial], fron
         return
     for trial, why in sorted(chosen, key=lambda c: c[0].beta):
         if trial.checkpoint is None:
-            notes.append(f"Trial {trial.trial_id}: no checkpoint left, its pictures are "
-                         "skipped.")
+            notes.append(f"Trial {trial.trial_id}: no checkpoint left, its pictures are skipped.")
             continue
         try:
             state = load(trial.checkpoint)
@@ -264,14 +309,17 @@ def _model_figures(sf: StudyFolder, best: Trial | None, front: list[Trial], fron
             model = VAE(cfg.model)
             model.load_state_dict(state.model)
         except (VaeStudyError, RuntimeError, KeyError) as exc:
-            notes.append(f"Trial {trial.trial_id}: its checkpoint cannot be used ({exc}); "
-                         "pictures skipped.")
+            notes.append(
+                f"Trial {trial.trial_id}: its checkpoint cannot be used ({exc}); pictures skipped."
+            )
             continue
         name = model_figure_name(trial.trial_id)
-        title = (f"Trial {trial.trial_id} ({why}): beta {trial.beta:.3g}, latent size "
-                 f"{trial.latent_dim}, K {trial.k}, test -ELBO "
-                 f"{trial.value(M.TEST_NEG_ELBO):.1f} = R {trial.value(M.TEST_RATE):.1f} + "
-                 f"D {trial.value(M.TEST_DISTORTION):.1f} nats")
+        title = (
+            f"Trial {trial.trial_id} ({why}): beta {trial.beta:.3g}, latent size "
+            f"{trial.latent_dim}, K {trial.k}, test -ELBO "
+            f"{trial.value(M.TEST_NEG_ELBO):.1f} = R {trial.value(M.TEST_RATE):.1f} + "
+            f"D {trial.value(M.TEST_DISTORTION):.1f} nats"
+        )
         plots.model_pictures(trial, model, data.test.x, data.test.labels, out / name, title)
         figures.append((name, title))
 
@@ -310,8 +358,12 @@ def _fmt(v: Any) -> str:
 
 
 def _trial_line(t: Trial, keys: list[str], cols: list[tuple[str, str]]) -> list[str]:
-    return [t.trial_id, t.status, *[_fmt(t.params.get(k, "")) for k in keys],
-            *[_fmt(t.value(m)) for _, m in cols]]
+    return [
+        t.trial_id,
+        t.status,
+        *[_fmt(t.params.get(k, "")) for k in keys],
+        *[_fmt(t.value(m)) for _, m in cols],
+    ]
 
 
 def _table_md(rows: list[list[str]], head: list[str]) -> str:
@@ -320,8 +372,9 @@ def _table_md(rows: list[list[str]], head: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: list[str],
-             seconds: float) -> str:
+def _summary(
+    sf: StudyFolder, best: Trial | None, front: list[Trial], notes: list[str], seconds: float
+) -> str:
     keys = [p.key for p in sf.study.search.space]
     cols = _columns(sf)
     head = ["trial", "status", *keys, *[h for h, _ in cols]]
@@ -335,7 +388,8 @@ def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: lis
         "",
         f"- folder: {_code(sf.folder)}",
         f"- trials: {len(sf.trials)} of {sf.study.search.num_trials} ("
-        + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet") + ")",
+        + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet")
+        + ")",
         f"- searched: {', '.join(keys)}; objectives: {objectives}; "
         f"algorithm {sf.study.search.algorithm}",
         *[f"- {line}" for line in protocol_lines(sf)],
@@ -345,20 +399,35 @@ def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: lis
     if warning:
         parts += [f"> **{warning}**", ""]
     if best is not None:
-        parts += [f"## Selected trial: {selection_words(sf)}", "",
-                  _table_md([_trial_line(best, keys, cols)], head), ""]
+        parts += [
+            f"## Selected trial: {selection_words(sf)}",
+            "",
+            _table_md([_trial_line(best, keys, cols)], head),
+            "",
+        ]
     chosen = study_front(sf)
     if chosen:
-        parts += [f"## {front_words(sf)}", "",
-                  _table_md([_trial_line(t, keys, cols) for t in chosen], head), ""]
+        parts += [
+            f"## {front_words(sf)}",
+            "",
+            _table_md([_trial_line(t, keys, cols) for t in chosen], head),
+            "",
+        ]
     if front:
-        parts += [f"## {_RD_FRONT_WORDS}", "",
-                  _table_md([_trial_line(t, keys, cols) for t in front], head), ""]
+        parts += [
+            f"## {_RD_FRONT_WORDS}",
+            "",
+            _table_md([_trial_line(t, keys, cols) for t in front], head),
+            "",
+        ]
     bad = [t for t in sf.trials if t.status == R.FAILED]
     if bad:
         parts += ["## Failed trials (diverged or crashed)", ""]
-        parts += [f"- {_md(t.trial_id)} ({_md(t.status)}): "
-                  f"{_md(t.metrics.get(R.ERROR_KEY) or 'no message')}" for t in bad]
+        parts += [
+            f"- {_md(t.trial_id)} ({_md(t.status)}): "
+            f"{_md(t.metrics.get(R.ERROR_KEY) or 'no message')}"
+            for t in bad
+        ]
         parts.append("")
     if notes:
         parts += ["## Notes", ""] + [f"- {_md(n)}" for n in notes] + [""]
@@ -366,33 +435,49 @@ def _summary(sf: StudyFolder, best: Trial | None, front: list[Trial], notes: lis
     return "\n".join(parts) + "\n"
 
 
-_RD_FRONT_WORDS = ("Rate-distortion Pareto front on test (rate, distortion): it describes the "
-                   "test numbers and is not a selection")
+_RD_FRONT_WORDS = (
+    "Rate-distortion Pareto front on test (rate, distortion): it describes the "
+    "test numbers and is not a selection"
+)
 
 
-def _html(sf: StudyFolder, best: Trial | None, front: list[Trial],
-          figures: list[tuple[str, str]], notes: list[str], seconds: float) -> str:
+def _html(
+    sf: StudyFolder,
+    best: Trial | None,
+    front: list[Trial],
+    figures: list[tuple[str, str]],
+    notes: list[str],
+    seconds: float,
+) -> str:
     esc = html.escape
     keys = [p.key for p in sf.study.search.space]
     cols = _columns(sf)
     head = ["trial", "status", *keys, *[h for h, _ in cols]]
 
     def table(trials: list[Trial]) -> str:
-        rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>"
-                                        for c in _trial_line(t, keys, cols))
-                       + "</tr>" for t in trials)
-        return ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
-                + rows + "</table>")
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _trial_line(t, keys, cols)) + "</tr>"
+            for t in trials
+        )
+        return (
+            "<table><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in head)
+            + "</tr>"
+            + rows
+            + "</table>"
+        )
 
-    body = [f"<h1>Study {esc(sf.study.name)}</h1>",
-            f"<p>{len(sf.trials)} of {sf.study.search.num_trials} trials; nats per example "
-            "(bits/dim where a column says so). Files: "
-            f"<a href=\"{R.RESULTS_FILE}\">{R.RESULTS_FILE}</a>, "
-            "<a href=\"summary.md\">summary.md</a>.</p>",
-            "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in protocol_lines(sf)) + "</ul>"]
+    body = [
+        f"<h1>Study {esc(sf.study.name)}</h1>",
+        f"<p>{len(sf.trials)} of {sf.study.search.num_trials} trials; nats per example "
+        "(bits/dim where a column says so). Files: "
+        f'<a href="{R.RESULTS_FILE}">{R.RESULTS_FILE}</a>, '
+        '<a href="summary.md">summary.md</a>.</p>',
+        "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in protocol_lines(sf)) + "</ul>",
+    ]
     warning = selection_warning(sf)
     if warning:
-        body.append(f"<p class=\"warn\">{esc(warning)}</p>")
+        body.append(f'<p class="warn">{esc(warning)}</p>')
     if best is not None:
         body += [f"<h2>Selected trial: {esc(selection_words(sf))}</h2>", table([best])]
     chosen = study_front(sf)
@@ -401,18 +486,24 @@ def _html(sf: StudyFolder, best: Trial | None, front: list[Trial],
     if front:
         body += [f"<h2>{esc(_RD_FRONT_WORDS)}</h2>", table(front)]
     for name, caption in figures:
-        body.append(f"<figure><img src=\"{esc(name)}\" alt=\"{esc(caption)}\">"
-                    f"<figcaption>{esc(caption)}</figcaption></figure>")
+        body.append(
+            f'<figure><img src="{esc(name)}" alt="{esc(caption)}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>"
+        )
     body += ["<h2>All trials</h2>", table(sf.trials)]
     if notes:
         body += ["<h2>Notes</h2><ul>"] + [f"<li>{esc(n)}</li>" for n in notes] + ["</ul>"]
-    body.append(f"<p class=\"small\">Report built in {seconds:.1f} s by vae_study.</p>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             "img{max-width:100%}figure{margin:2em 0}figcaption{color:#444}"
-             ".warn{color:#a00;font-weight:bold;border:2px solid #a00;padding:.5em}"
-             ".small{color:#777;font-size:12px}")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>vae_study report: {esc(sf.study.name)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    body.append(f'<p class="small">Report built in {seconds:.1f} s by vae_study.</p>')
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+        "img{max-width:100%}figure{margin:2em 0}figcaption{color:#444}"
+        ".warn{color:#a00;font-weight:bold;border:2px solid #a00;padding:.5em}"
+        ".small{color:#777;font-size:12px}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>vae_study report: {esc(sf.study.name)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -38,10 +38,24 @@ GPU_IDS_KEY = "gpu_ids"  # the GPUs Ray gave the trial, as CUDA_VISIBLE_DEVICES 
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 
 LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
-TAIL_COLUMNS = [M.EPOCH, "wall_s", M.TOTAL_SECONDS, "node", DEVICE_KEY, GPU_IDS_KEY,
-                M.TRAIN_EXAMPLES, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
-                *M.FINAL_VAL_SCALARS, *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM,
-                "checkpoint", ERROR_KEY]
+TAIL_COLUMNS = [
+    M.EPOCH,
+    "wall_s",
+    M.TOTAL_SECONDS,
+    "node",
+    DEVICE_KEY,
+    GPU_IDS_KEY,
+    M.TRAIN_EXAMPLES,
+    M.VAL_NEG_ELBO,
+    M.VAL_RATE,
+    M.VAL_DISTORTION,
+    *M.FINAL_VAL_SCALARS,
+    *M.TEST_SCALARS,
+    M.TEST_NLL_EXAMPLES,
+    M.TEST_KL_PER_DIM,
+    "checkpoint",
+    ERROR_KEY,
+]
 
 
 def columns(param_keys: Sequence[str]) -> list[str]:
@@ -67,8 +81,12 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def write_results(path: Path, rows: Sequence[dict[str, Any]], param_keys: Sequence[str],
-                  objectives: Sequence[tuple[str, str]] = ()) -> None:
+def write_results(
+    path: Path,
+    rows: Sequence[dict[str, Any]],
+    param_keys: Sequence[str],
+    objectives: Sequence[tuple[str, str]] = (),
+) -> None:
     """Write ``rows`` (one per trial) as CSV, atomically: never half a file."""
     import pandas as pd
 
@@ -107,8 +125,9 @@ def read_results(path: Path):
         raise _damaged(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     _check_table(path, text)
     try:
-        return pd.read_csv(io.StringIO(text), dtype={"trial_id": str, "node": str,
-                                                     GPU_IDS_KEY: str, "status": str})
+        return pd.read_csv(
+            io.StringIO(text), dtype={"trial_id": str, "node": str, GPU_IDS_KEY: str, "status": str}
+        )
     except (pd.errors.ParserError, ValueError) as exc:
         raise _damaged(path, str(exc).splitlines()[0]) from None
 
@@ -126,18 +145,23 @@ def _check_table(path: Path, text: str) -> None:
     except csv.Error as exc:
         raise _damaged(path, f"not CSV: {exc}") from None
     header = rows[0]
-    if header[:len(LEAD_COLUMNS)] != LEAD_COLUMNS:
-        raise _damaged(path, f"its header does not start with {','.join(LEAD_COLUMNS)} "
-                             f"(got {_abbrev(','.join(header))!r})")
+    if header[: len(LEAD_COLUMNS)] != LEAD_COLUMNS:
+        raise _damaged(
+            path,
+            f"its header does not start with {','.join(LEAD_COLUMNS)} "
+            f"(got {_abbrev(','.join(header))!r})",
+        )
     status_col = LEAD_COLUMNS.index("status")
     for i, row in enumerate(rows[1:], start=1):
         if len(row) != len(header):
-            raise _damaged(path, f"trial row {i} has {len(row)} fields, the header "
-                                 f"{len(header)}")
+            raise _damaged(path, f"trial row {i} has {len(row)} fields, the header {len(header)}")
         if row[status_col] not in STATUSES:
-            raise _damaged(path, f"trial row {i} has the status "
-                                 f"{_abbrev(row[status_col])!r}, not one of "
-                                 f"{', '.join(STATUSES)}")
+            raise _damaged(
+                path,
+                f"trial row {i} has the status "
+                f"{_abbrev(row[status_col])!r}, not one of "
+                f"{', '.join(STATUSES)}",
+            )
 
 
 def _abbrev(text: str, limit: int = 60) -> str:
@@ -145,9 +169,11 @@ def _abbrev(text: str, limit: int = 60) -> str:
 
 
 def _damaged(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(f"{path} is damaged ({why}); it is rewritten from the study's "
-                           "trials when the study runs again (the same 'vae_study run' "
-                           "command)")
+    return CheckpointError(
+        f"{path} is damaged ({why}); it is rewritten from the study's "
+        "trials when the study runs again (the same 'vae_study run' "
+        "command)"
+    )
 
 
 def parse_kl_per_dim(cell: Any) -> list[float]:
@@ -168,8 +194,9 @@ def trial_row(trial: Any, study: Any, *, interrupted: bool = False) -> dict[str,
     from .search import decode_params
 
     last = dict(trial.last_result or {})
-    params = decode_params(study.search.space,
-                           {p.key: trial.config.get(p.key) for p in study.search.space})
+    params = decode_params(
+        study.search.space, {p.key: trial.config.get(p.key) for p in study.search.space}
+    )
     row: dict[str, Any] = {
         "trial_id": trial.trial_id,
         "optuna_trial": trial.config.get(OPTUNA_TRIAL_KEY),
@@ -180,14 +207,21 @@ def trial_row(trial: Any, study: Any, *, interrupted: bool = False) -> dict[str,
         DEVICE_KEY: last.get(DEVICE_KEY),
         GPU_IDS_KEY: last.get(GPU_IDS_KEY),
     }
-    for key in (M.TRAIN_EXAMPLES, M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION,
-                *M.FINAL_VAL_SCALARS,
-                *M.TEST_SCALARS, M.TEST_NLL_EXAMPLES, M.TEST_KL_PER_DIM, M.TOTAL_SECONDS):
+    for key in (
+        M.TRAIN_EXAMPLES,
+        M.VAL_NEG_ELBO,
+        M.VAL_RATE,
+        M.VAL_DISTORTION,
+        *M.FINAL_VAL_SCALARS,
+        *M.TEST_SCALARS,
+        M.TEST_NLL_EXAMPLES,
+        M.TEST_KL_PER_DIM,
+        M.TOTAL_SECONDS,
+    ):
         row[key] = last.get(key)
     row["status"] = trial_status(trial.status, last, interrupted=interrupted)
     if row["status"] == FAILED:
-        row[ERROR_KEY] = (_first_line(trial) if trial.status == "ERROR"
-                          else last.get(ERROR_KEY))
+        row[ERROR_KEY] = _first_line(trial) if trial.status == "ERROR" else last.get(ERROR_KEY)
     ckpt = getattr(trial, "checkpoint", None)
     row["checkpoint"] = getattr(ckpt, "path", None)
     return row
@@ -220,8 +254,12 @@ def _first_line(trial: Any) -> str:
     return lines[-1][:300] if lines else text
 
 
-def write_table(study: Any, folder: Path, trials: Sequence[Any],
-                interrupted: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+def write_table(
+    study: Any,
+    folder: Path,
+    trials: Sequence[Any],
+    interrupted: frozenset[str] | set[str] = frozenset(),
+) -> list[dict[str, Any]]:
     """results.csv of the study folder ``folder`` from Ray's trials (``interrupted``: the ids
     of those running when the study was paused); returns its rows. A finished trial Ray no
     longer knows keeps its row; an unfinished one was started after Ray's last snapshot and
@@ -234,8 +272,11 @@ def write_table(study: Any, folder: Path, trials: Sequence[Any],
             previous = read_results(path).to_dict("records")
         except CheckpointError:
             previous = []  # a damaged table is rebuilt from Ray's trials
-        rows += [r for r in previous
-                 if r["trial_id"] not in known and r.get("status") in FINISHED]
-    write_results(path, rows, [p.key for p in study.search.space],
-                  [(o.metric, o.mode) for o in study.search.objectives])
+        rows += [r for r in previous if r["trial_id"] not in known and r.get("status") in FINISHED]
+    write_results(
+        path,
+        rows,
+        [p.key for p in study.search.space],
+        [(o.metric, o.mode) for o in study.search.objectives],
+    )
     return rows

@@ -46,8 +46,12 @@ def decode_params(space: tuple[Param, ...], params: Mapping[str, Any]) -> dict[s
     out = {}
     for key, value in params.items():
         p = kinds.get(key)
-        if p is not None and p.kind == "choice" and isinstance(value, str) and any(
-                isinstance(v, tuple) for v in p.values):
+        if (
+            p is not None
+            and p.kind == "choice"
+            and isinstance(value, str)
+            and any(isinstance(v, tuple) for v in p.values)
+        ):
             value = json.loads(value)
         out[key] = value
     return out
@@ -74,8 +78,10 @@ def make_sampler(search: SearchConfig) -> Any:
         grid = {p.key: [_encode(v) for v in p.values] for p in search.space}
         return optuna.samplers.GridSampler(grid, seed=search.seed, **options)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"search.sampler_options: {str(exc)[:200]} (they are passed to "
-                          f"Optuna's {search.algorithm} sampler)") from None
+        raise ConfigError(
+            f"search.sampler_options: {str(exc)[:200]} (they are passed to "
+            f"Optuna's {search.algorithm} sampler)"
+        ) from None
 
 
 def storage_url(folder: Path) -> str:

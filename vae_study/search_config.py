@@ -32,6 +32,7 @@ from .errors import ConfigError
 KINDS = ("choice", "uniform", "log_uniform", "int")
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
 
+
 @dataclass(frozen=True)
 class Param:
     """One searched key: ``train.beta: {log_uniform: [0.05, 20]}``."""
@@ -74,34 +75,43 @@ class SearchConfig:
         """The checks between keys of the section (those that need the base run
         configuration are in ``parse_search``)."""
         if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"search.seed: got {_show(self.seed)}, expected an integer in "
-                              "[0, 2**32 - 1]")
+            raise ConfigError(
+                f"search.seed: got {_show(self.seed)}, expected an integer in [0, 2**32 - 1]"
+            )
         if self.num_trials < 1:
-            raise ConfigError(f"search.num_trials: got {self.num_trials}, expected an integer "
-                              ">= 1")
+            raise ConfigError(f"search.num_trials: got {self.num_trials}, expected an integer >= 1")
         if self.max_concurrent < 1:
-            raise ConfigError(f"search.max_concurrent: got {self.max_concurrent}, expected an "
-                              "integer >= 1")
+            raise ConfigError(
+                f"search.max_concurrent: got {self.max_concurrent}, expected an integer >= 1"
+            )
         if self.max_concurrent > self.num_trials:
-            raise ConfigError(f"search.max_concurrent: got {self.max_concurrent}, more than "
-                              f"search.num_trials={self.num_trials}; it must be <= num_trials")
+            raise ConfigError(
+                f"search.max_concurrent: got {self.max_concurrent}, more than "
+                f"search.num_trials={self.num_trials}; it must be <= num_trials"
+            )
         if self.algorithm == "grid":
             not_choice = [p.key for p in self.space if p.kind != "choice"]
             if not_choice:
-                raise ConfigError("search.algorithm: grid needs every search.space key to be "
-                                  "a choice; not a choice: " + ", ".join(not_choice))
+                raise ConfigError(
+                    "search.algorithm: grid needs every search.space key to be "
+                    "a choice; not a choice: " + ", ".join(not_choice)
+                )
             points = math.prod(len(p.values) for p in self.space)
             if self.num_trials > points:
-                raise ConfigError(f"search.num_trials: got {self.num_trials}, but the grid has "
-                                  f"{points} points; use num_trials <= {points} (each point "
-                                  "once)")
+                raise ConfigError(
+                    f"search.num_trials: got {self.num_trials}, but the grid has "
+                    f"{points} points; use num_trials <= {points} (each point "
+                    "once)"
+                )
         space_keys = {p.key for p in self.space}
         for point in self.points_to_evaluate:
             unknown = set(point) - space_keys
             if unknown:
-                raise ConfigError("search.points_to_evaluate: "
-                                  f"{_show(sorted(map(str, unknown)))} not in "
-                                  f"search.space ({sorted(space_keys)})")
+                raise ConfigError(
+                    "search.points_to_evaluate: "
+                    f"{_show(sorted(map(str, unknown)))} not in "
+                    f"search.space ({sorted(space_keys)})"
+                )
             _check_point(point, self.space)
         _check_sampler_options(self)
 
@@ -116,8 +126,11 @@ def search_to_dict(s: SearchConfig) -> dict[str, Any]:
         else:
             space[p.key] = {p.kind: [p.low, p.high]}
     return {
-        "algorithm": s.algorithm, "num_trials": s.num_trials,
-        "max_concurrent": s.max_concurrent, "seed": s.seed, "space": space,
+        "algorithm": s.algorithm,
+        "num_trials": s.num_trials,
+        "max_concurrent": s.max_concurrent,
+        "seed": s.seed,
+        "space": space,
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in s.objectives],
         "points_to_evaluate": [dict(p) for p in s.points_to_evaluate],
         "sampler_options": dict(s.sampler_options),
@@ -134,8 +147,9 @@ def _run_keys() -> dict[str, Any]:
     from .config import DataConfig, EvalConfig, ModelConfig, TrainConfig
 
     keys = {}
-    for section, cls in zip(RUN_SECTIONS, (DataConfig, ModelConfig, TrainConfig, EvalConfig),
-                            strict=True):
+    for section, cls in zip(
+        RUN_SECTIONS, (DataConfig, ModelConfig, TrainConfig, EvalConfig), strict=True
+    ):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):  # fields only: not the SECTION class variable
             keys[f"{section}.{f.name}"] = hints[f.name]
@@ -147,9 +161,9 @@ def _run_keys() -> dict[str, Any]:
 _FIXED_IN_A_STUDY = {
     "data.dataset": "it changes the data every trial is scored on; run one study per dataset",
     "data.val_size": "it changes the validation examples every trial is scored on and "
-                     "selected by; set it once in the data section",
+    "selected by; set it once in the data section",
     "data.root": "it says where the files are, not how a trial trains; set it once in the "
-                 "data section",
+    "data section",
 }
 
 
@@ -157,30 +171,39 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     where = f"search.space.{_show_key(key)}"
     run_keys = _run_keys()
     if key not in run_keys:
-        raise ConfigError(f"{where}: {_show(key)} is not a run key; searchable keys look like "
-                          "train.beta or model.latent_dim" + did_you_mean(key, list(run_keys)))
+        raise ConfigError(
+            f"{where}: {_show(key)} is not a run key; searchable keys look like "
+            "train.beta or model.latent_dim" + did_you_mean(key, list(run_keys))
+        )
     if key in _FIXED_IN_A_STUDY:
-        raise ConfigError(f"{where}: got {spec!r:.80}, but {key} cannot be searched: "
-                          f"{_FIXED_IN_A_STUDY[key]}")
+        raise ConfigError(
+            f"{where}: got {spec!r:.80}, but {key} cannot be searched: {_FIXED_IN_A_STUDY[key]}"
+        )
     if not isinstance(spec, Mapping) or not spec:
-        raise ConfigError(f"{where}: expected one of {{choice: [...]}}, {{uniform: [low, high]}}"
-                          ", {log_uniform: [low, high]}, {int: [low, high]}; got "
-                          + _show(spec))
+        raise ConfigError(
+            f"{where}: expected one of {{choice: [...]}}, {{uniform: [low, high]}}"
+            ", {log_uniform: [low, high]}, {int: [low, high]}; got " + _show(spec)
+        )
     kinds = [k for k in spec if k in KINDS]
     extra = [k for k in spec if k not in KINDS and k != "log"]
     if len(kinds) != 1 or extra:
-        raise ConfigError(f"{where}: expected exactly one of " + ", ".join(KINDS)
-                          + f" (and log: true for int); got keys {_show(list(spec))}")
+        raise ConfigError(
+            f"{where}: expected exactly one of "
+            + ", ".join(KINDS)
+            + f" (and log: true for int); got keys {_show(list(spec))}"
+        )
     kind = kinds[0]
     value = spec[kind]
     log = spec.get("log", False)
     if not isinstance(log, bool) or (log and kind != "int"):
-        raise ConfigError(f"{where}.log: only int ranges take log: true (use log_uniform for "
-                          "floats)")
+        raise ConfigError(
+            f"{where}.log: only int ranges take log: true (use log_uniform for floats)"
+        )
     if kind == "choice":
         if not isinstance(value, list) or not value:
-            raise ConfigError(f"{where}.choice: expected a non-empty list of values, got "
-                              f"{_show(value)}")
+            raise ConfigError(
+                f"{where}.choice: expected a non-empty list of values, got {_show(value)}"
+            )
         values = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         for v in value:  # every choice must be a valid value of its key
             _same_quantity(base, replace_keys(base, {key: v}), key, v)
@@ -192,11 +215,14 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ConfigError(f"{where}.{kind}: expected finite bounds, got {_show(value)}")
     if not low < high:
-        raise ConfigError(f"{where}.{kind}: low < high must hold, but got "
-                          f"(low={_show(value[0])}, high={_show(value[1])})")
+        raise ConfigError(
+            f"{where}.{kind}: low < high must hold, but got "
+            f"(low={_show(value[0])}, high={_show(value[1])})"
+        )
     if (kind == "log_uniform" or log) and low <= 0:
-        raise ConfigError(f"{where}.{kind}: a log scale needs low > 0, but got "
-                          f"low={_show(value[0])}")
+        raise ConfigError(
+            f"{where}.{kind}: a log scale needs low > 0, but got low={_show(value[0])}"
+        )
     if kind == "int" and not (low.is_integer() and high.is_integer()):
         raise ConfigError(f"{where}.int: expected integer bounds, got {_show(value)}")
     hint = run_keys[key]
@@ -234,7 +260,8 @@ def _same_quantity(base: RunConfig, trial: RunConfig, key: str, value: Any) -> N
             + (", of dequantised pixels" if trial.dequantized else "")
             + f", against the base configuration's {M.QUANTITY_WORDS[base.quantity]}"
             + (", of dequantised pixels" if base.dequantized else "")
-            + "); trials must be comparable: run one study per kind")
+            + "); trials must be comparable: run one study per kind"
+        )
 
 
 def _check_objectives(search: SearchConfig, base: RunConfig) -> None:
@@ -246,26 +273,29 @@ def _check_objectives(search: SearchConfig, base: RunConfig) -> None:
             raise ConfigError(
                 f"search.objectives: {o.metric} is not computed for this study's model and data "
                 f"({M.QUANTITY_WORDS[base.quantity]}); use one of "
-                + ", ".join(m for m in M.DIRECTIONS if m in available))
+                + ", ".join(m for m in M.DIRECTIONS if m in available)
+            )
     on_test = [o.metric for o in objectives if M.is_test_metric(o.metric)]
     if on_test and not search.select_on_test:
         raise ConfigError(
             f"search.objectives: {', '.join(on_test)} is a test metric, and a search that "
             "selects on the test split biases every test number it reports; select on "
             f"validation ({M.bound_key('val', base.quantity)}, val/rate, val/distortion, "
-            "val/neg_elbo), or set search.select_on_test: true to do it anyway")
+            "val/neg_elbo), or set search.select_on_test: true to do it anyway"
+        )
     if on_test:
-        warnings.warn(f"search.select_on_test: the study selects on {', '.join(on_test)}; its "
-                      "test numbers are optimistically biased and are not held-out estimates",
-                      stacklevel=2)
+        warnings.warn(
+            f"search.select_on_test: the study selects on {', '.join(on_test)}; its "
+            "test numbers are optimistically biased and are not held-out estimates",
+            stacklevel=2,
+        )
 
 
 def _available_metrics(base: RunConfig) -> set[str]:
     """The metrics a trial of ``base`` reports: the bound under its honest name only."""
     out = set(M.DIRECTIONS)
     for split in ("val", "test"):
-        other = (M.QUANTITY_CROSS_ENTROPY if base.quantity == M.QUANTITY_NLL
-                 else M.QUANTITY_NLL)
+        other = M.QUANTITY_CROSS_ENTROPY if base.quantity == M.QUANTITY_NLL else M.QUANTITY_NLL
         out.discard(M.bound_key(split, other))
         if not base.dequantized:
             out.discard(f"{split}/bpd")
@@ -280,25 +310,31 @@ def _objectives_from(raw: Any, base: RunConfig) -> tuple[Objective, ...]:
     if isinstance(raw, Mapping):
         raw = [{"metric": k, "mode": v} for k, v in raw.items()]
     if not isinstance(raw, list) or not raw:
-        raise ConfigError("search.objectives: expected a metric name or a list of "
-                          "{metric: ..., mode: min|max}, such as [{metric: test/rate, mode: "
-                          f"min}}, {{metric: test/distortion, mode: min}}]; got {_show(raw)}")
+        raise ConfigError(
+            "search.objectives: expected a metric name or a list of "
+            "{metric: ..., mode: min|max}, such as [{metric: test/rate, mode: "
+            f"min}}, {{metric: test/distortion, mode: min}}]; got {_show(raw)}"
+        )
     out = []
     for item in raw:
         if isinstance(item, str):
             item = {"metric": item}
         if not isinstance(item, Mapping) or set(item) - {"metric", "mode"} or "metric" not in item:
-            raise ConfigError(f"search.objectives: expected {{metric: NAME, mode: min|max}}, got "
-                              f"{_show(item)}")
+            raise ConfigError(
+                f"search.objectives: expected {{metric: NAME, mode: min|max}}, got {_show(item)}"
+            )
         metric = item["metric"]
         if metric not in M.DIRECTIONS:
-            raise ConfigError(f"search.objectives: unknown metric {_show(metric)}; expected one of "
-                              + ", ".join(M.DIRECTIONS) + did_you_mean(str(metric),
-                                                                        list(M.DIRECTIONS)))
+            raise ConfigError(
+                f"search.objectives: unknown metric {_show(metric)}; expected one of "
+                + ", ".join(M.DIRECTIONS)
+                + did_you_mean(str(metric), list(M.DIRECTIONS))
+            )
         mode = item.get("mode", M.DIRECTIONS[metric])
         if mode not in ("min", "max"):
-            raise ConfigError(f"search.objectives: mode of {metric} must be min or max, got "
-                              f"{_show(mode)}")
+            raise ConfigError(
+                f"search.objectives: mode of {metric} must be min or max, got {_show(mode)}"
+            )
         out.append(Objective(metric, mode))
     if len({o.metric for o in out}) != len(out):
         raise ConfigError("search.objectives: a metric is listed twice")
@@ -311,16 +347,22 @@ def parse_search(raw: Any, base: RunConfig) -> SearchConfig:
     are typed: ``space`` as Params and ``objectives`` as Objectives. Then the checks that
     need the base run configuration."""
     if raw is None:
-        raise ConfigError("search: missing; a study needs search.space (what to vary) and "
-                          "search.num_trials")
+        raise ConfigError(
+            "search: missing; a study needs search.space (what to vary) and search.num_trials"
+        )
     if not isinstance(raw, Mapping):
         raise ConfigError(f"search: expected a mapping, got {_show(raw)}")
     space_raw = raw.get("space")
     if not isinstance(space_raw, Mapping) or not space_raw:
-        raise ConfigError("search.space: empty; name at least one key to vary, such as "
-                          "train.beta: {log_uniform: [0.05, 20]}")
-    typed = {k: v for k, v in raw.items()
-             if not (k in ("points_to_evaluate", "sampler_options") and v is None)}
+        raise ConfigError(
+            "search.space: empty; name at least one key to vary, such as "
+            "train.beta: {log_uniform: [0.05, 20]}"
+        )
+    typed = {
+        k: v
+        for k, v in raw.items()
+        if not (k in ("points_to_evaluate", "sampler_options") and v is None)
+    }
     typed["space"] = tuple(_parse_param(str(k), v, base) for k, v in space_raw.items())
     typed["objectives"] = _objectives_from(raw.get("objectives"), base)
     search = build_section(SearchConfig, typed, "search")
@@ -338,15 +380,22 @@ def _check_point(point: Mapping[str, Any], space: tuple[Param, ...]) -> None:
         p = params[key]
         if p.kind == "choice":
             if (tuple(value) if isinstance(value, list) else value) not in p.values:
-                raise ConfigError(f"search.points_to_evaluate: {key}={_show(value)} is not one "
-                                  f"of its choices {_show([to_dict(v) for v in p.values])}")
+                raise ConfigError(
+                    f"search.points_to_evaluate: {key}={_show(value)} is not one "
+                    f"of its choices {_show([to_dict(v) for v in p.values])}"
+                )
             continue
         number = _number(value)
-        if (number is None or not p.low <= number <= p.high
-                or (p.kind == "int" and not number.is_integer())):
+        if (
+            number is None
+            or not p.low <= number <= p.high
+            or (p.kind == "int" and not number.is_integer())
+        ):
             what = "an integer" if p.kind == "int" else "a number"
-            raise ConfigError(f"search.points_to_evaluate: {key}={_show(value)} is not "
-                              f"{what} in its range [{_show(p.low)}, {_show(p.high)}]")
+            raise ConfigError(
+                f"search.points_to_evaluate: {key}={_show(value)} is not "
+                f"{what} in its range [{_show(p.low)}, {_show(p.high)}]"
+            )
 
 
 def _check_sampler_options(search: SearchConfig) -> None:

@@ -52,10 +52,13 @@ def check_versions() -> None:
     tested with."""
     for name, module, tested in (("ray", ray, TESTED_RAY), ("optuna", optuna, TESTED_OPTUNA)):
         if _version(module) not in tested:
-            warnings.warn(f"{name} {module.__version__} is a release vae_study was not tested "
-                          f"with (tested: {', '.join(sorted(tested))}); the study uses some of "
-                          f"its private attributes (vae_study/searcher.py); if the study fails, "
-                          f"pip install '{name}=={sorted(tested)[-1]}.*'", stacklevel=2)
+            warnings.warn(
+                f"{name} {module.__version__} is a release vae_study was not tested "
+                f"with (tested: {', '.join(sorted(tested))}); the study uses some of "
+                f"its private attributes (vae_study/searcher.py); if the study fails, "
+                f"pip install '{name}=={sorted(tested)[-1]}.*'",
+                stacklevel=2,
+            )
 
 
 def _private(obj: Any, name: str) -> Any:
@@ -66,7 +69,8 @@ def _private(obj: Any, name: str) -> Any:
             f"{type(obj).__name__}.{name} is missing in ray {ray.__version__} / optuna "
             f"{optuna.__version__}: vae_study reads it (vae_study/searcher.py) and was tested "
             f"with ray {', '.join(sorted(TESTED_RAY))} and optuna "
-            f"{', '.join(sorted(TESTED_OPTUNA))}; install one of those") from None
+            f"{', '.join(sorted(TESTED_OPTUNA))}; install one of those"
+        ) from None
 
 
 def optuna_trials(searcher: OptunaSearch) -> dict[str, Any]:
@@ -124,8 +128,9 @@ class StudySearch(OptunaSearch):
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # a trial restored after Optuna recorded its end re-reports its result
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         told, asked = told_trials(self), optuna_trials(self)
         if trial_id in told or trial_id not in asked:
             return
@@ -145,8 +150,9 @@ class StudySearch(OptunaSearch):
         told.add(trial_id)
 
 
-def optuna_outcome(metrics: list[str], result: dict | None, *,
-                   error: bool = False) -> tuple[Any, Any]:
+def optuna_outcome(
+    metrics: list[str], result: dict | None, *, error: bool = False
+) -> tuple[Any, Any]:
     """(Optuna state, value) of a trial that Ray ended with ``result`` as its last report:
     COMPLETE with the objective values, FAIL (an error, a divergence, a non-finite
     objective) or PRUNED (stopped by the scheduler before the objectives existed)."""
@@ -155,8 +161,7 @@ def optuna_outcome(metrics: list[str], result: dict | None, *,
     diverged = bool(result and result.get(R.DIVERGED_KEY))
     if finite and not error and not diverged:
         return optuna.trial.TrialState.COMPLETE, (values if len(values) > 1 else values[0])
-    failed = error or diverged or any(
-        isinstance(v, float) and not math.isfinite(v) for v in values)
+    failed = error or diverged or any(isinstance(v, float) and not math.isfinite(v) for v in values)
     return (optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED), None
 
 

@@ -56,15 +56,21 @@ class SchedulerConfig:
 
     def validate(self) -> None:
         if self.grace_period < 1:
-            raise ConfigError(f"scheduler.grace_period: got {_show(self.grace_period)}, "
-                              "expected an integer >= 1 (epochs before a trial may be stopped)")
+            raise ConfigError(
+                f"scheduler.grace_period: got {_show(self.grace_period)}, "
+                "expected an integer >= 1 (epochs before a trial may be stopped)"
+            )
         if self.reduction_factor < 2:
-            raise ConfigError(f"scheduler.reduction_factor: got {_show(self.reduction_factor)}, "
-                              "expected an integer >= 2")
+            raise ConfigError(
+                f"scheduler.reduction_factor: got {_show(self.reduction_factor)}, "
+                "expected an integer >= 2"
+            )
         per_epoch = (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, M.TRAIN_LOSS)
         if self.metric not in per_epoch:
-            raise ConfigError(f"scheduler.metric: got {_show(self.metric)}, expected a metric "
-                              "reported every epoch: " + ", ".join(per_epoch))
+            raise ConfigError(
+                f"scheduler.metric: got {_show(self.metric)}, expected a metric "
+                "reported every epoch: " + ", ".join(per_epoch)
+            )
 
 
 @dataclass(frozen=True)
@@ -76,13 +82,17 @@ class ResourcesConfig:
 
     def validate(self) -> None:
         if not (self.cpus_per_trial > 0):
-            raise ConfigError(f"resources.cpus_per_trial: got {_show(self.cpus_per_trial)}, "
-                              "expected a positive number of CPUs")
+            raise ConfigError(
+                f"resources.cpus_per_trial: got {_show(self.cpus_per_trial)}, "
+                "expected a positive number of CPUs"
+            )
         g = self.gpus_per_trial
         if g != "auto" and not 0 <= g <= 1:
-            raise ConfigError(f"resources.gpus_per_trial: got {_show(g)}, expected a fraction "
-                              "in [0, 1] or auto (a trial trains one model on one GPU: more "
-                              "than 1 would reserve GPUs it never uses)")
+            raise ConfigError(
+                f"resources.gpus_per_trial: got {_show(g)}, expected a fraction "
+                "in [0, 1] or auto (a trial trains one model on one GPU: more "
+                "than 1 would reserve GPUs it never uses)"
+            )
 
 
 @dataclass(frozen=True)
@@ -98,14 +108,20 @@ class RayConfig:
         if self.address is not None and self.address not in ("auto", "local"):
             port = _ADDRESS.fullmatch(self.address)
             if port is None or not 1 <= int(port.group(1)) <= 65535:
-                raise ConfigError(f"ray.address: got {_show(self.address)}, expected auto, "
-                                  "host:port (such as 10.0.0.5:6379) or null for a local Ray")
+                raise ConfigError(
+                    f"ray.address: got {_show(self.address)}, expected auto, "
+                    "host:port (such as 10.0.0.5:6379) or null for a local Ray"
+                )
         if not _HOST.fullmatch(self.dashboard_host):
-            raise ConfigError(f"ray.dashboard_host: got {_show(self.dashboard_host)}, expected "
-                              "a host name or address such as 127.0.0.1")
+            raise ConfigError(
+                f"ray.dashboard_host: got {_show(self.dashboard_host)}, expected "
+                "a host name or address such as 127.0.0.1"
+            )
         if not 0 <= self.dashboard_port <= 65535:
-            raise ConfigError(f"ray.dashboard_port: got {_show(self.dashboard_port)}, a "
-                              "dashboard port outside 0-65535; use a free port such as 8265")
+            raise ConfigError(
+                f"ray.dashboard_port: got {_show(self.dashboard_port)}, a "
+                "dashboard port outside 0-65535; use a free port such as 8265"
+            )
 
 
 @dataclass(frozen=True)
@@ -152,15 +168,20 @@ STUDY_SECTIONS = ("name", "output", "search", "scheduler", "resources", "ray", "
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"name: expected the study's name (a folder name such as "
-                          f"beta_sweep), got {_show(name)}")
+        raise ConfigError(
+            f"name: expected the study's name (a folder name such as beta_sweep), got {_show(name)}"
+        )
     if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise ConfigError(f"name: got {_show(name)}; use letters, digits, '.', '_' and '-' "
-                          "only (no path separators, '..' or line breaks: the study folder "
-                          "must stay inside output.dir)")
+        raise ConfigError(
+            f"name: got {_show(name)}; use letters, digits, '.', '_' and '-' "
+            "only (no path separators, '..' or line breaks: the study folder "
+            "must stay inside output.dir)"
+        )
     if len(name) > MAX_NAME:
-        raise ConfigError(f"name: got {_show(name)}, {len(name)} characters; use at most "
-                          f"{MAX_NAME} (it names a folder)")
+        raise ConfigError(
+            f"name: got {_show(name)}, {len(name)} characters; use at most "
+            f"{MAX_NAME} (it names a folder)"
+        )
     return name
 
 
@@ -177,14 +198,18 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
         report=build_section(ReportConfig, raw.get("report"), "report"),
     )
     if study.scheduler.type == "asha" and study.scheduler.grace_period > study.base.train.epochs:
-        raise ConfigError(f"scheduler.grace_period: got {study.scheduler.grace_period}, longer "
-                          f"than train.epochs={study.base.train.epochs}; ASHA needs "
-                          "grace_period <= train.epochs")
+        raise ConfigError(
+            f"scheduler.grace_period: got {study.scheduler.grace_period}, longer "
+            f"than train.epochs={study.base.train.epochs}; ASHA needs "
+            "grace_period <= train.epochs"
+        )
     _check_device_and_share(study)
     if study.scheduler.type != "none" and study.search.multi_objective:
-        raise ConfigError("scheduler.type: asha compares trials on one metric, but this study "
-                          "has " + str(len(study.search.objectives)) + " objectives; use "
-                          "scheduler.type: none for a multi-objective study")
+        raise ConfigError(
+            "scheduler.type: asha compares trials on one metric, but this study "
+            "has " + str(len(study.search.objectives)) + " objectives; use "
+            "scheduler.type: none for a multi-objective study"
+        )
     return study
 
 
@@ -193,14 +218,18 @@ def _check_device_and_share(study: StudyConfig) -> None:
     runs on the CPU, and a CPU trial must not hold GPU shares others could use."""
     device, share = study.base.train.device, study.resources.gpus_per_trial
     if device.startswith("cuda") and share == 0:
-        raise ConfigError(f"train.device: got {device!r} with resources.gpus_per_trial: 0; a "
-                          "trial without a GPU share runs on the CPU: set "
-                          "resources.gpus_per_trial (a share such as 0.5, or auto), or "
-                          "train.device: auto")
+        raise ConfigError(
+            f"train.device: got {device!r} with resources.gpus_per_trial: 0; a "
+            "trial without a GPU share runs on the CPU: set "
+            "resources.gpus_per_trial (a share such as 0.5, or auto), or "
+            "train.device: auto"
+        )
     if device == "cpu" and share not in (0, "auto"):
-        raise ConfigError(f"resources.gpus_per_trial: got {_show(share)} with train.device: "
-                          "cpu; the trials would hold GPU shares they never use: set "
-                          "gpus_per_trial: 0, or train.device: auto")
+        raise ConfigError(
+            f"resources.gpus_per_trial: got {_show(share)} with train.device: "
+            "cpu; the trials would hold GPU shares they never use: set "
+            "gpus_per_trial: 0, or train.device: auto"
+        )
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:

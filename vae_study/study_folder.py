@@ -83,8 +83,10 @@ def load_folder(folder: str | Path) -> StudyFolder:
     layout = StudyLayout(folder)
     folder = layout.folder
     if not layout.study_file.is_file():
-        raise VaeStudyError(f"{folder} is not a study folder (no {layout.study_file.name}); "
-                            "give the folder 'vae_study run' made, such as runs/beta_sweep")
+        raise VaeStudyError(
+            f"{folder} is not a study folder (no {layout.study_file.name}); "
+            "give the folder 'vae_study run' made, such as runs/beta_sweep"
+        )
     study = study_from_dict(read_yaml(layout.study_file))
     table_path = layout.results_file
     trials: list[Trial] = []
@@ -161,19 +163,27 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
     layout = StudyLayout.of(out_root, study.name)
     folder = layout.folder
     resolved_root = out_root.resolve()
-    if folder.is_symlink() or (folder.exists() and
-                               resolved_root not in folder.resolve().parents):
-        raise StudyError(f"the study folder {folder} points outside output.dir "
-                         f"({out_root}); refusing to write there")
-    if fresh and folder.exists() and not layout.study_file.is_file() and any(
-            p != layout.lock_file for p in folder.iterdir()):
-        raise StudyError(f"--fresh would delete {folder}, which is not a vae_study "
-                         "study folder; remove it yourself or choose another name")
+    if folder.is_symlink() or (folder.exists() and resolved_root not in folder.resolve().parents):
+        raise StudyError(
+            f"the study folder {folder} points outside output.dir "
+            f"({out_root}); refusing to write there"
+        )
+    if (
+        fresh
+        and folder.exists()
+        and not layout.study_file.is_file()
+        and any(p != layout.lock_file for p in folder.iterdir())
+    ):
+        raise StudyError(
+            f"--fresh would delete {folder}, which is not a vae_study "
+            "study folder; remove it yourself or choose another name"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StudyError(f"cannot write the study folder {folder}: {exc.strerror}; choose "
-                         "another output.dir") from None
+        raise StudyError(
+            f"cannot write the study folder {folder}: {exc.strerror}; choose another output.dir"
+        ) from None
     lock_folder(folder)  # before anything in it is deleted or written
     try:
         resume = _check_folder(study, folder, fresh=fresh)
@@ -200,16 +210,20 @@ def _check_folder(study: StudyConfig, folder: Path, *, fresh: bool) -> bool:
         now = study.to_dict()
         changed = [k for k in study.identity() if before.get(k) != now.get(k)]
         if changed:
-            raise StudyError(f"{folder} holds a study with another "
-                             + ", ".join(changed) + " section; run it under a new name "
-                             "(--set name=...) or add --fresh to start it over")
+            raise StudyError(
+                f"{folder} holds a study with another "
+                + ", ".join(changed)
+                + " section; run it under a new name "
+                "(--set name=...) or add --fresh to start it over"
+            )
     try:
         probe = folder / ".write_test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise StudyError(f"cannot write the study folder {folder}: {exc.strerror}; choose "
-                         "another output.dir") from None
+        raise StudyError(
+            f"cannot write the study folder {folder}: {exc.strerror}; choose another output.dir"
+        ) from None
     write_yaml(previous, study.to_dict())
     return resume
 
@@ -231,10 +245,12 @@ def lock_folder(folder: Path) -> None:
     except OSError:
         holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "unknown yet"
         os.close(fd)
-        raise StudyError(f"the study folder {folder} is in use by another vae_study driver "
-                         f"({holder}); two drivers on one study collide: wait for it to end, "
-                         "stop it (Ctrl-C pauses it), or give this study another name "
-                         "(--set name=...)") from None
+        raise StudyError(
+            f"the study folder {folder} is in use by another vae_study driver "
+            f"({holder}); two drivers on one study collide: wait for it to end, "
+            "stop it (Ctrl-C pauses it), or give this study another name "
+            "(--set name=...)"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
     _HELD_LOCKS[folder.resolve()] = fd

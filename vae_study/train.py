@@ -72,8 +72,9 @@ def resolve_device(name: str) -> torch.device:
     if not name.startswith("cuda"):
         return torch.device(name)
     if not torch.cuda.is_available():
-        raise ConfigError(f"train.device: got {name!r}, but no CUDA GPU is visible; use auto "
-                          "or cpu")
+        raise ConfigError(
+            f"train.device: got {name!r}, but no CUDA GPU is visible; use auto or cpu"
+        )
     if name == "cuda":
         return torch.device("cuda")
     index = int(name.removeprefix("cuda:"))
@@ -86,12 +87,16 @@ def resolve_device(name: str) -> torch.device:
     if visible is None:
         sees = f"{count} GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
     else:
-        sees = (f"only GPU {', '.join(visible[:count])} (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get(VISIBLE_DEVICES_VAR, '')!r}, as Ray sets it for a trial "
-                f"with a GPU share), as cuda:0 to cuda:{count - 1}")
-    raise ConfigError(f"train.device: got {name!r}, but this process sees {sees}; cuda:N "
-                      "counts the GPUs the process sees from 0: use cuda or auto (the GPU "
-                      "it was given) or one of those")
+        sees = (
+            f"only GPU {', '.join(visible[:count])} (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get(VISIBLE_DEVICES_VAR, '')!r}, as Ray sets it for a trial "
+            f"with a GPU share), as cuda:0 to cuda:{count - 1}"
+        )
+    raise ConfigError(
+        f"train.device: got {name!r}, but this process sees {sees}; cuda:N "
+        "counts the GPUs the process sees from 0: use cuda or auto (the GPU "
+        "it was given) or one of those"
+    )
 
 
 VISIBLE_DEVICES_VAR = "CUDA_VISIBLE_DEVICES"
@@ -167,13 +172,19 @@ def make_optimizer(model: VAE, cfg: TrainConfig) -> torch.optim.Adam:
     A checkpoint keeps the choice it was written with (Adam's param groups carry it).
     """
     device = next(model.parameters()).device
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr,
-                            fused=device.type in _FUSED_ADAM_DEVICES)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in _FUSED_ADAM_DEVICES)
 
 
-def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, batches: Batches,
-                cfg: TrainConfig, epoch: int, *, generator: torch.Generator | None = None,
-                progress: ProgressHook | None = None) -> dict[str, float]:
+def train_epoch(
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    cfg: TrainConfig,
+    epoch: int,
+    *,
+    generator: torch.Generator | None = None,
+    progress: ProgressHook | None = None,
+) -> dict[str, float]:
     """One pass over the training batches; mean loss, rate and distortion per example.
 
     Batch statistics stay on the device (no host sync per batch on a GPU); the loss is
@@ -188,8 +199,15 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, batches: Batches,
     checked = 0
     compute_dtype = COMPUTE_DTYPES[cfg.precision]
     for i, x in enumerate(batches):
-        terms = compute_terms(model, x, k=cfg.k, beta=cfg.beta, objective=cfg.objective,
-                              generator=generator, compute_dtype=compute_dtype)
+        terms = compute_terms(
+            model,
+            x,
+            k=cfg.k,
+            beta=cfg.beta,
+            objective=cfg.objective,
+            generator=generator,
+            compute_dtype=compute_dtype,
+        )
         loss = terms.loss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,7 +216,7 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, batches: Batches,
             torch.stack((loss, terms.rate.mean(), terms.distortion.mean()), out=stats[i])
         sizes[i] = x.shape[0]
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == n_batches:
-            _check_finite(stats[checked:i + 1, 0], epoch, first_batch=checked + 1)
+            _check_finite(stats[checked : i + 1, 0], epoch, first_batch=checked + 1)
             checked = i + 1
         if progress is not None:
             progress(epoch, i + 1, n_batches)
@@ -222,22 +240,27 @@ def validation_terms(model: VAE, data: Datasets, epoch: int) -> dict[str, float]
     g = torch.Generator(data.val.x.device).manual_seed(VALIDATION_SAMPLES_SEED + epoch)
     terms = elbo_terms(model, data.val.x, generator=g)
     model.train()
-    out = {M.VAL_NEG_ELBO: terms["neg_elbo"], M.VAL_RATE: terms["rate"],
-           M.VAL_DISTORTION: terms["distortion"]}
+    out = {
+        M.VAL_NEG_ELBO: terms["neg_elbo"],
+        M.VAL_RATE: terms["rate"],
+        M.VAL_DISTORTION: terms["distortion"],
+    }
     for key, value in out.items():
         if not math.isfinite(value):
             raise TrainingDiverged(epoch, 0, value, what=key)
     return out
 
 
-def final_metrics(model: VAE, data: Datasets, config: RunConfig,
-                  progress: EvalProgressHook | None = None) -> dict[str, Any]:
+def final_metrics(
+    model: VAE, data: Datasets, config: RunConfig, progress: EvalProgressHook | None = None
+) -> dict[str, Any]:
     """``val/nll`` (what studies select on) and the ``test/...`` metrics, once, at the end."""
     g = torch.Generator(data.test.x.device).manual_seed(FINAL_SAMPLES_SEED)
     kinds = {"quantity": config.quantity, "dequantized": config.dequantized}
     out: dict[str, Any] = evaluate_val(model, data.val.x, config.eval, generator=g, **kinds)
-    out.update(evaluate_test(model, data.test.x, config.eval, generator=g, progress=progress,
-                             **kinds))
+    out.update(
+        evaluate_test(model, data.test.x, config.eval, generator=g, progress=progress, **kinds)
+    )
     return out
 
 
@@ -246,15 +269,19 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> No
     now = flatten_keys(to_dict(config))
     # A key the checkpoint lacks is newer than it: the run was trained with its default.
     before = {**flatten_keys(to_dict(RunConfig())), **flatten_keys(saved)}
-    changed = [k for k in sorted(set(now) | set(before))
-               if now.get(k) != before.get(k)
-               and not any(k == c or (c.endswith(".") and k.startswith(c))
-                           for c in RESUMABLE_CHANGES)]
+    changed = [
+        k
+        for k in sorted(set(now) | set(before))
+        if now.get(k) != before.get(k)
+        and not any(k == c or (c.endswith(".") and k.startswith(c)) for c in RESUMABLE_CHANGES)
+    ]
     if changed:
         diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise CheckpointError(f"the checkpoint in {where} was trained with another "
-                              f"configuration ({diffs}); use another output folder or "
-                              "--fresh to start over")
+        raise CheckpointError(
+            f"the checkpoint in {where} was trained with another "
+            f"configuration ({diffs}); use another output folder or "
+            "--fresh to start over"
+        )
 
 
 def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -267,10 +294,17 @@ def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def fit(config: RunConfig, *, out_dir: str | Path | None = None,
-        resume_from: str | Path | None = None, data: Datasets | None = None,
-        on_epoch: EpochHook | None = None, progress: ProgressHook | None = None,
-        eval_progress: EvalProgressHook | None = None, final_eval: bool = True) -> FitResult:
+def fit(
+    config: RunConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    data: Datasets | None = None,
+    on_epoch: EpochHook | None = None,
+    progress: ProgressHook | None = None,
+    eval_progress: EvalProgressHook | None = None,
+    final_eval: bool = True,
+) -> FitResult:
     """Train ``config`` and evaluate it on the test split.
 
     out_dir: where ``metrics.jsonl``, ``final.json``, ``config.yaml`` and ``checkpoint/``
@@ -302,23 +336,45 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         ckpt.write_yaml(out / CONFIG_FILE, to_dict(config))
         rewrite_metrics(out / METRICS_FILE, history)
 
-    batches = Batches(data.train, config.train.batch_size, shuffle=True,
-                      noise=data.train_noise, generator=generator)
+    batches = Batches(
+        data.train,
+        config.train.batch_size,
+        shuffle=True,
+        noise=data.train_noise,
+        generator=generator,
+    )
     epochs_done = int(history[-1][M.EPOCH]) if history else 0
     final: dict[str, Any] = {}  # val/nll and the test metrics, once training has ended
     for epoch in range(epochs_done + 1, config.train.epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, float] = {M.EPOCH: epoch}
-        row.update(train_epoch(model, optimizer, batches, config.train, epoch,
-                               generator=generator, progress=progress))
+        row.update(
+            train_epoch(
+                model,
+                optimizer,
+                batches,
+                config.train,
+                epoch,
+                generator=generator,
+                progress=progress,
+            )
+        )
         row.update(validation_terms(model, data, epoch))
         row[M.EPOCH_SECONDS] = time.perf_counter() - t0
         history.append(row)
         if ckpt_dir is not None:
             with ckpt.interrupts_deferred():  # Ctrl-C: checkpoint and metrics.jsonl agree
-                ckpt.save(ckpt_dir, ckpt.TrainingState(
-                    epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                    generator=generator.get_state(), config=to_dict(config), history=history))
+                ckpt.save(
+                    ckpt_dir,
+                    ckpt.TrainingState(
+                        epoch=epoch,
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        generator=generator.get_state(),
+                        config=to_dict(config),
+                        history=history,
+                    ),
+                )
                 with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
                     f.write(json.dumps(row) + "\n")
         if epoch == config.train.epochs and final_eval:
@@ -335,16 +391,21 @@ def fit(config: RunConfig, *, out_dir: str | Path | None = None,
         if final:
             _write_final(final, config, out, epochs_done)
         else:
-            final = evaluate_final(model, data, config, out, epochs_done, started,
-                                    eval_progress)
+            final = evaluate_final(model, data, config, out, epochs_done, started, eval_progress)
         if on_epoch is not None and history:
             on_epoch({**history[-1], **final}, ckpt_dir)
     return FitResult(model=model, history=history, final=final)
 
 
-def _resume(source: Path | None, config: RunConfig, model: VAE,
-            optimizer: torch.optim.Optimizer, generator: torch.Generator,
-            ckpt_dir: Path | None, device: torch.device) -> list[dict[str, float]]:
+def _resume(
+    source: Path | None,
+    config: RunConfig,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    ckpt_dir: Path | None,
+    device: torch.device,
+) -> list[dict[str, float]]:
     """Load the checkpoint in ``source`` (if any) into the run; returns its history."""
     if source is None or not ckpt.exists(source):
         return []
@@ -360,9 +421,15 @@ def _resume(source: Path | None, config: RunConfig, model: VAE,
     return [h for h in state.history if h[M.EPOCH] <= state.epoch]
 
 
-def evaluate_final(model: VAE, data: Datasets, config: RunConfig, out: Path | None,
-                    epoch: int, started: float, progress: EvalProgressHook | None
-                    ) -> dict[str, Any]:
+def evaluate_final(
+    model: VAE,
+    data: Datasets,
+    config: RunConfig,
+    out: Path | None,
+    epoch: int,
+    started: float,
+    progress: EvalProgressHook | None,
+) -> dict[str, Any]:
     final = final_metrics(model, data, config, progress)
     for key in (*M.FINAL_VAL_SCALARS, *M.TEST_SCALARS):  # NaN: a diverged run, not a result
         if key in final and not math.isfinite(final[key]):
@@ -373,16 +440,17 @@ def evaluate_final(model: VAE, data: Datasets, config: RunConfig, out: Path | No
     return final
 
 
-def _write_final(final: dict[str, Any], config: RunConfig, out: Path | None,
-                 epoch: int) -> None:
+def _write_final(final: dict[str, Any], config: RunConfig, out: Path | None, epoch: int) -> None:
     """final.json beside the run, and inside its checkpoint with the eval config used, so a
     run resumed after its last epoch reports the same numbers without evaluating again."""
     if out is None:
         return
     ckpt.write_json(out / FINAL_FILE, {**final, M.EPOCH: epoch})
     if (out / CHECKPOINT_DIR).is_dir():
-        ckpt.write_json(out / CHECKPOINT_DIR / FINAL_FILE,
-                        {"epoch": epoch, "eval": to_dict(config.eval), "metrics": final})
+        ckpt.write_json(
+            out / CHECKPOINT_DIR / FINAL_FILE,
+            {"epoch": epoch, "eval": to_dict(config.eval), "metrics": final},
+        )
 
 
 def _read_final(source: Path | None, config: RunConfig, epoch: int) -> dict[str, Any] | None:
@@ -414,15 +482,19 @@ def check_output_folder(out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise ConfigError(f"output folder {out} is a file; give a folder (--out DIR, out_dir "
-                          "in Python)")
-    ours = (ckpt.exists(out / CHECKPOINT_DIR)
-            or ((out / CONFIG_FILE).is_file() and (out / METRICS_FILE).is_file()))
+        raise ConfigError(
+            f"output folder {out} is a file; give a folder (--out DIR, out_dir in Python)"
+        )
+    ours = ckpt.exists(out / CHECKPOINT_DIR) or (
+        (out / CONFIG_FILE).is_file() and (out / METRICS_FILE).is_file()
+    )
     if not ours and any(out.iterdir()):
-        raise ConfigError(f"output folder {out} is not empty and is not a fit output folder "
-                          f"(no {CHECKPOINT_DIR}/{ckpt.STATE_FILE}, no {CONFIG_FILE} + "
-                          f"{METRICS_FILE}): fit would overwrite its files (--fresh: delete "
-                          "them); give a new or empty folder (--out DIR, out_dir in Python)")
+        raise ConfigError(
+            f"output folder {out} is not empty and is not a fit output folder "
+            f"(no {CHECKPOINT_DIR}/{ckpt.STATE_FILE}, no {CONFIG_FILE} + "
+            f"{METRICS_FILE}): fit would overwrite its files (--fresh: delete "
+            "them); give a new or empty folder (--out DIR, out_dir in Python)"
+        )
 
 
 # The training stream of a run moved to another device type after ``epoch``: its saved
@@ -431,8 +503,9 @@ def check_output_folder(out: Path) -> None:
 MOVED_RUN_STREAM = 0x6D6F766564  # "moved"
 
 
-def restore_generator(generator: torch.Generator, saved: torch.Tensor, seed: int,
-                      epoch: int) -> None:
+def restore_generator(
+    generator: torch.Generator, saved: torch.Tensor, seed: int, epoch: int
+) -> None:
     """Continue the saved random stream; from another device type, a new seeded one.
 
     The new stream is the same on every rerun, but not the one an uninterrupted run would
@@ -442,10 +515,13 @@ def restore_generator(generator: torch.Generator, saved: torch.Tensor, seed: int
         generator.set_state(saved)
         return
     generator.manual_seed((seed * 1_000_003 + epoch) ^ MOVED_RUN_STREAM)
-    warnings.warn(f"the checkpoint's random stream (epochs 1-{epoch}) was drawn on another "
-                  f"device type (its generator state has {saved.numel()} bytes, a "
-                  f"{generator.device.type} one {generator.get_state().numel()}); the run "
-                  f"continues on a {generator.device.type} device with a new random stream "
-                  f"from epoch {epoch + 1}, seeded from train.seed and the epoch, so its "
-                  "numbers will not match an uninterrupted run bit for bit",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"the checkpoint's random stream (epochs 1-{epoch}) was drawn on another "
+        f"device type (its generator state has {saved.numel()} bytes, a "
+        f"{generator.device.type} one {generator.get_state().numel()}); the run "
+        f"continues on a {generator.device.type} device with a new random stream "
+        f"from epoch {epoch + 1}, seeded from train.seed and the epoch, so its "
+        "numbers will not match an uninterrupted run bit for bit",
+        RuntimeWarning,
+        stacklevel=3,
+    )

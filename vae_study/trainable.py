@@ -35,20 +35,26 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -
 
     from .train import fit
 
-    params = decode_params(study.search.space,
-                           {k: v for k, v in config.items() if not k.startswith("_")})
+    params = decode_params(
+        study.search.space, {k: v for k, v in config.items() if not k.startswith("_")}
+    )
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if not gpu_ids:
         # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial without a GPU share: hide
         # every GPU from it, or torch (and "auto") would use GPU 0 unasked and unaccounted.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    device = trial_device(study.trial_config(params).train.device, gpu_ids,
-                          torch.cuda.is_available())
+    device = trial_device(
+        study.trial_config(params).train.device, gpu_ids, torch.cuda.is_available()
+    )
     run = study.trial_config({**params, "train.device": device})
     torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
     data = prepare(source, run.data, dequantize=run.dequantized)
-    used = {M.TRAIN_EXAMPLES: len(data.train), M.TRAIN_NOISE: data.train_noise,
-            R.DEVICE_KEY: device, R.GPU_IDS_KEY: ",".join(gpu_ids)}
+    used = {
+        M.TRAIN_EXAMPLES: len(data.train),
+        M.TRAIN_NOISE: data.train_noise,
+        R.DEVICE_KEY: device,
+        R.GPU_IDS_KEY: ",".join(gpu_ids),
+    }
     logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per checkpoint
     work = Path(tempfile.mkdtemp(prefix="vae_study_trial_"))
     restored = tune.get_checkpoint()
@@ -68,8 +74,9 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -
         else:
             fit(run, out_dir=work / "run", data=data, on_epoch=report)
     except TrainingDiverged as exc:
-        tune.report({R.DIVERGED_KEY: 1, R.ERROR_KEY: str(exc), M.EPOCH: exc.epoch,
-                     R.NODE_KEY: node})
+        tune.report(
+            {R.DIVERGED_KEY: 1, R.ERROR_KEY: str(exc), M.EPOCH: exc.epoch, R.NODE_KEY: node}
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
