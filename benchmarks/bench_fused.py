@@ -50,6 +50,9 @@ BATCH = 128
 EPOCH_BATCHES = 430  # 55,000 training images (5,000 held out) in batches of 128
 
 
+DEVICE = "cpu"  # --device: where members train
+
+
 def member_configs(model: str, m: int) -> list[RunConfig]:
     """M members of ``model``: seeds 0..M-1, learning rates and betas spread around 1e-3, 1."""
     return [
@@ -58,8 +61,9 @@ def member_configs(model: str, m: int) -> list[RunConfig]:
             {
                 **MODELS[model],
                 "data.binarize": "none",
+                "data.val_size": 0,  # training is timed, not validation
                 "train.epochs": 1,
-                "train.device": "cpu",
+                "train.device": DEVICE,
                 "train.seed": j,
                 "train.lr": 1e-3 * (1 + 0.1 * j),
                 "train.beta": 1.0 + 0.05 * j,
@@ -75,19 +79,28 @@ def bench_data(batches: int) -> Datasets:
     empty = Split(data.train.x[:0], None)
     return Datasets(
         Split(data.train.x[: batches * BATCH], None), empty, data.test, data.train_noise
-    )
+    ).to(DEVICE)
+
+
+def _sync() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def one_at_a_time(model: str, m: int, data: Datasets) -> float:
+    _sync()
     t0 = time.perf_counter()
     for config in member_configs(model, m):
         fit(config, data=data, final_eval=False)
+    _sync()
     return time.perf_counter() - t0
 
 
 def fused(model: str, m: int, data: Datasets) -> float:
+    _sync()
     t0 = time.perf_counter()
     fit_pack(member_configs(model, m), data=data, final_eval=False)
+    _sync()
     return time.perf_counter() - t0
 
 
@@ -168,6 +181,7 @@ def main() -> None:
         default=1,
         help="torch threads here (a shared CPU: keep 1; OpenMP busy-waits)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU's figures")
     parser.add_argument("--batches", type=int, default=EPOCH_BATCHES)
     parser.add_argument("--members", default="1,4,8,16")
     parser.add_argument("--repeats", type=int, default=3)
@@ -178,6 +192,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batches, args.members, args.repeats = 4, "1,8", 1
+    global DEVICE
+    DEVICE = args.device
     members = [int(m) for m in args.members.split(",")]
     torch.set_num_threads(args.threads)
     data = bench_data(args.batches)
@@ -214,7 +230,7 @@ def main() -> None:
             )
 
     matmuls = statistics.median(
-        epoch_matmuls(torch.device("cpu"), args.batches * BATCH) for _ in range(args.repeats)
+        epoch_matmuls(torch.device(DEVICE), args.batches * BATCH) for _ in range(args.repeats)
     )
     print(
         f"\nseed model's float32 matmuls alone: {per_member_epoch / matmuls:.3f} "
@@ -227,6 +243,9 @@ def main() -> None:
             f"{member_epoch / (matmuls / per_member_epoch):.2f}x the matmul floor"
         )
 
+    if DEVICE != "cpu":  # the process and memory rows describe a CPU study
+        _final_line(members, rates, seed_fused_seconds, matmuls)
+        return
     print("\ntwo single-thread trials at once (two processes, one member each):")
     for model in MODELS:
         wall = two_trials_at_once(model, args.batches)
@@ -251,6 +270,10 @@ def main() -> None:
             f"Adam's two moments: {4 * 4 * params / 2**20:.2f} MiB)"
         )
 
+    _final_line(members, rates, seed_fused_seconds, matmuls)
+
+
+def _final_line(members: list[int], rates: dict, seed_fused_seconds: dict, matmuls: float) -> None:
     m8 = 8 if 8 in members else max(members)
     seed_ratio = rates["seed", m8][1] / rates["seed", m8][0]
     small_ratio = rates["small", m8][1] / rates["small", m8][0]

@@ -9,12 +9,14 @@ import random
 from pathlib import Path
 
 import optuna
+import torch
 import yaml
 
 from conftest import write_mnist
 from vae_study import metrics as M
 from vae_study import results as R
 from vae_study.checkpoint import write_yaml
+from vae_study.config import RunConfig, replace_keys
 from vae_study.layout import StudyLayout
 from vae_study.study_config import study_from_dict
 from vae_study.train import fit
@@ -176,3 +178,29 @@ def optuna_states(folder: Path, name: str) -> dict[str, int]:
     for t in study.trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
+
+
+def small_run_config(root: Path, **keys) -> RunConfig:
+    """A tiny MLP run on the tiny MNIST-format files under ``root``, on the CPU, with cheap
+    evaluation; ``keys`` set dotted keys (``**{"train.epochs": 4}``)."""
+    base = {
+        "data.root": str(root),
+        "data.val_size": 50,
+        "model.latent_dim": 4,
+        "model.hidden": [32],
+        "train.epochs": 2,
+        "train.batch_size": 32,
+        "train.device": "cpu",
+        "eval.k": 8,
+        "eval.val_k": 8,
+        "eval.surgery_examples": 50,
+    }
+    return replace_keys(RunConfig(), {**base, **keys})
+
+
+def same_weights(a, b) -> bool:
+    """The two models' weights are equal to the bit (wherever they live)."""
+    return all(
+        torch.equal(x.cpu(), y.cpu())
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )

@@ -17,36 +17,13 @@ import pytest
 import torch
 
 from conftest import write_mnist
+from study_factory import same_weights
+from study_factory import small_run_config as _config
 from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
 from vae_study.cli import main
-from vae_study.config import RunConfig, replace_keys
 from vae_study.errors import ConfigError
 from vae_study.train import fit
-
-
-def _config(root, **keys) -> RunConfig:
-    base = {
-        "data.root": str(root),
-        "data.val_size": 50,
-        "model.latent_dim": 4,
-        "model.hidden": [32],
-        "train.epochs": 2,
-        "train.batch_size": 32,
-        "train.device": "cpu",
-        "eval.k": 8,
-        "eval.surgery_examples": 50,
-    }
-    base.update(keys)
-    return replace_keys(RunConfig(), base)
-
-
-def _same_weights(a, b) -> bool:
-    return all(
-        torch.equal(x, y)
-        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
-    )
-
 
 # --- the generator state, whatever map_location does ----------------------------------------
 
@@ -111,14 +88,21 @@ def test_load_on_the_cpu_gives_the_saved_tensors(tmp_path):
 def test_fit_resumes_on_cuda(mnist_root, tmp_path):
     # A checkpoint written on the CPU continued on the GPU (train.device may change), then
     # a checkpoint written on the GPU continued there.
-    fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
+    fit(
+        _config(mnist_root, **{"train.epochs": 1}),
+        out_dir=tmp_path / "a",
+        final_eval=False,
+    )
     res = fit(
-        _config(mnist_root, **{"train.device": "cuda"}), out_dir=tmp_path / "a", final_eval=False
+        _config(mnist_root, **{"train.device": "cuda"}),
+        out_dir=tmp_path / "a",
+        final_eval=False,
     )
     assert [h[M.EPOCH] for h in res.history] == [1, 2]
     assert next(res.model.parameters()).device.type == "cuda"
     straight = fit(
-        _config(mnist_root, **{"train.device": "cuda", "train.epochs": 3}), out_dir=tmp_path / "b"
+        _config(mnist_root, **{"train.device": "cuda", "train.epochs": 3}),
+        out_dir=tmp_path / "b",
     )
     fit(
         _config(mnist_root, **{"train.device": "cuda", "train.epochs": 2}),
@@ -126,7 +110,8 @@ def test_fit_resumes_on_cuda(mnist_root, tmp_path):
         final_eval=False,
     )
     resumed = fit(
-        _config(mnist_root, **{"train.device": "cuda", "train.epochs": 3}), out_dir=tmp_path / "c"
+        _config(mnist_root, **{"train.device": "cuda", "train.epochs": 3}),
+        out_dir=tmp_path / "c",
     )
     assert [h[M.EPOCH] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[-1][M.TRAIN_LOSS] == pytest.approx(
@@ -211,7 +196,7 @@ def test_a_notebook_interrupt_in_fit_resumes_exactly(mnist_root, tmp_path):
     straight = fit(cfg)
     assert [h[M.EPOCH] for h in resumed.history] == [1, 2, 3, 4]
     assert _epochs(tmp_path / "nb" / "metrics.jsonl") == [1, 2, 3, 4]
-    assert _same_weights(resumed.model, straight.model)
+    assert same_weights(resumed.model, straight.model)
     assert resumed.final[M.TEST_CE_BOUND] == straight.final[M.TEST_CE_BOUND]
 
 
@@ -333,13 +318,17 @@ def test_a_checkpoint_from_another_device_type_resumes_on_a_new_seeded_stream(mn
     # written on a GPU and resumed on a CPU (or the other way) cannot continue its stream.
     cfg = _config(mnist_root, **{"train.epochs": 3})
     for name in ("a", "b"):
-        fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / name, final_eval=False)
+        fit(
+            _config(mnist_root, **{"train.epochs": 1}),
+            out_dir=tmp_path / name,
+            final_eval=False,
+        )
         state = ckpt.load(tmp_path / name / "checkpoint")
         state.generator = torch.tensor([7] * 8 + [0] * 8, dtype=torch.uint8)  # as CUDA's
         ckpt.save(tmp_path / name / "checkpoint", state)
     a = fit(cfg, out_dir=tmp_path / "a")
     b = fit(cfg, out_dir=tmp_path / "b")
     assert [h[M.EPOCH] for h in a.history] == [1, 2, 3]
-    assert _same_weights(a.model, b.model)  # reproducible: the same new stream each time
+    assert same_weights(a.model, b.model)  # reproducible: the same new stream each time
     straight = fit(cfg)
-    assert not _same_weights(a.model, straight.model)  # a new stream, not the old one
+    assert not same_weights(a.model, straight.model)  # a new stream, not the old one

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from study_factory import small_run_config
 from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
 from vae_study.config import RunConfig, replace_keys
@@ -19,21 +20,7 @@ RTOL = 1e-5  # a batched matmul is not bit-for-bit the single one; a few steps s
 
 
 def _config(root, **keys) -> RunConfig:
-    base = {
-        "data.root": str(root),
-        "data.val_size": 50,
-        "model.latent_dim": 4,
-        "model.hidden": [32],
-        "train.epochs": 2,
-        "train.batch_size": 32,
-        "train.device": "cpu",
-        "eval.k": 8,
-        "eval.val_k": 8,
-        "eval.surgery_examples": 50,
-        "data.binarize": "dynamic",
-    }
-    base.update(keys)
-    return replace_keys(RunConfig(), base)
+    return small_run_config(root, **{"data.binarize": "dynamic", **keys})
 
 
 def _members(root, specs, **shared) -> list[RunConfig]:

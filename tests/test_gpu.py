@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from conftest import write_mnist
+from study_factory import same_weights, small_run_config
 from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
 from vae_study import train
@@ -38,28 +39,8 @@ ACROSS = [
 
 
 def _config(root, device: str, **keys) -> RunConfig:
-    base = {
-        "data.root": str(root),
-        "data.val_size": 50,
-        "model.latent_dim": 4,
-        "model.hidden": [32],
-        "train.epochs": 2,
-        "train.batch_size": 32,
-        "train.device": device,
-        "eval.k": 8,
-        "eval.val_k": 8,
-        "eval.val_examples": 50,
-        "eval.nll_examples": 50,
-        "eval.surgery_examples": 50,
-    }
-    base.update(keys)
-    return replace_keys(RunConfig(), base)
-
-
-def _same_weights(a, b) -> bool:
-    return all(
-        torch.equal(x.cpu(), y.cpu())
-        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    return small_run_config(
+        root, **{"train.device": device, "eval.val_examples": 50, "eval.nll_examples": 50, **keys}
     )
 
 
@@ -83,7 +64,7 @@ def test_a_training_epoch_moves_the_weights_on_the_device(mnist_root, device):
     params = list(res.model.parameters())
     assert {p.device.type for p in params} == {device}
     assert all(p.dtype == torch.float32 for p in params)
-    assert not _same_weights(start, res.model)  # it trained
+    assert not same_weights(start, res.model)  # it trained
     assert torch.isfinite(torch.tensor(res.history[0][M.TRAIN_LOSS]))
 
 
@@ -101,7 +82,7 @@ def test_resume_on_the_same_device_gives_the_same_numbers(mnist_root, tmp_path, 
         resumed = fit(_config(mnist_root, device, **keys), out_dir=tmp_path / "b", final_eval=False)
     assert not [w for w in seen if "random stream" in str(w.message)]  # the saved one goes on
     assert [h[M.EPOCH] for h in resumed.history] == [1, 2, 3]
-    assert _same_weights(straight.model, resumed.model)
+    assert same_weights(straight.model, resumed.model)
 
 
 @pytest.mark.parametrize(("first", "then"), ACROSS)
@@ -155,7 +136,7 @@ def test_conv_same_seed_same_device_gives_bit_identical_weights(mnist_root, devi
     )
     a = fit(cfg, final_eval=False)
     b = fit(cfg, final_eval=False)
-    assert _same_weights(a.model, b.model)
+    assert same_weights(a.model, b.model)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         # Ask torch to name every op without a deterministic kernel on this device (alerts

@@ -8,36 +8,15 @@ import math
 import pytest
 import torch
 
+from study_factory import same_weights
+from study_factory import small_run_config as _config
 from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
-from vae_study.config import RunConfig, replace_keys
+from vae_study.config import RunConfig
 from vae_study.data import Datasets, Split, load_datasets
 from vae_study.errors import CheckpointError, TrainingDiverged
 from vae_study.evaluate import elbo_terms
 from vae_study.train import fit, make_optimizer
-
-
-def _config(root, **keys) -> RunConfig:
-    base = {
-        "data.root": str(root),
-        "data.val_size": 50,
-        "model.latent_dim": 4,
-        "model.hidden": [32],
-        "train.epochs": 2,
-        "train.batch_size": 32,
-        "train.device": "cpu",
-        "eval.k": 8,
-        "eval.surgery_examples": 50,
-    }
-    base.update(keys)
-    return replace_keys(RunConfig(), base)
-
-
-def _same_weights(a, b) -> bool:
-    return all(
-        torch.equal(x, y)
-        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
-    )
 
 
 def test_fit_learns_and_writes_its_files(mnist_root, tmp_path):
@@ -71,7 +50,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(mnist_root):
     c = fit(_config(mnist_root, **{"train.seed": 1}))
     assert a.history[-1][M.TRAIN_LOSS] == b.history[-1][M.TRAIN_LOSS]
     assert a.final[M.TEST_CE_BOUND] == b.final[M.TEST_CE_BOUND]
-    assert _same_weights(a.model, b.model)
+    assert same_weights(a.model, b.model)
     assert a.history[-1][M.TRAIN_LOSS] != c.history[-1][M.TRAIN_LOSS]
 
 
@@ -80,10 +59,12 @@ def test_resume_continues_exactly_where_it_stopped(mnist_root, tmp_path, binariz
     keys = {"train.epochs": 3, "data.binarize": binarize, "train.k": 2}
     straight = fit(_config(mnist_root, **keys), out_dir=tmp_path / "a")
     fit(
-        _config(mnist_root, **{**keys, "train.epochs": 1}), out_dir=tmp_path / "b", final_eval=False
+        _config(mnist_root, **{**keys, "train.epochs": 1}),
+        out_dir=tmp_path / "b",
+        final_eval=False,
     )
     resumed = fit(_config(mnist_root, **keys), out_dir=tmp_path / "b")
-    assert _same_weights(straight.model, resumed.model)
+    assert same_weights(straight.model, resumed.model)
 
     def strip(hist):
         return [{k: v for k, v in h.items() if k != M.EPOCH_SECONDS} for h in hist]
@@ -94,7 +75,11 @@ def test_resume_continues_exactly_where_it_stopped(mnist_root, tmp_path, binariz
 
 
 def test_resume_from_an_explicit_checkpoint_folder(mnist_root, tmp_path):
-    fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
+    fit(
+        _config(mnist_root, **{"train.epochs": 1}),
+        out_dir=tmp_path / "a",
+        final_eval=False,
+    )
     saved = ckpt.load(tmp_path / "a" / "checkpoint")
     assert saved.epoch == 1 and saved.config["model"]["latent_dim"] == 4
     res = fit(_config(mnist_root), resume_from=tmp_path / "a" / "checkpoint")
@@ -102,13 +87,21 @@ def test_resume_from_an_explicit_checkpoint_folder(mnist_root, tmp_path):
 
 
 def test_resume_with_another_config_is_refused(mnist_root, tmp_path):
-    fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
+    fit(
+        _config(mnist_root, **{"train.epochs": 1}),
+        out_dir=tmp_path / "a",
+        final_eval=False,
+    )
     with pytest.raises(CheckpointError, match=r"train.beta: 1.0 -> 2.0.*--fresh"):
         fit(_config(mnist_root, **{"train.beta": 2.0}), out_dir=tmp_path / "a")
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_is_not_overwritten(mnist_root, tmp_path):
-    fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
+    fit(
+        _config(mnist_root, **{"train.epochs": 1}),
+        out_dir=tmp_path / "a",
+        final_eval=False,
+    )
     state = tmp_path / "a" / "checkpoint" / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="damaged"):
@@ -196,7 +189,11 @@ def test_bfloat16_training_learns_and_is_evaluated_in_float32(mnist_root):
 
 
 def test_adam_uses_the_fused_kernel_on_cpu_and_resumes_with_it(mnist_root, tmp_path):
-    res = fit(_config(mnist_root, **{"train.epochs": 1}), out_dir=tmp_path / "a", final_eval=False)
+    res = fit(
+        _config(mnist_root, **{"train.epochs": 1}),
+        out_dir=tmp_path / "a",
+        final_eval=False,
+    )
     assert make_optimizer(res.model, RunConfig().train).param_groups[0]["fused"] is True
     saved = ckpt.load(tmp_path / "a" / "checkpoint").optimizer
     assert saved["param_groups"][0]["fused"] is True and len(saved["state"]) > 0
@@ -232,7 +229,9 @@ def test_a_finished_run_resumed_reuses_its_test_metrics_unless_eval_changed(
     real = T.final_metrics
     monkeypatch.setattr(T, "final_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = fit(
-        _config(mnist_root), out_dir=tmp_path / "b", resume_from=tmp_path / "a" / "checkpoint"
+        _config(mnist_root),
+        out_dir=tmp_path / "b",
+        resume_from=tmp_path / "a" / "checkpoint",
     )
     assert calls == [] and again.final[M.TEST_CE_BOUND] == first.final[M.TEST_CE_BOUND]
     other = fit(

@@ -38,13 +38,8 @@ GPU_IDS_KEY = "gpu_ids"  # the GPUs Ray gave the trial, as CUDA_VISIBLE_DEVICES 
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 
 LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
-TAIL_COLUMNS = [
-    M.EPOCH,
-    "wall_s",
-    M.TOTAL_SECONDS,
-    "node",
-    DEVICE_KEY,
-    GPU_IDS_KEY,
+# The metrics a row takes from its trial's last report, as they are named there.
+ROW_METRICS = (
     M.TRAIN_EXAMPLES,
     M.VAL_NEG_ELBO,
     M.VAL_RATE,
@@ -53,6 +48,15 @@ TAIL_COLUMNS = [
     *M.TEST_SCALARS,
     M.TEST_NLL_EXAMPLES,
     M.TEST_KL_PER_DIM,
+)
+TAIL_COLUMNS = [
+    M.EPOCH,
+    "wall_s",
+    M.TOTAL_SECONDS,
+    "node",
+    DEVICE_KEY,
+    GPU_IDS_KEY,
+    *ROW_METRICS,
     "checkpoint",
     ERROR_KEY,
 ]
@@ -207,17 +211,7 @@ def trial_row(trial: Any, study: Any, *, interrupted: bool = False) -> dict[str,
         DEVICE_KEY: last.get(DEVICE_KEY),
         GPU_IDS_KEY: last.get(GPU_IDS_KEY),
     }
-    for key in (
-        M.TRAIN_EXAMPLES,
-        M.VAL_NEG_ELBO,
-        M.VAL_RATE,
-        M.VAL_DISTORTION,
-        *M.FINAL_VAL_SCALARS,
-        *M.TEST_SCALARS,
-        M.TEST_NLL_EXAMPLES,
-        M.TEST_KL_PER_DIM,
-        M.TOTAL_SECONDS,
-    ):
+    for key in (*ROW_METRICS, M.TOTAL_SECONDS):
         row[key] = last.get(key)
     row["status"] = trial_status(trial.status, last, interrupted=interrupted)
     if row["status"] == FAILED:
