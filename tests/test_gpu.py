@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import vae_study.device as device_module
 from conftest import write_mnist
 from study_factory import same_weights, small_run_config
 from vae_study import checkpoint as ckpt
@@ -154,7 +155,7 @@ def test_conv_same_seed_same_device_gives_bit_identical_weights(mnist_root, devi
 
 
 def _tf32_flags() -> dict[str, object]:
-    if train._FP32_PRECISION_API:
+    if device_module._FP32_PRECISION_API:
         return {
             "matmul": torch.backends.cuda.matmul.fp32_precision,
             "conv": torch.backends.cudnn.conv.fp32_precision,
@@ -184,7 +185,7 @@ def test_fit_sets_tf32_and_deterministic_cudnn_before_training_and_evaluation(
     final_metrics = train.final_metrics
     monkeypatch.setattr(train, "final_metrics", spy)
     fit(_config(mnist_root, "cpu", **{"train.epochs": 1, "train.tf32": tf32}))
-    if train._FP32_PRECISION_API:
+    if device_module._FP32_PRECISION_API:
         want = "tf32" if tf32 else "ieee"
         assert torch.backends.cudnn.rnn.fp32_precision == want
         if not tf32:  # float32 products: what set_float32_matmul_precision calls "highest"
@@ -205,7 +206,7 @@ def test_configure_backends_on_torch_without_fp32_precision_uses_the_allow_tf32_
     # torch < 2.9 has only the allow_tf32 flags; on a newer torch, reading them after the
     # new settings were used is an error, hence a fresh process.
     code = (
-        "import torch\nfrom vae_study import train\nfrom vae_study.config import "
+        "import torch\nfrom vae_study import device as train\nfrom vae_study.config import "
         "TrainConfig\ntrain._FP32_PRECISION_API = False\n"
         f"train.configure_backends(TrainConfig(tf32={tf32}))\n"
         "print(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, "
