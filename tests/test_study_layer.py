@@ -471,3 +471,18 @@ def test_the_names_old_study_folders_pickled_still_resolve():
     )
     assert b"vae_study.study_config" in old
     assert pickle.loads(old) == search_config.Objective("val/nll", "min")
+
+
+def test_study_sections_made_in_python_check_themselves():
+    from vae_study.study_config import RayConfig, ResourcesConfig, SchedulerConfig
+
+    for make, fragment in (
+        (lambda: SchedulerConfig(grace_period=0), "scheduler.grace_period: got 0"),
+        (lambda: ResourcesConfig(gpus_per_trial=3), "resources.gpus_per_trial: got 3.0"),
+        (lambda: RayConfig(dashboard_port=70000), "ray.dashboard_port: got 70000"),
+        (lambda: SearchConfig(num_trials=2, max_concurrent=5), "more than search.num_trials"),
+        (lambda: SearchConfig(num_trials="x"), "search.num_trials: got 'x'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            make()
+    assert ResourcesConfig(cpus_per_trial=2).cpus_per_trial == 2.0  # coerced as from YAML

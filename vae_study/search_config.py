@@ -13,13 +13,14 @@ import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from . import metrics as M
 from .config import (
     MAX_SEED,
     RUN_SECTIONS,
     RunConfig,
+    Section,
     _show,
     _show_key,
     build_section,
@@ -52,7 +53,9 @@ class Objective:
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(Section):
+    SECTION: ClassVar[str] = "search"
+
     algorithm: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
     num_trials: int = 8
     max_concurrent: int = 2

@@ -10,12 +10,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from . import metrics as M
 from .config import (
     RUN_SECTIONS,
     RunConfig,
+    Section,
     _show,
     apply_overrides,
     build_section,
@@ -43,12 +44,16 @@ MAX_NAME = 100  # characters; a folder name may have 255 bytes at most
 
 
 @dataclass(frozen=True)
-class OutputConfig:
+class OutputConfig(Section):
+    SECTION: ClassVar[str] = "output"
+
     dir: str = RUNS_DIR
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(Section):
+    SECTION: ClassVar[str] = "scheduler"
+
     type: Literal["none", "asha"] = "none"
     metric: str = M.VAL_NEG_ELBO  # the per-epoch metric ASHA compares trials on
     grace_period: int = 1
@@ -74,7 +79,9 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
-class ResourcesConfig:
+class ResourcesConfig(Section):
+    SECTION: ClassVar[str] = "resources"
+
     cpus_per_trial: float = 1.0
     # A GPU share per trial (0.25 packs four trials on a GPU; a trial trains one model on
     # one GPU, so at most 1); auto: a share where the cluster has GPUs, the CPU otherwise.
@@ -96,7 +103,9 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
-class RayConfig:
+class RayConfig(Section):
+    SECTION: ClassVar[str] = "ray"
+
     # None: start a local Ray on this machine; auto or host:port: join a running cluster.
     address: str | None = None
     dashboard: bool = True
@@ -125,7 +134,9 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(Section):
+    SECTION: ClassVar[str] = "report"
+
     dir: str = REPORTS_DIR
     enabled: bool = True  # build the report when the study ends
 
