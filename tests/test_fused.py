@@ -259,3 +259,14 @@ def test_one_member_is_todays_trainer_bit_for_bit(mnist_root):
         return [{k: v for k, v in h.items() if k not in STATIC} for h in hist]
 
     assert strip(alone.history) == strip(single.history)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_members_on_cuda_equal_their_separate_fits_there(mnist_root):
+    configs = [replace_keys(c, {"train.device": "cuda"}) for c in _members(mnist_root, SPECS)]
+    packed = fit_pack(configs)
+    for config, member in zip(configs, packed, strict=True):
+        assert isinstance(member, FitResult)
+        assert next(member.model.parameters()).device.type == "cuda"
+        _assert_same_run(fit(config), member)

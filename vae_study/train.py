@@ -168,6 +168,10 @@ def final_metrics(
     out.update(
         evaluate_test(model, data.test.x, config.eval, generator=g, progress=progress, **kinds)
     )
+    if data.test.x.is_cuda:
+        # The evaluation's decoder outputs are the run's memory peak; a trial on a shared GPU
+        # (or a Ray actor reused for the next trial) must not keep that peak cached.
+        torch.cuda.empty_cache()
     return out
 
 

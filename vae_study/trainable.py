@@ -33,7 +33,7 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -
     """
     import torch
 
-    from .train import fit
+    from .train import fit, resolve_device
 
     params = decode_params(
         study.search.space, {k: v for k, v in config.items() if not k.startswith("_")}
@@ -48,7 +48,11 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -
     )
     run = study.trial_config({**params, "train.device": device})
     torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
-    data = prepare(source, run.data, dequantize=run.dequantized)
+    # Presented straight onto the trial's device: on a GPU the run holds the device copy of
+    # its splits only, no host copy beside it (the source stays in Ray's object store).
+    data = prepare(
+        source, run.data, dequantize=run.dequantized, device=resolve_device(run.train.device)
+    )
     used = {
         M.TRAIN_EXAMPLES: len(data.train),
         M.TRAIN_NOISE: data.train_noise,
