@@ -18,7 +18,13 @@ pytestmark = pytest.mark.slow
 def _run_on_a_cluster_with_gpus(study, num_gpus: float):
     import ray
 
-    ray.init(num_cpus=2, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        logging_level="ERROR",
+    )
     try:
         folder = run_study(study, verbose=0)
     finally:

@@ -121,7 +121,9 @@ def test_gpus_on_a_cluster_without_gpus_stop_at_once(tmp_path, capsys):
     raw = _study(tmp_path, **{"resources.gpus_per_trial": 0.5, "train.device": "auto"})
     t0 = time.monotonic()
     # A cluster told it has no GPU, also on a machine that has one.
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR"
+    )
     try:
         assert main(["run", str(_write(tmp_path, raw))]) == 2
     finally:

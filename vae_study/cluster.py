@@ -86,7 +86,9 @@ def start_ray(study: StudyConfig) -> Any:
         local = loopback_only()
     try:
         with local:
-            ctx = ray.init(address=cfg.address, **kwargs)
+            # ray.address unset means a new local Ray: "local", since with no address Ray
+            # would join any cluster it finds on this machine (RAY_ADDRESS, `ray start`).
+            ctx = ray.init(address=cfg.address or "local", **kwargs)
     except ConnectionError as exc:
         raise StudyError(
             f"ray.address={cfg.address}: no Ray cluster answers ({exc}); start "
