@@ -599,3 +599,97 @@ def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
     for metric in (M.VAL_NEG_ELBO, M.VAL_NLL, M.TEST_NLL, M.TEST_RATE, M.TEST_DISTORTION):
         assert list(b[metric]) == list(a[metric]), metric  # to the bit
     assert optuna_states(folder, "tiny") == {"COMPLETE": 2}
+
+
+@pytest.mark.slow
+def test_asha_with_replicates_stops_whole_configurations_on_their_mean(tmp_path):
+    from vae_study.cli import main
+
+    raw = tiny_study(
+        tmp_path,
+        **{
+            "search.replicates": 2,
+            "search.num_trials": 6,
+            "search.max_concurrent": 2,
+            "search.algorithm": "random",
+            "search.space": {"train.lr": {"log_uniform": [1e-5, 3e-3]}},
+            "train.epochs": 6,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3},
+        },
+    )
+    assert main(["run", str(write_study(tmp_path, raw))]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 12
+    for _, config in table.groupby("config_id"):  # ASHA stops a configuration, not a seed
+        assert len(config) == 2 and config["status"].nunique() == 1
+        assert config["epoch"].nunique() == 1
+    configs = read_configs(folder / "configs.csv")
+    stopped = configs[configs["status"] == R.STOPPED]
+    completed = configs[configs["status"] == R.COMPLETED]
+    assert len(stopped) >= 1 and len(completed) >= 1 and len(stopped) + len(completed) == 6
+    assert table.loc[table["status"] == R.STOPPED, "epoch"].lt(6).all()
+    states = optuna_states(folder, "tiny")
+    assert states == {"PRUNED": len(stopped), "COMPLETE": len(completed)}
+    # ASHA saw each trial's mean: every report's scheduler metric is its members' mean.
+    for trial_id in set(table["trial_id"]):
+        for line in StudyLayout(folder).result_file(trial_id).read_text().splitlines():
+            r = json.loads(line)
+            members = [r[R.member_key(j, M.VAL_NEG_ELBO)] for j in (0, 1)]
+            assert r[M.VAL_NEG_ELBO] == pytest.approx(np.mean(members), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member(tmp_path):
+    from vae_study.driver import INTERRUPTED_ATTR
+
+    over = {
+        "search.replicates": 2,
+        "search.num_trials": 4,
+        "search.max_concurrent": 1,
+        "resources.configs_per_trial": 2,
+    }
+    path = write_study(tmp_path, slow_trials(tmp_path, epochs=12, **over))
+    folder = tmp_path / "runs" / "tiny"
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
+
+    def mid_trial():
+        table = read_table(folder)
+        if table is None:
+            return None
+        running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
+        return running["trial_id"].iloc[0] if len(running) else None
+
+    proc, log = start_driver(tmp_path, path, "first.log", env)
+    try:
+        paused = wait_for(proc, log, mid_trial, what="Ctrl-C")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    table = R.read_results(folder / R.RESULTS_FILE)
+    members = table[table["trial_id"] == paused]
+    assert len(members) == 4 and set(members["status"]) == {R.INTERRUPTED}
+    assert "paused:" in (tmp_path / "first.log").read_text()
+    study = optuna.load_study(study_name="tiny", storage=StudyLayout(folder).storage_url)
+    for number in set(members["config_id"]):  # each configuration waits, marked
+        t = study.trials[int(number)]
+        assert t.state == optuna.trial.TrialState.RUNNING and t.user_attrs[INTERRUPTED_ATTR]
+
+    from vae_study.cli import main
+
+    assert main(["run", str(path), "--no-report"]) == 0
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 8 and set(table["status"]) == {R.COMPLETED}
+    lines = [
+        json.loads(x) for x in StudyLayout(folder).result_file(paused).read_text().splitlines()
+    ]
+    pids = list(dict.fromkeys(r["pid"] for r in lines))
+    assert len(pids) == 2 and next(r for r in lines if r["pid"] == pids[1])[M.EPOCH] > 1
+    study = optuna.load_study(study_name="tiny", storage=StudyLayout(folder).storage_url)
+    assert optuna_states(folder, "tiny") == {"COMPLETE": 4}
+    for t in study.trials:
+        x = table.loc[table["config_id"] == t.number, M.VAL_NLL].to_numpy()
+        assert len(x) == 2 and t.value == pytest.approx(np.mean(x), rel=1e-9)
