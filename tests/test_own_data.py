@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -324,3 +325,143 @@ def test_own_data_keys_cannot_be_searched(tmp_path):
         study_from_dict(
             tiny_study(tmp_path, **{"search.space": {"data.path": {"choice": ["/a", "/b"]}}})
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Image folders (torchvision's ImageFolder), written here as PNG files.
+
+
+def write_pngs(folder: Path, per_class: dict[str, int], size=(10, 12), seed=0) -> list:
+    """<folder>/<class>/<i>.png RGB images of ``size`` (W, H); returns their (H, W, 3) arrays
+    in ImageFolder's order (classes sorted, then file names)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for cls in sorted(per_class):
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class[cls]):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / cls / f"{i:03d}.png")
+            out.append(pixels)
+    return out
+
+
+def folder_config(tmp_path: Path, **keys) -> DataConfig:
+    return DataConfig(
+        dataset="image_folder",
+        train_dir=str(tmp_path / "train"),
+        test_dir=str(tmp_path / "test"),
+        **{"image_size": [12, 10], "val_size": 2, **keys},
+    )
+
+
+def test_image_folders_are_read_once_as_rgb_or_grey(tmp_path):
+    train = write_pngs(tmp_path / "train", {"cat": 4, "dog": 3})
+    test = write_pngs(tmp_path / "test", {"dog": 2}, seed=1)  # a class subset: labels agree
+    d = load_datasets(folder_config(tmp_path))  # the images' own size: no interpolation
+    assert d.shape == (3, 12, 10) and (len(d.train), len(d.val), len(d.test)) == (5, 2, 2)
+    expected = torch.from_numpy(np.stack(test)).permute(0, 3, 1, 2).reshape(2, -1) / 255
+    assert torch.equal(d.test.x, expected.float())
+    assert d.test.labels.tolist() == [1, 1]  # dog is class 1 of the training folder
+    src = read_source(folder_config(tmp_path))
+    assert src.train.x.dtype == torch.uint8 and src.train.labels.tolist() == [0] * 4 + [1] * 3
+    assert torch.equal(
+        src.train.x, torch.from_numpy(np.stack(train)).permute(0, 3, 1, 2).reshape(7, -1)
+    )
+    grey = load_datasets(folder_config(tmp_path, channels=1, image_size=6))
+    assert grey.shape == (1, 6, 6) and grey.test.x.shape == (2, 36)
+    # PIL's grayscale is L = (299 R + 587 G + 114 B) / 1000 (the resize averages them too).
+    from PIL import Image
+
+    first = Image.fromarray(test[0]).convert("L").resize((6, 6), Image.BILINEAR)
+    assert np.abs(grey.test.x[0].numpy() * 255 - np.asarray(first).reshape(36)).max() <= 1
+
+
+def test_image_folder_problems_name_the_folder(tmp_path):
+    write_pngs(tmp_path / "train", {"a": 2})
+    with pytest.raises(DataError) as err:
+        read_source(folder_config(tmp_path))
+    assert "data.test_dir" in str(err.value) and str(tmp_path / "test") in str(err.value)
+    assert "not a folder" in str(err.value)
+    (tmp_path / "test" / "a").mkdir(parents=True)
+    (tmp_path / "test" / "a" / "notes.txt").write_text("no image")
+    with pytest.raises(DataError) as err:
+        read_source(folder_config(tmp_path))
+    assert "holds no images" in str(err.value) and str(tmp_path / "test") in str(err.value)
+    assert "Found no valid file for the classes a" in str(err.value)  # torchvision's reason
+    (tmp_path / "test" / "a" / "notes.txt").unlink()
+    (tmp_path / "test" / "a").rmdir()
+    write_pngs(tmp_path / "test", {"b": 1})
+    with pytest.raises(DataError, match="classes b that the training folder has not"):
+        read_source(folder_config(tmp_path))
+    broken = tmp_path / "train" / "a" / "zz.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=f"cannot read the image {broken}"):
+        read_source(folder_config(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR-10 through torchvision, on batches written here in its format.
+
+
+def write_cifar10(root: Path, per_batch: int = 6, n_test: int = 5) -> np.ndarray:
+    """cifar-10-batches-py as the Python pickles of the real archive (data (N, 3072) uint8,
+    channel-major; labels); returns the test images (N, 3, 32, 32)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else per_batch
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": list(rng.integers(0, 10, n))}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return data.reshape(n_test, 3, 32, 32)
+
+
+@pytest.fixture
+def cifar_md5_off(monkeypatch):
+    """torchvision checks the md5 sums of the real archive's files; a test's files cannot
+    have them, so the checks get md5 None (file present: torchvision's own rule)."""
+    from torchvision.datasets import CIFAR10
+
+    for attr in ("train_list", "test_list"):
+        monkeypatch.setattr(CIFAR10, attr, [[n, None] for n, _ in getattr(CIFAR10, attr)])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": None})
+
+
+def test_cifar10_is_read_through_torchvision_channel_major(tmp_path, cifar_md5_off):
+    test = write_cifar10(tmp_path / "d")
+    cfg = DataConfig(dataset="cifar10", root=str(tmp_path / "d"), val_size=10)
+    src = read_source(cfg)
+    assert src.shape == (3, 32, 32) and src.train.x.dtype == torch.uint8
+    d = prepare(src, cfg)
+    assert d.shape == (3, 32, 32) and (len(d.train), len(d.val), len(d.test)) == (20, 10, 5)
+    assert torch.equal(d.test.x, torch.from_numpy(test).reshape(5, 3072).float() / 255)
+    assert d.test.labels.dtype == torch.long and d.test.labels.shape == (5,)
+
+
+def test_cifar10_missing_or_damaged_says_where_to_put_it(tmp_path, cifar_md5_off):
+    with pytest.raises(DataError) as err:
+        read_source(DataConfig(dataset="cifar10", root=str(tmp_path / "none")))
+    msg = str(err.value)
+    assert str(tmp_path / "none" / "cifar-10-batches-py") in msg
+    assert "cifar-10-python.tar.gz" in msg and "VAE_STUDY_DATA" in msg
+    write_cifar10(tmp_path / "d")
+    (tmp_path / "d" / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="missing or damaged"):
+        read_source(DataConfig(dataset="cifar10", root=str(tmp_path / "d")))
+
+
+def test_mnist_keeps_its_shape_and_one_uint8_copy(tmp_path):
+    from conftest import write_mnist
+
+    root = write_mnist(tmp_path / "d", n_train=60, n_test=20)
+    src = read_source(DataConfig(root=str(root)))
+    assert src.shape == (1, 28, 28) and src.train.x.dtype == torch.uint8
+    d = prepare(src, DataConfig(root=str(root), val_size=10))
+    assert d.shape == (1, 28, 28) and d.to("cpu").shape == (1, 28, 28)
+    assert d.train.x.dtype == torch.float32 and float(d.train.x.max()) == 1.0
