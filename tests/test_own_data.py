@@ -465,3 +465,52 @@ def test_mnist_keeps_its_shape_and_one_uint8_copy(tmp_path):
     d = prepare(src, DataConfig(root=str(root), val_size=10))
     assert d.shape == (1, 28, 28) and d.to("cpu").shape == (1, 28, 28)
     assert d.train.x.dtype == torch.float32 and float(d.train.x.max()) == 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Model pictures of any image shape.
+
+
+class _LinearVAE(torch.nn.Module):
+    """Just what model_pictures calls: encode, decode, mean, latent_dim."""
+
+    def __init__(self, dim: int, latent_dim: int = 3) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.enc = torch.nn.Linear(dim, 2 * latent_dim)
+        self.dec = torch.nn.Linear(latent_dim, dim)
+
+    def encode(self, x):
+        mu, logvar = self.enc(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, z):
+        return self.dec(z)
+
+    def mean(self, logits):
+        return torch.sigmoid(logits)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 5, 7)])
+def test_model_pictures_draw_the_data_shape_grey_or_rgb(tmp_path, monkeypatch, shape):
+    from vae_study import plots
+
+    drawn = []
+    real = plots._grid
+    monkeypatch.setattr(plots, "_grid", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    c, h, w = shape
+    x = torch.rand(40, c * h * w, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    out = plots.model_pictures(
+        None, _LinearVAE(c * h * w), x, None, tmp_path / "m.png", "t", shape=shape
+    )
+    assert out.is_file() and len(drawn) == 3  # pairs, samples, traversals
+    pairs = drawn[0]
+    colour = (3,) if c == 3 else ()
+    assert pairs.shape == (2 * (h + 2) + 2, 10 * (w + 2) + 2, *colour)
+    # The second test image sits in row 0, column 1, channels last for RGB.
+    first = x[1].reshape(c, h, w).numpy()
+    tile = pairs[2 : 2 + h, 2 + (w + 2) : 2 + (w + 2) + w]
+    assert np.allclose(tile, first.transpose(1, 2, 0) if c == 3 else first[0])
+    assert drawn[1].shape[:2] == (4 * (h + 2) + 2, 8 * (w + 2) + 2)
+    assert drawn[2].shape[:2] == (3 * (h + 2) + 2, 9 * (w + 2) + 2)  # 3 latent dims, 9 steps
