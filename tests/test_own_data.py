@@ -140,6 +140,8 @@ def test_eight_bit_files_binarize_like_mnist_with_a_val_split(tmp_path, binarize
         assert set(split.x.unique().tolist()) == {0.0, 1.0}
     again = load_datasets(npz_config(path, binarize=binarize, val_size=10, train_subset=5))
     assert torch.equal(again.val.x, d.val.x) and torch.equal(again.test.x, d.test.x)
+    fewer = load_datasets(npz_config(path, binarize=binarize, val_size=4))
+    assert torch.equal(fewer.val.x, d.val.x[:4])  # an example's draw whatever val_size
     if binarize == "dynamic":
         assert d.train_noise == NOISE_BERNOULLI and d.train.x.unique().numel() > 2
     else:

@@ -331,61 +331,73 @@ def _read_files(cfg: DataConfig) -> Source:
     """data.dataset npz (one file, read whole) or npy (a folder, memory-mapped)."""
     assert cfg.path is not None  # DataConfig requires it
     path = Path(cfg.path)
-    arrays: dict[str, tuple[Any, str]] = {}  # key -> (array, where it is, for messages)
-    if cfg.dataset == "npz":
-        if not path.is_file():
-            raise DataError(
-                f"data.path: {path} does not exist (or is not a file); expected an .npz file "
-                "with arrays train, test and optionally val (np.savez(path, train=..., "
-                "test=...))"
-            )
-        try:
-            archive = np.load(path, allow_pickle=False)
-            keys = set(archive.files)
-        except Exception as exc:  # not a zip, truncated ...
-            raise DataError(
-                f"data.path: {path} cannot be read as an .npz file ({_reason(exc)}); write it "
-                "with np.savez(path, train=..., test=...)"
-            ) from None
-        for key in ("train", "test"):
-            if key not in keys:
-                raise DataError(
-                    f"data.path: {path} has no array {key!r} (it holds: "
-                    f"{', '.join(sorted(keys)) or 'nothing'}); save the splits as "
-                    "np.savez(path, train=..., test=..., val=...)"
-                )
-        for key in keys & {*_SPLITS, *(f"{s}_labels" for s in _SPLITS)}:
-            where = f"{path}, array {key!r}"
-            try:
-                arrays[key] = (archive[key], where)  # read whole
-            except Exception as exc:  # object arrays need pickle, which stays off
-                raise DataError(
-                    f"data.path: {where} cannot be read ({_reason(exc)}); store images as "
-                    "uint8 levels 0-255 or floats in [0, 1], labels as integers"
-                ) from None
-    else:
-        if not path.is_dir():
-            raise DataError(
-                f"data.path: {path} is not a folder; with data.dataset: npy it is the folder "
-                "holding train.npy, test.npy and optionally val.npy (np.save)"
-            )
-        for key in (*_SPLITS, *(f"{s}_labels" for s in _SPLITS)):
-            file = path / f"{key}.npy"
-            if not file.is_file():
-                if key in ("train", "test"):
-                    raise DataError(
-                        f"data.path: {file} does not exist; the folder {path} must hold "
-                        "train.npy and test.npy (and optionally val.npy), written by np.save"
-                    )
-                continue
-            try:
-                arrays[key] = (np.load(file, mmap_mode="r", allow_pickle=False), str(file))
-            except Exception as exc:
-                raise DataError(
-                    f"data.path: {file} cannot be read as an .npy array ({_reason(exc)}); "
-                    "store images as uint8 levels 0-255 or floats in [0, 1] with np.save"
-                ) from None
+    if cfg.dataset == "npy":
+        return _source_from_arrays(cfg, _npy_arrays(path))
+    if not path.is_file():
+        raise DataError(
+            f"data.path: {path} does not exist (or is not a file); expected an .npz file "
+            "with arrays train, test and optionally val (np.savez(path, train=..., test=...))"
+        )
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not a zip, truncated ...
+        raise DataError(
+            f"data.path: {path} cannot be read as an .npz file ({_reason(exc)}); write it "
+            "with np.savez(path, train=..., test=...)"
+        ) from None
+    with archive:
+        arrays = _npz_arrays(archive, path)
     return _source_from_arrays(cfg, arrays)
+
+
+def _npz_arrays(archive: Any, path: Path) -> dict[str, tuple[Any, str]]:
+    """Each split and label array of an open .npz file, read whole."""
+    arrays: dict[str, tuple[Any, str]] = {}  # key -> (array, where it is, for messages)
+    keys = set(archive.files)
+    for key in ("train", "test"):
+        if key not in keys:
+            raise DataError(
+                f"data.path: {path} has no array {key!r} (it holds: "
+                f"{', '.join(sorted(keys)) or 'nothing'}); save the splits as "
+                "np.savez(path, train=..., test=..., val=...)"
+            )
+    for key in keys & {*_SPLITS, *(f"{s}_labels" for s in _SPLITS)}:
+        where = f"{path}, array {key!r}"
+        try:
+            arrays[key] = (archive[key], where)  # read whole
+        except Exception as exc:  # object arrays need pickle, which stays off
+            raise DataError(
+                f"data.path: {where} cannot be read ({_reason(exc)}); store images as "
+                "uint8 levels 0-255 or floats in [0, 1], labels as integers"
+            ) from None
+    return arrays
+
+
+def _npy_arrays(path: Path) -> dict[str, tuple[Any, str]]:
+    """Each split and label array of a folder of .npy files, memory-mapped."""
+    if not path.is_dir():
+        raise DataError(
+            f"data.path: {path} is not a folder; with data.dataset: npy it is the folder "
+            "holding train.npy, test.npy and optionally val.npy (np.save)"
+        )
+    arrays: dict[str, tuple[Any, str]] = {}
+    for key in (*_SPLITS, *(f"{s}_labels" for s in _SPLITS)):
+        file = path / f"{key}.npy"
+        if not file.is_file():
+            if key in ("train", "test"):
+                raise DataError(
+                    f"data.path: {file} does not exist; the folder {path} must hold "
+                    "train.npy and test.npy (and optionally val.npy), written by np.save"
+                )
+            continue
+        try:
+            arrays[key] = (np.load(file, mmap_mode="r", allow_pickle=False), str(file))
+        except Exception as exc:
+            raise DataError(
+                f"data.path: {file} cannot be read as an .npy array ({_reason(exc)}); "
+                "store images as uint8 levels 0-255 or floats in [0, 1] with np.save"
+            ) from None
+    return arrays
 
 
 def _source_from_arrays(cfg: DataConfig, arrays: dict[str, tuple[Any, str]]) -> Source:
@@ -700,7 +712,12 @@ def prepare(
     train_subset. Training data: the static draw, or fresh noise per batch (dynamic
     binarization, dequantisation) through ``Datasets.train_noise``.
     """
-    if dequantize and (cfg.binarize != "none" or source.pixels == PIXELS_BINARY):
+    if dequantize and source.pixels == PIXELS_BINARY:
+        raise DataError(
+            f"model.likelihood: a density (continuous_bernoulli, gaussian) is for 8-bit grey "
+            f"levels, but {cfg.dataset}'s pixels are binary; use model.likelihood: bernoulli"
+        )
+    if dequantize and cfg.binarize != "none":
         raise DataError(
             f"data.binarize: got {cfg.binarize!r} on {cfg.dataset}; "
             "dequantisation is for 8-bit grey levels (data.binarize: none)"
@@ -721,13 +738,14 @@ def prepare(
                 f"validation split has {len(source.valid)} examples; set data.val_size to "
                 f"at most {len(source.valid)}"
             )
-        val = _index(source.valid, torch.arange(cfg.val_size))
+        valid = source.valid
         if drawn and source.pixels != PIXELS_BINARY:  # binary data: a draw changes nothing
-            val = _drawn(val, draw, VAL_DRAW_SEED)
+            valid = _drawn(valid, draw, VAL_DRAW_SEED)  # whole: the same whatever val_size
             pool = _drawn(source.train, draw, TRAIN_POOL_DRAW_SEED)
             test = _drawn(source.test, draw, TEST_DRAW_SEED)
         else:
             pool, test = source.train, source.test
+        val = _index(valid, torch.arange(cfg.val_size))
         stored = source.train
     else:
         train_idx, val_idx = _hold_out_index(len(source.train), cfg.val_size)
