@@ -516,3 +516,44 @@ def test_model_pictures_draw_the_data_shape_grey_or_rgb(tmp_path, monkeypatch, s
     assert np.allclose(tile, first.transpose(1, 2, 0) if c == 3 else first[0])
     assert drawn[1].shape[:2] == (4 * (h + 2) + 2, 8 * (w + 2) + 2)
     assert drawn[2].shape[:2] == (3 * (h + 2) + 2, 9 * (w + 2) + 2)  # 3 latent dims, 9 steps
+
+
+# ---------------------------------------------------------------------------------------
+# A run on one's own files.
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_fit_trains_and_scores_on_an_npz_file(tmp_path, binary):
+    import vae_study.train as T
+    from conftest import tiny_images
+    from vae_study import metrics as M
+    from vae_study.config import replace_keys
+
+    def split(n, seed):
+        x = tiny_images(n, seed)
+        return np.where(x > 127, 255, 0).astype(np.uint8) if binary else x
+
+    path = write_npz(tmp_path / "own.npz", train=split(120, 0), val=split(30, 1), test=split(20, 2))
+    result = T.fit(
+        replace_keys(
+            RunConfig(),
+            {
+                "data.dataset": "npz",
+                "data.path": str(path),
+                "data.binary": binary,
+                "data.val_size": 30,
+                "train.epochs": 1,
+                "model.hidden": [16],
+                "model.latent_dim": 2,
+                "train.device": "cpu",
+                "eval.k": 2,
+                "eval.val_k": 2,
+                "eval.val_examples": 10,
+                "eval.surgery_examples": 10,
+            },
+        )
+    )
+    final = result.final
+    bound = M.TEST_NLL if binary else M.bound_key("test", M.QUANTITY_CROSS_ENTROPY)
+    assert bound in final and np.isfinite(final[bound])
+    assert final[M.TEST_NLL_EXAMPLES] == 20
