@@ -557,3 +557,15 @@ def test_fit_trains_and_scores_on_an_npz_file(tmp_path, binary):
     bound = M.TEST_NLL if binary else M.bound_key("test", M.QUANTITY_CROSS_ENTROPY)
     assert bound in final and np.isfinite(final[bound])
     assert final[M.TEST_NLL_EXAMPLES] == 20
+
+
+def test_binarized_mnist_is_stored_as_bytes_and_presented_as_exact_bits(tmp_path):
+    from conftest import write_amat
+
+    root = write_amat(tmp_path / "d", n=(30, 10, 10))
+    cfg = DataConfig(dataset="binarized_mnist", root=str(root), val_size=10)
+    src = read_source(cfg)
+    assert src.pixels == PIXELS_BINARY and src.train.x.dtype == torch.uint8
+    assert set(src.train.x.unique().tolist()) == {0, 255}
+    d = prepare(src, cfg)
+    assert d.train.x.dtype == torch.float32 and set(d.train.x.unique().tolist()) == {0.0, 1.0}

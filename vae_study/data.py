@@ -283,7 +283,11 @@ def _read_binarized(root: Path) -> tuple[Split, Split, Split]:
                 + _how_to_fix("binarized_mnist")
             ) from None
         paths = {s: _amat_path(root, s) for s in _AMAT_SPLITS}
-    tr, va, te = (Split(read_amat(paths[s]), None) for s in _AMAT_SPLITS)  # type: ignore[arg-type]
+    # Stored as uint8 levels 0/255, a quarter of the floats; presented as exact 0.0/1.0.
+    tr, va, te = (
+        Split(read_amat(paths[s]).mul_(255).to(torch.uint8), None)  # type: ignore[arg-type]
+        for s in _AMAT_SPLITS
+    )
     return tr, va, te
 
 
