@@ -569,3 +569,15 @@ def test_binarized_mnist_is_stored_as_bytes_and_presented_as_exact_bits(tmp_path
     assert set(src.train.x.unique().tolist()) == {0, 255}
     d = prepare(src, cfg)
     assert d.train.x.dtype == torch.float32 and set(d.train.x.unique().tolist()) == {0.0, 1.0}
+
+
+def test_the_command_line_reports_a_broken_file_in_one_line(tmp_path, capsys, monkeypatch):
+    from vae_study.cli import main
+
+    write_npz(tmp_path / "cfg" / "data" / "x.npz", train=images(10, (4, 4)))  # no test
+    (tmp_path / "cfg" / "run.yaml").write_text("data:\n  dataset: npz\n  path: data/x.npz\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", str(tmp_path / "cfg" / "run.yaml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'cfg' / 'data' / 'x.npz'} has no array 'test'" in err
+    assert "Traceback" not in err
