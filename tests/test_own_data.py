@@ -581,3 +581,34 @@ def test_the_command_line_reports_a_broken_file_in_one_line(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert f"{tmp_path / 'cfg' / 'data' / 'x.npz'} has no array 'test'" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_study_on_an_npy_folder_named_relative_to_its_file(tmp_path, monkeypatch):
+    from conftest import tiny_images
+    from study_factory import tiny_study, write_study
+    from vae_study import results as R
+    from vae_study.cli import main
+
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "train.npy", tiny_images(300, 0)[:, None])  # (N, 1, 28, 28)
+    np.save(arrays / "test.npy", tiny_images(60, 1)[:, None])
+    np.save(arrays / "test_labels.npy", np.arange(60) % 10)
+    raw = tiny_study(
+        tmp_path,
+        **{
+            "data": {"dataset": "npy", "path": "arrays", "val_size": 50},
+            "search.num_trials": 2,
+            "report.enabled": True,
+            "report.dir": str(tmp_path / "reports"),
+        },
+    )
+    study = write_study(tmp_path, raw)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the path is the study file's, not the working directory's
+    assert main(["run", str(study)]) == 0
+    table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
+    assert set(table["status"]) == {R.COMPLETED} and (table["data/train_examples"] == 250).all()
+    assert list((tmp_path / "reports" / "tiny").glob("model_*.png"))

@@ -504,7 +504,7 @@ def _image_tensor(
         x = torch.empty((n, dim), dtype=torch.uint8)
         not_binary = 0
         for start, c in chunks():
-            x[start : start + len(c)] = torch.from_numpy(np.ascontiguousarray(c))
+            x.numpy()[start : start + len(c)] = c  # a read-only memory map: copied
             if binary:
                 not_binary += int(np.count_nonzero((c != 0) & (c != 255)))
         if binary and not_binary:
