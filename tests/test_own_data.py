@@ -63,6 +63,10 @@ def test_npz_uint8_grey_is_read_flat_with_its_shape_and_labels(tmp_path):
     got_train = {tuple(r) for r in d.train.x.tolist()}
     got_val = {tuple(r) for r in d.val.x.tolist()}
     assert got_train | got_val == rows and not got_train & got_val
+    # (N, H, W, 1) is grey too, channels last.
+    last = write_npz(tmp_path / "l.npz", train=train[..., None], test=test[..., None])
+    d1 = load_datasets(npz_config(last))
+    assert d1.shape == (1, 5, 7) and torch.equal(d1.test.x, d.test.x)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
