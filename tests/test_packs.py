@@ -401,6 +401,48 @@ def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
     ]
 
 
+def test_a_crash_while_tune_writes_its_experiment_state_leaves_the_last_one_whole(
+    tmp_path, monkeypatch
+):
+    """Tune writes its experiment state after every report (a pack's reports are large); a
+    driver killed mid-write must leave the previous state, which a rerun resumes."""
+    from ray.tune.execution import tune_controller
+    from ray.tune.execution.tune_controller import TuneController
+
+    from vae_study.searcher import write_experiment_state_atomically
+
+    write_experiment_state_atomically()
+    write_experiment_state_atomically()  # idempotent: wrapped once
+    nothing = SimpleNamespace(save_to_dir=lambda *args, **kwargs: None)
+    controller = object.__new__(TuneController)
+    controller.__dict__.update(
+        _session_str="s",
+        _start_time=0.0,
+        _storage=SimpleNamespace(experiment_driver_staging_path=str(tmp_path)),
+        _search_alg=nothing,
+        _callbacks=nothing,
+    )
+    monkeypatch.setattr(TuneController, "__getstate__", lambda self: {"step": self.step})
+    monkeypatch.setattr(TuneController, "_get_trial_checkpoints", lambda self: {"t": "x" * 10**5})
+    state = tmp_path / "experiment_state-s.json"
+    controller.step = 1
+    controller.save_to_dir()
+    assert json.loads(state.read_text())["runner_data"] == {"step": 1}
+
+    def killed_mid_write(obj, f, **kwargs):
+        f.write(json.dumps(obj)[:1000])
+        f.flush()
+        raise KeyboardInterrupt  # the driver dies half-way through the file
+
+    monkeypatch.setattr(tune_controller.json, "dump", killed_mid_write)
+    controller.step = 2
+    with pytest.raises(KeyboardInterrupt):
+        controller.save_to_dir()
+    assert json.loads(state.read_text())["runner_data"] == {"step": 1}  # whole, as it was
+    assert [p.name for p in tmp_path.glob("experiment_state-*.json")] == [state.name]
+    assert controller.experiment_state_file_name == state.name
+
+
 # ---------------------------------------------------------------------------------------
 # The results table.
 
