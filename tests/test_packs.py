@@ -360,7 +360,7 @@ def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
     folder.mkdir()
     search = make_searcher(study, folder, configs_per_trial(study, gpu=False)).searcher
     packs = [search.suggest(f"t{i}") for i in range(5)]
-    assert packs[4] is None  # 11 configurations: packs of 3, 3, 3 and 2
+    assert packs[4] == "FINISHED"  # 11 configurations: packs of 3, 3, 3 and 2
     packs = [p[R.PACK_KEY] for p in packs[:4]]
     assert [len(p) for p in packs] == [3, 3, 3, 2]
     latents, hidden = set(), set()

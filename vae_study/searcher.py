@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 import ray
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from . import results as R
@@ -193,11 +193,11 @@ class StudySearch(OptunaSearch):
             config[R.OPTUNA_TRIAL_KEY] = optuna_trials(self)[trial_id].number
         return config
 
-    def _suggest_pack(self, trial_id: str) -> dict[str, Any] | None:
+    def _suggest_pack(self, trial_id: str) -> dict[str, Any] | str:
         if trial_id not in self.packs:
             n = min(self.pack_size, self.num_configs - self.configs_asked)
-            if n <= 0:
-                return None
+            if n <= 0:  # every configuration asked (Ray's num_samples normally ends first)
+                return Searcher.FINISHED
             study = optuna_study(self)
             trials: list[Any] = []
             shape: dict[str, Any] = {}
