@@ -107,6 +107,33 @@ def fused(model: str, m: int, data: Datasets) -> float:
 # --- processes: two single-thread trials at once; a pack's unique memory -----------------------
 
 
+def stacked_matmuls(model: str, m: int, batches: int) -> float:
+    """The float32 matrix products of ``batches`` steps of M stacked members of ``model``
+    (``bmm`` over the members as ``fused.BatchedLinear`` runs them; M=1 plain ``mm``), on
+    random operands: the floor of a fused step, and so, against one member trained alone,
+    the ceiling of what fusing can gain on this machine."""
+    hidden, latent = MODELS[model]["model.hidden"][0], MODELS[model]["model.latent_dim"]
+    device = torch.device(DEVICE)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(m, *shape, device=device) if m > 1 else torch.randn(*shape)
+
+    mm = torch.bmm if m > 1 else torch.mm
+    t = (lambda a: a.transpose(1, 2)) if m > 1 else (lambda a: a.T)  # noqa: E731
+    b = BATCH
+    x, h, z, h3 = r(b, 784), r(b, hidden), r(b, latent), r(b, hidden)
+    w1, w_ml, w3, w4 = r(hidden, 784), r(2 * latent, hidden), r(hidden, latent), r(784, hidden)
+    g4, g3, g_ml = r(b, 784), r(b, hidden), r(b, 2 * latent)
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        mm(x, t(w1)), mm(h, t(w_ml)), mm(z, t(w3)), mm(h3, t(w4))  # forward
+        mm(t(g4), h3), mm(g4, w4), mm(t(g3), z), mm(g3, w3), mm(t(g_ml), h), mm(g_ml, w_ml)
+        mm(t(g3), x)  # the first layer's weights (its input needs no gradient)
+    _sync()
+    return time.perf_counter() - t0
+
+
 def _trial_worker(model: str, seed: int, batches: int, barrier, queue) -> None:
     torch.set_num_threads(1)
     data = bench_data(batches)
@@ -242,6 +269,20 @@ def main() -> None:
             f"  fused M={m}: member-epoch {member_epoch:.3f} s = "
             f"{member_epoch / (matmuls / per_member_epoch):.2f}x the matmul floor"
         )
+
+    print(
+        "\nthe ceiling of fusing: one member at a time against the float32 matmuls alone of"
+        " M stacked members (bmm), per member (needs M=1 in --members)"
+    )
+    for model in MODELS if 1 in members else ():
+        parts = []
+        for m in members:
+            floor = statistics.median(
+                stacked_matmuls(model, m, args.batches) for _ in range(args.repeats)
+            )
+            ceiling = (floor / m / per_member_epoch) ** -1 / rates[model, 1][0]
+            parts.append(f"M={m} {ceiling:.2f}x")
+        print(f"  {model}: " + "  ".join(parts))
 
     if DEVICE != "cpu":  # the process and memory rows describe a CPU study
         _final_line(members, rates, seed_fused_seconds, matmuls)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 import yaml
 
@@ -204,3 +209,61 @@ def same_weights(a, b) -> bool:
         torch.equal(x.cpu(), y.cpu())
         for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
+
+
+# ---------------------------------------------------------------------------------------
+# A real driver (``python -m vae_study run``) in a subprocess, for the fault tests.
+
+
+def slow_trials(tmp_path: Path, *, epochs: int = 30, **over) -> dict:
+    """A study of trials of a few seconds each, long enough to be caught half-way."""
+    if not (tmp_path / "big" / "mnist").exists():
+        write_mnist(tmp_path / "big", n_train=3000, n_test=200)
+    keys = {
+        "train.epochs": epochs,
+        "model.hidden": [256],
+        "data.root": str(tmp_path / "big"),
+        "search.num_trials": 4,
+        "search.max_concurrent": 1,
+    }
+    keys.update(over)
+    return tiny_study(tmp_path, **keys)
+
+
+def start_driver(tmp_path: Path, path: Path, log_name: str, env: dict | None = None):
+    """``vae_study run <path> --no-report`` in its own session; (process, its log file)."""
+    log = open(tmp_path / log_name, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+        cwd=tmp_path,
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, log
+
+
+def read_table(folder: Path):
+    """The study's results.csv, or None while it is missing or being written."""
+    try:
+        return R.read_results(folder / R.RESULTS_FILE)
+    except Exception:
+        return None
+
+
+def wait_for(proc, log, condition, timeout: float = 240.0, what: str = "the fault"):
+    """Poll ``condition`` until it returns something true while the driver runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if proc.poll() is not None:
+            log.flush()
+            pytest.fail(
+                f"the driver ended before {what} could be injected:\n"
+                + Path(log.name).read_text()[-3000:]
+            )
+        found = condition()
+        if found:
+            return found
+    pytest.fail(f"the condition for {what} never held")

@@ -22,8 +22,15 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import write_mnist
-from study_factory import optuna_states, tiny_study, write_study
+from study_factory import (
+    optuna_states,
+    read_table,
+    slow_trials,
+    start_driver,
+    tiny_study,
+    wait_for,
+    write_study,
+)
 from vae_study import checkpoint as ckpt
 from vae_study import results as R
 from vae_study.cli import main
@@ -41,57 +48,6 @@ def _history(folder: Path, trial_id: str) -> list[dict]:
         except json.JSONDecodeError:
             pass
     return [r for r in rows if "val/neg_elbo" in r]
-
-
-def _table(folder: Path):
-    try:
-        return R.read_results(folder / R.RESULTS_FILE)
-    except Exception:
-        return None
-
-
-def _slow_trials(tmp_path: Path, **over) -> dict:
-    """Trials of a few seconds each, long enough to be caught half-way."""
-    if not (tmp_path / "big" / "mnist").exists():
-        write_mnist(tmp_path / "big", n_train=3000, n_test=200)
-    keys = {
-        "train.epochs": 30,
-        "model.hidden": [256],
-        "data.root": str(tmp_path / "big"),
-        "search.num_trials": 4,
-        "search.max_concurrent": 1,
-    }
-    keys.update(over)
-    return tiny_study(tmp_path, **keys)
-
-
-def _start_driver(tmp_path: Path, path: Path, log_name: str, env: dict | None = None):
-    log = open(tmp_path / log_name, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
-        cwd=tmp_path,
-        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, log
-
-
-def _wait_for(proc, log, condition, timeout: float = 240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        if proc.poll() is not None:
-            log.flush()
-            pytest.fail(
-                "the driver ended before the fault could be injected:\n"
-                + Path(log.name).read_text()[-3000:]
-            )
-        found = condition()
-        if found:
-            return found
-    pytest.fail("the condition for the fault never held")
 
 
 def _finish_again(tmp_path: Path, path: Path, env: dict | None = None) -> None:
@@ -113,13 +69,13 @@ def _finish_again(tmp_path: Path, path: Path, env: dict | None = None) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["first_trial_starting", "mid_trial", "two_done"])
 def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
-    path = write_study(tmp_path, _slow_trials(tmp_path))
+    path = write_study(tmp_path, slow_trials(tmp_path))
     folder = tmp_path / "runs" / "tiny"
     token = tmp_path / "auth_token"
     env = {"RAY_AUTH_TOKEN_PATH": str(token)}
 
     def condition():
-        table = _table(folder)
+        table = read_table(folder)
         if table is None:
             return None
         done = table[table["status"] == R.COMPLETED]
@@ -137,9 +93,9 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
             running[running["epoch"].fillna(0) >= 3]["trial_id"].tolist(),
         )
 
-    proc, log = _start_driver(tmp_path, path, "first.log", env)
+    proc, log = start_driver(tmp_path, path, "first.log", env)
     try:
-        done_before, interrupted = _wait_for(proc, log, condition)
+        done_before, interrupted = wait_for(proc, log, condition)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
@@ -173,11 +129,11 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
 
 @pytest.mark.slow
 def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
-    path = write_study(tmp_path, _slow_trials(tmp_path, **{"search.num_trials": 2}))
+    path = write_study(tmp_path, slow_trials(tmp_path, **{"search.num_trials": 2}))
     folder = tmp_path / "runs" / "tiny"
 
     def running_trial():
-        table = _table(folder)
+        table = read_table(folder)
         if table is None:
             return None
         running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
@@ -187,9 +143,9 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
         rows = _history(folder, trial_id)
         return (trial_id, rows[-1]["pid"]) if rows else None
 
-    proc, log = _start_driver(tmp_path, path, "run.log")
+    proc, log = start_driver(tmp_path, path, "run.log")
     try:
-        trial_id, pid = _wait_for(proc, log, running_trial)
+        trial_id, pid = wait_for(proc, log, running_trial)
         os.kill(pid, signal.SIGKILL)  # the trial's worker, once
         assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
@@ -276,7 +232,7 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not removed:
             time.sleep(0.2)
-            table = _table(tmp_path / "runs" / "tiny")
+            table = read_table(tmp_path / "runs" / "tiny")
             if table is None:
                 continue
             on_worker = table[
@@ -288,7 +244,7 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
                 removed["trial"] = on_worker["trial_id"].iloc[0]
                 cluster.remove_node(worker, allow_graceful=False)
 
-    raw = _slow_trials(tmp_path, **{"search.max_concurrent": 2, "ray.address": cluster.address})
+    raw = slow_trials(tmp_path, **{"search.max_concurrent": 2, "ray.address": cluster.address})
     thread = threading.Thread(target=remove_worker_when_busy, daemon=True)
     thread.start()
     try:

@@ -19,59 +19,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import write_mnist
-from study_factory import tiny_study, write_study
+from study_factory import read_table, slow_trials, start_driver, wait_for, write_study
 from vae_study import results as R
 from vae_study.driver import INTERRUPTED_ATTR
 from vae_study.study_config import study_from_dict
-
-
-def _slow_trials(tmp_path: Path, **over) -> dict:
-    """Trials of several seconds each, long enough to be caught half-way."""
-    if not (tmp_path / "big" / "mnist").exists():
-        write_mnist(tmp_path / "big", n_train=3000, n_test=200)
-    keys = {
-        "train.epochs": 20,
-        "model.hidden": [256],
-        "data.root": str(tmp_path / "big"),
-        "search.num_trials": 4,
-        "search.max_concurrent": 1,
-    }
-    keys.update(over)
-    return tiny_study(tmp_path, **keys)
-
-
-def _start_driver(tmp_path: Path, path: Path, log_name: str, env: dict):
-    log = open(tmp_path / log_name, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
-        cwd=tmp_path,
-        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, log
-
-
-def _table(folder: Path):
-    try:
-        return R.read_results(folder / R.RESULTS_FILE)
-    except Exception:
-        return None
-
-
-def _wait_for(proc, log, condition, timeout: float = 300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        if proc.poll() is not None:
-            log.flush()
-            pytest.fail("the driver ended before Ctrl-C:\n" + Path(log.name).read_text()[-3000:])
-        found = condition()
-        if found:
-            return found
-    pytest.fail("the condition for Ctrl-C never held")
 
 
 def _pids(folder: Path, trial_id: str) -> list[int]:
@@ -89,23 +40,23 @@ def _pids(folder: Path, trial_id: str) -> list[int]:
 
 @pytest.mark.slow
 def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
-    raw = _slow_trials(tmp_path)
+    raw = slow_trials(tmp_path, epochs=20)
     path = write_study(tmp_path, raw)
     objective = study_from_dict(raw).search.objectives[0].metric
     folder = tmp_path / "runs" / "tiny"
     env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
 
     def one_done_one_mid_way():
-        table = _table(folder)
+        table = read_table(folder)
         if table is None:
             return None
         done = table[table["status"] == R.COMPLETED]
         mid = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
         return mid["trial_id"].tolist() if len(done) >= 1 and not mid.empty else None
 
-    proc, log = _start_driver(tmp_path, path, "first.log", env)
+    proc, log = start_driver(tmp_path, path, "first.log", env)
     try:
-        mid_way = _wait_for(proc, log, one_done_one_mid_way)
+        mid_way = wait_for(proc, log, one_done_one_mid_way, timeout=300, what="Ctrl-C")
         os.kill(proc.pid, signal.SIGINT)  # the driver alone, as Ray's processes block SIGINT
         time.sleep(0.5)
         second = proc.poll() is None

@@ -3,11 +3,13 @@
 A study lives in ``<output.dir>/<name>/`` (``output.dir`` defaults to ``runs``)::
 
     study.yaml      the resolved study file (what a resume is compared against)
-    results.csv     one row per trial, rewritten atomically as trials start and finish
+    results.csv     one row per member (a trial trains one or more), rewritten atomically
+    configs.csv     one row per configuration: means and standard errors over its replicates
     optuna.db       the Optuna study (``optuna-dashboard sqlite:///.../optuna.db``)
     driver.lock     locked by the driver running the study (one driver per folder)
     tune/           Ray Tune's experiment: its state, and one folder per trial:
       trial_<id>/     result.json (one line per report), checkpoint_<n>/state.pt
+    confirm/        the confirmation stage (search.confirm), laid out like a study folder
 
 The driver writes it, the report and ``study_folder`` read it, the search opens its Optuna
 storage and the tests build one by hand, all through ``StudyLayout``. Nothing here imports
@@ -29,6 +31,8 @@ REPORTS_DIR = "reports"  # report.dir by default
 
 STUDY_FILE = "study.yaml"
 RESULTS_FILE = "results.csv"
+CONFIGS_FILE = "configs.csv"  # one row per configuration: mean and s.e. over its replicates
+CONFIRM_DIR = "confirm"  # the confirmation stage: a study folder of its own inside the study
 DB_FILE = "optuna.db"
 TUNE_DIR = "tune"
 LOCK_FILE = "driver.lock"  # held (flock) by the driver running the study: pid and host
@@ -78,6 +82,15 @@ class StudyLayout:
     @property
     def results_file(self) -> Path:
         return self.folder / RESULTS_FILE
+
+    @property
+    def configs_file(self) -> Path:
+        return self.folder / CONFIGS_FILE
+
+    @property
+    def confirm_dir(self) -> Path:
+        """The confirmation stage's folder (its own results.csv, configs.csv and tune/)."""
+        return self.folder / CONFIRM_DIR
 
     @property
     def optuna_db(self) -> Path:
