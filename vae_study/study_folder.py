@@ -160,7 +160,14 @@ def configurations(
     checkpoint and per-dimension KL are its lowest replicate's (replicate 0 when it is
     there): the model pictures show one member, not an average of weights."""
     from .pareto import pareto_front
-    from .replicates import CONFIG_KEY, REPLICATE_KEY, aggregate, se_key
+    from .replicates import (
+        CONFIG_KEY,
+        N_FINISHED_KEY,
+        N_REPLICATES_KEY,
+        REPLICATE_KEY,
+        aggregate,
+        se_key,
+    )
 
     groups: dict[Any, list[Trial]] = {}
     for t in trials:
@@ -187,18 +194,25 @@ def configurations(
         shown = failed[0] if agg.get("status") == R.FAILED and failed else first
         metrics = {**shown.metrics, **{m: agg.get(m) for m in AGGREGATED}}
         metrics[M.TEST_KL_PER_DIM] = first.metrics.get(M.TEST_KL_PER_DIM)
+        status = str(agg["status"])
+        if kind == "trial":  # a row of its own (a table without config_id): its own word
+            status = first.status
+        elif status not in (R.FAILED, R.COMPLETED) and any(
+            m.status == R.INTERRUPTED for m in members
+        ):
+            status = R.INTERRUPTED  # paused with the study: the next run resumes it
         out.append(
             Trial(
                 trial_id=str(ident) if kind == "config" else first.trial_id,
-                status=str(agg.get("status", first.status)),
+                status=status,
                 params=first.params,
                 metrics=metrics,
                 history=first.history,
                 checkpoint=first.checkpoint,
                 pareto=first.pareto if kind == "trial" and not objectives else False,
                 se={m: agg.get(se_key(m)) for m in AGGREGATED},
-                n_seeds=int(agg.get("n_finished", int(first.finished))),
-                n_replicates=int(agg.get("n_replicates", replicates)),
+                n_seeds=int(agg[N_FINISHED_KEY]),
+                n_replicates=int(agg[N_REPLICATES_KEY]),
                 members=members,
             )
         )
