@@ -181,7 +181,7 @@ def configurations(
             [m.metrics for m in members],
             param_keys=param_keys,
             metrics=list(AGGREGATED),
-            replicates=replicates,
+            replicates=max(replicates, len(members)),  # a table of more seeds than said
         )
 
         def order(m: Trial) -> tuple[bool, float]:
