@@ -26,10 +26,11 @@ from .data import Source, prepare, read_source
 from .errors import StudyError, VaeStudyError
 from .layout import StudyLayout, trial_dirname
 from .pause import Pause
+from .replicates import CONFIG_KEY, aggregate, config_of
 from .results import write_table
 from .search import make_storage
 from .searcher import grid_trials, make_searcher, optuna_outcome
-from .study_config import StudyConfig
+from .study_config import StudyConfig, configs_per_trial
 from .study_folder import prepare_folder, release_folder
 from .trainable import train_trial
 
@@ -112,7 +113,9 @@ def _run_tuner(
         else:
             tuner = tune.Tuner(
                 trainable,
-                tune_config=_tune_config(study, folder),
+                tune_config=_tune_config(
+                    study, folder, configs_per_trial(study, gpu=resources["gpu"] > 0)
+                ),
                 run_config=tune.RunConfig(
                     name=tune_dir.name,
                     storage_path=str(folder.resolve()),
@@ -185,7 +188,9 @@ def check_optuna_db(folder: Path, name: str) -> None:
         ) from None
 
 
-def _tune_config(study: StudyConfig, folder: Path) -> Any:
+def _tune_config(study: StudyConfig, folder: Path, pack_size: int = 1) -> Any:
+    """Tune's settings; ``pack_size``: configurations per Ray trial (search.num_trials
+    counts configurations, so Ray runs ceil(num_trials / pack_size) trials)."""
     from ray.tune.schedulers import ASHAScheduler
 
     scheduler = None
@@ -199,9 +204,9 @@ def _tune_config(study: StudyConfig, folder: Path) -> Any:
             reduction_factor=study.scheduler.reduction_factor,
         )
     return tune.TuneConfig(
-        search_alg=make_searcher(study, folder),
+        search_alg=make_searcher(study, folder, pack_size),
         scheduler=scheduler,
-        num_samples=study.search.num_trials,
+        num_samples=-(-study.search.num_trials // pack_size),
         reuse_actors=True,
         trial_dirname_creator=tune_trial_dirname,
     )
@@ -271,40 +276,59 @@ def _finish(study: StudyConfig, folder: Path, grid: Any, *, paused: bool) -> Non
             rows = []
     if not rows:
         rows = write_table(study, folder, trials)
-    status = {str(r["trial_id"]): r["status"] for r in rows}
-    _finish_optuna(study, folder, trials, status, paused=paused)
+    ended = _trials_ended(rows)
+    _finish_optuna(study, folder, trials, ended, paused=paused)
+    # Counted in configurations (search.num_trials counts them), each with its replicates.
+    configs = aggregate(rows, param_keys=[], metrics=[], replicates=study.search.replicates)
+    interrupted = {config_of(r) for r in rows if r["status"] == R.INTERRUPTED}
+    status = [
+        R.INTERRUPTED if c[CONFIG_KEY] in interrupted and c["status"] != R.FAILED else c["status"]
+        for c in configs
+    ]
     count = {
-        s: sum(1 for v in status.values() if v == s)
-        for s in (R.COMPLETED, R.STOPPED, R.FAILED, R.INTERRUPTED, R.PENDING)
+        s: status.count(s) for s in (R.COMPLETED, R.STOPPED, R.FAILED, R.INTERRUPTED, R.PENDING)
     }
     finished = count[R.COMPLETED] + count[R.STOPPED] + count[R.FAILED]
     detail = ", ".join(f"{n} {s}" for s, n in count.items() if n)
     head = "paused" if paused else "done"
+    what = "trials" if study.search.replicates == 1 else "configurations"
     print(
-        f"vae_study run: {head}: {finished} of {study.search.num_trials} trials finished"
+        f"vae_study run: {head}: {finished} of {study.search.num_trials} {what} finished"
         + (f" ({detail})" if detail else "")
         + f"; results in {path}",
         flush=True,
     )
 
 
+def _trials_ended(rows: list[dict[str, Any]]) -> dict[str, bool]:
+    """Ray trial id -> whether every member of the trial has finished."""
+    ended: dict[str, bool] = {}
+    for r in rows:
+        trial_id = str(r["trial_id"])
+        ended[trial_id] = ended.get(trial_id, True) and r["status"] in R.FINISHED
+    return ended
+
+
 def _finish_optuna(
-    study: StudyConfig, folder: Path, trials: list, status: dict[str, str], *, paused: bool
+    study: StudyConfig, folder: Path, trials: list, ended: dict[str, bool], *, paused: bool
 ) -> None:
     storage = make_storage(folder)
     ot_study = optuna.load_study(study_name=study.name, storage=storage)
     study_id = storage.get_study_id_from_name(study.name)
-    by_number = {t.config.get(R.OPTUNA_TRIAL_KEY): t for t in trials}
+    # Optuna trial number -> (the Ray trial that trains it, that configuration's result).
+    by_number = {
+        number: (t, part)
+        for t in trials
+        for number, part in R.config_results(t.config, t.last_result)
+    }
     metrics = [o.metric for o in study.search.objectives]
     for t in ot_study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     ):
-        ray_trial = by_number.get(t.number)
-        ended = ray_trial is not None and status.get(ray_trial.trial_id) in R.FINISHED
-        if ended:  # Ray ended it but the searcher never told Optuna (an older snapshot)
-            state, value = optuna_outcome(
-                metrics, ray_trial.last_result, error=ray_trial.status == "ERROR"
-            )
+        ray_trial, part = by_number.get(t.number, (None, None))
+        if ray_trial is not None and ended.get(ray_trial.trial_id):
+            # Ray ended it but the searcher never told Optuna (an older snapshot)
+            state, value = optuna_outcome(metrics, part, error=ray_trial.status == "ERROR")
             _tell(ot_study, t.number, state, value)
         elif paused:
             if t.state == optuna.trial.TrialState.RUNNING:

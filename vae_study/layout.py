@@ -16,9 +16,11 @@ storage and the tests build one by hand, all through ``StudyLayout``. Nothing he
 torch, Ray or Optuna. The words of a trial's status are here too: the driver writes them into
 results.csv, the report and the plots read them back.
 
-Several members in one trial (the fused-members issue): a member's files go in
-``member_dir(trial_id, member)`` = ``tune/trial_<id>/member_<m>/``, inside the trial's folder,
-so Ray's per-trial files stay where Ray puts them and a one-member trial keeps today's layout.
+Several members in one trial (the fused-members issue): the trial's checkpoint is one folder
+holding each member's ``fit`` folder, ``member_<m>/`` (its own ``checkpoint/``, metrics.jsonl,
+final.json), so a member's model is ``member_checkpoints(trial_id, m)``:
+``tune/trial_<id>/checkpoint_<n>/member_<m>/checkpoint/``; Ray's per-trial files stay where
+Ray puts them and a one-member trial keeps today's layout (``checkpoints(trial_id)``).
 """
 
 from __future__ import annotations
@@ -116,6 +118,12 @@ class StudyLayout:
         """The folder of one member of a trial that trains several (see the module's doc)."""
         return self.trial_dir(trial_id) / f"{MEMBER_PREFIX}{member}"
 
+    def member_checkpoints(self, trial_id: str, member: int) -> list[Path]:
+        """Member ``member``'s checkpoint folders in a trial of several members (each
+        inside one of the trial's checkpoints) that hold a model state, oldest first."""
+        found = sorted(self.trial_dir(trial_id).glob(CHECKPOINT_GLOB))
+        return [p for p in (member_checkpoint(c, member) for c in found) if holds_state(p)]
+
     def result_file(self, trial_id: str) -> Path:
         return self.trial_dir(trial_id) / RESULT_FILE
 
@@ -125,6 +133,18 @@ class StudyLayout:
 
         found = sorted(self.trial_dir(trial_id).glob(f"{CHECKPOINT_GLOB}/{STATE_FILE}"))
         return [p.parent for p in found]
+
+
+def member_dirname(member: int) -> str:
+    """The name of a member's fit folder inside a pack's checkpoint."""
+    return f"{MEMBER_PREFIX}{member}"
+
+
+def member_checkpoint(trial_checkpoint: str | Path, member: int) -> Path:
+    """Member ``member``'s checkpoint folder inside a pack trial's checkpoint folder."""
+    from .train import CHECKPOINT_DIR  # torch: only when checkpoints are asked for
+
+    return Path(trial_checkpoint) / member_dirname(member) / CHECKPOINT_DIR
 
 
 def holds_state(checkpoint_dir: Path) -> bool:

@@ -19,6 +19,7 @@ from .errors import CheckpointError
 # re-exported for the modules that read and write the table.
 from .layout import (  # noqa: F401
     COMPLETED,
+    CONFIGS_FILE,
     FAILED,
     FINISHED,
     INTERRUPTED,
@@ -27,6 +28,17 @@ from .layout import (  # noqa: F401
     RUNNING,
     STATUSES,
     STOPPED,
+    member_checkpoint,
+)
+from .replicates import (
+    CONFIG_KEY,
+    MEMBER_KEY,
+    REPLICATE_KEY,
+    SEED_KEY,
+    aggregate,
+    config_of,
+    replicate_seed,
+    write_configs,
 )
 
 # Keys the trainable adds to its reports.
@@ -37,7 +49,67 @@ DEVICE_KEY = "device"  # the torch device a trial trained on (cpu, cuda)
 GPU_IDS_KEY = "gpu_ids"  # the GPUs Ray gave the trial, as CUDA_VISIBLE_DEVICES names them
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 
+# Ray trial config keys of fused members (PACKS_INTERFACE.md): "_pack" lists the configurations
+# of a trial that trains several (each {param: value, "_optuna_trial": n}); "_replicates" and
+# "_seed_offset" override search.replicates and the seed offset (the confirmation stage);
+# "_config_id" names the configuration of a trial without an Optuna trial.
+PACK_KEY = "_pack"
+TRIAL_REPLICATES_KEY = "_replicates"
+SEED_OFFSET_KEY = "_seed_offset"
+CONFIG_ID_KEY = "_config_id"
+# A pack's report carries each member's metrics as member_<j>/<metric> and, in a trial of
+# several configurations, each configuration's replicate means as config_<i>/<metric>; a
+# trial of one configuration reports its means as the top-level metrics.
+MEMBER_PREFIX = "member_"
+CONFIG_PREFIX = "config_"
+
+
+def member_key(member: int, metric: str) -> str:
+    return f"{MEMBER_PREFIX}{member}/{metric}"
+
+
+def config_key(config: int, metric: str) -> str:
+    return f"{CONFIG_PREFIX}{config}/{metric}"
+
+
+def sub_result(result: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
+    """The keys of ``result`` under ``prefix`` (``member_3/``), without it."""
+    return {k[len(prefix) :]: v for k, v in (result or {}).items() if k.startswith(prefix)}
+
+
+def trial_configs(config: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
+    """(searched params as Optuna encodes them, configuration id) of each configuration a Ray
+    trial trains, in member order: its ``_pack``, or the trial's flat config."""
+    entries = config.get(PACK_KEY) or [config]
+    out = []
+    for entry in entries:
+        params = {k: v for k, v in entry.items() if not k.startswith("_")}
+        config_id = entry.get(CONFIG_ID_KEY, entry.get(OPTUNA_TRIAL_KEY, config.get(CONFIG_ID_KEY)))
+        out.append((params, config_id))
+    return out
+
+
+def config_results(
+    config: dict[str, Any], result: dict[str, Any] | None
+) -> list[tuple[Any, dict[str, Any]]]:
+    """(Optuna trial number, the configuration's result) of each configuration of a Ray
+    trial whose last report is ``result``: the top-level metrics of a one-configuration
+    trial, ``config_<i>/...`` of each configuration of a pack."""
+    entries = config.get(PACK_KEY) or [config]
+    numbers = [entry.get(OPTUNA_TRIAL_KEY) for entry in entries]
+    return list(zip(numbers, split_result(result, len(entries)), strict=True))
+
+
+def split_result(result: dict[str, Any] | None, n_configs: int) -> list[dict[str, Any]]:
+    """Each configuration's part of a trial's report: the report itself for one."""
+    if n_configs == 1:
+        return [dict(result or {})]
+    return [sub_result(result, config_key(i, "")) for i in range(n_configs)]
+
+
 LEAD_COLUMNS = ["trial_id", "optuna_trial", "status", "pareto"]
+# Which member of its trial a row is: one row per member (a trial trains one or more).
+MEMBER_COLUMNS = [MEMBER_KEY, CONFIG_KEY, REPLICATE_KEY, SEED_KEY]
 # The metrics a row takes from its trial's last report, as they are named there.
 ROW_METRICS = (
     M.TRAIN_EXAMPLES,
@@ -62,8 +134,18 @@ TAIL_COLUMNS = [
 ]
 
 
+# The numbers of a row that configs.csv averages over a configuration's replicates.
+CONFIG_METRICS = (
+    M.VAL_NEG_ELBO,
+    M.VAL_RATE,
+    M.VAL_DISTORTION,
+    *M.FINAL_VAL_SCALARS,
+    *M.TEST_SCALARS,
+)
+
+
 def columns(param_keys: Sequence[str]) -> list[str]:
-    return [*LEAD_COLUMNS, *param_keys, *TAIL_COLUMNS]
+    return [*LEAD_COLUMNS, *MEMBER_COLUMNS, *param_keys, *TAIL_COLUMNS]
 
 
 def mark_pareto(rows: Sequence[dict[str, Any]], objectives: Sequence[tuple[str, str]]) -> None:
@@ -76,6 +158,19 @@ def mark_pareto(rows: Sequence[dict[str, Any]], objectives: Sequence[tuple[str, 
     front = {done[j] for j in pareto_front(points, [mode for _, mode in objectives])}
     for i, row in enumerate(rows):
         row["pareto"] = i in front
+
+
+def mark_pareto_configs(
+    rows: Sequence[dict[str, Any]], objectives: Sequence[tuple[str, str]], replicates: int
+) -> None:
+    """Set ``pareto`` on each member row: its configuration is on the front of the
+    configurations' replicate means (a completed configuration: all replicates completed)."""
+    metrics = [m for m, _ in objectives]
+    configs = aggregate(rows, param_keys=[], metrics=metrics, replicates=replicates)
+    mark_pareto(configs, objectives)
+    front = {c[CONFIG_KEY] for c in configs if c["pareto"]}
+    for row in rows:
+        row["pareto"] = config_of(row) in front
 
 
 def _number(value: Any) -> float:
@@ -191,34 +286,69 @@ def parse_kl_per_dim(cell: Any) -> list[float]:
 # ``last_result``, ``checkpoint``, ``get_error()``), so it is tested without Ray.
 
 
-def trial_row(trial: Any, study: Any, *, interrupted: bool = False) -> dict[str, Any]:
-    """One results.csv row from a Ray ``Trial`` of ``study`` (a ``StudyConfig``).
-    ``interrupted``: the trial was running when the study was paused (Ray has since marked
-    it TERMINATED)."""
+def trial_rows(trial: Any, study: Any, *, interrupted: bool = False) -> list[dict[str, Any]]:
+    """The results.csv rows of a Ray ``Trial`` of ``study`` (a ``StudyConfig``): one per
+    member, its configurations (``trial_configs``) times their replicates. ``interrupted``:
+    the trial was running when the study was paused (Ray has since marked it TERMINATED).
+
+    A trial of one member reads its report's top-level metrics; a pack its members'
+    ``member_<j>/...`` metrics, each member with its own status: one that diverged is
+    failed with its reason while its pack-mates complete."""
     from .search import decode_params
 
     last = dict(trial.last_result or {})
-    params = decode_params(
-        study.search.space, {p.key: trial.config.get(p.key) for p in study.search.space}
-    )
-    row: dict[str, Any] = {
-        "trial_id": trial.trial_id,
-        "optuna_trial": trial.config.get(OPTUNA_TRIAL_KEY),
-        **params,
-        M.EPOCH: last.get(M.EPOCH),
-        "wall_s": last.get("time_total_s"),
-        "node": last.get(NODE_KEY),
-        DEVICE_KEY: last.get(DEVICE_KEY),
-        GPU_IDS_KEY: last.get(GPU_IDS_KEY),
-    }
-    for key in (*ROW_METRICS, M.TOTAL_SECONDS):
-        row[key] = last.get(key)
-    row["status"] = trial_status(trial.status, last, interrupted=interrupted)
-    if row["status"] == FAILED:
-        row[ERROR_KEY] = _first_line(trial) if trial.status == "ERROR" else last.get(ERROR_KEY)
-    ckpt = getattr(trial, "checkpoint", None)
-    row["checkpoint"] = getattr(ckpt, "path", None)
-    return row
+    configs = trial_configs(trial.config)
+    replicates = int(trial.config.get(TRIAL_REPLICATES_KEY, study.search.replicates))
+    offset = int(trial.config.get(SEED_OFFSET_KEY, 0))
+    packed = len(configs) * replicates > 1
+    ckpt = getattr(getattr(trial, "checkpoint", None), "path", None)
+    rows = []
+    for i, (encoded, config_id) in enumerate(configs):
+        params = decode_params(
+            study.search.space, {p.key: encoded.get(p.key) for p in study.search.space}
+        )
+        base_seed = params.get("train.seed")
+        if base_seed is None:
+            base_seed = study.base.train.seed
+        for r in range(replicates):
+            j = i * replicates + r
+            ours = sub_result(last, member_key(j, "")) if packed else last
+            row: dict[str, Any] = {
+                "trial_id": trial.trial_id,
+                "optuna_trial": encoded.get(OPTUNA_TRIAL_KEY, trial.config.get(OPTUNA_TRIAL_KEY)),
+                MEMBER_KEY: j,
+                CONFIG_KEY: config_id,
+                REPLICATE_KEY: r,
+                SEED_KEY: replicate_seed(int(base_seed), r, offset),
+                **params,
+                M.EPOCH: ours.get(M.EPOCH),
+                "wall_s": last.get("time_total_s"),
+                "node": last.get(NODE_KEY),
+                DEVICE_KEY: last.get(DEVICE_KEY),
+                GPU_IDS_KEY: last.get(GPU_IDS_KEY),
+            }
+            for key in (*ROW_METRICS, M.TOTAL_SECONDS):
+                row[key] = ours.get(key, last.get(key) if key == M.TRAIN_EXAMPLES else None)
+            row["status"] = trial_status(trial.status, ours, interrupted=interrupted)
+            if row["status"] == FAILED:
+                row[ERROR_KEY] = (
+                    _first_line(trial)
+                    if trial.status == "ERROR"
+                    else ours.get(ERROR_KEY) or DIVERGED_NO_REASON_YET
+                )
+            if ckpt is not None:
+                row["checkpoint"] = str(member_checkpoint(ckpt, j)) if packed else ckpt
+            rows.append(row)
+    return rows
+
+
+# A member reported diverged before its trial ended: fused.fit_pack gives the reason then.
+DIVERGED_NO_REASON_YET = "training diverged (the reason comes with the trial's last report)"
+
+
+def trial_row(trial: Any, study: Any, *, interrupted: bool = False) -> dict[str, Any]:
+    """The results.csv row of a Ray ``Trial`` of one member (the first of a pack)."""
+    return trial_rows(trial, study, interrupted=interrupted)[0]
 
 
 def trial_status(ray_status: str, last: dict[str, Any], *, interrupted: bool = False) -> str:
@@ -255,22 +385,44 @@ def write_table(
     interrupted: frozenset[str] | set[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """results.csv of the study folder ``folder`` from Ray's trials (``interrupted``: the ids
-    of those running when the study was paused); returns its rows. A finished trial Ray no
+    of those running when the study was paused), one row per member, and configs.csv beside
+    it (``replicates.write_configs``); returns the member rows. A finished member Ray no
     longer knows keeps its row; an unfinished one was started after Ray's last snapshot and
     is run again under a new id."""
-    rows = [trial_row(t, study, interrupted=t.trial_id in interrupted) for t in trials]
-    known = {r["trial_id"] for r in rows}
+    rows = [
+        row for t in trials for row in trial_rows(t, study, interrupted=t.trial_id in interrupted)
+    ]
+    known = {_member_id(r) for r in rows}
     path = Path(folder) / RESULTS_FILE
     if path.is_file():
         try:
             previous = read_results(path).to_dict("records")
         except CheckpointError:
             previous = []  # a damaged table is rebuilt from Ray's trials
-        rows += [r for r in previous if r["trial_id"] not in known and r.get("status") in FINISHED]
-    write_results(
-        path,
+        rows += [r for r in previous if _member_id(r) not in known and r.get("status") in FINISHED]
+    param_keys = [p.key for p in study.search.space]
+    replicates = max(
+        [int(t.config.get(TRIAL_REPLICATES_KEY, study.search.replicates)) for t in trials]
+        or [study.search.replicates]
+    )
+    objectives = [(o.metric, o.mode) for o in study.search.objectives]
+    mark_pareto_configs(rows, objectives, replicates)
+    write_results(path, rows, param_keys)
+    write_configs(
+        Path(folder) / CONFIGS_FILE,
         rows,
-        [p.key for p in study.search.space],
-        [(o.metric, o.mode) for o in study.search.objectives],
+        param_keys=param_keys,
+        metrics=CONFIG_METRICS,
+        replicates=replicates,
     )
     return rows
+
+
+def _member_id(row: dict[str, Any]) -> tuple[str, int]:
+    """(trial, member) of a row; a table written before members existed has member 0."""
+    member = row.get(MEMBER_KEY)
+    try:
+        member = int(member)
+    except (TypeError, ValueError):
+        member = 0
+    return str(row["trial_id"]), member

@@ -32,6 +32,11 @@ from .errors import ConfigError
 
 KINDS = ("choice", "uniform", "log_uniform", "int")
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
+MAX_REPLICATES = 1000
+# The keys fused members of one Ray trial may differ in (vae_study.fused.MEMBER_KEYS, here
+# without importing torch); the searcher holds every other searched key equal in a pack.
+MEMBER_KEYS = ("train.beta", "train.seed", "train.lr", "model.gaussian_std")
+MEMBER_PREFIXES = ("eval.",)
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,11 @@ class SearchConfig(Section):
     SECTION: ClassVar[str] = "search"
 
     algorithm: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
-    num_trials: int = 8
+    num_trials: int = 8  # configurations tried (a pack of several is still that many)
     max_concurrent: int = 2
+    # Seeds per configuration: replicate r trains with train.seed + r, the same seed in every
+    # configuration (paired comparisons); Optuna is told the mean over the replicates.
+    replicates: int = 1
     seed: int = 0
     space: tuple[Param, ...] = ()
     # Default: the validation bound, val/nll (val/ce_bound for grey-level Bernoulli).
@@ -115,6 +123,17 @@ class SearchConfig(Section):
             )
         if self.num_trials < 1:
             raise ConfigError(f"search.num_trials: got {self.num_trials}, expected an integer >= 1")
+        if not 1 <= self.replicates <= MAX_REPLICATES:
+            raise ConfigError(
+                f"search.replicates: got {_show(self.replicates)}, expected an integer in "
+                f"[1, {MAX_REPLICATES}] (seeds trained per configuration)"
+            )
+        if self.replicates > 1 and any(p.key == "train.seed" for p in self.space):
+            raise ConfigError(
+                f"search.space.train.seed: searched with search.replicates: {self.replicates}; "
+                "the replicates' seeds are train.seed + 0, 1, ...: set train.seed in the train "
+                "section, or search train.seed with replicates: 1"
+            )
         if self.max_concurrent < 1:
             raise ConfigError(
                 f"search.max_concurrent: got {self.max_concurrent}, expected an integer >= 1"
@@ -194,6 +213,8 @@ def search_to_dict(s: SearchConfig) -> dict[str, Any]:
         "select_on_test": s.select_on_test,
         # Only when set: a study folder written before the key existed still resumes.
         **({"confirm": to_dict(s.confirm)} if s.confirm is not None else {}),
+        # Written only when set: a study folder made before the key existed still resumes.
+        **({"replicates": s.replicates} if s.replicates != 1 else {}),
     }
 
 

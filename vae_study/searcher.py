@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from . import results as R
 from .errors import StudyError
 from .search import define_by_run, encode_point, make_sampler, make_storage
-from .study_config import StudyConfig
+from .study_config import StudyConfig, is_member_key
 
 log = logging.getLogger("vae_study")
 
@@ -110,16 +110,99 @@ def set_ray_multinode(enabled: bool) -> bool | None:
 class StudySearch(OptunaSearch):
     """OptunaSearch that skips reports without the objective (intermediate epochs),
     records a diverged or metric-less trial as FAIL/PRUNED instead of leaving it
-    RUNNING, and tags each trial's config with its Optuna trial number."""
+    RUNNING, and tags each trial's config with its Optuna trial number.
+
+    With ``configs_per_trial`` P > 1 a Ray trial trains a pack of up to P configurations
+    (``results.PACK_KEY``): ``suggest`` asks Optuna for each separately, the first from the
+    study's sampler, the others with its searched shape keys (``shape_keys``: those fused
+    members must share) fixed by Optuna's ``PartialFixedSampler``; ``on_trial_complete``
+    tells each its own result. ``num_configs`` (search.num_trials) counts configurations:
+    the last pack holds what is left. Points to evaluate are configurations too, asked with
+    their values fixed the same way (never enqueued: a waiting trial would be popped by the
+    next ask, whatever its shape).
+    """
+
+    # Class defaults: a searcher pickled before packs existed (a restored study) has one
+    # configuration per trial.
+    pack_size = 1
+    packs: dict[str, list[Any]] = {}  # read-only default; __init__ sets the instance's own
+
+    def __init__(
+        self,
+        *args: Any,
+        configs_per_trial: int = 1,
+        num_configs: int = 0,
+        shape_keys: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        self.pack_size = configs_per_trial
+        self.pack_points: list[dict[str, Any]] = []
+        if configs_per_trial > 1:
+            self.pack_points = list(kwargs.pop("points_to_evaluate", None) or [])
+            self.pack_space = kwargs["space"]
+        super().__init__(*args, **kwargs)
+        self.num_configs = num_configs
+        self.shape_keys = shape_keys
+        self.packs: dict[str, list[Any]] = {}  # Ray trial id -> its configurations' trials
+        self.configs_asked = 0
 
     def suggest(self, trial_id: str):
+        if self.pack_size > 1:
+            return self._suggest_pack(trial_id)
         config = super().suggest(trial_id)
         if config is not None:
             config[R.OPTUNA_TRIAL_KEY] = optuna_trials(self)[trial_id].number
         return config
 
+    def _suggest_pack(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in self.packs:
+            n = min(self.pack_size, self.num_configs - self.configs_asked)
+            if n <= 0:
+                return None
+            study = optuna_study(self)
+            trials: list[Any] = []
+            shape: dict[str, Any] = {}
+            for _ in range(n):
+                point = self._next_point(shape)
+                trial = self._ask(study, {**point, **shape})
+                if not trials:
+                    shape = {k: v for k, v in trial.params.items() if k in self.shape_keys}
+                elif any(trial.params.get(k) != v for k, v in shape.items()):
+                    raise StudyError(  # a bug: Optuna did not hold the fixed values
+                        f"optuna trial {trial.number} got {trial.params}, not the shape keys "
+                        f"{shape} of its pack (vae_study/searcher.py)"
+                    )
+                trials.append(trial)
+            self.packs[trial_id] = trials
+            self.configs_asked += n
+        return {
+            R.PACK_KEY: [{**t.params, R.OPTUNA_TRIAL_KEY: t.number} for t in self.packs[trial_id]]
+        }
+
+    def _next_point(self, shape: dict[str, Any]) -> dict[str, Any]:
+        """The first point to evaluate whose shape keys agree with ``shape`` (removed)."""
+        for i, point in enumerate(self.pack_points):
+            if all(point.get(k, v) == v for k, v in shape.items()):
+                return self.pack_points.pop(i)
+        return {}
+
+    def _ask(self, study: Any, fixed: dict[str, Any]) -> Any:
+        """A new Optuna trial with ``fixed`` values, the others from the study's sampler; the
+        space is suggested in it (define-by-run) while the sampler is in place."""
+        base = study.sampler
+        if fixed:
+            with warnings.catch_warnings():  # experimental since Optuna 2.4, still in 5.0
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.sampler = optuna.samplers.PartialFixedSampler(fixed, base)
+        try:
+            trial = study.ask()
+            self.pack_space(trial)
+        finally:
+            study.sampler = base
+        return trial
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, list):
+        if isinstance(self.metric, list) or trial_id in self.packs:
             return
         value = result.get(self.metric)
         if isinstance(value, int | float) and math.isfinite(value):
@@ -132,22 +215,29 @@ class StudySearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         told, asked = told_trials(self), optuna_trials(self)
-        if trial_id in told or trial_id not in asked:
+        if trial_id in told or (trial_id not in asked and trial_id not in self.packs):
             return
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        state, value = optuna_outcome(metrics, result, error=error)
-        try:
-            optuna_study(self).tell(asked[trial_id], value, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # told before the driver was killed; Optuna keeps that record
-        except RuntimeError as exc:
-            # The grid sampler stops the study when its last point is told; outside
-            # study.optimize that is an error, after the trial is recorded. Nothing to do.
-            if "Study.stop" not in str(exc):
-                log.warning("optuna: %s", exc)
-        except Exception as exc:  # already told (a restored driver): keep going
-            log.warning("optuna: %s", exc)
+        configs = self.packs.get(trial_id) or [asked[trial_id]]
+        for trial, part in zip(configs, R.split_result(result, len(configs)), strict=True):
+            state, value = optuna_outcome(metrics, part, error=error)
+            tell(optuna_study(self), trial, state, value)
         told.add(trial_id)
+
+
+def tell(study: Any, trial: Any, state: Any, value: Any) -> None:
+    """Tell Optuna how a trial (or its number) ended; one told before stays as it is."""
+    try:
+        study.tell(trial, value, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # told before the driver was killed; Optuna keeps that record
+    except RuntimeError as exc:
+        # The grid sampler stops the study when its last point is told; outside
+        # study.optimize that is an error, after the trial is recorded. Nothing to do.
+        if "Study.stop" not in str(exc):
+            log.warning("optuna: %s", exc)
+    except Exception as exc:  # already told (a restored driver): keep going
+        log.warning("optuna: %s", exc)
 
 
 def optuna_outcome(
@@ -165,7 +255,11 @@ def optuna_outcome(
     return (optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED), None
 
 
-def make_searcher(study: StudyConfig, folder: Path) -> ConcurrencyLimiter:
+def make_searcher(
+    study: StudyConfig, folder: Path, configs_per_trial: int = 1
+) -> ConcurrencyLimiter:
+    """The study's searcher; ``configs_per_trial``: the resolved
+    ``resources.configs_per_trial`` (``study_config.configs_per_trial``)."""
     check_versions()
     objectives = study.search.objectives
     metric: Any = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
@@ -178,5 +272,8 @@ def make_searcher(study: StudyConfig, folder: Path) -> ConcurrencyLimiter:
         study_name=study.name,
         storage=make_storage(folder),
         points_to_evaluate=[encode_point(p) for p in study.search.points_to_evaluate] or None,
+        configs_per_trial=configs_per_trial,
+        num_configs=study.search.num_trials,
+        shape_keys=tuple(p.key for p in study.search.space if not is_member_key(p.key)),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=study.search.max_concurrent)

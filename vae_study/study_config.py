@@ -30,6 +30,8 @@ from .layout import REPORTS_DIR, RUNS_DIR
 from .search_config import (  # noqa: F401 (Param, Objective: the study's types)
     ALGORITHMS,
     KINDS,
+    MEMBER_KEYS,
+    MEMBER_PREFIXES,
     Objective,
     Param,
     SearchConfig,
@@ -41,6 +43,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no tra
 _ADDRESS = re.compile(r"(?:ray://)?[A-Za-z0-9._\-\[\]:]+:([0-9]{1,5})")  # host:port
 _HOST = re.compile(r"[A-Za-z0-9._\-:]+")  # a name, IPv4 or IPv6 address: no spaces, no /
 MAX_NAME = 100  # characters; a folder name may have 255 bytes at most
+MAX_CONFIGS_PER_TRIAL = 1024
+GPU_PACK_MEMBERS = 32  # members a GPU trial aims at with configs_per_trial: auto
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,24 @@ class ResourcesConfig(Section):
     # A GPU share per trial (0.25 packs four trials on a GPU; a trial trains one model on
     # one GPU, so at most 1); auto: a share where the cluster has GPUs, the CPU otherwise.
     gpus_per_trial: float | Literal["auto"] = 0.0
+    # How many configurations of the search one Ray trial trains fused, as one batched model
+    # (vae_study.fused.fit_pack); each with its search.replicates seeds, so a trial trains
+    # configs_per_trial x replicates members. The searcher holds the shape keys (everything
+    # but train.beta, train.lr, train.seed, model.gaussian_std and eval.*) equal in a trial.
+    # auto: 1 on a CPU trial (benchmarks/bench_fused.py on this project's 2-core CPU: fused
+    # members ran at most 1.06x faster than one at a time, so separate trials on separate
+    # cores win), and on a GPU trial enough configurations for about 32 members,
+    # max(1, 32 // replicates): the issue's GPU goal, not yet measured on a GPU. auto is 1
+    # where packs are refused (ASHA, conv, grid, no per-member key searched).
+    configs_per_trial: int | Literal["auto"] = 1
 
     def validate(self) -> None:
+        n = self.configs_per_trial
+        if n != "auto" and not 1 <= n <= MAX_CONFIGS_PER_TRIAL:
+            raise ConfigError(
+                f"resources.configs_per_trial: got {_show(n)}, expected an integer in "
+                f"[1, {MAX_CONFIGS_PER_TRIAL}] or auto (configurations one trial trains fused)"
+            )
         if not (self.cpus_per_trial > 0):
             raise ConfigError(
                 f"resources.cpus_per_trial: got {_show(self.cpus_per_trial)}, "
@@ -215,6 +235,7 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
             "grace_period <= train.epochs"
         )
     _check_device_and_share(study)
+    _check_packs(study)
     if study.scheduler.type != "none" and study.search.multi_objective:
         raise ConfigError(
             "scheduler.type: asha compares trials on one metric, but this study "
@@ -222,6 +243,66 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
             "scheduler.type: none for a multi-objective study"
         )
     return study
+
+
+def pack_refusal(study: StudyConfig) -> str | None:
+    """Why this study's trials cannot train several configurations fused (None: they can)."""
+    if study.scheduler.type == "asha":
+        return (
+            "ASHA stops whole Ray trials, and must decide per configuration (on its "
+            "replicate mean): with one configuration per trial it does"
+        )
+    if study.search.algorithm == "grid":
+        return "the grid sampler asks for whole grid points, which a pack cannot hold fixed"
+    if not any(is_member_key(p.key) for p in study.search.space):
+        return (
+            "packed configurations share every searched key but "
+            + ", ".join(MEMBER_KEYS)
+            + " and eval.*, and this search varies none of those: they would be copies"
+        )
+    return None
+
+
+def is_member_key(key: str) -> bool:
+    """Whether fused members of one trial may differ in ``key`` (beta, lr, seed, ...)."""
+    return key in MEMBER_KEYS or key.startswith(MEMBER_PREFIXES)
+
+
+def _uses_conv(study: StudyConfig) -> bool:
+    archs = {study.base.model.arch}
+    for p in study.search.space:
+        if p.key == "model.arch":
+            archs |= set(p.values) if p.kind == "choice" else set()
+    return "conv" in archs
+
+
+def _check_packs(study: StudyConfig) -> None:
+    """resources.configs_per_trial and search.replicates against what fused members can do."""
+    n = study.resources.configs_per_trial
+    if _uses_conv(study) and (study.search.replicates > 1 or (n != "auto" and n > 1)):
+        raise ConfigError(
+            f"model.arch: conv with search.replicates: {study.search.replicates} and "
+            f"resources.configs_per_trial: {n}; fused members (several models in one trial) "
+            "are MLPs only: use model.arch: mlp, or replicates: 1 and configs_per_trial: 1"
+        )
+    if n == "auto" or n == 1:
+        return
+    why = pack_refusal(study)
+    if why is not None:
+        raise ConfigError(
+            f"resources.configs_per_trial: got {n}, but {why}; use configs_per_trial: 1"
+        )
+
+
+def configs_per_trial(study: StudyConfig, *, gpu: bool) -> int:
+    """``resources.configs_per_trial`` resolved for trials with (``gpu``) or without a GPU
+    share, at most ``search.num_trials``."""
+    n = study.resources.configs_per_trial
+    if n == "auto":
+        n = 1
+        if gpu and not _uses_conv(study) and pack_refusal(study) is None:
+            n = max(1, GPU_PACK_MEMBERS // study.search.replicates)
+    return min(n, study.search.num_trials)
 
 
 def _check_device_and_share(study: StudyConfig) -> None:

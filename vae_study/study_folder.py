@@ -23,7 +23,8 @@ from . import results as R
 from .checkpoint import write_yaml
 from .config import read_yaml
 from .errors import StudyError, VaeStudyError
-from .layout import MEMBER_PREFIX, StudyLayout, holds_state
+from .layout import StudyLayout, holds_state
+from .replicates import MEMBER_KEY
 from .study_config import StudyConfig, study_from_dict
 
 
@@ -225,8 +226,6 @@ def configurations(
 
 
 def _trial(folder: Path, study: StudyConfig, row: dict[str, Any]) -> Trial:
-    from .replicates import MEMBER_KEY
-
     base = {
         "train.beta": study.base.train.beta,
         "model.latent_dim": study.base.model.latent_dim,
@@ -240,22 +239,29 @@ def _trial(folder: Path, study: StudyConfig, row: dict[str, Any]) -> Trial:
             params[p.key] = value
     trial_id = str(row["trial_id"])
     layout = StudyLayout(folder)
+    member = _member(row)
     return Trial(
         trial_id=trial_id,
         status=str(row["status"]),
         params=params,
         metrics=row,
-        history=read_history(layout.result_file(trial_id), member=row.get(MEMBER_KEY)),
-        checkpoint=find_checkpoint(layout, trial_id, row.get("checkpoint")),
+        history=read_history(layout.result_file(trial_id), member),
+        checkpoint=find_checkpoint(layout, trial_id, row.get("checkpoint"), member),
         pareto=str(row.get("pareto")) == "True",
     )
 
 
-def read_history(path: Path, member: Any = None) -> list[dict[str, Any]]:
+def _member(row: dict[str, Any]) -> int | None:
+    """The row's member in its trial (None: a table from before members existed)."""
+    try:
+        return int(row.get(MEMBER_KEY))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def read_history(path: Path, member: int | None = None) -> list[dict[str, Any]]:
     """Per-epoch reports from Ray's result.json; a torn last line (a crash) is skipped.
-    ``member``: the index of a member in a trial that trained several, whose own numbers
-    travel as ``member_<j>/<metric>`` (the trial's top-level ones are means)."""
-    prefix = f"{MEMBER_PREFIX}{int(float(member))}/" if _present(member) else None
+    ``member``: that member's reports (``member_<j>/...``) in a trial of several members."""
     rows: dict[int, dict[str, Any]] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -266,19 +272,23 @@ def read_history(path: Path, member: Any = None) -> list[dict[str, Any]]:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(r, dict) and prefix and prefix + M.VAL_NEG_ELBO in r:
-            r = {**r, **{k[len(prefix) :]: v for k, v in r.items() if k.startswith(prefix)}}
+        if isinstance(r, dict) and member is not None and R.member_key(member, M.EPOCH) in r:
+            r = {**r, **R.sub_result(r, R.member_key(member, ""))}  # the member's, not the mean
         if isinstance(r, dict) and M.VAL_NEG_ELBO in r and M.EPOCH in r:
             rows[int(r[M.EPOCH])] = r  # a resumed trial may repeat an epoch: keep the last
     return [rows[e] for e in sorted(rows)]
 
 
-def find_checkpoint(layout: StudyLayout, trial_id: str, recorded: Any) -> Path | None:
-    """The trial's checkpoint folder: the one results.csv records (``recorded``) if it still
-    holds a model state, else the latest one left in the trial's folder, else None."""
+def find_checkpoint(
+    layout: StudyLayout, trial_id: str, recorded: Any, member: int | None = None
+) -> Path | None:
+    """The trial's (or its member's) checkpoint folder: the one results.csv records
+    (``recorded``) if it still holds a model state, else the latest one left in the trial's
+    folder (a pack's: the member's folder in it), else None."""
     if isinstance(recorded, str) and holds_state(Path(recorded)):
         return Path(recorded)
-    found = layout.checkpoints(trial_id)
+    found = layout.member_checkpoints(trial_id, member) if member is not None else []
+    found = found or layout.checkpoints(trial_id)
     return found[-1] if found else None
 
 
