@@ -219,7 +219,7 @@ def test_tables_show_mean_and_standard_error_with_the_seeds(tmp_path):
     )
     assert cells["configuration"] == "1" and cells["seeds"] == "3 of 3"
     mean, se = (float(x) for x in cells["test rate"].split(" ± "))
-    assert mean == pytest.approx(16.0) and se == pytest.approx(_se([15, 16, 17]), rel=1e-2)
+    assert mean == pytest.approx(16.0) and se == pytest.approx(_se([15, 16, 17]), rel=5e-3)
     assert "training diverged" in summary  # the failed member is listed
 
 
@@ -392,7 +392,7 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path):
         assert row["seeds"] == "2 of 2"
         mean, se = (float(x) for x in row["test CE bound"].split(" ± "))
         assert mean == pytest.approx(np.mean(tests), rel=1e-4)
-        assert se == pytest.approx(_se(tests), rel=1e-2)
+        assert se == pytest.approx(_se(tests), rel=5e-3)
         # Beside it, the validation mean of the search that selected it (3 seeds).
         assert float(row["search val/ce_bound (mean of 3)"]) == pytest.approx(
             np.mean(DESIGN[cid][4]), rel=1e-4

@@ -27,7 +27,6 @@ headline is their test mean +- standard error.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,14 +38,13 @@ from .pareto import pareto_front
 from .search_config import Objective
 from .study_config import StudyConfig
 
-CONFIG_ID = "_config_id"  # Ray trial config keys the trainable reads (PACKS_INTERFACE.md)
-REPLICATES = "_replicates"
-SEED_OFFSET = "_seed_offset"
+# The Ray trial config keys the trainable reads (PACKS_INTERFACE.md), named in results.
+CONFIG_ID, REPLICATES, SEED_OFFSET = R.CONFIG_ID_KEY, R.TRIAL_REPLICATES_KEY, R.SEED_OFFSET_KEY
 
 
 def search_replicates(study: StudyConfig) -> int:
     """The search's seeds per configuration (``search.replicates``)."""
-    return int(getattr(study.search, "replicates", 1))
+    return int(study.search.replicates)
 
 
 def spread(items: Sequence[Any], n: int) -> list[Any]:
@@ -184,18 +182,6 @@ def param_space(study: StudyConfig, points: dict[int, dict[str, Any]]) -> dict[s
     }
 
 
-def confirm_study(study: StudyConfig) -> StudyConfig:
-    """The study the confirmation's results table is written for: the same one with
-    ``search.replicates`` = the confirmation's seeds (its configs.csv counts R of them)."""
-    confirm = study.search.confirm
-    assert confirm is not None
-    fields = {f.name for f in dataclasses.fields(study.search)}
-    if "replicates" not in fields:
-        return study
-    search = dataclasses.replace(study.search, replicates=confirm.replicates, confirm=None)
-    return dataclasses.replace(study, search=search)
-
-
 def run_confirmation(
     study: StudyConfig, folder: Path, trainable: Any, *, verbose: int, pause: Any
 ) -> None:
@@ -212,7 +198,6 @@ def run_confirmation(
     assert confirm is not None
     cdir = StudyLayout(folder).confirm_dir
     tune_dir = StudyLayout(cdir).tune_dir
-    table_study = confirm_study(study)
     if tune.Tuner.can_restore(str(tune_dir.resolve())):
         check_tune_state(tune_dir)
         try:
@@ -254,7 +239,7 @@ def run_confirmation(
             run_config=tune.RunConfig(
                 name=tune_dir.name,
                 storage_path=str(cdir.resolve()),
-                callbacks=[ResultsTable(table_study, cdir)],
+                callbacks=[ResultsTable(study, cdir)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=2),
                 verbose=verbose,
@@ -264,7 +249,7 @@ def run_confirmation(
     grid = tuner.fit()
     paused = pause.requested
     pause.phase = Pause.SAVING
-    _finish_confirmation(table_study, cdir, grid, paused=paused)
+    _finish_confirmation(study, cdir, grid, paused=paused)
 
 
 def _finish_confirmation(study: StudyConfig, cdir: Path, grid: Any, *, paused: bool) -> None:

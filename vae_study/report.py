@@ -382,7 +382,7 @@ def _mean_se(t: Trial, metric: str) -> str:
     """``mean ± se`` where the configuration has a standard error, else the number alone."""
     e = t.error(metric)
     v = t.value(metric)
-    return _fmt(v) if e is None or math.isnan(v) else f"{v:.4g} ± {e:.2g}"
+    return _fmt(v) if e is None or math.isnan(v) else f"{v:.5g} ± {e:.3g}"
 
 
 def _replicated(sf: StudyFolder) -> bool:

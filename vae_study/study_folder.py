@@ -121,7 +121,7 @@ def load_folder(folder: str | Path) -> StudyFolder:
     trials = _read_trials(folder, study)
     objectives = [(o.metric, o.mode) for o in study.search.objectives]
     configs = configurations(
-        trials, study, replicates=int(getattr(study.search, "replicates", 1)), objectives=objectives
+        trials, study, replicates=study.search.replicates, objectives=objectives
     )
     confirmed: list[Trial] = []
     confirm_trials: list[Trial] = []
