@@ -4,23 +4,39 @@ smoke study that confirms its best configuration under a real local Ray."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import yaml
 
 from conftest import write_mnist
-from study_factory import make_study_folder, write_members
+from study_factory import (
+    make_study_folder,
+    optuna_states,
+    read_table,
+    slow_trials,
+    start_driver,
+    tiny_study,
+    wait_for,
+    write_members,
+    write_study,
+)
 from vae_study import metrics as M
 from vae_study import plots
 from vae_study import results as R
+from vae_study.cli import main
 from vae_study.confirm import param_space, select_configurations, spread
 from vae_study.errors import ConfigError
 from vae_study.layout import StudyLayout
 from vae_study.pareto import pareto_front
-from vae_study.replicates import CONFIG_KEY, REPLICATE_KEY
+from vae_study.replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
 from vae_study.report import build_report, rd_front
 from vae_study.search_config import Objective
 from vae_study.study_config import study_from_dict
@@ -307,8 +323,6 @@ def test_the_confirmation_grid_carries_the_configurations_and_fresh_seeds(tmp_pa
 
 
 def _tiny_raw(tmp_path, **search):
-    from study_factory import tiny_study
-
     raw = tiny_study(tmp_path)
     raw["search"].update(search)
     return raw
@@ -406,11 +420,6 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path):
 
 @pytest.mark.slow
 def test_a_replicated_study_confirms_its_best_configuration(tmp_path, figures):
-    from study_factory import tiny_study, write_study
-    from vae_study.cli import main
-    from vae_study.confirm import select_configurations as select
-    from vae_study.replicates import SEED_KEY
-
     raw = tiny_study(
         tmp_path,
         **{
@@ -435,11 +444,15 @@ def test_a_replicated_study_confirms_its_best_configuration(tmp_path, figures):
         {CONFIG_KEY: int(c.trial_id), "status": c.status, M.VAL_NLL: c.value(M.VAL_NLL)}
         for c in sf.configs
     ]
-    (best,) = select(rows, sf.study.search.objectives, 1)
+    (best,) = select_configurations(rows, sf.study.search.objectives, 1)
     assert set(confirmed[CONFIG_KEY]) == {best[CONFIG_KEY]}
     assert sorted(confirmed[REPLICATE_KEY]) == [0, 1]
     assert sorted(confirmed[SEED_KEY]) == [2, 3]
     assert not set(confirmed[SEED_KEY]) & set(search[SEED_KEY])
+    # Trained with those seeds: the same configuration's numbers differ from the search's
+    # (the same seed on the CPU would give the same numbers).
+    mine = search[search[CONFIG_KEY] == best[CONFIG_KEY]]
+    assert not set(confirmed[M.TEST_NLL]) & set(mine[M.TEST_NLL])
     # The headline: the confirmed test mean ± se over 2 seeds, numbers of its members.
     summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
     heading = next(line for line in summary.splitlines() if line.startswith("## Confirmed"))
@@ -454,3 +467,81 @@ def test_a_replicated_study_confirms_its_best_configuration(tmp_path, figures):
     ax = figures["rate_distortion.png"].axes[0]
     (bars,) = _errorbars(ax, plots.RD_ERRORBAR_LABEL)
     assert len(bars[0]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
+def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again(tmp_path, stop):
+    raw = slow_trials(
+        tmp_path,
+        epochs=12,
+        **{
+            "search.num_trials": 2,
+            "search.replicates": 2,
+            "search.confirm": {"top": 1, "replicates": 2},
+        },
+    )
+    path = write_study(tmp_path, raw)
+    folder = tmp_path / "runs" / "tiny"
+    cdir = StudyLayout(folder).confirm_dir
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
+
+    def confirming():
+        table = read_table(cdir)
+        if table is None:
+            return None
+        mid = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
+        return not mid.empty or None
+
+    def search_files():
+        return {p: p.read_bytes() for p in sorted((folder / "tune").glob("trial_*/result.json"))}
+
+    proc, log = start_driver(tmp_path, path, "first.log", env)
+    try:
+        wait_for(proc, log, confirming, timeout=400, what=stop)
+        search_before = R.read_results(folder / R.RESULTS_FILE)
+        files_before = search_files()
+        if stop == "SIGKILL":
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+            proc.wait()
+        else:
+            os.kill(proc.pid, signal.SIGINT)  # the driver alone, as a terminal's Ctrl-C
+            assert proc.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    if stop == "SIGINT":  # paused: the confirmation's running members are interrupted
+        paused = R.read_results(cdir / R.RESULTS_FILE)
+        assert R.INTERRUPTED in set(paused["status"]) and R.FAILED not in set(paused["status"])
+
+    again = subprocess.run(
+        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "continuing the confirmation" in again.stdout
+    # The search is not run again: its table and every trial's reports are as they were.
+    search_after = R.read_results(folder / R.RESULTS_FILE)
+    key = ["trial_id", "member", M.TEST_NLL]
+    assert search_after[key].equals(search_before[key])
+    assert search_files() == files_before
+    assert optuna_states(folder, "tiny") == {"COMPLETE": 2}
+    # The confirmation finished from its checkpoint, not from epoch 1.
+    confirmed = R.read_results(cdir / R.RESULTS_FILE)
+    assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
+    assert sorted(confirmed["seed"]) == [2, 3]
+    (trial_id,) = set(confirmed["trial_id"])
+    rows = [
+        json.loads(line)
+        for line in StudyLayout(cdir).result_file(trial_id).read_text().splitlines()
+        if line.strip()
+    ]
+    pids = list(dict.fromkeys(r["pid"] for r in rows))
+    assert len(pids) == 2, pids
+    assert next(r for r in rows if r["pid"] == pids[1])[M.EPOCH] > 1
