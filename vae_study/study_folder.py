@@ -103,9 +103,18 @@ class StudyFolder:
     folder: Path
     study: StudyConfig
     trials: list[Trial]
-    configs: list[Trial] = field(default_factory=list)
+    configs: list[Trial] = None  # type: ignore[assignment]  # None: made from ``trials``
     confirmed: list[Trial] = field(default_factory=list)
     confirm_trials: list[Trial] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.configs is None:
+            self.configs = configurations(
+                self.trials,
+                self.study,
+                replicates=self.study.search.replicates,
+                objectives=[(o.metric, o.mode) for o in self.study.search.objectives],
+            )
 
 
 def load_folder(folder: str | Path) -> StudyFolder:
@@ -119,17 +128,13 @@ def load_folder(folder: str | Path) -> StudyFolder:
         )
     study = study_from_dict(read_yaml(layout.study_file))
     trials = _read_trials(folder, study)
-    objectives = [(o.metric, o.mode) for o in study.search.objectives]
-    configs = configurations(
-        trials, study, replicates=study.search.replicates, objectives=objectives
-    )
     confirmed: list[Trial] = []
     confirm_trials: list[Trial] = []
     confirm = study.search.confirm
     if confirm is not None:
         confirm_trials = _read_trials(layout.confirm_dir, study)
         confirmed = configurations(confirm_trials, study, replicates=confirm.replicates)
-    return StudyFolder(folder, study, trials, configs, confirmed, confirm_trials)
+    return StudyFolder(folder, study, trials, None, confirmed, confirm_trials)
 
 
 def _read_trials(folder: Path, study: StudyConfig) -> list[Trial]:
@@ -179,7 +184,7 @@ def configurations(
     out = []
     for (kind, ident), members in groups.items():
         (agg,) = aggregate(
-            [m.metrics for m in members],
+            [{**m.metrics, "trial_id": m.trial_id, "status": m.status} for m in members],
             param_keys=param_keys,
             metrics=list(AGGREGATED),
             replicates=max(replicates, len(members)),  # a table of more seeds than said
