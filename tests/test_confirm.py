@@ -360,7 +360,7 @@ def test_a_confirmation_needs_a_validation_objective(tmp_path):
     assert "confirm" not in study_from_dict(_tiny_raw(tmp_path)).to_dict()["search"]
 
 
-def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path):
+def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, figures):
     folder = _replicated_folder(tmp_path, confirm={"top": 2, "replicates": 2})
     # What the stage would have confirmed: the two best validation means, 1 and 0.
     sf = load_folder(folder)
@@ -413,6 +413,15 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path):
         )
     page = (out / "index.html").read_text()
     assert "confirmed with 2 fresh seeds" in page and "±" in page
+    # The R-D plane shows them at their confirmed means, with their own bars.
+    ax = figures["rate_distortion.png"].axes[0]
+    ((xsegs, ysegs),) = _errorbars(ax, plots.RD_CONFIRMED_LABEL)
+    rates, dists = [10.0, 11.0], [80.0, 80.0]
+    for x, y in zip(xsegs, ysegs, strict=True):
+        assert (x[0][0] + x[1][0]) / 2 == pytest.approx(np.mean(rates))
+        assert (x[1][0] - x[0][0]) / 2 == pytest.approx(_se(rates))
+        assert y[0][1] == y[1][1] == pytest.approx(80.0)  # a standard error of 0: equal seeds
+    assert len(xsegs) == 2
 
 
 # ---- End to end under a real local Ray --------------------------------------------------

@@ -145,11 +145,14 @@ def rate_distortion_plane(
     show_paths: bool = True,
     selected: Sequence[Trial] = (),
     selected_label: str = "",
+    confirmed: Sequence[Trial] = (),
 ) -> Path | None:
     """Figure 1: every finished configuration (trial) at its mean test (rate, distortion),
     with +- standard-error bars in both where it has several seeds (``rd_points``); the
     Pareto front of those means; iso -ELBO lines; ``selected`` (the study's selection, made
-    on its objectives) ringed and labelled ``selected_label``."""
+    on its objectives) ringed and labelled ``selected_label``; ``confirmed`` (the
+    confirmation stage's configurations) at their mean over the fresh seeds, white diamonds
+    with their own bars (``RD_CONFIRMED_LABEL``)."""
     pts = rd_points(trials)
     if pts is None:
         return None
@@ -221,6 +224,7 @@ def rate_distortion_plane(
             zorder=4,
             label=selected_label,
         )
+    _confirmed_points(ax, confirmed)
     # Lines of equal -ELBO: R + D = c. The best one touches the front where beta = 1 is
     # the tangent slope (-1).
     total = rates + dists
@@ -264,6 +268,47 @@ def rate_distortion_plane(
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+RD_CONFIRMED_LABEL = "confirmed: mean +- standard error over fresh seeds"
+
+
+def _confirmed_points(ax: Any, confirmed: Sequence[Trial]) -> None:
+    """The confirmed configurations on the R-D plane, bars where they have them."""
+    pts = rd_points(confirmed)
+    if pts is None:
+        return
+    bar = pts.has_bar
+    style = {
+        "marker": "D",
+        "s": 70,
+        "facecolors": "white",
+        "edgecolors": "black",
+        "linewidths": 1.2,
+        "zorder": 5,
+    }
+    if bar.any():
+        ax.errorbar(
+            pts.rate[bar],
+            pts.distortion[bar],
+            xerr=pts.rate_se[bar],
+            yerr=pts.distortion_se[bar],
+            fmt="none",
+            ecolor="black",
+            elinewidth=1.2,
+            capsize=3.5,
+            zorder=5,
+            label=RD_CONFIRMED_LABEL,
+        )
+    ax.scatter(pts.rate, pts.distortion, **style, label=None if bar.any() else RD_CONFIRMED_LABEL)
+    for t, x, y in zip(pts.trials, pts.rate, pts.distortion, strict=True):
+        ax.annotate(
+            f"confirmed {t.trial_id}",
+            (x, y),
+            fontsize=7,
+            xytext=(5, -9),
+            textcoords="offset points",
+        )
 
 
 def knobs(

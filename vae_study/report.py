@@ -206,6 +206,7 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
             out / "rate_distortion.png",
             selected=selected,
             selected_label=selected_label,
+            confirmed=sf.confirmed,
         ),
         (
             "The rate-distortion plane: each finished configuration at its mean test (rate, "
@@ -217,8 +218,14 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
             "distortion), coloured by beta; the red staircase is the Pareto front of those "
             "test numbers"
         )
-        + f" (the empirical R-D curve); black squares: {selected_label}; dashed lines have "
-        "equal -ELBO = R + D.",
+        + f" (the empirical R-D curve); black squares: {selected_label}; "
+        + (
+            "white diamonds: the confirmed configurations at their test mean ± standard "
+            "error over the confirmation's fresh seeds; "
+            if sf.confirmed
+            else ""
+        )
+        + "dashed lines have equal -ELBO = R + D.",
         "No finished trial yet: the rate-distortion plane is empty.",
     )
     searched = sf.study.search.space
