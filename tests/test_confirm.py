@@ -217,7 +217,10 @@ def test_a_study_of_one_seed_per_configuration_draws_no_error_bar(tmp_path, figu
         assert _errorbars(ax) == []  # no bar, not a bar of 0
         assert not plots.rd_points(sf.configs).has_bar.any()
         summary = (out / "summary.md").read_text()
-        assert "±" not in summary and "## Selected trial" in summary
+        assert "±" not in summary and "| seeds |" not in summary
+        # Rows named by Ray's trial id in today's table, by config_id in a replicated one.
+        unit = "trial" if folder == old else "configuration"
+        assert f"## Selected {unit}: selected on validation" in summary
     assert len(load_folder(old).configs) == 5  # each row its own configuration
 
 
@@ -362,6 +365,8 @@ def test_a_confirmation_needs_a_validation_objective(tmp_path):
 
 def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, figures):
     folder = _replicated_folder(tmp_path, confirm={"top": 2, "replicates": 2})
+    before = (build_report(folder, tmp_path / "rep0") / "summary.md").read_text()
+    assert "## Confirmed" not in before and "the confirmation has no results yet" in before
     # What the stage would have confirmed: the two best validation means, 1 and 0.
     sf = load_folder(folder)
     rows = [
@@ -416,7 +421,7 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, fi
     # The R-D plane shows them at their confirmed means, with their own bars.
     ax = figures["rate_distortion.png"].axes[0]
     ((xsegs, ysegs),) = _errorbars(ax, plots.RD_CONFIRMED_LABEL)
-    rates, dists = [10.0, 11.0], [80.0, 80.0]
+    rates = [10.0, 11.0]  # both configurations: replicate r has rate 10 + r, distortion 80
     for x, y in zip(xsegs, ysegs, strict=True):
         assert (x[0][0] + x[1][0]) / 2 == pytest.approx(np.mean(rates))
         assert (x[1][0] - x[0][0]) / 2 == pytest.approx(_se(rates))

@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from . import results as R
+from .errors import StudyError, VaeStudyError
 from .layout import COMPLETED, StudyLayout
 from .pareto import pareto_front
+from .replicates import CONFIG_KEY
 from .search_config import Objective
 from .study_config import StudyConfig
 
@@ -75,8 +77,6 @@ def select_configurations(
     the configurations on the Pareto front of the means, ``top`` of them spread evenly along
     it by the first objective. Candidates are completed configurations (every replicate
     finished) with a finite mean on every objective."""
-    from .replicates import CONFIG_KEY
-
     done = [
         c
         for c in configs
@@ -133,8 +133,7 @@ def confirmation_points(study: StudyConfig, folder: Path) -> dict[int, dict[str,
     parameters, lists as JSON text), for the configurations to confirm."""
     import optuna
 
-    from .replicates import CONFIG_KEY
-    from .search import encode_point, make_storage
+    from .search import make_storage
 
     confirm = study.search.confirm
     assert confirm is not None
@@ -148,10 +147,13 @@ def confirmation_points(study: StudyConfig, folder: Path) -> dict[int, dict[str,
     for c in chosen:
         cid = int(c[CONFIG_KEY])
         asked = by_number.get(cid)
-        if asked is not None and set(keys) <= set(asked.params):
-            points[cid] = {k: asked.params[k] for k in keys}
-        else:  # not in Optuna (never expected): the table's values
-            points[cid] = encode_point({k: c[k] for k in keys})
+        if asked is None or not set(keys) <= set(asked.params):
+            raise StudyError(
+                f"configuration {cid} of {StudyLayout(folder).results_file} has no Optuna "
+                f"trial with its parameters in {StudyLayout(folder).optuna_db}; the "
+                "confirmation retrains what Optuna asked for: start the study over with --fresh"
+            )
+        points[cid] = {k: asked.params[k] for k in keys}  # as the search's trials had them
     return points
 
 
@@ -191,7 +193,6 @@ def run_confirmation(
     from ray import tune
 
     from .driver import ResultsTable, check_tune_state, tune_trial_dirname
-    from .errors import StudyError
     from .pause import Pause
 
     confirm = study.search.confirm
@@ -261,7 +262,7 @@ def _finish_confirmation(study: StudyConfig, cdir: Path, grid: Any, *, paused: b
     if paused:  # written by ResultsTable as Tune ended, with the interrupted trials told apart
         try:
             rows = R.read_results(path).to_dict("records")
-        except Exception:
+        except VaeStudyError:
             rows = []
     if not rows:
         rows = R.write_table(study, cdir, grid_trials(grid))

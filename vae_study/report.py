@@ -178,6 +178,12 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
 
     if (sf.folder / R.RESULTS_FILE).is_file():
         shutil.copyfile(sf.folder / R.RESULTS_FILE, out / R.RESULTS_FILE)
+    if sf.study.search.confirm is not None and not sf.confirmed:
+        notes.append(
+            "search.confirm is set but the confirmation has no results yet (it runs once the "
+            "search has finished): the selected configuration below is the search's, its "
+            "test numbers from the seeds it was selected with."
+        )
     front = rd_front(sf.configs)
     chosen_front = study_front(sf)
     best = best_trial(sf)
@@ -398,11 +404,18 @@ def _replicated(sf: StudyFolder) -> bool:
     return any(c.n_replicates > 1 for c in (*sf.configs, *sf.confirmed))
 
 
+def _by_config(sf: StudyFolder) -> bool:
+    """Whether the table's rows are configurations named by their config_id (a study
+    written with replicates and packs), not trials named by Ray's trial id."""
+    return _replicated(sf) or any(
+        c.members and c.trial_id != c.members[0].trial_id for c in sf.configs
+    )
+
+
 def _head(sf: StudyFolder) -> list[str]:
     keys = [p.key for p in sf.study.search.space]
     seeds = ["seeds"] if _replicated(sf) else []
-    first = "configuration" if _replicated(sf) else "trial"
-    return [first, "status", *seeds, *keys, *[h for h, _ in _columns(sf)]]
+    return [_unit(sf), "status", *seeds, *keys, *[h for h, _ in _columns(sf)]]
 
 
 def _trial_line(sf: StudyFolder, t: Trial) -> list[str]:
@@ -528,8 +541,8 @@ def _summary(
 
 
 def _unit(sf: StudyFolder) -> str:
-    """What a table row is: a trial, or a configuration of several seeds."""
-    return "configuration" if _replicated(sf) else "trial"
+    """What a table row is: a trial, or a configuration (of one or more seeds)."""
+    return "configuration" if _by_config(sf) else "trial"
 
 
 def _count_words(sf: StudyFolder) -> str:
