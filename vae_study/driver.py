@@ -29,7 +29,12 @@ from .pause import Pause
 from .replicates import CONFIG_KEY, aggregate, config_of
 from .results import write_table
 from .search import make_storage
-from .searcher import grid_trials, make_searcher, optuna_outcome
+from .searcher import (
+    grid_trials,
+    make_searcher,
+    optuna_outcome,
+    write_experiment_state_atomically,
+)
 from .study_config import StudyConfig, configs_per_trial
 from .study_folder import prepare_folder, release_folder
 from .trainable import train_trial
@@ -88,6 +93,7 @@ def _run_tuner(
     study: StudyConfig, folder: Path, source: Source, verbose: int, pause: Pause
 ) -> None:
     started_here = not ray.is_initialized()
+    write_experiment_state_atomically()  # a killed driver must leave a state it can resume
     start_ray(study)
     try:
         resources = resolve_resources(study)

@@ -77,15 +77,15 @@ def sub_result(result: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in (result or {}).items() if k.startswith(prefix)}
 
 
-def trial_configs(config: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
-    """(searched params as Optuna encodes them, configuration id) of each configuration a Ray
-    trial trains, in member order: its ``_pack``, or the trial's flat config."""
-    entries = config.get(PACK_KEY) or [config]
+def trial_configs(config: dict[str, Any]) -> list[tuple[dict[str, Any], Any, Any]]:
+    """(searched params as Optuna encodes them, configuration id, Optuna trial number or
+    None) of each configuration a Ray trial trains, in member order: its ``_pack``, or the
+    trial's flat config."""
     out = []
-    for entry in entries:
+    for entry in config.get(PACK_KEY) or [config]:
         params = {k: v for k, v in entry.items() if not k.startswith("_")}
-        config_id = entry.get(CONFIG_ID_KEY, entry.get(OPTUNA_TRIAL_KEY, config.get(CONFIG_ID_KEY)))
-        out.append((params, config_id))
+        number = entry.get(OPTUNA_TRIAL_KEY)
+        out.append((params, entry.get(CONFIG_ID_KEY, config.get(CONFIG_ID_KEY, number)), number))
     return out
 
 
@@ -303,7 +303,7 @@ def trial_rows(trial: Any, study: Any, *, interrupted: bool = False) -> list[dic
     packed = len(configs) * replicates > 1
     ckpt = getattr(getattr(trial, "checkpoint", None), "path", None)
     rows = []
-    for i, (encoded, config_id) in enumerate(configs):
+    for i, (encoded, config_id, number) in enumerate(configs):
         params = decode_params(
             study.search.space, {p.key: encoded.get(p.key) for p in study.search.space}
         )
@@ -315,7 +315,7 @@ def trial_rows(trial: Any, study: Any, *, interrupted: bool = False) -> list[dic
             ours = sub_result(last, member_key(j, "")) if packed else last
             row: dict[str, Any] = {
                 "trial_id": trial.trial_id,
-                "optuna_trial": encoded.get(OPTUNA_TRIAL_KEY, trial.config.get(OPTUNA_TRIAL_KEY)),
+                "optuna_trial": number,
                 MEMBER_KEY: j,
                 CONFIG_KEY: config_id,
                 REPLICATE_KEY: r,

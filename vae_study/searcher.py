@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ TESTED_OPTUNA = frozenset({"5.0"})
 # its Optuna study (``_ot_study``) and the ids it has told (``_completed_trials``) to itself,
 # and offers no hook to tell Optuna that a trial failed or was pruned; a ResultGrid hands out
 # Results, not the Trials (status, config, checkpoint) the results table is made of
-# (``_experiment_analysis``); and a local Ray binds every interface unless a constant read at
+# (``_experiment_analysis``); Tune writes its experiment state in place, so a killed driver can
+# leave it truncated (``TuneController.save_to_dir``, ``experiment_state_file_name``,
+# ``_storage``); and a local Ray binds every interface unless a constant read at
 # import (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``) says multi-node is off.
 
 
@@ -90,6 +93,42 @@ def told_trials(searcher: OptunaSearch) -> set[str]:
 def grid_trials(grid: Any) -> list[Any]:
     """Ray's Trials (status, config, last result, checkpoint) of a ``ResultGrid``."""
     return list(_private(grid, "_experiment_analysis").trials)
+
+
+_STATE_TMP: dict[int, str] = {}  # id(TuneController) -> the name its state is written under
+
+
+def write_experiment_state_atomically() -> None:
+    """Ray Tune 2.60 writes its experiment state (``experiment_state-*.json``: the trials a
+    resume continues) in place, with ``open(path, "w")``: a driver killed while it writes
+    leaves a truncated file, and the study cannot resume. It is written after every report,
+    and a pack's reports carry every member's metrics, so the window is not small. This
+    makes ``TuneController.save_to_dir`` write it under a temporary name and rename it (the
+    searcher's and the callbacks' states are written that way by Ray already). Idempotent."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    save = TuneController.save_to_dir
+    if getattr(save, "vae_study_atomic", False):
+        return
+    name = _private(TuneController, "experiment_state_file_name")
+    staging = "_storage"  # its experiment_driver_staging_path is where the state goes
+
+    def state_file_name(self: Any) -> str:
+        return _STATE_TMP.get(id(self)) or name.fget(self)
+
+    def save_to_dir(self: Any) -> None:
+        final = name.fget(self)
+        _STATE_TMP[id(self)] = f".vae_study-tmp-{final}"  # not matched by experiment_state-*
+        try:
+            save(self)
+        finally:
+            tmp = _STATE_TMP.pop(id(self))
+        folder = Path(_private(self, staging).experiment_driver_staging_path)
+        os.replace(folder / tmp, folder / final)
+
+    save_to_dir.vae_study_atomic = True  # type: ignore[attr-defined]
+    TuneController.experiment_state_file_name = property(state_file_name)
+    TuneController.save_to_dir = save_to_dir
 
 
 def set_ray_multinode(enabled: bool) -> bool | None:

@@ -109,7 +109,7 @@ def member_configs(
     replicates = int(config.get(R.TRIAL_REPLICATES_KEY, study.search.replicates))
     offset = int(config.get(R.SEED_OFFSET_KEY, 0))
     members = []
-    for encoded, _ in R.trial_configs(config):
+    for encoded, _, _ in R.trial_configs(config):
         params = decode_params(study.search.space, encoded)
         base = study.trial_config(params)
         device = trial_device(base.train.device, gpu_ids, cuda_available)
