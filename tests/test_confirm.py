@@ -563,3 +563,31 @@ def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again
     pids = list(dict.fromkeys(r["pid"] for r in rows))
     assert len(pids) == 2, pids
     assert next(r for r in rows if r["pid"] == pids[1])[M.EPOCH] > 1
+
+
+def test_a_confirmation_can_be_added_to_a_study_until_it_has_run(tmp_path):
+    from vae_study.errors import StudyError
+    from vae_study.study_folder import prepare_folder, release_folder
+
+    def prepare(**search):
+        folder, resume = prepare_folder(study_from_dict(_tiny_raw(tmp_path, **search)), fresh=False)
+        release_folder(folder)
+        return folder, resume
+
+    folder, resume = prepare()
+    assert not resume
+    # The search is the same: a confirmation may be added, or changed before it runs.
+    assert prepare(confirm={"top": 1, "replicates": 2}) == (folder, True)
+    assert prepare(confirm={"top": 2, "replicates": 3})[1]
+    assert yaml.safe_load((folder / "study.yaml").read_text())["search"]["confirm"] == {
+        "top": 2,
+        "replicates": 3,
+    }
+    # Anything else in the search section is another study, confirmation or not.
+    with pytest.raises(StudyError, match="another search section"):
+        prepare(confirm={"top": 2, "replicates": 3}, num_trials=3)
+    # Once confirm/ exists, its experiment is that confirmation.
+    StudyLayout(folder).confirm_dir.mkdir()
+    with pytest.raises(StudyError, match="another search section"):
+        prepare(confirm={"top": 1, "replicates": 2})
+    assert prepare(confirm={"top": 2, "replicates": 3})[1]

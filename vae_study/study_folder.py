@@ -358,6 +358,8 @@ def _check_folder(study: StudyConfig, folder: Path, *, fresh: bool) -> bool:
         before = read_yaml(previous)
         now = study.to_dict()
         changed = [k for k in study.identity() if before.get(k) != now.get(k)]
+        if changed == ["search"] and _only_confirm_changed(before, now, layout):
+            changed = []  # a confirmation added to (or changed before it ran in) a study
         if changed:
             raise StudyError(
                 f"{folder} holds a study with another "
@@ -375,6 +377,17 @@ def _check_folder(study: StudyConfig, folder: Path, *, fresh: bool) -> bool:
         ) from None
     write_yaml(previous, study.to_dict())
     return resume
+
+
+def _only_confirm_changed(before: dict[str, Any], now: dict[str, Any], layout: StudyLayout) -> bool:
+    """Whether the search sections differ in ``search.confirm`` alone while the folder holds
+    no confirmation yet: the search's trials are the same, so a confirmation can be added to
+    a study that has run (or changed before it started). Once ``confirm/`` exists, its
+    experiment is that confirmation, and another one needs a new name or --fresh."""
+    b, n = dict(before.get("search") or {}), dict(now.get("search") or {})
+    b.pop("confirm", None)
+    n.pop("confirm", None)
+    return b == n and not layout.confirm_dir.exists()
 
 
 _HELD_LOCKS: dict[Path, int] = {}  # study folder -> the descriptor holding its lock
