@@ -591,3 +591,25 @@ def test_a_confirmation_can_be_added_to_a_study_until_it_has_run(tmp_path):
     with pytest.raises(StudyError, match="another search section"):
         prepare(confirm={"top": 1, "replicates": 2})
     assert prepare(confirm={"top": 2, "replicates": 3})[1]
+
+
+@pytest.mark.slow
+def test_a_confirmation_added_to_a_finished_study_runs_alone(tmp_path):
+    over = {
+        "search.num_trials": 2,
+        "search.max_concurrent": 1,
+        "search.replicates": 2,
+        "train.epochs": 1,
+    }
+    assert main(["run", str(write_study(tmp_path, tiny_study(tmp_path, **over)))]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    files = {p: p.read_bytes() for p in sorted((folder / "tune").glob("trial_*/result.json"))}
+    assert len(files) == 2 and not StudyLayout(folder).confirm_dir.exists()
+    over["search.confirm"] = {"top": 1, "replicates": 2}
+    assert main(["run", str(write_study(tmp_path, tiny_study(tmp_path, **over)))]) == 0
+    after = {p: p.read_bytes() for p in sorted((folder / "tune").glob("trial_*/result.json"))}
+    assert after == files  # the search ran nothing again
+    assert optuna_states(folder, "tiny") == {"COMPLETE": 2}
+    confirmed = R.read_results(StudyLayout(folder).confirm_dir / R.RESULTS_FILE)
+    assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
+    assert sorted(confirmed[SEED_KEY]) == [2, 3]
