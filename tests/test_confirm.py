@@ -239,7 +239,8 @@ def test_tables_show_mean_and_standard_error_with_the_seeds(tmp_path):
     assert cells["configuration"] == "1" and cells["seeds"] == "3 of 3"
     mean, se = (float(x) for x in cells["test rate"].split(" ± "))
     assert mean == pytest.approx(16.0) and se == pytest.approx(_se([15, 16, 17]), rel=5e-3)
-    assert "training diverged" in summary  # the failed member is listed
+    # The failed member is listed, with its configuration and replicate.
+    assert "- c00004 (failed, configuration 4, replicate 1): training diverged" in summary
 
 
 # ---- Knob plots: mean ± standard error and the seeds behind each point ------------------

@@ -22,7 +22,7 @@ from . import results as R
 from .checkpoint import atomic_write_text
 from .layout import REPORTS_DIR, StudyLayout
 from .pareto import pareto_front
-from .replicates import REPLICATE_KEY, SEED_KEY
+from .replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
 from .study_folder import StudyFolder, Trial, load_folder
 
 MAX_MODEL_FIGURES = 5
@@ -525,19 +525,28 @@ def _summary(
             _table_md([_trial_line(sf, t) for t in front], head),
             "",
         ]
-    bad = [t for t in (*sf.trials, *sf.confirm_trials) if t.status == R.FAILED]
+    bad = [(t, "") for t in sf.trials if t.status == R.FAILED]
+    bad += [(t, ", confirmation") for t in sf.confirm_trials if t.status == R.FAILED]
     if bad:
         parts += ["## Failed trials (diverged or crashed)", ""]
         parts += [
-            f"- {_md(t.trial_id)} ({_md(t.status)}): "
+            f"- {_md(t.trial_id)} ({_md(t.status)}{_md(_member_words(t) + where)}): "
             f"{_md(t.metrics.get(R.ERROR_KEY) or 'no message')}"
-            for t in bad
+            for t, where in bad
         ]
         parts.append("")
     if notes:
         parts += ["## Notes", ""] + [f"- {_md(n)}" for n in notes] + [""]
     parts.append(f"Report built in {seconds:.1f} s.")
     return "\n".join(parts) + "\n"
+
+
+def _member_words(t: Trial) -> str:
+    """``, configuration 3, replicate 1`` for a member row of a replicated table, else ''."""
+    cid, rep = t.value(CONFIG_KEY), t.value(REPLICATE_KEY)
+    if not (math.isfinite(cid) and math.isfinite(rep)):
+        return ""
+    return f", configuration {int(cid)}, replicate {int(rep)}"
 
 
 def _unit(sf: StudyFolder) -> str:
