@@ -401,6 +401,48 @@ def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
     ]
 
 
+def test_a_crash_while_tune_writes_its_experiment_state_leaves_the_last_one_whole(
+    tmp_path, monkeypatch
+):
+    """Tune writes its experiment state after every report (a pack's reports are large); a
+    driver killed mid-write must leave the previous state, which a rerun resumes."""
+    from ray.tune.execution import tune_controller
+    from ray.tune.execution.tune_controller import TuneController
+
+    from vae_study.searcher import write_experiment_state_atomically
+
+    write_experiment_state_atomically()
+    write_experiment_state_atomically()  # idempotent: wrapped once
+    nothing = SimpleNamespace(save_to_dir=lambda *args, **kwargs: None)
+    controller = object.__new__(TuneController)
+    controller.__dict__.update(
+        _session_str="s",
+        _start_time=0.0,
+        _storage=SimpleNamespace(experiment_driver_staging_path=str(tmp_path)),
+        _search_alg=nothing,
+        _callbacks=nothing,
+    )
+    monkeypatch.setattr(TuneController, "__getstate__", lambda self: {"step": self.step})
+    monkeypatch.setattr(TuneController, "_get_trial_checkpoints", lambda self: {"t": "x" * 10**5})
+    state = tmp_path / "experiment_state-s.json"
+    controller.step = 1
+    controller.save_to_dir()
+    assert json.loads(state.read_text())["runner_data"] == {"step": 1}
+
+    def killed_mid_write(obj, f, **kwargs):
+        f.write(json.dumps(obj)[:1000])
+        f.flush()
+        raise KeyboardInterrupt  # the driver dies half-way through the file
+
+    monkeypatch.setattr(tune_controller.json, "dump", killed_mid_write)
+    controller.step = 2
+    with pytest.raises(KeyboardInterrupt):
+        controller.save_to_dir()
+    assert json.loads(state.read_text())["runner_data"] == {"step": 1}  # whole, as it was
+    assert [p.name for p in tmp_path.glob("experiment_state-*.json")] == [state.name]
+    assert controller.experiment_state_file_name == state.name
+
+
 # ---------------------------------------------------------------------------------------
 # The results table.
 
@@ -693,3 +735,79 @@ def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member
     for t in study.trials:
         x = table.loc[table["config_id"] == t.number, M.VAL_NLL].to_numpy()
         assert len(x) == 2 and t.value == pytest.approx(np.mean(x), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_a_diverged_configuration_in_a_pack_fails_while_its_pack_mate_completes(tmp_path):
+    from vae_study.cli import main
+
+    raw = tiny_study(
+        tmp_path,
+        **{
+            "search.replicates": 2,
+            "search.num_trials": 2,
+            "search.max_concurrent": 1,
+            "resources.configs_per_trial": 2,
+            "search.space": {"train.lr": {"choice": [0.001, 1.0e8]}},
+            "search.points_to_evaluate": [{"train.lr": 1.0e8}, {"train.lr": 0.001}],
+            "model.activation": "elu",
+        },
+    )
+    assert main(["run", str(write_study(tmp_path, raw))]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 4 and table["trial_id"].nunique() == 1  # one pack of two
+    bad, good = table[table["train.lr"] == 1.0e8], table[table["train.lr"] == 0.001]
+    assert set(bad["status"]) == {R.FAILED} and set(good["status"]) == {R.COMPLETED}
+    assert bad["error"].str.startswith("training diverged: the loss is").all()
+    assert not table["pareto"][bad.index].any() and table["pareto"][good.index].all()
+    configs = read_configs(folder / "configs.csv").set_index("config_id")
+    bad_id, good_id = int(bad["config_id"].iloc[0]), int(good["config_id"].iloc[0])
+    assert configs.loc[bad_id, "status"] == R.FAILED and configs.loc[bad_id, "n_finished"] == 0
+    assert configs.loc[good_id, "n_finished"] == 2
+    study = optuna.load_study(study_name="tiny", storage=StudyLayout(folder).storage_url)
+    S = optuna.trial.TrialState
+    assert study.trials[bad_id].state == S.FAIL
+    assert study.trials[good_id].state == S.COMPLETE
+    assert study.trials[good_id].value == pytest.approx(good[M.VAL_NLL].mean(), rel=1e-9)
+    trial_id = table["trial_id"].iloc[0]
+    lines = StudyLayout(folder).result_file(trial_id).read_text().splitlines()
+    assert len({json.loads(x)["pid"] for x in lines}) == 1  # not retried
+
+
+@pytest.mark.slow
+def test_a_packs_worker_killed_once_resumes_every_member_from_the_checkpoint(tmp_path):
+    over = {"search.replicates": 2, "search.num_trials": 1, "search.max_concurrent": 1}
+    path = write_study(tmp_path, slow_trials(tmp_path, epochs=20, **over))
+    folder = tmp_path / "runs" / "tiny"
+
+    def running():
+        table = read_table(folder)
+        if table is None:
+            return None
+        rows = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
+        if rows.empty:
+            return None
+        trial_id = rows["trial_id"].iloc[0]
+        lines = StudyLayout(folder).result_file(trial_id).read_text().splitlines()
+        return (trial_id, json.loads(lines[-1])["pid"]) if lines else None
+
+    proc, log = start_driver(tmp_path, path, "run.log")
+    try:
+        trial_id, pid = wait_for(proc, log, running)
+        os.kill(pid, signal.SIGKILL)  # the trial's worker, once: Ray retries it
+        assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+    lines = [
+        json.loads(x) for x in StudyLayout(folder).result_file(trial_id).read_text().splitlines()
+    ]
+    pids = list(dict.fromkeys(r["pid"] for r in lines))
+    assert pids[0] == pid and len(pids) == 2
+    assert next(r for r in lines if r["pid"] == pids[1])[M.EPOCH] > 1  # from the checkpoint
+    for member in (0, 1):  # each member's curve is whole: every epoch once
+        assert [h[M.EPOCH] for h in _member_history(folder, trial_id, member)] == list(range(1, 21))

@@ -64,7 +64,7 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     command again continues the study.
     """
     # The dataset first: missing or damaged files stop the study before its folder exists.
-    source = read_source(study.base.data.dataset, study.base.data.root)  # once
+    source = read_source(study.base.data)  # once
     check_data(study, source)
     folder, resume = prepare_folder(study, fresh=fresh)
     try:

@@ -354,7 +354,9 @@ def _model_figures(
             f"{member.value(M.TEST_NEG_ELBO):.1f} = R {member.value(M.TEST_RATE):.1f} + "
             f"D {member.value(M.TEST_DISTORTION):.1f} nats"
         )
-        plots.model_pictures(trial, model, data.test.x, data.test.labels, out / name, title)
+        plots.model_pictures(
+            trial, model, data.test.x, data.test.labels, out / name, title, shape=data.shape
+        )
         figures.append((name, title))
 
 
