@@ -84,9 +84,10 @@ def select_configurations(
         and all(math.isfinite(_mean(c, o.metric)) for o in objectives)
     ]
 
-    def key(c: Mapping[str, Any], o: Objective) -> tuple[float, int]:
+    def key(c: Mapping[str, Any], o: Objective) -> tuple[float, str]:
         sign = 1.0 if o.mode == "min" else -1.0
-        return (sign * _mean(c, o.metric), int(c[CONFIG_KEY]))
+        cid = c[CONFIG_KEY]  # an int; "trial:<id>" in a table written before config ids
+        return (sign * _mean(c, o.metric), f"{cid:012d}" if isinstance(cid, int) else str(cid))
 
     if len(objectives) == 1:
         return sorted(done, key=lambda c: key(c, objectives[0]))[:top]
