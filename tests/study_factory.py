@@ -267,3 +267,36 @@ def wait_for(proc, log, condition, timeout: float = 240.0, what: str = "the faul
         if found:
             return found
     pytest.fail(f"the condition for {what} never held")
+
+
+# ---------------------------------------------------------------------------------------
+# Replicated studies: one results.csv row per member (a seed of a configuration).
+
+
+def write_members(folder: Path, members: list[dict], *, seed_offset: int = 0) -> Path:
+    """Write ``members`` as the results.csv of the study (or confirmation) folder
+    ``folder``, one row per member as a replicated study writes it: each dict holds
+    ``config_id``, ``replicate``, ``status`` and any params and metrics; ``trial_id``
+    (one Ray trial per configuration), ``member``, ``optuna_trial`` and ``seed`` (train.seed
+    0 + ``seed_offset`` + replicate) are filled in. Returns the file."""
+    from vae_study.replicates import CONFIG_KEY, MEMBER_KEY, REPLICATE_KEY, SEED_KEY
+
+    rows = []
+    for m in members:
+        row = {
+            "trial_id": f"c{int(m[CONFIG_KEY]):05d}",
+            "optuna_trial": m[CONFIG_KEY],
+            MEMBER_KEY: m[REPLICATE_KEY],
+            SEED_KEY: seed_offset + m[REPLICATE_KEY],
+            **m,
+        }
+        rows.append({k: R._cell(v) for k, v in row.items()})
+    keys = [k for k in ("train.beta", "model.latent_dim") if any(k in r for r in rows)]
+    extra = [k for r in rows for k in r if k not in R.columns(keys)]
+    cols = R.columns(keys) + list(dict.fromkeys(extra))
+    path = StudyLayout(folder).results_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import pandas as pd
+
+    pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
+    return path

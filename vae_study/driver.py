@@ -136,6 +136,10 @@ def _run_tuner(
         paused = pause.requested  # a Ctrl-C from now on came after Tune's loop ended
         pause.phase = Pause.SAVING
         _finish(study, folder, grid, paused=paused)
+        if study.search.confirm is not None and not pause.requested:  # the last stage
+            from .confirm import run_confirmation
+
+            run_confirmation(study, folder, trainable, verbose=verbose, pause=pause)
     finally:
         if started_here:
             ray.shutdown()

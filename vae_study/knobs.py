@@ -37,12 +37,39 @@ def knob_name(key: str) -> str:
 
 @dataclass(frozen=True)
 class KnobPoint:
-    """One knob value of a series: the mean of ``metric`` over the ``n`` trials behind it."""
+    """One knob value of a series: the mean of ``metric`` over the ``n`` trials (or
+    configurations) behind it, each itself a mean over its seeds.
+
+    ``se``: the standard error of that mean over the seeds, sqrt(sum se_i^2) / n from the
+    configurations' own standard errors (the seed noise of an average of independent means;
+    the spread between configurations is not seed noise and is not in it); None when a
+    configuration behind the point has no standard error (one seed). ``n_seeds``: the
+    finished seeds behind the point, all configurations together."""
 
     x: Any
     mean: float
     n: int
     trial_ids: tuple[str, ...]
+    se: float | None = None
+    n_seeds: int = 1
+
+
+def _point(x: Any, entries: list[tuple[Trial, float]], metric: str) -> KnobPoint:
+    """The point of the trials (configurations) ``entries`` = (trial, its value) at ``x``."""
+    errors = [t.error(metric) for t, _ in entries]
+    se = (
+        math.sqrt(sum(e * e for e in errors)) / len(errors)  # type: ignore[operator]
+        if all(e is not None for e in errors)
+        else None
+    )
+    return KnobPoint(
+        x,
+        float(np.mean([v for _, v in entries])),
+        len(entries),
+        tuple(t.trial_id for t, _ in entries),
+        se,
+        sum(t.n_seeds for t, _ in entries),
+    )
 
 
 @dataclass(frozen=True)
@@ -151,9 +178,10 @@ def knob_series(
     """``metric`` against ``knob`` among finished trials, one series per setting of the other
     searched knobs (continuous ones binned, see ``bin_edges``): a series never mixes
     values of another knob. A series needs two values of ``knob``; points are means over
-    the trials sharing a knob value, with their number ``n``."""
+    the trials sharing a knob value, with their number ``n``, and (configurations of a
+    replicated study) the standard error over seeds and the seeds behind it."""
     others = [p for p in searched if p.key != knob]
-    groups: dict[tuple[tuple[str, str], ...], dict[Any, list[tuple[str, float]]]] = {}
+    groups: dict[tuple[tuple[str, str], ...], dict[Any, list[tuple[Trial, float]]]] = {}
     order: dict[tuple[tuple[str, str], ...], tuple[Any, ...]] = {}
     for t in trials:
         value = t.value(metric)
@@ -167,9 +195,7 @@ def knob_series(
         levels = [_level(p, t.params[p.key]) for p in others]
         fixed = tuple((p.key, label) for p, (_, label) in zip(others, levels, strict=True))
         order[fixed] = tuple(key for key, _ in levels)
-        groups.setdefault(fixed, {}).setdefault(_plain(t.params[knob]), []).append(
-            (t.trial_id, value)
-        )
+        groups.setdefault(fixed, {}).setdefault(_plain(t.params[knob]), []).append((t, value))
     out = []
     for fixed in sorted(groups, key=lambda f: order[f]):
         by_x = groups[fixed]
@@ -178,15 +204,7 @@ def knob_series(
         out.append(
             KnobSeries(
                 fixed,
-                tuple(
-                    KnobPoint(
-                        x,
-                        float(np.mean([v for _, v in by_x[x]])),
-                        len(by_x[x]),
-                        tuple(i for i, _ in by_x[x]),
-                    )
-                    for x in sorted(by_x, key=_sort_key)
-                ),
+                tuple(_point(x, by_x[x], metric) for x in sorted(by_x, key=_sort_key)),
             )
         )
     return out

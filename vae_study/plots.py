@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,60 @@ def _staircase(points: list[tuple[float, float]]) -> tuple[list[float], list[flo
     return xs, ys
 
 
+@dataclass(frozen=True)
+class RDPoints:
+    """What the rate-distortion plane plots: one point per finished configuration (a trial
+    of a one-seed study), its mean test rate and distortion over its seeds, their standard
+    errors (nan: none, one seed; no bar is drawn then, not a bar of 0) and the Pareto front
+    of the means."""
+
+    trials: tuple[Trial, ...]
+    rate: np.ndarray  # (n,) mean test rate of each configuration
+    distortion: np.ndarray  # (n,)
+    rate_se: np.ndarray  # (n,) nan where there is no standard error
+    distortion_se: np.ndarray  # (n,)
+    front: tuple[int, ...]  # indices of the front of the means
+
+    @property
+    def has_bar(self) -> np.ndarray:
+        """(n,) bool: the points drawn with error bars (both standard errors known)."""
+        return np.isfinite(self.rate_se) & np.isfinite(self.distortion_se)
+
+
+def rd_points(trials: Sequence[Trial]) -> RDPoints | None:
+    """The data of the rate-distortion plane (``RDPoints``); None when nothing finished."""
+    from .pareto import pareto_front
+
+    done = tuple(
+        t
+        for t in trials
+        if t.finished
+        and math.isfinite(t.value(M.TEST_RATE))
+        and math.isfinite(t.value(M.TEST_DISTORTION))
+    )
+    if not done:
+        return None
+
+    def se(t: Trial, key: str) -> float:
+        e = t.error(key)
+        return math.nan if e is None else e
+
+    rates = np.array([t.value(M.TEST_RATE) for t in done])
+    dists = np.array([t.value(M.TEST_DISTORTION) for t in done])
+    front = pareto_front(list(zip(rates, dists, strict=True)), ["min", "min"])
+    return RDPoints(
+        done,
+        rates,
+        dists,
+        np.array([se(t, M.TEST_RATE) for t in done]),
+        np.array([se(t, M.TEST_DISTORTION) for t in done]),
+        tuple(front),
+    )
+
+
+RD_ERRORBAR_LABEL = "mean +- standard error over seeds"
+
+
 def rate_distortion_plane(
     trials: Sequence[Trial],
     path: Path,
@@ -90,21 +145,19 @@ def rate_distortion_plane(
     show_paths: bool = True,
     selected: Sequence[Trial] = (),
     selected_label: str = "",
+    confirmed: Sequence[Trial] = (),
 ) -> Path | None:
-    """Figure 1: every finished trial at its test (rate, distortion); the Pareto front of
-    those plotted test numbers; iso -ELBO lines; ``selected`` (the study's selection, made on
-    its objectives) ringed and labelled ``selected_label``."""
-    from .pareto import pareto_front
-
-    done = [
-        t
-        for t in trials
-        if t.finished
-        and math.isfinite(t.value(M.TEST_RATE))
-        and math.isfinite(t.value(M.TEST_DISTORTION))
-    ]
-    if not done:
+    """Figure 1: every finished configuration (trial) at its mean test (rate, distortion),
+    with +- standard-error bars in both where it has several seeds (``rd_points``); the
+    Pareto front of those means; iso -ELBO lines; ``selected`` (the study's selection, made
+    on its objectives) ringed and labelled ``selected_label``; ``confirmed`` (the
+    confirmation stage's configurations) at their mean over the fresh seeds, white diamonds
+    with their own bars (``RD_CONFIRMED_LABEL``)."""
+    pts = rd_points(trials)
+    if pts is None:
         return None
+    done = list(pts.trials)
+    replicated = any(t.n_seeds > 1 for t in done)
     norm, cmap = _beta_colour(done)
     attr, markers = _marker_key(done)
     fig = Figure(figsize=(8.5, 6.5))
@@ -130,10 +183,22 @@ def rate_distortion_plane(
             zorder=3,
             label=f"{markers['__label__']} {value}",
         )
-    rates = np.array([t.value(M.TEST_RATE) for t in done])
-    dists = np.array([t.value(M.TEST_DISTORTION) for t in done])
-    front = pareto_front(list(zip(rates, dists, strict=True)), ["min", "min"])
-    fx, fy = _staircase([(rates[i], dists[i]) for i in front])
+    rates, dists = pts.rate, pts.distortion
+    bar = pts.has_bar
+    if bar.any():  # configurations with one seed get no bar (not a bar of 0)
+        ax.errorbar(
+            rates[bar],
+            dists[bar],
+            xerr=pts.rate_se[bar],
+            yerr=pts.distortion_se[bar],
+            fmt="none",
+            ecolor="dimgrey",
+            elinewidth=0.9,
+            capsize=2.5,
+            zorder=2,
+            label=RD_ERRORBAR_LABEL,
+        )
+    fx, fy = _staircase([(rates[i], dists[i]) for i in pts.front])
     ax.plot(
         fx,
         fy,
@@ -141,7 +206,9 @@ def rate_distortion_plane(
         color="crimson",
         lw=1.6,
         zorder=2,
-        label="Pareto front of the test (rate, distortion) shown",
+        label="Pareto front of the mean test (rate, distortion) shown"
+        if replicated
+        else "Pareto front of the test (rate, distortion) shown",
     )
     done_ids = {t.trial_id for t in done}
     shown = [t for t in selected if t.trial_id in done_ids]
@@ -157,6 +224,7 @@ def rate_distortion_plane(
             zorder=4,
             label=selected_label,
         )
+    _confirmed_points(ax, confirmed)
     # Lines of equal -ELBO: R + D = c. The best one touches the front where beta = 1 is
     # the tangent slope (-1).
     total = rates + dists
@@ -184,20 +252,63 @@ def rate_distortion_plane(
         edgecolors="crimson",
         linewidths=1.8,
         zorder=4,
-        label=f"best test -ELBO (trial {done[best].trial_id})",
+        label=f"best test -ELBO ({'configuration' if replicated else 'trial'} "
+        f"{done[best].trial_id})",
     )
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("rate R = KL(q(z|x) || p(z))  [nats per example]")
     ax.set_ylabel("distortion D = -E_q[log p(x|z)]  [nats per example]")
     ax.set_title(
-        "Rate-distortion plane of the study (test split)"
+        "Rate-distortion plane of the study (test split"
+        + ("; configuration means over seeds)" if replicated else ")")
         + ("; faint lines: validation path over epochs" if show_paths else "")
     )
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="beta")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+RD_CONFIRMED_LABEL = "confirmed: mean +- standard error over fresh seeds"
+
+
+def _confirmed_points(ax: Any, confirmed: Sequence[Trial]) -> None:
+    """The confirmed configurations on the R-D plane, bars where they have them."""
+    pts = rd_points(confirmed)
+    if pts is None:
+        return
+    bar = pts.has_bar
+    style = {
+        "marker": "D",
+        "s": 70,
+        "facecolors": "white",
+        "edgecolors": "black",
+        "linewidths": 1.2,
+        "zorder": 5,
+    }
+    if bar.any():
+        ax.errorbar(
+            pts.rate[bar],
+            pts.distortion[bar],
+            xerr=pts.rate_se[bar],
+            yerr=pts.distortion_se[bar],
+            fmt="none",
+            ecolor="black",
+            elinewidth=1.2,
+            capsize=3.5,
+            zorder=5,
+            label=RD_CONFIRMED_LABEL,
+        )
+    ax.scatter(pts.rate, pts.distortion, **style, label=None if bar.any() else RD_CONFIRMED_LABEL)
+    for t, x, y in zip(pts.trials, pts.rate, pts.distortion, strict=True):
+        ax.annotate(
+            f"confirmed {t.trial_id}",
+            (x, y),
+            fontsize=7,
+            xytext=(5, -9),
+            textcoords="offset points",
+        )
 
 
 def knobs(
@@ -228,13 +339,23 @@ def knobs(
             ax.set_yticks([])
         for i, s in enumerate(panel.series):
             xs = [pt.x for pt in s.points]
-            ax.plot(
+            (line,) = ax.plot(
                 xs, [pt.mean for pt in s.points], marker=MARKERS[i % len(MARKERS)], label=s.label
             )
+            barred = [pt for pt in s.points if pt.se is not None]
+            if barred:  # one-seed points get no bar (not a bar of 0)
+                ax.errorbar(
+                    [pt.x for pt in barred],
+                    [pt.mean for pt in barred],
+                    yerr=[pt.se for pt in barred],
+                    fmt="none",
+                    ecolor=line.get_color(),
+                    capsize=3,
+                )
             for pt in s.points:
-                if pt.n > 1:
+                if pt.n_seeds > 1:
                     ax.annotate(
-                        f"n={pt.n}",
+                        f"n={pt.n_seeds}",
                         (pt.x, pt.mean),
                         fontsize=7,
                         xytext=(3, 3),
@@ -258,7 +379,8 @@ def knobs(
         ax.grid(alpha=0.3)
     title = (
         "Knobs against test metrics, each line among trials matched on the other "
-        "searched knobs; n = trials averaged (unmarked points: single trials). "
+        "searched knobs; n = finished runs (seeds) averaged, unmarked points are single "
+        "runs; bars: +- standard error over seeds. "
         + (
             f"Searched knobs matched by: {matching_text(searched)}."
             if len(searched) > 1

@@ -22,6 +22,7 @@ from . import results as R
 from .checkpoint import atomic_write_text
 from .layout import REPORTS_DIR, StudyLayout
 from .pareto import pareto_front
+from .replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
 from .study_folder import StudyFolder, Trial, load_folder
 
 MAX_MODEL_FIGURES = 5
@@ -45,15 +46,16 @@ def study_front(sf: StudyFolder) -> list[Trial]:
     if not sf.study.search.multi_objective:
         return []
     return sorted(
-        (t for t in sf.trials if t.finished and t.pareto), key=lambda t: t.value(M.TEST_RATE)
+        (t for t in sf.configs if t.finished and t.pareto), key=lambda t: t.value(M.TEST_RATE)
     )
 
 
 def best_trial(sf: StudyFolder) -> Trial | None:
-    """The selected trial: the best finished trial on the study's first objective (a
-    validation metric unless search.select_on_test)."""
+    """The selected trial: the best finished trial (configuration, on the mean over its
+    seeds) on the study's first objective (a validation metric unless
+    search.select_on_test)."""
     obj = sf.study.search.objectives[0]
-    done = [t for t in sf.trials if t.finished and math.isfinite(t.value(obj.metric))]
+    done = [t for t in sf.configs if t.finished and math.isfinite(t.value(obj.metric))]
     if not done:
         return None
     sign = 1 if obj.mode == "min" else -1
@@ -176,7 +178,13 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
 
     if (sf.folder / R.RESULTS_FILE).is_file():
         shutil.copyfile(sf.folder / R.RESULTS_FILE, out / R.RESULTS_FILE)
-    front = rd_front(sf.trials)
+    if sf.study.search.confirm is not None and not sf.confirmed:
+        notes.append(
+            "search.confirm is set but the confirmation has no results yet (it runs once the "
+            "search has finished): the selected configuration below is the search's, its "
+            "test numbers from the seeds it was selected with."
+        )
+    front = rd_front(sf.configs)
     chosen_front = study_front(sf)
     best = best_trial(sf)
     selected, selected_label = (
@@ -200,12 +208,30 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
 
     add(
         plots.rate_distortion_plane(
-            sf.trials, out / "rate_distortion.png", selected=selected, selected_label=selected_label
+            sf.configs,
+            out / "rate_distortion.png",
+            selected=selected,
+            selected_label=selected_label,
+            confirmed=sf.confirmed,
         ),
-        "The rate-distortion plane: each finished trial at its test (rate, distortion), "
-        "coloured by beta; the red staircase is the Pareto front of those test numbers (the "
-        f"empirical R-D curve); black squares: {selected_label}; dashed lines have equal "
-        "-ELBO = R + D.",
+        (
+            "The rate-distortion plane: each finished configuration at its mean test (rate, "
+            "distortion) over its seeds, with +- standard-error bars in both (none for a "
+            "configuration with one seed), coloured by beta; the red staircase is the Pareto "
+            "front of those means"
+            if _replicated(sf)
+            else "The rate-distortion plane: each finished trial at its test (rate, "
+            "distortion), coloured by beta; the red staircase is the Pareto front of those "
+            "test numbers"
+        )
+        + f" (the empirical R-D curve); black squares: {selected_label}; "
+        + (
+            "white diamonds: the confirmed configurations at their test mean ± standard "
+            "error over the confirmation's fresh seeds; "
+            if sf.confirmed
+            else ""
+        )
+        + "dashed lines have equal -ELBO = R + D.",
         "No finished trial yet: the rate-distortion plane is empty.",
     )
     searched = sf.study.search.space
@@ -214,7 +240,7 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
         matched = plots.matching_text(searched)
         add(
             plots.knobs(
-                sf.trials, out / "knobs.png", searched=searched, quantity=sf.study.base.quantity
+                sf.configs, out / "knobs.png", searched=searched, quantity=sf.study.base.quantity
             ),
             "The searched knobs ("
             + ", ".join(plots.knob_name(p.key) for p in varied)
@@ -223,14 +249,14 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
             + "; each line compares only trials at matched settings of the other searched "
             "knobs"
             + (f" ({matched})" if matched else "")
-            + "; n marks points that average several trials; panels without matched trials "
-            "say so.",
+            + "; n marks points that average several runs (seeds), bars are +- the standard "
+            "error over seeds; panels without matched trials say so.",
             "No finished trial yet: no knob plots.",
         )
     else:
         notes.append("The study varies none of beta, K and latent size: no knob plots.")
     add(
-        plots.rate_split(sf.trials, shown_front, out / "rate_split.png", front_label=shown_words),
+        plots.rate_split(sf.configs, shown_front, out / "rate_split.png", front_label=shown_words),
         "Where the rate goes: R = I(x; z) + KL(q(z) || p(z)) per trial, and the KL of each "
         f"latent dimension for the {shown_words}.",
         "No finished trial yet: no rate split.",
@@ -314,11 +340,19 @@ def _model_figures(
             )
             continue
         name = model_figure_name(trial.trial_id)
+        # One member's model (the lowest replicate that finished), with its own numbers.
+        member = trial.members[0] if trial.n_replicates > 1 and trial.members else trial
+        which = (
+            f"Configuration {trial.trial_id} ({why}), the model of its replicate "
+            f"{_fmt(member.value(REPLICATE_KEY))} (seed {_fmt(member.value(SEED_KEY))})"
+            if member is not trial
+            else f"Trial {trial.trial_id} ({why})"
+        )
         title = (
-            f"Trial {trial.trial_id} ({why}): beta {trial.beta:.3g}, latent size "
+            f"{which}: beta {trial.beta:.3g}, latent size "
             f"{trial.latent_dim}, K {trial.k}, test -ELBO "
-            f"{trial.value(M.TEST_NEG_ELBO):.1f} = R {trial.value(M.TEST_RATE):.1f} + "
-            f"D {trial.value(M.TEST_DISTORTION):.1f} nats"
+            f"{member.value(M.TEST_NEG_ELBO):.1f} = R {member.value(M.TEST_RATE):.1f} + "
+            f"D {member.value(M.TEST_DISTORTION):.1f} nats"
         )
         plots.model_pictures(
             trial, model, data.test.x, data.test.labels, out / name, title, shape=data.shape
@@ -359,13 +393,82 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _trial_line(t: Trial, keys: list[str], cols: list[tuple[str, str]]) -> list[str]:
+def _mean_se(t: Trial, metric: str) -> str:
+    """``mean ± se`` where the configuration has a standard error, else the number alone."""
+    e = t.error(metric)
+    v = t.value(metric)
+    return _fmt(v) if e is None or math.isnan(v) else f"{v:.5g} ± {e:.3g}"
+
+
+def _replicated(sf: StudyFolder) -> bool:
+    """Whether the study trains several seeds per configuration (its tables have a seeds
+    column and mean ± se cells, its rows are configurations)."""
+    return any(c.n_replicates > 1 for c in (*sf.configs, *sf.confirmed))
+
+
+def _by_config(sf: StudyFolder) -> bool:
+    """Whether the table's rows are configurations named by their config_id (a study
+    written with replicates and packs), not trials named by Ray's trial id."""
+    return _replicated(sf) or any(
+        c.members and c.trial_id != c.members[0].trial_id for c in sf.configs
+    )
+
+
+def _head(sf: StudyFolder) -> list[str]:
+    keys = [p.key for p in sf.study.search.space]
+    seeds = ["seeds"] if _replicated(sf) else []
+    return [_unit(sf), "status", *seeds, *keys, *[h for h, _ in _columns(sf)]]
+
+
+def _trial_line(sf: StudyFolder, t: Trial) -> list[str]:
+    seeds = [f"{t.n_seeds} of {t.n_replicates}"] if _replicated(sf) else []
     return [
         t.trial_id,
         t.status,
-        *[_fmt(t.params.get(k, "")) for k in keys],
-        *[_fmt(t.value(m)) for _, m in cols],
+        *seeds,
+        *[_fmt(t.params.get(p.key, "")) for p in sf.study.search.space],
+        *[_mean_se(t, m) for _, m in _columns(sf)],
     ]
+
+
+def confirmation_words(sf: StudyFolder) -> str:
+    """The headline of a study with a confirmation stage (see ``confirm.selection_words``)."""
+    from .confirm import selection_words as words
+
+    return f"Confirmed configurations: test mean ± standard error; {words(sf.study)}"
+
+
+def confirmation_table(sf: StudyFolder) -> tuple[list[str], list[list[str]]]:
+    """(head, rows) of the headline table: each confirmed configuration with the means of
+    the search that selected it (its objectives, over the search's seeds), then its
+    confirmation numbers as mean ± se over the fresh seeds, with how many finished."""
+    from .confirm import search_replicates
+
+    objectives = [o.metric for o in sf.study.search.objectives]
+    searched = {c.trial_id: c for c in sf.configs}
+    n_search = search_replicates(sf.study)
+    head = [
+        "configuration",
+        "status",
+        "seeds",
+        *[p.key for p in sf.study.search.space],
+        *[f"search {m} (mean of {n_search})" for m in objectives],
+        *[h for h, _ in _columns(sf)],
+    ]
+    rows = []
+    for c in sorted(sf.confirmed, key=lambda c: int(c.trial_id) if c.trial_id.isdigit() else 0):
+        found = searched.get(c.trial_id)
+        rows.append(
+            [
+                c.trial_id,
+                c.status,
+                f"{c.n_seeds} of {c.n_replicates}",
+                *[_fmt(c.params.get(p.key, "")) for p in sf.study.search.space],
+                *[_fmt(found.value(m)) if found else "" for m in objectives],
+                *[_mean_se(c, m) for _, m in _columns(sf)],
+            ]
+        )
+    return head, rows
 
 
 def _table_md(rows: list[list[str]], head: list[str]) -> str:
@@ -378,10 +481,9 @@ def _summary(
     sf: StudyFolder, best: Trial | None, front: list[Trial], notes: list[str], seconds: float
 ) -> str:
     keys = [p.key for p in sf.study.search.space]
-    cols = _columns(sf)
-    head = ["trial", "status", *keys, *[h for h, _ in cols]]
+    head = _head(sf)
     counts: dict[str, int] = {}
-    for t in sf.trials:
+    for t in sf.configs:
         counts[t.status] = counts.get(t.status, 0) + 1
     objectives = ", ".join(f"{o.metric} ({o.mode})" for o in sf.study.search.objectives)
     warning = selection_warning(sf)
@@ -389,7 +491,7 @@ def _summary(
         f"# Study {sf.study.name}",
         "",
         f"- folder: {_code(sf.folder)}",
-        f"- trials: {len(sf.trials)} of {sf.study.search.num_trials} ("
+        f"- {_count_words(sf)} ("
         + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet")
         + ")",
         f"- searched: {', '.join(keys)}; objectives: {objectives}; "
@@ -400,11 +502,14 @@ def _summary(
     ]
     if warning:
         parts += [f"> **{warning}**", ""]
+    if sf.confirmed:
+        c_head, c_rows = confirmation_table(sf)
+        parts += [f"## {confirmation_words(sf)}", "", _table_md(c_rows, c_head), ""]
     if best is not None:
         parts += [
-            f"## Selected trial: {selection_words(sf)}",
+            f"## Selected {_unit(sf)}: {selection_words(sf)}",
             "",
-            _table_md([_trial_line(best, keys, cols)], head),
+            _table_md([_trial_line(sf, best)], head),
             "",
         ]
     chosen = study_front(sf)
@@ -412,29 +517,51 @@ def _summary(
         parts += [
             f"## {front_words(sf)}",
             "",
-            _table_md([_trial_line(t, keys, cols) for t in chosen], head),
+            _table_md([_trial_line(sf, t) for t in chosen], head),
             "",
         ]
     if front:
         parts += [
             f"## {_RD_FRONT_WORDS}",
             "",
-            _table_md([_trial_line(t, keys, cols) for t in front], head),
+            _table_md([_trial_line(sf, t) for t in front], head),
             "",
         ]
-    bad = [t for t in sf.trials if t.status == R.FAILED]
+    bad = [(t, "") for t in sf.trials if t.status == R.FAILED]
+    bad += [(t, ", confirmation") for t in sf.confirm_trials if t.status == R.FAILED]
     if bad:
         parts += ["## Failed trials (diverged or crashed)", ""]
         parts += [
-            f"- {_md(t.trial_id)} ({_md(t.status)}): "
+            f"- {_md(t.trial_id)} ({_md(t.status)}{_md(_member_words(t) + where)}): "
             f"{_md(t.metrics.get(R.ERROR_KEY) or 'no message')}"
-            for t in bad
+            for t, where in bad
         ]
         parts.append("")
     if notes:
         parts += ["## Notes", ""] + [f"- {_md(n)}" for n in notes] + [""]
     parts.append(f"Report built in {seconds:.1f} s.")
     return "\n".join(parts) + "\n"
+
+
+def _member_words(t: Trial) -> str:
+    """``, configuration 3, replicate 1`` for a member row of a replicated table, else ''."""
+    cid, rep = t.value(CONFIG_KEY), t.value(REPLICATE_KEY)
+    if not (math.isfinite(cid) and math.isfinite(rep)):
+        return ""
+    return f", configuration {int(cid)}, replicate {int(rep)}"
+
+
+def _unit(sf: StudyFolder) -> str:
+    """What a table row is: a trial, or a configuration (of one or more seeds)."""
+    return "configuration" if _by_config(sf) else "trial"
+
+
+def _count_words(sf: StudyFolder) -> str:
+    """How far the study is: configurations (trials) of search.num_trials, members."""
+    words = f"{_unit(sf)}s: {len(sf.configs)} of {sf.study.search.num_trials}"
+    if _replicated(sf):
+        words += f", {len(sf.trials)} runs (seeds) in results.csv"
+    return words
 
 
 _RD_FRONT_WORDS = (
@@ -452,14 +579,10 @@ def _html(
     seconds: float,
 ) -> str:
     esc = html.escape
-    keys = [p.key for p in sf.study.search.space]
-    cols = _columns(sf)
-    head = ["trial", "status", *keys, *[h for h, _ in cols]]
 
-    def table(trials: list[Trial]) -> str:
+    def grid(head: list[str], lines: list[list[str]]) -> str:
         rows = "".join(
-            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _trial_line(t, keys, cols)) + "</tr>"
-            for t in trials
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in line) + "</tr>" for line in lines
         )
         return (
             "<table><tr>"
@@ -469,9 +592,12 @@ def _html(
             + "</table>"
         )
 
+    def table(trials: list[Trial]) -> str:
+        return grid(_head(sf), [_trial_line(sf, t) for t in trials])
+
     body = [
         f"<h1>Study {esc(sf.study.name)}</h1>",
-        f"<p>{len(sf.trials)} of {sf.study.search.num_trials} trials; nats per example "
+        f"<p>{esc(_count_words(sf))}; nats per example "
         "(bits/dim where a column says so). Files: "
         f'<a href="{R.RESULTS_FILE}">{R.RESULTS_FILE}</a>, '
         '<a href="summary.md">summary.md</a>.</p>',
@@ -480,8 +606,13 @@ def _html(
     warning = selection_warning(sf)
     if warning:
         body.append(f'<p class="warn">{esc(warning)}</p>')
+    if sf.confirmed:
+        body += [f"<h2>{esc(confirmation_words(sf))}</h2>", grid(*confirmation_table(sf))]
     if best is not None:
-        body += [f"<h2>Selected trial: {esc(selection_words(sf))}</h2>", table([best])]
+        body += [
+            f"<h2>Selected {_unit(sf)}: {esc(selection_words(sf))}</h2>",
+            table([best]),
+        ]
     chosen = study_front(sf)
     if chosen:
         body += [f"<h2>{esc(front_words(sf))}</h2>", table(chosen)]
@@ -492,7 +623,7 @@ def _html(
             f'<figure><img src="{esc(name)}" alt="{esc(caption)}">'
             f"<figcaption>{esc(caption)}</figcaption></figure>"
         )
-    body += ["<h2>All trials</h2>", table(sf.trials)]
+    body += [f"<h2>All {_unit(sf)}s</h2>", table(sf.configs)]
     if notes:
         body += ["<h2>Notes</h2><ul>"] + [f"<li>{esc(n)}</li>" for n in notes] + ["</ul>"]
     body.append(f'<p class="small">Report built in {seconds:.1f} s by vae_study.</p>')

@@ -57,6 +57,36 @@ class Objective:
     mode: Literal["min", "max"]
 
 
+# Counts of the confirmation stage (configurations, seeds) beyond which a study is a typo.
+MAX_CONFIRM = 10**4
+
+
+@dataclass(frozen=True)
+class ConfirmConfig(Section):
+    """``search.confirm: {top: N, replicates: R}``: the last stage of a study. Once the search
+    has finished, its N best configurations on validation are trained again with R fresh
+    seeds (none used in the search) and the report quotes their test mean +- standard error.
+    """
+
+    SECTION: ClassVar[str] = "search.confirm"
+
+    top: int = 1  # configurations confirmed: the best N on the validation objective(s)
+    replicates: int = 3  # fresh seeds per confirmed configuration
+
+    def validate(self) -> None:
+        if not 1 <= self.top <= MAX_CONFIRM:
+            raise ConfigError(
+                f"search.confirm.top: got {_show(self.top)}, expected the number of best "
+                f"configurations to confirm, an integer in [1, {MAX_CONFIRM}]"
+            )
+        if not 2 <= self.replicates <= MAX_CONFIRM:
+            raise ConfigError(
+                f"search.confirm.replicates: got {_show(self.replicates)}, expected an integer "
+                f"in [2, {MAX_CONFIRM}]: a confirmation with one seed has no error bar "
+                "(no standard error); use 2 or more, or drop search.confirm"
+            )
+
+
 @dataclass(frozen=True)
 class SearchConfig(Section):
     SECTION: ClassVar[str] = "search"
@@ -77,6 +107,8 @@ class SearchConfig(Section):
     # Test metrics may drive the search only when this says so: selecting on test biases
     # every test number the study reports.
     select_on_test: bool = False
+    # The confirmation stage (None: the study ends with the search); see ConfirmConfig.
+    confirm: ConfirmConfig | None = None
 
     @property
     def multi_objective(self) -> bool:
@@ -136,6 +168,28 @@ class SearchConfig(Section):
                 )
             _check_point(point, self.space)
         _check_sampler_options(self)
+        _check_confirm(self)
+
+
+def _check_confirm(search: SearchConfig) -> None:
+    """A confirmation selects on validation and quotes test: a study that selects on test
+    has nothing left to confirm on, and it cannot confirm more configurations than it
+    searched."""
+    confirm = search.confirm
+    if confirm is None:
+        return
+    on_test = [o.metric for o in search.objectives if M.is_test_metric(o.metric)]
+    if on_test:
+        raise ConfigError(
+            f"search.confirm: the study selects on {', '.join(on_test)}, a test metric; a "
+            "confirmation selects on validation and quotes test, so its test numbers would be "
+            "biased: select on a validation metric (search.objectives), or drop search.confirm"
+        )
+    if confirm.top > search.num_trials:
+        raise ConfigError(
+            f"search.confirm.top: got {confirm.top}, more configurations than the search "
+            f"tries (search.num_trials={search.num_trials}); use top <= num_trials"
+        )
 
 
 def search_to_dict(s: SearchConfig) -> dict[str, Any]:
@@ -157,6 +211,8 @@ def search_to_dict(s: SearchConfig) -> dict[str, Any]:
         "points_to_evaluate": [dict(p) for p in s.points_to_evaluate],
         "sampler_options": dict(s.sampler_options),
         "select_on_test": s.select_on_test,
+        # Only when set: a study folder written before the key existed still resumes.
+        **({"confirm": to_dict(s.confirm)} if s.confirm is not None else {}),
         # Written only when set: a study folder made before the key existed still resumes.
         **({"replicates": s.replicates} if s.replicates != 1 else {}),
     }
@@ -390,8 +446,10 @@ def parse_search(raw: Any, base: RunConfig) -> SearchConfig:
     typed = {
         k: v
         for k, v in raw.items()
-        if not (k in ("points_to_evaluate", "sampler_options") and v is None)
+        if not (k in ("points_to_evaluate", "sampler_options", "confirm") and v is None)
     }
+    if typed.get("confirm") is not None:  # built here: its own keys' messages, not a union's
+        typed["confirm"] = build_section(ConfirmConfig, typed["confirm"], "search.confirm")
     typed["space"] = tuple(_parse_param(str(k), v, base) for k, v in space_raw.items())
     typed["objectives"] = _objectives_from(raw.get("objectives"), base)
     search = build_section(SearchConfig, typed, "search")

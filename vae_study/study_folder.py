@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ class Trial:
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per epoch
     checkpoint: Path | None = None
     pareto: bool = False
+    # A configuration (``StudyFolder.configs``): ``metrics`` holds the means over its
+    # completed replicates, ``se`` their standard errors (None with fewer than 2), ``n_seeds``
+    # how many replicates finished of ``n_replicates``, ``members`` the replicates' rows.
+    # A results.csv row (a member) keeps the defaults: one seed, no standard error.
+    se: dict[str, float | None] = field(default_factory=dict)
+    n_seeds: int = 1
+    n_replicates: int = 1
+    members: list[Trial] = field(default_factory=list)
 
     def value(self, key: str) -> float:
         v = self.metrics.get(key)
@@ -46,6 +55,16 @@ class Trial:
         except (TypeError, ValueError):
             return math.nan
         return v
+
+    def error(self, key: str) -> float | None:
+        """The standard error of ``key`` over the replicates; None when there is none (one
+        replicate, or a results.csv row), never 0 in its place."""
+        v = self.se.get(key)
+        try:
+            v = float(v)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return v if math.isfinite(v) else None
 
     @property
     def finished(self) -> bool:
@@ -74,9 +93,28 @@ class Trial:
 
 @dataclass
 class StudyFolder:
+    """A study folder as the report reads it: ``trials`` are results.csv's rows (one per
+    member: a seed of a configuration), ``configs`` one per configuration with the means
+    and standard errors over its replicates (the same objects as ``trials`` for a study of
+    one seed per configuration, without a config_id column), ``confirmed`` the confirmation
+    stage's configurations (``confirm/``; empty without one) and ``confirm_trials`` its
+    members."""
+
     folder: Path
     study: StudyConfig
     trials: list[Trial]
+    configs: list[Trial] = None  # type: ignore[assignment]  # None: made from ``trials``
+    confirmed: list[Trial] = field(default_factory=list)
+    confirm_trials: list[Trial] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.configs is None:
+            self.configs = configurations(
+                self.trials,
+                self.study,
+                replicates=self.study.search.replicates,
+                objectives=[(o.metric, o.mode) for o in self.study.search.objectives],
+            )
 
 
 def load_folder(folder: str | Path) -> StudyFolder:
@@ -89,13 +127,107 @@ def load_folder(folder: str | Path) -> StudyFolder:
             "give the folder 'vae_study run' made, such as runs/beta_sweep"
         )
     study = study_from_dict(read_yaml(layout.study_file))
-    table_path = layout.results_file
-    trials: list[Trial] = []
-    if table_path.is_file():
-        table = R.read_results(table_path)
-        for row in table.to_dict("records"):
-            trials.append(_trial(folder, study, row))
-    return StudyFolder(folder, study, trials)
+    trials = _read_trials(folder, study)
+    confirmed: list[Trial] = []
+    confirm_trials: list[Trial] = []
+    confirm = study.search.confirm
+    if confirm is not None:
+        confirm_trials = _read_trials(layout.confirm_dir, study)
+        confirmed = configurations(confirm_trials, study, replicates=confirm.replicates)
+    return StudyFolder(folder, study, trials, None, confirmed, confirm_trials)
+
+
+def _read_trials(folder: Path, study: StudyConfig) -> list[Trial]:
+    table_path = StudyLayout(folder).results_file
+    if not table_path.is_file():
+        return []
+    return [_trial(folder, study, row) for row in R.read_results(table_path).to_dict("records")]
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+# The numbers a configuration averages over its replicates: every scalar of a results row.
+AGGREGATED = tuple(m for m in R.ROW_METRICS if m != M.TEST_KL_PER_DIM)
+
+
+def configurations(
+    trials: list[Trial],
+    study: StudyConfig,
+    *,
+    replicates: int,
+    objectives: Sequence[tuple[str, str]] = (),
+) -> list[Trial]:
+    """One Trial per configuration from its members (results.csv rows grouped by config_id;
+    by trial_id in a table without that column, one member each), with the means and
+    standard errors of ``replicates.aggregate``; ``pareto`` set on the front of the means
+    of ``objectives`` among completed configurations. The configuration's history,
+    checkpoint and per-dimension KL are its lowest replicate's (replicate 0 when it is
+    there): the model pictures show one member, not an average of weights."""
+    from .pareto import pareto_front
+    from .replicates import (
+        CONFIG_KEY,
+        N_FINISHED_KEY,
+        N_REPLICATES_KEY,
+        REPLICATE_KEY,
+        aggregate,
+        se_key,
+    )
+
+    groups: dict[Any, list[Trial]] = {}
+    for t in trials:
+        cid = t.metrics.get(CONFIG_KEY)
+        key = ("config", int(float(cid))) if _present(cid) else ("trial", t.trial_id)
+        groups.setdefault(key, []).append(t)
+    param_keys = [p.key for p in study.search.space]
+    out = []
+    for (kind, ident), members in groups.items():
+        (agg,) = aggregate(
+            [{**m.metrics, "trial_id": m.trial_id, "status": m.status} for m in members],
+            param_keys=param_keys,
+            metrics=list(AGGREGATED),
+            replicates=max(replicates, len(members)),  # a table of more seeds than said
+        )
+
+        def order(m: Trial) -> tuple[bool, float]:
+            r = m.value(REPLICATE_KEY)
+            return (not m.finished, r if math.isfinite(r) else 0.0)
+
+        members = sorted(members, key=order)
+        first = members[0]
+        failed = [m for m in members if m.status == R.FAILED]
+        shown = failed[0] if agg.get("status") == R.FAILED and failed else first
+        metrics = {**shown.metrics, **{m: agg.get(m) for m in AGGREGATED}}
+        metrics[M.TEST_KL_PER_DIM] = first.metrics.get(M.TEST_KL_PER_DIM)
+        status = str(agg["status"])
+        if kind == "trial":  # a row of its own (a table without config_id): its own word
+            status = first.status
+        elif status not in (R.FAILED, R.COMPLETED) and any(
+            m.status == R.INTERRUPTED for m in members
+        ):
+            status = R.INTERRUPTED  # paused with the study: the next run resumes it
+        out.append(
+            Trial(
+                trial_id=str(ident) if kind == "config" else first.trial_id,
+                status=status,
+                params=first.params,
+                metrics=metrics,
+                history=first.history,
+                checkpoint=first.checkpoint,
+                pareto=first.pareto if kind == "trial" and not objectives else False,
+                se={m: agg.get(se_key(m)) for m in AGGREGATED},
+                n_seeds=int(agg[N_FINISHED_KEY]),
+                n_replicates=int(agg[N_REPLICATES_KEY]),
+                members=members,
+            )
+        )
+    if objectives:
+        done = [i for i, c in enumerate(out) if c.finished]
+        points = [[out[i].value(m) for m, _ in objectives] for i in done]
+        for j in pareto_front(points, [mode for _, mode in objectives]):
+            out[done[j]].pareto = True
+    return out
 
 
 def _trial(folder: Path, study: StudyConfig, row: dict[str, Any]) -> Trial:
@@ -226,6 +358,8 @@ def _check_folder(study: StudyConfig, folder: Path, *, fresh: bool) -> bool:
         before = read_yaml(previous)
         now = study.to_dict()
         changed = [k for k in study.identity() if before.get(k) != now.get(k)]
+        if changed == ["search"] and _only_confirm_changed(before, now, layout):
+            changed = []  # a confirmation added to (or changed before it ran in) a study
         if changed:
             raise StudyError(
                 f"{folder} holds a study with another "
@@ -243,6 +377,17 @@ def _check_folder(study: StudyConfig, folder: Path, *, fresh: bool) -> bool:
         ) from None
     write_yaml(previous, study.to_dict())
     return resume
+
+
+def _only_confirm_changed(before: dict[str, Any], now: dict[str, Any], layout: StudyLayout) -> bool:
+    """Whether the search sections differ in ``search.confirm`` alone while the folder holds
+    no confirmation yet: the search's trials are the same, so a confirmation can be added to
+    a study that has run (or changed before it started). Once ``confirm/`` exists, its
+    experiment is that confirmation, and another one needs a new name or --fresh."""
+    b, n = dict(before.get("search") or {}), dict(now.get("search") or {})
+    b.pop("confirm", None)
+    n.pop("confirm", None)
+    return b == n and not layout.confirm_dir.exists()
 
 
 _HELD_LOCKS: dict[Path, int] = {}  # study folder -> the descriptor holding its lock

@@ -1,0 +1,616 @@
+"""Seed replicates in the report (means with error bars, checked on the plotted data) and the
+confirmation stage (search.confirm): its selection without Ray, its config, and a replicated
+smoke study that confirms its best configuration under a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import write_mnist
+from study_factory import (
+    make_study_folder,
+    optuna_states,
+    read_table,
+    slow_trials,
+    start_driver,
+    tiny_study,
+    wait_for,
+    write_members,
+    write_study,
+)
+from vae_study import metrics as M
+from vae_study import plots
+from vae_study import results as R
+from vae_study.cli import main
+from vae_study.confirm import param_space, select_configurations, spread
+from vae_study.errors import ConfigError
+from vae_study.layout import StudyLayout
+from vae_study.pareto import pareto_front
+from vae_study.replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
+from vae_study.report import build_report, rd_front
+from vae_study.search_config import Objective
+from vae_study.study_config import study_from_dict
+from vae_study.study_folder import load_folder
+
+VAL = M.VAL_CE_BOUND  # the factory's study: grey-level Bernoulli, selected on val/ce_bound
+TEST = M.TEST_CE_BOUND
+
+
+def _se(xs) -> float:
+    """The standard error as a textbook computes it: sample std (ddof=1) over sqrt(n)."""
+    xs = np.asarray(xs, dtype=float)
+    return float(np.std(xs, ddof=1) / np.sqrt(len(xs)))
+
+
+# config id -> (beta, latent size, test rates, test distortions, val bounds, test bounds)
+# Config 3 has one seed at (12, 84), which would dominate config 1's seeds: on the front of
+# the members, but its mean (24, 91.3) is dominated by config 0's (21, 81). Config 5 shares
+# config 0's beta and latent size (a knob point of two configurations). Config 4 diverged.
+DESIGN = {
+    0: (0.2, 2, [20, 21, 22], [80, 82, 81], [101, 102, 103], [100, 101, 102]),
+    1: (0.5, 4, [15, 16, 17], [85, 84, 86], [99, 100, 98], [97, 98, 99.5]),
+    2: (2.0, 2, [10, 12, 11], [95, 90, 100], [108, 106, 107], [105, 104, 106]),
+    3: (5.0, 4, [12, 30, 30], [84, 95, 95], [96, 140, 140], [95, 139, 141]),
+    5: (0.2, 2, [23, 24, 28], [79, 78, 77], [104, 105, 99], [103, 104, 98]),
+}
+FAILED_CONFIG = 4
+
+
+def _members(design=DESIGN, *, failed=True) -> list[dict]:
+    out = []
+    for cid, (beta, latent, rates, dists, vals, tests) in design.items():
+        for r, (rate, dist, val, test) in enumerate(zip(rates, dists, vals, tests, strict=True)):
+            out.append(
+                {
+                    CONFIG_KEY: cid,
+                    REPLICATE_KEY: r,
+                    "status": R.COMPLETED,
+                    "train.beta": beta,
+                    "model.latent_dim": latent,
+                    M.TEST_RATE: rate,
+                    M.TEST_DISTORTION: dist,
+                    M.TEST_NEG_ELBO: rate + dist,
+                    VAL: val,
+                    TEST: test,
+                    M.TEST_ACTIVE_UNITS: latent,
+                }
+            )
+    if failed:
+        for r in range(3):
+            out.append(
+                {
+                    CONFIG_KEY: FAILED_CONFIG,
+                    REPLICATE_KEY: r,
+                    "status": R.FAILED if r == 1 else R.COMPLETED,
+                    "train.beta": 1.0,
+                    "model.latent_dim": 2,
+                    M.TEST_RATE: 1.0,
+                    M.TEST_DISTORTION: 1.0,
+                    VAL: 1.0,
+                    R.ERROR_KEY: "training diverged: the loss is nan" if r == 1 else None,
+                }
+            )
+    return out
+
+
+def _replicated_folder(tmp_path, *, confirm=None, members=None, replicates=3):
+    """A study folder whose results.csv holds one row per member (made by hand)."""
+    root = write_mnist(tmp_path / "data", n_train=300, n_test=100)
+    folder = make_study_folder(tmp_path, root, n_trials=1, checkpoints=0)
+    raw = yaml.safe_load((folder / "study.yaml").read_text())
+    raw["search"]["num_trials"] = 6
+    if confirm is not None:
+        raw["search"]["confirm"] = confirm
+    if "replicates" in _search_fields():
+        raw["search"]["replicates"] = replicates
+    (folder / "study.yaml").write_text(yaml.safe_dump(raw))
+    write_members(folder, _members() if members is None else members)
+    return folder
+
+
+def _search_fields() -> set[str]:
+    import dataclasses
+
+    from vae_study.search_config import SearchConfig
+
+    return {f.name for f in dataclasses.fields(SearchConfig)}
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures plots.py draws, kept open to inspect (still saved)."""
+    kept = {}
+
+    def keep(fig, path):
+        kept[path.name] = fig
+        fig.savefig(path, dpi=40)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return kept
+
+
+def _errorbars(ax, label=None):
+    """(x segments, y segments) of each errorbar drawn on ``ax``: [[x-e, y], [x+e, y]] and
+    [[x, y-e], [x, y+e]], as matplotlib holds them."""
+    from matplotlib.container import ErrorbarContainer
+
+    found = []
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer) and (label is None or c.get_label() == label):
+            cols = c.lines[2]
+            segs = [np.asarray(col.get_segments()) for col in cols]
+            found.append(segs)
+    return found
+
+
+# ---- The rate-distortion plane: means, error bars, the front of the means ---------------
+
+
+def test_the_rd_plane_plots_configuration_means_with_standard_errors(tmp_path, figures):
+    folder = _replicated_folder(tmp_path)
+    sf = load_folder(folder)
+    assert len(sf.trials) == 18 and len(sf.configs) == 6  # members, configurations
+    by_id = {c.trial_id: c for c in sf.configs}
+    assert by_id[str(FAILED_CONFIG)].status == R.FAILED  # one diverged seed: failed config
+    assert all(by_id[str(c)].n_seeds == 3 for c in DESIGN)
+
+    build_report(folder, tmp_path / "rep")
+    ax = figures["rate_distortion.png"].axes[0]
+    (bars,) = _errorbars(ax, plots.RD_ERRORBAR_LABEL)
+    xsegs, ysegs = bars
+    expected = {}
+    for cid, (_, _, rates, dists, *_) in DESIGN.items():
+        expected[cid] = (np.mean(rates), np.mean(dists), _se(rates), _se(dists))
+    # One bar per finished configuration (the failed one is not plotted), at its mean.
+    assert len(xsegs) == len(ysegs) == len(DESIGN)
+    got = sorted(
+        (
+            (x[0][0] + x[1][0]) / 2,  # centre: the mean rate
+            x[0][1],  # the mean distortion
+            (x[1][0] - x[0][0]) / 2,  # half-width: the rate's standard error
+            (y[1][1] - y[0][1]) / 2,
+        )
+        for x, y in zip(xsegs, ysegs, strict=True)
+    )
+    assert np.allclose(np.array(got, dtype=float), np.array(sorted(expected.values())))
+    # The red staircase is the front of the MEANS: config 3's best seed (12, 84) would be
+    # on a front of the members, its mean is dominated.
+    means = {cid: v[:2] for cid, v in expected.items()}
+    ids = list(means)
+    on_front = {ids[i] for i in pareto_front([means[c] for c in ids], ["min", "min"])}
+    assert on_front == {0, 1, 2, 5} and 3 not in on_front
+    (front_line,) = [ln for ln in ax.lines if "Pareto front" in str(ln.get_label())]
+    corners = set(zip(*front_line.get_data(), strict=True))
+    assert {tuple(means[c]) for c in on_front} <= {tuple(map(float, p)) for p in corners}
+    assert tuple(means[3]) not in corners
+    assert {t.trial_id for t in rd_front(sf.configs)} == {str(c) for c in on_front}
+    # The data the figure was drawn from says the same.
+    pts = plots.rd_points(sf.configs)
+    assert pts.has_bar.all() and len(pts.front) == 4
+
+
+def test_a_study_of_one_seed_per_configuration_draws_no_error_bar(tmp_path, figures):
+    # Today's folder: one row per trial, no config_id column.
+    root = write_mnist(tmp_path / "data", n_train=300, n_test=100)
+    old = make_study_folder(tmp_path / "old", root, n_trials=5, checkpoints=0)
+    # A replicated table of one seed each: config_id present, R = 1.
+    one = {
+        cid: (b, lat, r[:1], d[:1], v[:1], t[:1]) for cid, (b, lat, r, d, v, t) in DESIGN.items()
+    }
+    new = _replicated_folder(tmp_path / "new", members=_members(one, failed=False), replicates=1)
+    for folder in (old, new):
+        sf = load_folder(folder)
+        assert all(c.n_seeds == 1 and c.error(M.TEST_RATE) is None for c in sf.configs)
+        out = build_report(folder, tmp_path / f"rep_{folder.parent.parent.name}")
+        ax = figures["rate_distortion.png"].axes[0]
+        assert _errorbars(ax) == []  # no bar, not a bar of 0
+        assert not plots.rd_points(sf.configs).has_bar.any()
+        summary = (out / "summary.md").read_text()
+        assert "±" not in summary and "| seeds |" not in summary
+        # Rows named by Ray's trial id in today's table, by config_id in a replicated one.
+        unit = "trial" if folder == old else "configuration"
+        assert f"## Selected {unit}: selected on validation" in summary
+    assert len(load_folder(old).configs) == 5  # each row its own configuration
+
+
+def test_tables_show_mean_and_standard_error_with_the_seeds(tmp_path):
+    folder = _replicated_folder(tmp_path)
+    out = build_report(folder, tmp_path / "rep")
+    summary = (out / "summary.md").read_text()
+    assert "configurations: 6 of 6, 18 runs (seeds) in results.csv" in summary
+    # The selected configuration: the best mean val/ce_bound. Config 1 (mean 99) beats
+    # config 3's single best seed (96) since config 3's mean is 125.3.
+    section = summary.split("## Selected configuration: selected on validation (val/ce_bound)")[1]
+    head, _, row = section.strip().splitlines()[:3]
+    cells = dict(
+        zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")], strict=True)
+    )
+    assert cells["configuration"] == "1" and cells["seeds"] == "3 of 3"
+    mean, se = (float(x) for x in cells["test rate"].split(" ± "))
+    assert mean == pytest.approx(16.0) and se == pytest.approx(_se([15, 16, 17]), rel=5e-3)
+    # The failed member is listed, with its configuration and replicate.
+    assert "- c00004 (failed, configuration 4, replicate 1): training diverged" in summary
+
+
+# ---- Knob plots: mean ± standard error and the seeds behind each point ------------------
+
+
+def test_knob_points_carry_their_standard_error_and_seeds(tmp_path, figures):
+    folder = _replicated_folder(tmp_path)
+    sf = load_folder(folder)
+    searched = sf.study.search.space
+    series = plots.knob_series(sf.configs, "train.beta", M.TEST_RATE, searched)
+    (latent2,) = [s for s in series if dict(s.fixed)["model.latent_dim"] == "2"]
+    pts = {p.x: p for p in latent2.points}
+    assert set(pts) == {0.2, 2.0}
+    # beta 2.0: one configuration of three seeds.
+    assert pts[2.0].n == 1 and pts[2.0].n_seeds == 3
+    assert pts[2.0].mean == pytest.approx(11.0) and pts[2.0].se == pytest.approx(_se([10, 12, 11]))
+    # beta 0.2: configurations 0 and 5, six seeds; the seed noise of the mean of two means.
+    r0, r5 = DESIGN[0][2], DESIGN[5][2]
+    assert pts[0.2].n == 2 and pts[0.2].n_seeds == 6
+    assert pts[0.2].mean == pytest.approx((np.mean(r0) + np.mean(r5)) / 2)
+    assert pts[0.2].se == pytest.approx(math.sqrt(_se(r0) ** 2 + _se(r5) ** 2) / 2)
+    # The figure draws those bars and says n.
+    build_report(folder, tmp_path / "rep")
+    ax = next(a for a in figures["knobs.png"].axes if a.get_title() == "beta against test rate R")
+    drawn = {
+        round(float(seg[0][0]), 6): ((seg[0][1] + seg[1][1]) / 2, (seg[1][1] - seg[0][1]) / 2)
+        for (ysegs,) in _errorbars(ax)  # a y error only: one collection of [[x, y-e], [x, y+e]]
+        for seg in ysegs
+    }
+    assert drawn[0.2] == pytest.approx((pts[0.2].mean, pts[0.2].se))
+    assert drawn[2.0] == pytest.approx((pts[2.0].mean, pts[2.0].se))
+    assert {"n=6", "n=3"} <= {t.get_text() for t in ax.texts}
+
+
+# ---- The confirmation: selection (no Ray), config, headline -----------------------------
+
+
+def _config(cid, status=R.COMPLETED, **means):
+    return {CONFIG_KEY: cid, "status": status, **means}
+
+
+def test_confirmation_selects_the_best_validation_means():
+    configs = [
+        _config(0, **{VAL: 101.0}),
+        _config(1, **{VAL: 99.0}),
+        _config(2, **{VAL: 99.0}),  # a tie with 1: the lower id first
+        _config(3, R.FAILED, **{VAL: 50.0}),  # a diverged seed: never a candidate
+        _config(4, R.STOPPED, **{VAL: 60.0}),  # stopped by ASHA
+        _config(5, **{VAL: math.nan}),
+        _config(6, **{VAL: 100.5}),
+    ]
+    low = [Objective(VAL, "min")]
+    assert [c[CONFIG_KEY] for c in select_configurations(configs, low, 3)] == [1, 2, 6]
+    assert [c[CONFIG_KEY] for c in select_configurations(configs, low, 10)] == [1, 2, 6, 0]
+    high = [Objective(VAL, "max")]
+    assert [c[CONFIG_KEY] for c in select_configurations(configs, high, 1)] == [0]
+    assert select_configurations([], low, 2) == []
+
+
+def test_confirmation_of_two_objectives_spreads_along_the_front_of_the_means():
+    rd = [Objective(M.VAL_RATE, "min"), Objective(M.VAL_DISTORTION, "min")]
+    points = {0: (5, 100), 1: (10, 80), 2: (20, 60), 3: (30, 50), 4: (40, 45), 5: (25, 90)}
+    configs = [_config(c, **{M.VAL_RATE: r, M.VAL_DISTORTION: d}) for c, (r, d) in points.items()]
+    # Config 5 is dominated by 2; the front by rate is 0 1 2 3 4.
+    assert [c[CONFIG_KEY] for c in select_configurations(configs, rd, 10)] == [0, 1, 2, 3, 4]
+    assert [c[CONFIG_KEY] for c in select_configurations(configs, rd, 3)] == [0, 2, 4]
+    assert [c[CONFIG_KEY] for c in select_configurations(configs, rd, 2)] == [0, 4]
+    assert [c[CONFIG_KEY] for c in select_configurations(configs, rd, 1)] == [0]
+    assert spread(list("abcdefg"), 4) == ["a", "c", "e", "g"]
+
+
+def test_the_confirmation_grid_carries_the_configurations_and_fresh_seeds(tmp_path):
+    raw = _tiny_raw(tmp_path, confirm={"top": 2, "replicates": 3})
+    study = study_from_dict(raw)
+    points = {7: {"train.beta": 0.5, "model.latent_dim": 4}, 2: {"train.beta": 3.0}}
+    points[2]["model.latent_dim"] = 2
+    space = param_space(study, points)
+    assert space["_config_id"] == {"grid_search": [2, 7]}
+    assert space["_replicates"] == 3
+    search_r = getattr(study.search, "replicates", 1)
+    assert space["_seed_offset"] == search_r  # seeds from train.seed + R_search on
+    look = space["train.beta"].func
+    assert look({"_config_id": 7}) == 0.5 and look({"_config_id": 2}) == 3.0
+
+
+def _tiny_raw(tmp_path, **search):
+    raw = tiny_study(tmp_path)
+    raw["search"].update(search)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("confirm", "words"),
+    [
+        ({"top": 0}, "search.confirm.top: got 0"),
+        ({"top": 1, "replicates": 1}, "a confirmation with one seed has no error bar"),
+        ({"top": 5}, "more configurations than the search tries (search.num_trials=4)"),
+        ({"tops": 1}, "unknown key search.confirm.tops"),
+        ([1, 2], "search.confirm: expected a mapping"),
+    ],
+)
+def test_bad_confirmation_sections_are_refused(tmp_path, confirm, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        study_from_dict(_tiny_raw(tmp_path, confirm=confirm))
+
+
+def test_a_confirmation_needs_a_validation_objective(tmp_path):
+    raw = _tiny_raw(
+        tmp_path,
+        confirm={"top": 1, "replicates": 2},
+        objectives=[M.TEST_NLL],
+        select_on_test=True,
+    )
+    with pytest.raises(ConfigError, match="a confirmation selects on validation"):
+        study_from_dict(raw)
+    ok = study_from_dict(_tiny_raw(tmp_path, confirm={"top": 2, "replicates": 2}))
+    assert ok.search.confirm.top == 2 and ok.to_dict()["search"]["confirm"] == {
+        "top": 2,
+        "replicates": 2,
+    }
+    assert "confirm" not in study_from_dict(_tiny_raw(tmp_path)).to_dict()["search"]
+
+
+def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, figures):
+    folder = _replicated_folder(tmp_path, confirm={"top": 2, "replicates": 2})
+    before = (build_report(folder, tmp_path / "rep0") / "summary.md").read_text()
+    assert "## Confirmed" not in before and "the confirmation has no results yet" in before
+    # What the stage would have confirmed: the two best validation means, 1 and 0.
+    sf = load_folder(folder)
+    rows = [
+        {CONFIG_KEY: int(c.trial_id), "status": c.status, VAL: c.value(VAL)} for c in sf.configs
+    ]
+    chosen = select_configurations(rows, sf.study.search.objectives, 2)
+    assert [c[CONFIG_KEY] for c in chosen] == [1, 0]
+    confirm_tests = {1: [96.0, 97.5], 0: [100.5, 103.0]}
+    members = []
+    for cid, tests in confirm_tests.items():
+        beta, latent = DESIGN[cid][:2]
+        for r, t in enumerate(tests):
+            members.append(
+                {
+                    CONFIG_KEY: cid,
+                    REPLICATE_KEY: r,
+                    "status": R.COMPLETED,
+                    "train.beta": beta,
+                    "model.latent_dim": latent,
+                    TEST: t,
+                    VAL: t + 1,
+                    M.TEST_RATE: 10.0 + r,
+                    M.TEST_DISTORTION: 80.0,
+                }
+            )
+    write_members(StudyLayout(folder).confirm_dir, members, seed_offset=3)
+    out = build_report(folder, tmp_path / "rep")
+    summary = (out / "summary.md").read_text()
+    heading = next(line for line in summary.splitlines() if line.startswith("## Confirmed"))
+    assert "test mean ± standard error" in heading
+    assert "selected on validation over 3 seeds, confirmed with 2 fresh seeds" in heading
+    assert summary.index("## Confirmed") < summary.index("## Selected configuration")
+    table = summary.split(heading)[1].strip().splitlines()
+    head = [c.strip() for c in table[0].split("|")]
+    rows = {
+        r[head.index("configuration")]: dict(zip(head, r, strict=True))
+        for r in ([c.strip() for c in line.split("|")] for line in table[2:4])
+    }
+    assert set(rows) == {"0", "1"}
+    for cid, tests in confirm_tests.items():
+        row = rows[str(cid)]
+        assert row["seeds"] == "2 of 2"
+        mean, se = (float(x) for x in row["test CE bound"].split(" ± "))
+        assert mean == pytest.approx(np.mean(tests), rel=1e-4)
+        assert se == pytest.approx(_se(tests), rel=5e-3)
+        # Beside it, the validation mean of the search that selected it (3 seeds).
+        assert float(row["search val/ce_bound (mean of 3)"]) == pytest.approx(
+            np.mean(DESIGN[cid][4]), rel=1e-4
+        )
+    page = (out / "index.html").read_text()
+    assert "confirmed with 2 fresh seeds" in page and "±" in page
+    # The R-D plane shows them at their confirmed means, with their own bars.
+    ax = figures["rate_distortion.png"].axes[0]
+    ((xsegs, ysegs),) = _errorbars(ax, plots.RD_CONFIRMED_LABEL)
+    rates = [10.0, 11.0]  # both configurations: replicate r has rate 10 + r, distortion 80
+    for x, y in zip(xsegs, ysegs, strict=True):
+        assert (x[0][0] + x[1][0]) / 2 == pytest.approx(np.mean(rates))
+        assert (x[1][0] - x[0][0]) / 2 == pytest.approx(_se(rates))
+        assert y[0][1] == y[1][1] == pytest.approx(80.0)  # a standard error of 0: equal seeds
+    assert len(xsegs) == 2
+
+
+# ---- End to end under a real local Ray --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_replicated_study_confirms_its_best_configuration(tmp_path, figures):
+    raw = tiny_study(
+        tmp_path,
+        **{
+            "search.num_trials": 2,
+            "search.max_concurrent": 1,
+            "search.replicates": 2,
+            "search.confirm": {"top": 1, "replicates": 2},
+            "train.epochs": 1,
+            "report.enabled": True,
+            "report.dir": str(tmp_path / "reports"),
+        },
+    )
+    assert main(["run", str(write_study(tmp_path, raw))]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    search = R.read_results(folder / R.RESULTS_FILE)
+    assert len(search) == 4 and set(search["status"]) == {R.COMPLETED}
+    confirmed = R.read_results(StudyLayout(folder).confirm_dir / R.RESULTS_FILE)
+    assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
+    # The best configuration on the validation mean, with seeds never used in the search.
+    sf = load_folder(folder)
+    rows = [
+        {CONFIG_KEY: int(c.trial_id), "status": c.status, M.VAL_NLL: c.value(M.VAL_NLL)}
+        for c in sf.configs
+    ]
+    (best,) = select_configurations(rows, sf.study.search.objectives, 1)
+    assert set(confirmed[CONFIG_KEY]) == {best[CONFIG_KEY]}
+    assert sorted(confirmed[REPLICATE_KEY]) == [0, 1]
+    assert sorted(confirmed[SEED_KEY]) == [2, 3]
+    assert not set(confirmed[SEED_KEY]) & set(search[SEED_KEY])
+    # Trained with those seeds: the same configuration's numbers differ from the search's
+    # (the same seed on the CPU would give the same numbers).
+    mine = search[search[CONFIG_KEY] == best[CONFIG_KEY]]
+    assert not set(confirmed[M.TEST_NLL]) & set(mine[M.TEST_NLL])
+    # The headline: the confirmed test mean ± se over 2 seeds, numbers of its members.
+    summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
+    heading = next(line for line in summary.splitlines() if line.startswith("## Confirmed"))
+    assert "selected on validation over 2 seeds, confirmed with 2 fresh seeds" in heading
+    table = summary.split(heading)[1].strip().splitlines()
+    head = [c.strip() for c in table[0].split("|")]
+    row = dict(zip(head, [c.strip() for c in table[2].split("|")], strict=True))
+    mean, se = (float(x) for x in row["test NLL"].split(" ± "))
+    assert mean == pytest.approx(confirmed[M.TEST_NLL].mean(), rel=1e-3)
+    assert se == pytest.approx(_se(confirmed[M.TEST_NLL]), rel=2e-2)
+    # The plotted error bars of the search's configurations (2 seeds each) are there.
+    ax = figures["rate_distortion.png"].axes[0]
+    (bars,) = _errorbars(ax, plots.RD_ERRORBAR_LABEL)
+    assert len(bars[0]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
+def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again(tmp_path, stop):
+    raw = slow_trials(
+        tmp_path,
+        epochs=12,
+        **{
+            "search.num_trials": 2,
+            "search.replicates": 2,
+            "search.confirm": {"top": 1, "replicates": 2},
+        },
+    )
+    path = write_study(tmp_path, raw)
+    folder = tmp_path / "runs" / "tiny"
+    cdir = StudyLayout(folder).confirm_dir
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
+
+    def confirming():
+        table = read_table(cdir)
+        if table is None:
+            return None
+        mid = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
+        return not mid.empty or None
+
+    def search_files():
+        return {p: p.read_bytes() for p in sorted((folder / "tune").glob("trial_*/result.json"))}
+
+    proc, log = start_driver(tmp_path, path, "first.log", env)
+    try:
+        wait_for(proc, log, confirming, timeout=400, what=stop)
+        search_before = R.read_results(folder / R.RESULTS_FILE)
+        files_before = search_files()
+        if stop == "SIGKILL":
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+            proc.wait()
+        else:
+            os.kill(proc.pid, signal.SIGINT)  # the driver alone, as a terminal's Ctrl-C
+            assert proc.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    if stop == "SIGINT":  # paused: the confirmation's running members are interrupted
+        paused = R.read_results(cdir / R.RESULTS_FILE)
+        assert R.INTERRUPTED in set(paused["status"]) and R.FAILED not in set(paused["status"])
+
+    again = subprocess.run(
+        [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "continuing the confirmation" in again.stdout
+    # The search is not run again: its table and every trial's reports are as they were.
+    search_after = R.read_results(folder / R.RESULTS_FILE)
+    key = ["trial_id", "member", M.TEST_NLL]
+
+    def numbers(table):
+        return table[key].sort_values(key[:2]).reset_index(drop=True)
+
+    assert numbers(search_after).equals(numbers(search_before))
+    assert search_files() == files_before
+    assert optuna_states(folder, "tiny") == {"COMPLETE": 2}
+    # The confirmation finished from its checkpoint, not from epoch 1.
+    confirmed = R.read_results(cdir / R.RESULTS_FILE)
+    assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
+    assert sorted(confirmed["seed"]) == [2, 3]
+    (trial_id,) = set(confirmed["trial_id"])
+    rows = [
+        json.loads(line)
+        for line in StudyLayout(cdir).result_file(trial_id).read_text().splitlines()
+        if line.strip()
+    ]
+    pids = list(dict.fromkeys(r["pid"] for r in rows))
+    assert len(pids) == 2, pids
+    assert next(r for r in rows if r["pid"] == pids[1])[M.EPOCH] > 1
+
+
+def test_a_confirmation_can_be_added_to_a_study_until_it_has_run(tmp_path):
+    from vae_study.errors import StudyError
+    from vae_study.study_folder import prepare_folder, release_folder
+
+    def prepare(**search):
+        folder, resume = prepare_folder(study_from_dict(_tiny_raw(tmp_path, **search)), fresh=False)
+        release_folder(folder)
+        return folder, resume
+
+    folder, resume = prepare()
+    assert not resume
+    # The search is the same: a confirmation may be added, or changed before it runs.
+    assert prepare(confirm={"top": 1, "replicates": 2}) == (folder, True)
+    assert prepare(confirm={"top": 2, "replicates": 3})[1]
+    assert yaml.safe_load((folder / "study.yaml").read_text())["search"]["confirm"] == {
+        "top": 2,
+        "replicates": 3,
+    }
+    # Anything else in the search section is another study, confirmation or not.
+    with pytest.raises(StudyError, match="another search section"):
+        prepare(confirm={"top": 2, "replicates": 3}, num_trials=3)
+    # Once confirm/ exists, its experiment is that confirmation.
+    StudyLayout(folder).confirm_dir.mkdir()
+    with pytest.raises(StudyError, match="another search section"):
+        prepare(confirm={"top": 1, "replicates": 2})
+    assert prepare(confirm={"top": 2, "replicates": 3})[1]
+
+
+@pytest.mark.slow
+def test_a_confirmation_added_to_a_finished_study_runs_alone(tmp_path):
+    over = {
+        "search.num_trials": 2,
+        "search.max_concurrent": 1,
+        "search.replicates": 2,
+        "train.epochs": 1,
+    }
+    assert main(["run", str(write_study(tmp_path, tiny_study(tmp_path, **over)))]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    files = {p: p.read_bytes() for p in sorted((folder / "tune").glob("trial_*/result.json"))}
+    assert len(files) == 2 and not StudyLayout(folder).confirm_dir.exists()
+    over["search.confirm"] = {"top": 1, "replicates": 2}
+    assert main(["run", str(write_study(tmp_path, tiny_study(tmp_path, **over)))]) == 0
+    after = {p: p.read_bytes() for p in sorted((folder / "tune").glob("trial_*/result.json"))}
+    assert after == files  # the search ran nothing again
+    assert optuna_states(folder, "tiny") == {"COMPLETE": 2}
+    confirmed = R.read_results(StudyLayout(folder).confirm_dir / R.RESULTS_FILE)
+    assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
+    assert sorted(confirmed[SEED_KEY]) == [2, 3]

@@ -1,0 +1,275 @@
+"""The confirmation stage of a study (``search.confirm: {top: N, replicates: R}``).
+
+How a careful paper reports a sweep: select on validation, confirm with seeds, quote test.
+Once the search has finished (not when it was paused), the N best configurations on the
+study's validation objective(s) are trained again with R fresh seeds, and the report's
+headline is their test mean +- standard error.
+
+- **Which configurations.** The configuration means over the search's replicates
+  (``replicates.aggregate``, what configs.csv holds) on the study's objective: the N best.
+  With several objectives (a rate-distortion study) the configurations on the Pareto front of
+  those means, N of them spread evenly along it by the first objective (all of them when the
+  front has N or fewer). Only configurations whose every replicate completed are candidates.
+- **Which seeds.** ``replicates.replicate_seed(train.seed, r, offset=search.replicates)``:
+  replicate r of the confirmation has a seed no replicate of the search used, and the same
+  seed in every confirmed configuration (paired, as in the search).
+- **Where.** A second Ray Tune experiment in ``StudyLayout.confirm_dir`` (``confirm/``), a
+  sub-study folder with its own ``tune/``, ``results.csv`` and ``configs.csv``, written by the
+  same results table as the search. It runs the search's trainable (``train_trial``) on a
+  grid of the N configurations, one Ray trial each, with no searcher and no scheduler: its
+  trial config is the configuration's searched keys (as Optuna asked them) plus
+  ``_replicates`` (R), ``_seed_offset`` (search.replicates) and ``_config_id`` (the searched
+  configuration's id).
+- **Resume.** A study run again after a Ctrl-C or a killed driver during the confirmation
+  restores this experiment (``Tuner.can_restore``); the search, already finished, is
+  restored as finished and runs nothing again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import results as R
+from .errors import StudyError, VaeStudyError
+from .layout import COMPLETED, StudyLayout
+from .pareto import pareto_front
+from .replicates import CONFIG_KEY
+from .search_config import Objective
+from .study_config import StudyConfig
+
+# The Ray trial config keys the trainable reads (PACKS_INTERFACE.md), named in results.
+CONFIG_ID, REPLICATES, SEED_OFFSET = R.CONFIG_ID_KEY, R.TRIAL_REPLICATES_KEY, R.SEED_OFFSET_KEY
+
+
+def search_replicates(study: StudyConfig) -> int:
+    """The search's seeds per configuration (``search.replicates``)."""
+    return int(study.search.replicates)
+
+
+def spread(items: Sequence[Any], n: int) -> list[Any]:
+    """Up to ``n`` of ``items`` (already in order), evenly spread from first to last."""
+    if len(items) <= n:
+        return list(items)
+    if n == 1:
+        return [items[0]]
+    step = (len(items) - 1) / (n - 1)
+    return [items[round(i * step)] for i in range(n)]
+
+
+def _mean(config: Mapping[str, Any], metric: str) -> float:
+    try:
+        value = float(config.get(metric))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+    return value
+
+
+def select_configurations(
+    configs: Sequence[Mapping[str, Any]], objectives: Sequence[Objective], top: int
+) -> list[Mapping[str, Any]]:
+    """The ``top`` configurations to confirm, from per-configuration rows (``CONFIG_KEY``,
+    ``status``, each objective's mean over the replicates).
+
+    One objective: the best ``top`` means (ties: the lower configuration id first). Several:
+    the configurations on the Pareto front of the means, ``top`` of them spread evenly along
+    it by the first objective. Candidates are completed configurations (every replicate
+    finished) with a finite mean on every objective."""
+    done = [
+        c
+        for c in configs
+        if c.get("status") == COMPLETED
+        and all(math.isfinite(_mean(c, o.metric)) for o in objectives)
+    ]
+
+    def key(c: Mapping[str, Any], o: Objective) -> tuple[float, str]:
+        sign = 1.0 if o.mode == "min" else -1.0
+        cid = c[CONFIG_KEY]  # an int; "trial:<id>" in a table written before config ids
+        return (sign * _mean(c, o.metric), f"{cid:012d}" if isinstance(cid, int) else str(cid))
+
+    if len(objectives) == 1:
+        return sorted(done, key=lambda c: key(c, objectives[0]))[:top]
+    front = pareto_front(
+        [[_mean(c, o.metric) for o in objectives] for c in done], [o.mode for o in objectives]
+    )
+    return spread(sorted((done[i] for i in front), key=lambda c: key(c, objectives[0])), top)
+
+
+def selection_words(study: StudyConfig) -> str:
+    """How the confirmed configurations were chosen, in words."""
+    confirm = study.search.confirm
+    assert confirm is not None
+    metrics = ", ".join(o.metric for o in study.search.objectives)
+    seeds = search_replicates(study)
+    how = (
+        f"the {confirm.top} best on {metrics}"
+        if not study.search.multi_objective
+        else f"{confirm.top} spread along the Pareto front of {metrics}"
+    )
+    return (
+        f"{how} (configuration means), selected on validation over {seeds} "
+        f"seed{'s' if seeds > 1 else ''}, confirmed with {confirm.replicates} fresh seeds"
+    )
+
+
+def search_configurations(study: StudyConfig, folder: Path) -> list[dict[str, Any]]:
+    """The search's configurations, one row each with the means over its replicates
+    (``replicates.aggregate`` of results.csv, as configs.csv holds them)."""
+    from . import metrics as M
+    from .replicates import aggregate
+
+    rows = R.read_results(StudyLayout(folder).results_file).to_dict("records")
+    return aggregate(
+        rows,
+        param_keys=[p.key for p in study.search.space],
+        metrics=[*(o.metric for o in study.search.objectives), M.VAL_NEG_ELBO],
+        replicates=search_replicates(study),
+    )
+
+
+def confirmation_points(study: StudyConfig, folder: Path) -> dict[int, dict[str, Any]]:
+    """configuration id -> its searched keys as the search's Ray trials had them (Optuna's
+    parameters, lists as JSON text), for the configurations to confirm."""
+    import optuna
+
+    from .search import make_storage
+
+    confirm = study.search.confirm
+    assert confirm is not None
+    chosen = select_configurations(
+        search_configurations(study, folder), study.search.objectives, confirm.top
+    )
+    ot_study = optuna.load_study(study_name=study.name, storage=make_storage(folder))
+    by_number = {t.number: t for t in ot_study.get_trials(deepcopy=False)}
+    keys = [p.key for p in study.search.space]
+    points = {}
+    for c in chosen:
+        cid = int(c[CONFIG_KEY])
+        asked = by_number.get(cid)
+        if asked is None or not set(keys) <= set(asked.params):
+            raise StudyError(
+                f"configuration {cid} of {StudyLayout(folder).results_file} has no Optuna "
+                f"trial with its parameters in {StudyLayout(folder).optuna_db}; the "
+                "confirmation retrains what Optuna asked for: start the study over with --fresh"
+            )
+        points[cid] = {k: asked.params[k] for k in keys}  # as the search's trials had them
+    return points
+
+
+class _Lookup:
+    """``tune.sample_from``: the value of ``key`` for the trial's configuration id. A class,
+    not a closure, so Ray can pickle it into the experiment state."""
+
+    def __init__(self, points: dict[int, dict[str, Any]], key: str) -> None:
+        self.points, self.key = points, key
+
+    def __call__(self, config: Mapping[str, Any]) -> Any:
+        return self.points[int(config[CONFIG_ID])][self.key]
+
+
+def param_space(study: StudyConfig, points: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The confirmation's Ray param space: a grid over the configuration ids, each trial's
+    searched keys looked up from its id, its seeds R fresh ones."""
+    from ray import tune
+
+    confirm = study.search.confirm
+    assert confirm is not None
+    keys = [p.key for p in study.search.space]
+    return {
+        CONFIG_ID: tune.grid_search(sorted(points)),
+        REPLICATES: confirm.replicates,
+        SEED_OFFSET: search_replicates(study),
+        **{k: tune.sample_from(_Lookup(points, k)) for k in keys},
+    }
+
+
+def run_confirmation(
+    study: StudyConfig, folder: Path, trainable: Any, *, verbose: int, pause: Any
+) -> None:
+    """The confirmation stage of a finished search (see the module's doc); restores its
+    experiment when one exists in ``confirm/tune``. Leaves ``pause.requested`` set when a
+    Ctrl-C paused it."""
+    from ray import tune
+
+    from .driver import ResultsTable, check_tune_state, tune_trial_dirname
+    from .pause import Pause
+
+    confirm = study.search.confirm
+    assert confirm is not None
+    cdir = StudyLayout(folder).confirm_dir
+    tune_dir = StudyLayout(cdir).tune_dir
+    if tune.Tuner.can_restore(str(tune_dir.resolve())):
+        check_tune_state(tune_dir)
+        try:
+            tuner = tune.Tuner.restore(
+                str(tune_dir.resolve()), trainable, resume_unfinished=True, resume_errored=True
+            )
+        except Exception as exc:
+            raise StudyError(
+                f"Ray Tune's experiment state in {tune_dir} cannot be restored "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                f"nothing was changed; delete {cdir} to run the confirmation again, or start "
+                "the study over with --fresh"
+            ) from None
+        print(f"vae_study run: continuing the confirmation in {cdir}", flush=True)
+    else:
+        points = confirmation_points(study, folder)
+        if not points:
+            print(
+                "vae_study run: no configuration of the search completed with a finite "
+                "objective: nothing to confirm",
+                flush=True,
+            )
+            return
+        cdir.mkdir(exist_ok=True)
+        print(
+            f"vae_study run: confirming configuration(s) {', '.join(map(str, sorted(points)))} "
+            f"({selection_words(study)}) in {cdir}",
+            flush=True,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(study, points),
+            tune_config=tune.TuneConfig(
+                num_samples=1,
+                max_concurrent_trials=study.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=tune_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=tune_dir.name,
+                storage_path=str(cdir.resolve()),
+                callbacks=[ResultsTable(study, cdir)],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=2),
+                verbose=verbose,
+            ),
+        )
+    pause.phase = Pause.TUNING
+    grid = tuner.fit()
+    paused = pause.requested
+    pause.phase = Pause.SAVING
+    _finish_confirmation(study, cdir, grid, paused=paused)
+
+
+def _finish_confirmation(study: StudyConfig, cdir: Path, grid: Any, *, paused: bool) -> None:
+    """The confirmation's final results table and one line saying where it stands."""
+    from .searcher import grid_trials
+
+    path = StudyLayout(cdir).results_file
+    rows: list[dict[str, Any]] = []
+    if paused:  # written by ResultsTable as Tune ended, with the interrupted trials told apart
+        try:
+            rows = R.read_results(path).to_dict("records")
+        except VaeStudyError:
+            rows = []
+    if not rows:
+        rows = R.write_table(study, cdir, grid_trials(grid))
+    done = sum(1 for r in rows if r.get("status") == COMPLETED)
+    print(
+        f"vae_study run: confirmation {'paused' if paused else 'done'}: {done} of {len(rows)} "
+        f"members completed; results in {path}",
+        flush=True,
+    )
