@@ -13,7 +13,7 @@ from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
 from vae_study.config import RunConfig, replace_keys
 from vae_study.errors import ConfigError, TrainingDiverged
-from vae_study.fused import check_packable, fit_pack
+from vae_study.fused import check_packable, fit_pack, fusion_mode
 from vae_study.train import FitResult, fit, make_model, make_optimizer
 
 RTOL = 1e-5  # a batched matmul is not bit-for-bit the single one; a few steps stay this close
@@ -241,10 +241,21 @@ def test_packs_refuse_mixed_shape_keys(mnist_root, key, value):
         fit_pack(configs)
 
 
-def test_conv_members_are_refused_with_the_way_out(mnist_root):
-    configs = [_config(mnist_root, **{"model.arch": "conv", "train.seed": s}) for s in (0, 1)]
-    with pytest.raises(ConfigError, match="model.arch: got 'conv'.*one at a time with fit"):
-        fit_pack(configs)
+def test_conv_members_train_one_after_another_as_fit_would(mnist_root):
+    configs = [
+        _config(mnist_root, **{"model.arch": "conv", "model.hidden": [16], "train.seed": s})
+        for s in (0, 1)
+    ]
+    mode, why = fusion_mode(configs)
+    assert mode == "sequential" and "model.arch: conv" in why
+    assert fusion_mode(_members(mnist_root, SPECS[:2]))[0] == "stacked"
+    packed = fit_pack(configs, final_eval=False)
+    for config, member in zip(configs, packed, strict=True):
+        single = fit(config, final_eval=False)
+        for x, y in zip(
+            member.model.state_dict().values(), single.model.state_dict().values(), strict=True
+        ):
+            assert torch.equal(x, y)
 
 
 def test_one_member_is_todays_trainer_bit_for_bit(mnist_root):

@@ -61,10 +61,15 @@ class Datasets:
     # How each training batch is drawn from the stored train.x: NOISE_NONE (as stored),
     # NOISE_BERNOULLI (dynamic binarization of grey levels) or NOISE_UNIFORM (dequantisation).
     train_noise: str = "none"
+    shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width) of one example
 
     def to(self, device: torch.device | str) -> Datasets:
         return Datasets(
-            self.train.to(device), self.val.to(device), self.test.to(device), self.train_noise
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.train_noise,
+            self.shape,
         )
 
 

@@ -6,7 +6,9 @@ section but ``gaussian_std``, and ``train.k``, ``objective``, ``batch_size``, ``
 ``model.gaussian_std`` and the ``eval`` section. ``fit_pack`` trains them as one batched
 model: the weights of each layer are stacked to (M, out, in) and every matmul is one
 ``torch.baddbmm`` over the members, so M small models make one large enough to keep a CPU's
-vector units busy (HFTA, Wang et al. 2021; PyTorch's model-ensembling recipe).
+vector units busy (HFTA, Wang et al. 2021; PyTorch's model-ensembling recipe). That is the
+MLP's form (``model.arch: mlp``); conv and user models train their members one after
+another in the same call (``fusion_mode`` says which and why).
 
 Each member is still a run of its own, equal to ``train.fit`` of its configuration:
 
@@ -31,6 +33,7 @@ Each member is still a run of its own, equal to ``train.fit`` of its configurati
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +55,8 @@ from .objectives import compute_terms
 MEMBER_KEYS = ("train.beta", "train.seed", "train.lr", "model.gaussian_std")
 MEMBER_PREFIXES = ("eval.",)  # evaluation happens per member, after training
 
+log = logging.getLogger("vae_study")
+
 # on_epoch(member index, metrics, the member's checkpoint folder), after each member epoch.
 PackEpochHook = Callable[[int, dict[str, float], Path | None], None]
 
@@ -64,21 +69,37 @@ def check_packable(configs: Sequence[RunConfig]) -> None:
     first = T.flatten_keys(to_dict(configs[0]))
     for i, config in enumerate(configs[1:], start=1):
         flat = T.flatten_keys(to_dict(config))
-        for key in first:
+        # Every key either has: model.options.<name> of a user model included (a key one
+        # member sets and the other leaves to the class's default differs too).
+        for key in [*first, *(k for k in flat if k not in first)]:
             if key in MEMBER_KEYS or key.startswith(MEMBER_PREFIXES):
                 continue
-            if flat.get(key) != first[key]:
+            if flat.get(key) != first.get(key):
                 raise ConfigError(
                     f"{key}: member {i} has {_short(flat.get(key))}, member 0 has "
-                    f"{_short(first[key])}; members of a pack share every key but "
+                    f"{_short(first.get(key))}; members of a pack share every key but "
                     f"{', '.join(MEMBER_KEYS)} and eval.*; train them in separate packs"
                 )
-    if configs[0].model.arch != "mlp":
-        raise ConfigError(
-            f"model.arch: got {configs[0].model.arch!r}; fit_pack batches "
-            "model.arch: mlp only (stacked matmuls); train conv configurations "
-            "one at a time with fit"
-        )
+
+
+STACKED = "stacked"  # model.arch: mlp: each layer one batched matmul over the members
+SEQUENTIAL = "sequential"  # conv and user models: the members one after another, each fit
+
+
+def fusion_mode(configs: Sequence[RunConfig]) -> tuple[str, str]:
+    """How ``fit_pack`` trains these members, and why: ``stacked`` (the MLP's weights
+    stacked, one batched matmul per layer) or ``sequential`` (each member trained by
+    ``train.fit`` in turn, in the same call: its numbers and files exactly fit's)."""
+    check_packable(configs)
+    arch = configs[0].model.arch
+    if arch == "mlp":
+        return STACKED, "model.arch: mlp: the layers' weights stacked over the members"
+    if len(configs) == 1:
+        return SEQUENTIAL, "one member: trained by train.fit"
+    return SEQUENTIAL, (
+        f"model.arch: {arch}: only the MLP has a stacked (batched) form; the members train "
+        "one after another, each as train.fit would"
+    )
 
 
 def _short(value: Any) -> str:
@@ -90,10 +111,11 @@ class StackedMLP:
     """The members' MLP VAEs as one batched model: each parameter stacked to (M, ...).
 
     Quacks like ``VAE`` for ``objectives.compute_terms`` with the members as an extra
-    leading batch axis: x (M, B, 784) -> mu, logvar (M, B, D) -> z (K, M, B, D) -> decoder
-    output (K, M, B, 784) -> terms (M, B). On construction each member's parameters are made
-    views of its row (``p.data = stacked[j]``), so the member's own ``VAE`` and optimizer
-    read and write the stacked weights, and ``.grad`` of a stacked leaf gives each member's.
+    leading batch axis (P = C*H*W values an example): x (M, B, P) -> mu, logvar (M, B, D)
+    -> z (K, M, B, D) -> decoder output (K, M, B, P) -> terms (M, B). On construction each
+    member's parameters are made views of its row (``p.data = stacked[j]``), so the member's
+    own ``VAE`` and optimizer read and write the stacked weights, and ``.grad`` of a stacked
+    leaf gives each member's.
     """
 
     def __init__(self, models: Sequence[VAE], generators: Sequence[torch.Generator]) -> None:
@@ -119,7 +141,7 @@ class StackedMLP:
 
     @property
     def log_std(self) -> torch.Tensor:
-        """The Gaussian likelihood's per-member log std, (M, 1, 784) against (K, M, B, 784)."""
+        """The Gaussian likelihood's per-member log std, (M, 1, P) against (K, M, B, P)."""
         stacked = self.params.get("log_std")
         return (stacked if stacked is not None else self.buffers["log_std"]).unsqueeze(1)
 
@@ -128,7 +150,7 @@ class StackedMLP:
         return BatchedLinear.apply(h, self.params[name + ".weight"], self.params[name + ".bias"])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x  # (M, B, 784)
+        h = x  # (M, B, P)
         for name in self.encoder_body:
             h = self.activation(self._linear(name, h))
         return self._linear("encoder.mu", h), self._linear("encoder.logvar", h)  # (M, B, D)
@@ -152,18 +174,18 @@ class StackedMLP:
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (K, M, B, D) -> decoder output (K, M, B, 784)."""
+        """z (K, M, B, D) -> decoder output (K, M, B, P)."""
         k, m, b, d = z.shape
         h = z.transpose(0, 1).reshape(m, k * b, d)  # (M, K*B, D); a copy only when K > 1
         for name in self.decoder_body:
             h = self.activation(self._linear(name, h))
-        out = self._linear("decoder.out", h)  # (M, K*B, 784)
+        out = self._linear("decoder.out", h)  # (M, K*B, P)
         return out.view(m, k, b, -1).transpose(0, 1)
 
     def neg_log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """-log p(x|z): x (M, B, 784), out (K, M, B, 784) -> (K, M, B); VAE's dispatch.
+        """-log p(x|z): x (M, B, P), out (K, M, B, P) -> (K, M, B); VAE's dispatch.
 
-        With K = 1, out[0] (M, B, 784) against x (M, B, 784): ``bernoulli_nll`` then works
+        With K = 1, out[0] (M, B, P) against x (M, B, P): ``bernoulli_nll`` then works
         in blocks of a few members, as it does along K in a single run, so its temporaries
         stay in cache instead of spanning the whole pack."""
         if out.shape[0] == 1:
@@ -226,13 +248,18 @@ class _Member:
     """One member's run: what ``fit`` keeps in its locals."""
 
     def __init__(
-        self, index: int, config: RunConfig, out: Path | None, device: torch.device
+        self,
+        index: int,
+        config: RunConfig,
+        out: Path | None,
+        device: torch.device,
+        shape: tuple[int, int, int],
     ) -> None:
         self.index = index
         self.config = config
         self.out = out
         self.ckpt_dir = out / T.CHECKPOINT_DIR if out is not None else None
-        self.model = T.make_model(config, device)
+        self.model = T.make_model(config, device, shape)
         self.optimizer = T.make_optimizer(self.model, config.train)
         self.generator = torch.Generator(device).manual_seed(config.train.seed)
         self.history: list[dict[str, float]] = []
@@ -246,6 +273,7 @@ class _Member:
             assert self.ckpt_dir is not None
             state = ckpt.load(self.ckpt_dir, map_location=device)
             T.check_resumable(state.config, self.config, self.ckpt_dir)
+            T.check_shape(state.shape, self.model.shape, self.ckpt_dir)
             self.model.load_state_dict(state.model)
             self.optimizer.load_state_dict(state.optimizer)
             T.restore_generator(
@@ -274,6 +302,7 @@ class _Member:
                     generator=self.generator.get_state(),
                     config=to_dict(self.config),
                     history=self.history,
+                    shape=self.model.shape,
                 ),
             )
             with open(self.out / T.METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
@@ -297,7 +326,7 @@ def fit_pack(
     metrics become NaN or infinite gets its ``TrainingDiverged`` in its slot (not raised).
     """
     started = time.perf_counter()
-    check_packable(configs)
+    mode, why = fusion_mode(configs)
     if out_dirs is not None and len(out_dirs) != len(configs):
         raise ConfigError(
             f"fit_pack: got {len(out_dirs)} out_dirs for {len(configs)} "
@@ -317,12 +346,23 @@ def fit_pack(
     else:
         data = data.to(device)
 
-    members = [_Member(j, c, o, device) for j, (c, o) in enumerate(zip(configs, outs, strict=True))]
+    if mode == SEQUENTIAL:
+        log.info("fit_pack: %d members, %s: %s", len(configs), mode, why)
+        return [
+            _fit_alone(j, c, o, data, on_epoch, final_eval)
+            for j, (c, o) in enumerate(zip(configs, outs, strict=True))
+        ]
+    members = [
+        _Member(j, c, o, device, data.shape)
+        for j, (c, o) in enumerate(zip(configs, outs, strict=True))
+    ]
     results: list[T.FitResult | TrainingDiverged | None] = [None] * len(members)
     for member in members:
         member.resume(device)
         if member.epoch >= first.train.epochs:  # nothing to train: fit's tail does the rest
-            results[member.index] = _fit_alone(member, data, on_epoch, final_eval)
+            results[member.index] = _fit_alone(
+                member.index, member.config, member.out, data, on_epoch, final_eval
+            )
     training = [m for m in members if results[m.index] is None]
     while training:
         t0 = time.perf_counter()
@@ -353,14 +393,17 @@ def fit_pack(
 
 
 def _fit_alone(
-    member: _Member, data: Datasets, on_epoch: PackEpochHook | None, final_eval: bool
+    index: int,
+    config: RunConfig,
+    out: Path | None,
+    data: Datasets,
+    on_epoch: PackEpochHook | None,
+    final_eval: bool,
 ) -> T.FitResult | TrainingDiverged:
-    """A member whose checkpoint is past its last epoch: ``fit`` reports or evaluates it."""
-    hook = None if on_epoch is None else (lambda row, folder: on_epoch(member.index, row, folder))
+    """A member trained (or, past its last epoch, reported or evaluated) by ``fit``."""
+    hook = None if on_epoch is None else (lambda row, folder: on_epoch(index, row, folder))
     try:
-        return T.fit(
-            member.config, out_dir=member.out, data=data, on_epoch=hook, final_eval=final_eval
-        )
+        return T.fit(config, out_dir=out, data=data, on_epoch=hook, final_eval=final_eval)
     except TrainingDiverged as exc:
         return exc
 
@@ -444,7 +487,7 @@ def _train_stacked(training: list[_Member], data: Datasets) -> list[dict[str, fl
     sizes = torch.empty(n_batches, dtype=torch.float64)
     checked = 0
     for i in range(n_batches):
-        x = torch.stack([next(b) for b in batches])  # (M, B, 784)
+        x = torch.stack([next(b) for b in batches])  # (M, B, P)
         if cfg.objective == "elbo":
             terms = compute_terms(
                 stack,
