@@ -59,7 +59,7 @@ def test_yaml_file_with_overrides(tmp_path):
         ({"model": {"likelihood": "poisson"}}, ["model.likelihood", "bernoulli, gaussian"]),
         ({"model": {"gaussian_std": 0}}, ["model.gaussian_std", "positive"]),
         ({"model": {"learn_std": "yes please"}}, ["model.learn_std", "true or false"]),
-        ({"data": {"dataset": "cifar10"}}, ["data.dataset", "'cifar10'", "mnist, fashion_mnist"]),
+        ({"data": {"dataset": "svhn"}}, ["data.dataset", "'svhn'", "mnist, fashion_mnist"]),
         ({"data": {"binarize": "sometimes"}}, ["data.binarize", "none, dynamic, static"]),
         ({"data": {"train_subset": 0}}, ["data.train_subset", "positive"]),
         ({"data": {"val_size": -1}}, ["data.val_size"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -58,7 +59,12 @@ class DataConfig(Section):
 
     SECTION: ClassVar[str] = "data"
 
-    dataset: Literal["mnist", "fashion_mnist", "binarized_mnist"] = "mnist"
+    # mnist, fashion_mnist, binarized_mnist, cifar10: read from data.root. A researcher's own
+    # images: npz (one .npz file, data.path), npy (a folder of .npy files, data.path) or
+    # image_folder (folders of images, one subfolder per class: data.train_dir ...).
+    dataset: Literal[
+        "mnist", "fashion_mnist", "binarized_mnist", "cifar10", "npz", "npy", "image_folder"
+    ] = "mnist"
     # Folder holding the datasets; None: $VAE_STUDY_DATA, else a per-user cache folder.
     root: str | None = None
     # none: grey levels in [0, 1]; dynamic: a fresh Bernoulli draw each time an example is
@@ -66,9 +72,25 @@ class DataConfig(Section):
     binarize: Literal["none", "dynamic", "static"] = "none"
     # Train on the first N training examples only (quick runs); None: all of them.
     train_subset: int | None = None
-    # Validation examples held out of the training split (binarized_mnist: taken from its
-    # official 10k validation split). 0 disables validation metrics.
+    # Validation examples held out of the training split (binarized_mnist, and a file
+    # dataset with a val split: taken from that split). 0 disables validation metrics.
     val_size: int = 5000
+    # npz: the .npz file holding arrays train, test, optional val (and train_labels ...);
+    # npy: the folder holding train.npy, test.npy, optional val.npy (and train_labels.npy ...).
+    # Paths (here and the *_dir keys) relative in a YAML file are relative to that file's
+    # folder; given in Python or with --set, to the current directory. Stored absolute.
+    path: str | None = None
+    # image_folder: torchvision ImageFolder layouts (<dir>/<class>/<image>), val optional.
+    train_dir: str | None = None
+    val_dir: str | None = None
+    test_dir: str | None = None
+    # image_folder: every image resized to [H, W] (one int: square); channels 1 (converted
+    # to grayscale) or 3 (RGB, the default).
+    image_size: tuple[int, ...] | None = None
+    channels: int | None = None
+    # A file dataset (npz, npy, image_folder) whose pixels are binary, 0/1 (uint8: 0/255):
+    # checked against the values when read. A Bernoulli decoder then gives an NLL.
+    binary: bool = False
 
     def validate(self) -> None:
         _check(
@@ -83,6 +105,92 @@ class DataConfig(Section):
             self.val_size,
             "a number of examples >= 0 (0 turns validation off)",
         )
+        ds = self.dataset
+        files = ds in FILE_DATASETS
+        _check(
+            (self.path is not None) == files,
+            "data.path",
+            self.path,
+            f"the {'.npz file' if ds == 'npz' else 'folder of .npy files'} (data.dataset: {ds})"
+            if files
+            else f"no data.path with data.dataset: {ds} (only npz and npy read one; "
+            "data.root says where the named datasets are)",
+        )
+        folders = ds == "image_folder"
+        for key in ("train_dir", "test_dir"):
+            _check(
+                (getattr(self, key) is not None) == folders,
+                f"data.{key}",
+                getattr(self, key),
+                "a folder of images, one subfolder per class (data.dataset: image_folder)"
+                if folders
+                else f"no data.{key} with data.dataset: {ds} (only image_folder reads folders)",
+            )
+        _check(
+            self.val_dir is None or folders,
+            "data.val_dir",
+            self.val_dir,
+            f"no data.val_dir with data.dataset: {ds} (only image_folder reads folders)",
+        )
+        _check(
+            (self.image_size is not None) == folders,
+            "data.image_size",
+            None if self.image_size is None else list(self.image_size),
+            "[H, W] (or one integer for square images) that every image is resized to"
+            if folders
+            else f"no data.image_size with data.dataset: {ds} (only image_folder resizes)",
+        )
+        if self.image_size is not None:
+            _check(
+                len(self.image_size) in (1, 2) and all(1 <= s <= 4096 for s in self.image_size),
+                "data.image_size",
+                list(self.image_size),
+                "[H, W] or one integer, each from 1 to 4096 pixels",
+            )
+            h, w = self.image_size * 2 if len(self.image_size) == 1 else self.image_size
+            object.__setattr__(self, "image_size", (h, w))
+        _check(
+            self.channels is None or (folders and self.channels in (1, 3)),
+            "data.channels",
+            self.channels,
+            "1 (grayscale) or 3 (RGB) with data.dataset: image_folder"
+            if folders
+            else f"no data.channels with data.dataset: {ds} (only image_folder converts)",
+        )
+        _check(
+            not self.binary or ds in OWN_DATASETS,
+            "data.binary",
+            self.binary,
+            f"false with data.dataset: {ds}; data.binary declares a file dataset's pixels "
+            "binary (use data.binarize, or data.dataset: binarized_mnist)",
+        )
+        for key in ("path", "train_dir", "val_dir", "test_dir"):
+            value = getattr(self, key)
+            if value is not None:
+                _check(bool(value), f"data.{key}", value, "a path, not an empty string")
+                object.__setattr__(self, key, os.path.abspath(os.path.expanduser(value)))
+
+
+# Datasets a researcher brings: read from data.path (files) or data.*_dir (image folders).
+FILE_DATASETS = ("npz", "npy")
+OWN_DATASETS = ("npz", "npy", "image_folder")
+DATA_PATH_KEYS = ("path", "train_dir", "val_dir", "test_dir")
+
+
+def resolve_data_paths(raw: Mapping[str, Any], folder: str | Path) -> dict[str, Any]:
+    """``raw`` with relative ``data.path`` and ``data.*_dir`` made relative to ``folder``
+    (the folder of the YAML file that names them), so a study file and its data move
+    together and a run reads the same files from any working directory."""
+    raw = dict(raw)
+    data = raw.get("data")
+    if isinstance(data, Mapping):
+        data = dict(data)
+        for key in DATA_PATH_KEYS:
+            value = data.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+                data[key] = os.path.abspath(os.path.join(folder, value))
+        raw["data"] = data
+    return raw
 
 
 @dataclass(frozen=True)
@@ -282,14 +390,16 @@ class RunConfig:
             raise ConfigError(
                 f"model.likelihood: got {self.model.likelihood!r}, a density for grey levels, "
                 f"but the data are binary (data.dataset={self.data.dataset!r}, "
-                f"data.binarize={self.data.binarize!r}); use bernoulli, or data.binarize: none "
-                "on mnist or fashion_mnist"
+                f"data.binarize={self.data.binarize!r}, data.binary={self.data.binary}); use "
+                "bernoulli, or data.binarize: none on grey-level data"
             )
 
     @property
     def binary_data(self) -> bool:
-        """The model sees 0/1 pixels: binarized (static or dynamic) or binarized_mnist."""
-        return self.data.binarize != "none" or self.data.dataset == "binarized_mnist"
+        """The model sees 0/1 pixels: binarized (static or dynamic), binarized_mnist, or a
+        file dataset declared binary (``data.binary``, checked against its values)."""
+        data = self.data
+        return data.binarize != "none" or data.dataset == "binarized_mnist" or data.binary
 
     @property
     def dequantized(self) -> bool:
@@ -527,8 +637,8 @@ def load_run_config(
     path: str | Path, overrides: Sequence[str] = (), *, extra_sections: Sequence[str] = ()
 ) -> RunConfig:
     """Read a run (or study) file and build its run configuration."""
-    raw = apply_overrides(read_yaml(path), overrides)
-    return run_config_from_dict(raw, extra_sections=extra_sections)
+    raw = resolve_data_paths(read_yaml(path), Path(path).parent)
+    return run_config_from_dict(apply_overrides(raw, overrides), extra_sections=extra_sections)
 
 
 def replace_keys(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:

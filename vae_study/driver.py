@@ -67,7 +67,7 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     command again continues the study.
     """
     # The dataset first: missing or damaged files stop the study before its folder exists.
-    source = read_source(study.base.data.dataset, study.base.data.root)  # once
+    source = read_source(study.base.data)  # once
     check_data(study, source)
     variants = model_variants(study.base, study.search.space)
     check_models([c.model for c in variants], source.shape)  # a user model: probed here

@@ -384,9 +384,10 @@ def learning_curves(trials: Sequence[Trial], path: Path) -> Path | None:
 
 
 def _grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
-    """(rows*cols, 28, 28) -> one picture with a white gutter."""
-    h, w = images.shape[1:]
-    out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad))
+    """(rows*cols, H, W) grey or (rows*cols, H, W, 3) colour -> one picture with a white
+    gutter: (rows*(H+pad)+pad, cols*(W+pad)+pad), with a trailing 3 for colour."""
+    h, w = images.shape[1:3]
+    out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, *images.shape[3:]))
     for i in range(min(len(images), rows * cols)):
         r, c = divmod(i, cols)
         out[
@@ -396,8 +397,38 @@ def _grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
     return out
 
 
-def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path, title: str) -> Path:
-    """Figure 5 for one trial: reconstructions, prior samples, traversals, the latent space."""
+def _pictures(x: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """Flat rows (N, C*H*W), channel-major, as images for imshow: (N, H, W) grey or
+    (N, H, W, 3) RGB, clipped to [0, 1] (a Gaussian decoder's mean may leave it)."""
+    c, h, w = shape
+    images = x.detach().cpu().float().reshape(-1, c, h, w).numpy()
+    images = images[:, 0] if c == 1 else images.transpose(0, 2, 3, 1)
+    return np.clip(images, 0.0, 1.0)
+
+
+def _show_grid(ax: Any, images: np.ndarray, rows: int, cols: int) -> None:
+    grid = _grid(images, rows, cols)
+    if grid.ndim == 2:
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(grid)  # RGB in [0, 1]
+
+
+def model_pictures(
+    trial: Trial,
+    model: Any,
+    x: Any,
+    labels: Any,
+    path: Path,
+    title: str,
+    *,
+    shape: tuple[int, int, int] = (1, 28, 28),
+) -> Path:
+    """Figure 5 for one trial: reconstructions, prior samples, traversals, the latent space.
+
+    ``x``: flat test rows (N, C*H*W) of images shaped ``shape`` = (C, H, W): one channel is
+    drawn grey, three as RGB.
+    """
     import torch
 
     from .evaluate import encode_all
@@ -423,21 +454,18 @@ def model_pictures(trial: Trial, model: Any, x: Any, labels: Any, path: Path, ti
         trav_img = torch.cat(trav)
     fig = Figure(figsize=(13, 10))
     axes = fig.subplots(2, 2)
-    pair = torch.cat([xs, recon]).view(-1, 28, 28).numpy()
-    axes[0, 0].imshow(_grid(pair, 2, 10), cmap="gray", vmin=0, vmax=1)
+    _show_grid(axes[0, 0], _pictures(torch.cat([xs, recon]), shape), 2, 10)
     axes[0, 0].set_title("test images (top) and their reconstructions (bottom, from mean z)")
-    axes[0, 1].imshow(_grid(samples.view(-1, 28, 28).numpy(), 4, 8), cmap="gray", vmin=0, vmax=1)
+    _show_grid(axes[0, 1], _pictures(samples, shape), 4, 8)
     axes[0, 1].set_title("samples: decoder mean at z ~ p(z) = N(0, I)")
-    axes[1, 0].imshow(
-        _grid(trav_img.view(-1, 28, 28).numpy(), len(dims), len(steps)), cmap="gray", vmin=0, vmax=1
-    )
+    _show_grid(axes[1, 0], _pictures(trav_img, shape), len(dims), len(steps))
     axes[1, 0].set_title(
         "traversals of the dimensions with most KL: z_d from -3 to 3, "
         "the rest at E_q[z] of a test image",
         fontsize=10,
     )
-    row = 28 + 2
-    axes[1, 0].set_yticks([2 + row * i + 14 for i in range(len(dims))])
+    row = shape[1] + 2  # an image's height and the gutter
+    axes[1, 0].set_yticks([2 + row * i + shape[1] // 2 for i in range(len(dims))])
     axes[1, 0].set_yticklabels([f"dim {int(d)}\n{float(kl[d]):.2f} nats" for d in dims], fontsize=8)
     axes[1, 0].set_xticks([])
     for spine in axes[1, 0].spines.values():

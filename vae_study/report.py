@@ -320,7 +320,9 @@ def _model_figures(
             f"{trial.value(M.TEST_NEG_ELBO):.1f} = R {trial.value(M.TEST_RATE):.1f} + "
             f"D {trial.value(M.TEST_DISTORTION):.1f} nats"
         )
-        plots.model_pictures(trial, model, data.test.x, data.test.labels, out / name, title)
+        plots.model_pictures(
+            trial, model, data.test.x, data.test.labels, out / name, title, shape=data.shape
+        )
         figures.append((name, title))
 
 

@@ -170,6 +170,11 @@ _FIXED_IN_A_STUDY = {
     "selected by; set it once in the data section",
     "data.root": "it says where the files are, not how a trial trains; set it once in the "
     "data section",
+    **{
+        f"data.{key}": "it says which data every trial is scored on; set it once in the "
+        "data section"
+        for key in ("path", "train_dir", "val_dir", "test_dir", "image_size", "channels", "binary")
+    },
 }
 
 

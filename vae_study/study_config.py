@@ -22,6 +22,7 @@ from .config import (
     build_section,
     read_yaml,
     replace_keys,
+    resolve_data_paths,
     run_config_from_dict,
     to_dict,
 )
@@ -245,4 +246,5 @@ def _check_device_and_share(study: StudyConfig) -> None:
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read and check a study file (with ``--set`` overrides): the only entry point."""
-    return study_from_dict(apply_overrides(read_yaml(path), overrides))
+    raw = resolve_data_paths(read_yaml(path), Path(path).parent)  # relative to the file
+    return study_from_dict(apply_overrides(raw, overrides))
