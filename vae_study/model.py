@@ -246,6 +246,12 @@ def build_user_model(cfg: ModelConfig, shape: Shape) -> nn.Module:
             f"**{dict(cfg.options)!r}) raised TypeError: {str(exc)[:200]}",
             "accept (cfg, shape) and every key of model.options as keyword arguments",
         ) from None
+    except Exception as exc:  # the class refuses these options or this image shape
+        raise ConfigError(
+            f"model.arch: building {arch} as {cls.__name__}(cfg, shape={tuple(shape)}, "
+            f"**{dict(cfg.options)!r}) raised {type(exc).__name__}: {str(exc)[:200]}; change "
+            "model.options (or the data) to what the class accepts"
+        ) from None
     if not any(True for _ in net.parameters()):
         raise _protocol_error(arch, "the model has no parameters", "give it some layers")
     return net
