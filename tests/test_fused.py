@@ -241,21 +241,17 @@ def test_packs_refuse_mixed_shape_keys(mnist_root, key, value):
         fit_pack(configs)
 
 
-def test_conv_members_train_one_after_another_as_fit_would(mnist_root):
+def test_conv_members_train_vmapped_as_their_fits(mnist_root):
     configs = [
         _config(mnist_root, **{"model.arch": "conv", "model.hidden": [16], "train.seed": s})
         for s in (0, 1)
     ]
     mode, why = fusion_mode(configs)
-    assert mode == "sequential" and "model.arch: conv" in why
+    assert mode == "vmap" and "model.arch: conv" in why
     assert fusion_mode(_members(mnist_root, SPECS[:2]))[0] == "stacked"
-    packed = fit_pack(configs, final_eval=False)
+    packed = fit_pack(configs)
     for config, member in zip(configs, packed, strict=True):
-        single = fit(config, final_eval=False)
-        for x, y in zip(
-            member.model.state_dict().values(), single.model.state_dict().values(), strict=True
-        ):
-            assert torch.equal(x, y)
+        _assert_same_run(fit(config), member)
 
 
 def test_one_member_is_todays_trainer_bit_for_bit(mnist_root):

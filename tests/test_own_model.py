@@ -329,13 +329,31 @@ def test_a_pack_compares_options_and_trains_user_members_as_their_fits(tmp_path,
         ConfigError, match=r"^model\.options\.depth: member 1 has 2, member 0 has None"
     ):
         check_packable([member(0), member(1, **{"model.options": {"width": 6, "depth": 2}})])
-    configs = [member(0), member(1, **{"train.beta": 0.5})]
+    # A class vmap runs: its members are vmapped, each as its own fit up to float rounding.
+    configs = [member(0), member(1, **{"train.beta": 0.5, "train.lr": 3e-3})]
     mode, why = fusion_mode(configs)
-    assert mode == "sequential" and USER in why
+    assert mode == "vmap" and USER in why
     packed = fit_pack(configs, out_dirs=[tmp_path / "a", tmp_path / "b"], final_eval=False)
     for config, got in zip(configs, packed, strict=True):
         alone = fit(config, final_eval=False)
-        assert strip(got.history) == strip(alone.history)
+        for row_got, row_alone in zip(got.history, alone.history, strict=True):
+            for key in row_alone:
+                if key not in STATIC:
+                    assert row_got[key] == pytest.approx(row_alone[key], rel=1e-5), key
+        assert (
+            ckpt.load(tmp_path / ("a" if config is configs[0] else "b") / "checkpoint").epoch == 2
+        )
+    # A class vmap cannot run (random numbers inside): the members one after another, each
+    # exactly its fit, and the reason said.
+    dropout = [
+        small_run_config(mnist_root, **{"model.arch": "user_models:DropoutVAE", "train.seed": s})
+        for s in (0, 1)
+    ]
+    mode, why = fusion_mode(dropout)
+    assert mode == "sequential" and "torch.func.vmap cannot run it" in why and "random" in why
+    packed = fit_pack(dropout, final_eval=False)
+    for config, got in zip(dropout, packed, strict=True):
+        assert strip(got.history) == strip(fit(config, final_eval=False).history)
 
 
 # ---------------------------------------------------------------------------------------

@@ -32,6 +32,13 @@ class TinyVAE(nn.Module):
         return self.dec(z)  # (N, C*H*W)
 
 
+class DropoutVAE(TinyVAE):
+    """Random numbers inside encode: torch.func.vmap refuses it, so a pack runs sequentially."""
+
+    def encode(self, x):
+        return super().encode(nn.functional.dropout(x, 0.1, self.training))
+
+
 class NoDecode(nn.Module):
     def __init__(self, cfg, shape) -> None:
         super().__init__()
