@@ -7,8 +7,11 @@ section but ``gaussian_std``, and ``train.k``, ``objective``, ``batch_size``, ``
 model: the weights of each layer are stacked to (M, out, in) and every matmul is one
 ``torch.baddbmm`` over the members, so M small models make one large enough to keep a CPU's
 vector units busy (HFTA, Wang et al. 2021; PyTorch's model-ensembling recipe). That is the
-MLP's form (``model.arch: mlp``); conv and user models train their members one after
-another in the same call (``fusion_mode`` says which and why).
+MLP's form (``model.arch: mlp``, ``StackedMLP``). Conv and user models run their own
+``encode`` and ``decode`` on each member's row of the stacked weights through
+``torch.func.functional_call``, vectorised by ``torch.func.vmap`` (``StackedVmap``), when a
+probe batch shows vmap runs them as they run alone; else the members train one after another
+in the same call, each by ``train.fit`` (``fusion_mode`` says which and why).
 
 Each member is still a run of its own, equal to ``train.fit`` of its configuration:
 
