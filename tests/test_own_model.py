@@ -293,6 +293,19 @@ def test_a_searched_option_the_class_refuses_fails_before_the_study_runs(tmp_pat
         check_models([c.model for c in model_variants(study.base, study.search.space)], (1, 28, 28))
 
 
+def test_a_study_with_a_broken_model_stops_before_ray_and_its_folder(tmp_path):
+    import ray
+
+    from vae_study import run_study
+
+    raw = _user_study(tmp_path, {"model.options.width": {"choice": [4, 8]}})
+    raw["model"]["arch"] = "user_models:WrongDecodeShape"
+    study = study_from_dict(raw)  # importing is not the study file's business
+    with pytest.raises(ConfigError, match=r"WrongDecodeShape.*decode\(z \(3, 2\)\) returned"):
+        run_study(study)
+    assert not study.folder.exists() and not ray.is_initialized()
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
