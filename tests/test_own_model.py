@@ -458,3 +458,38 @@ def test_the_example_study_runs_under_ray_and_reports(tmp_path, monkeypatch):
     assert all(v > 0 for v in table[M.TEST_BPD])
     out = build_report(folder, tmp_path / "report")
     assert list(out.glob("model_*.png"))  # the user model rebuilt from its checkpoint
+
+
+@pytest.mark.slow
+def test_the_node_that_cannot_import_the_user_model_is_named(tmp_path, monkeypatch):
+    """A two-node cluster whose head node lacks tests/ on its PYTHONPATH: the check names
+    that node, and only it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from vae_study.cluster import check_arch_on_nodes
+
+    base = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), *base]))
+    monkeypatch.chdir(tmp_path)  # workers start in the driver's folder, with it on sys.path
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    try:
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO), *base]))
+        cluster.add_node(num_cpus=1)  # its raylet, and so its workers, see tests/
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, include_dashboard=False)
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        assert len(nodes) == 2
+        head = cluster.head_node.node_id
+        with pytest.raises(StudyError) as info:
+            check_arch_on_nodes(USER)
+        message = str(info.value)
+        assert f"(node {head[:8]})" in message and "more nodes" not in message
+        other = next(n["NodeID"] for n in nodes if n["NodeID"] != head)
+        assert other[:8] not in message
+        assert "No module named 'user_models'" in message
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -271,7 +271,7 @@ def check_arch_on_nodes(arch: str) -> None:
         ).remote(arch)
         for n in nodes
     }
-    failed = [(addr, err) for addr, ref in refs.items() if (err := ray.get(ref, timeout=120))]
+    failed = [(addr, err) for addr, ref in refs.items() if (err := _import_error(ref))]
     if failed:
         addr, err = failed[0]
         others = f" (and on {len(failed) - 1} more nodes)" if len(failed) > 1 else ""
@@ -280,3 +280,15 @@ def check_arch_on_nodes(arch: str) -> None:
             "; every node needs it: install its package there, set PYTHONPATH before "
             "'ray start', or submit the study with 'ray job submit --working-dir .'"
         )
+
+
+def _import_error(ref: Any) -> str | None:
+    """The import task's answer; a task that fails itself (vae_study missing or of another
+    version on that node) is that node's error too."""
+    try:
+        return ray.get(ref, timeout=120)
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        lines = [ln for ln in str(cause).splitlines() if ln.strip()]
+        last = lines[-1][:200] if lines else ""
+        return f"the check itself failed there ({type(cause).__name__}: {last})"
