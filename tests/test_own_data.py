@@ -63,6 +63,10 @@ def test_npz_uint8_grey_is_read_flat_with_its_shape_and_labels(tmp_path):
     got_train = {tuple(r) for r in d.train.x.tolist()}
     got_val = {tuple(r) for r in d.val.x.tolist()}
     assert got_train | got_val == rows and not got_train & got_val
+    # (N, H, W, 1) is grey too, channels last.
+    last = write_npz(tmp_path / "l.npz", train=train[..., None], test=test[..., None])
+    d1 = load_datasets(npz_config(last))
+    assert d1.shape == (1, 5, 7) and torch.equal(d1.test.x, d.test.x)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
@@ -516,3 +520,99 @@ def test_model_pictures_draw_the_data_shape_grey_or_rgb(tmp_path, monkeypatch, s
     assert np.allclose(tile, first.transpose(1, 2, 0) if c == 3 else first[0])
     assert drawn[1].shape[:2] == (4 * (h + 2) + 2, 8 * (w + 2) + 2)
     assert drawn[2].shape[:2] == (3 * (h + 2) + 2, 9 * (w + 2) + 2)  # 3 latent dims, 9 steps
+
+
+# ---------------------------------------------------------------------------------------
+# A run on one's own files.
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_fit_trains_and_scores_on_an_npz_file(tmp_path, binary):
+    import vae_study.train as T
+    from conftest import tiny_images
+    from vae_study import metrics as M
+    from vae_study.config import replace_keys
+
+    def split(n, seed):
+        x = tiny_images(n, seed)
+        return np.where(x > 127, 255, 0).astype(np.uint8) if binary else x
+
+    path = write_npz(tmp_path / "own.npz", train=split(120, 0), val=split(30, 1), test=split(20, 2))
+    result = T.fit(
+        replace_keys(
+            RunConfig(),
+            {
+                "data.dataset": "npz",
+                "data.path": str(path),
+                "data.binary": binary,
+                "data.val_size": 30,
+                "train.epochs": 1,
+                "model.hidden": [16],
+                "model.latent_dim": 2,
+                "train.device": "cpu",
+                "eval.k": 2,
+                "eval.val_k": 2,
+                "eval.val_examples": 10,
+                "eval.surgery_examples": 10,
+            },
+        )
+    )
+    final = result.final
+    bound = M.TEST_NLL if binary else M.bound_key("test", M.QUANTITY_CROSS_ENTROPY)
+    assert bound in final and np.isfinite(final[bound])
+    assert final[M.TEST_NLL_EXAMPLES] == 20
+
+
+def test_binarized_mnist_is_stored_as_bytes_and_presented_as_exact_bits(tmp_path):
+    from conftest import write_amat
+
+    root = write_amat(tmp_path / "d", n=(30, 10, 10))
+    cfg = DataConfig(dataset="binarized_mnist", root=str(root), val_size=10)
+    src = read_source(cfg)
+    assert src.pixels == PIXELS_BINARY and src.train.x.dtype == torch.uint8
+    assert set(src.train.x.unique().tolist()) == {0, 255}
+    d = prepare(src, cfg)
+    assert d.train.x.dtype == torch.float32 and set(d.train.x.unique().tolist()) == {0.0, 1.0}
+
+
+def test_the_command_line_reports_a_broken_file_in_one_line(tmp_path, capsys, monkeypatch):
+    from vae_study.cli import main
+
+    write_npz(tmp_path / "cfg" / "data" / "x.npz", train=images(10, (4, 4)))  # no test
+    (tmp_path / "cfg" / "run.yaml").write_text("data:\n  dataset: npz\n  path: data/x.npz\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", str(tmp_path / "cfg" / "run.yaml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'cfg' / 'data' / 'x.npz'} has no array 'test'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_study_on_an_npy_folder_named_relative_to_its_file(tmp_path, monkeypatch):
+    from conftest import tiny_images
+    from study_factory import tiny_study, write_study
+    from vae_study import results as R
+    from vae_study.cli import main
+
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "train.npy", tiny_images(300, 0)[:, None])  # (N, 1, 28, 28)
+    np.save(arrays / "test.npy", tiny_images(60, 1)[:, None])
+    np.save(arrays / "test_labels.npy", np.arange(60) % 10)
+    raw = tiny_study(
+        tmp_path,
+        **{
+            "data": {"dataset": "npy", "path": "arrays", "val_size": 50},
+            "search.num_trials": 2,
+            "report.enabled": True,
+            "report.dir": str(tmp_path / "reports"),
+        },
+    )
+    study = write_study(tmp_path, raw)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the path is the study file's, not the working directory's
+    assert main(["run", str(study)]) == 0
+    table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
+    assert set(table["status"]) == {R.COMPLETED} and (table["data/train_examples"] == 250).all()
+    assert list((tmp_path / "reports" / "tiny").glob("model_*.png"))

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .config import DataConfig
@@ -283,7 +282,11 @@ def _read_binarized(root: Path) -> tuple[Split, Split, Split]:
                 + _how_to_fix("binarized_mnist")
             ) from None
         paths = {s: _amat_path(root, s) for s in _AMAT_SPLITS}
-    tr, va, te = (Split(read_amat(paths[s]), None) for s in _AMAT_SPLITS)  # type: ignore[arg-type]
+    # Stored as uint8 levels 0/255, a quarter of the floats; presented as exact 0.0/1.0.
+    tr, va, te = (
+        Split(read_amat(paths[s]).mul_(255).to(torch.uint8), None)  # type: ignore[arg-type]
+        for s in _AMAT_SPLITS
+    )
     return tr, va, te
 
 
@@ -329,6 +332,8 @@ _CHUNK_BYTES = 1 << 26  # values checked and converted per slice of a memory-map
 
 def _read_files(cfg: DataConfig) -> Source:
     """data.dataset npz (one file, read whole) or npy (a folder, memory-mapped)."""
+    import numpy as np  # with torchvision; only file datasets need it
+
     assert cfg.path is not None  # DataConfig requires it
     path = Path(cfg.path)
     if cfg.dataset == "npy":
@@ -375,6 +380,8 @@ def _npz_arrays(archive: Any, path: Path) -> dict[str, tuple[Any, str]]:
 
 def _npy_arrays(path: Path) -> dict[str, tuple[Any, str]]:
     """Each split and label array of a folder of .npy files, memory-mapped."""
+    import numpy as np
+
     if not path.is_dir():
         raise DataError(
             f"data.path: {path} is not a folder; with data.dataset: npy it is the folder "
@@ -442,7 +449,9 @@ def _same_shape(shapes: dict[str, tuple[tuple[int, int, int], str]]) -> None:
             )
 
 
-def image_layout(shape: tuple[int, ...], where: str) -> tuple[tuple[int, ...] | None, tuple]:
+def _image_layout(
+    shape: tuple[int, ...], where: str
+) -> tuple[tuple[int, ...] | None, tuple[int, int, int]]:
     """(axis order to channels-first or None, (C, H, W)) of an array of images.
 
     (N, H, W): grey. (N, C, H, W) or (N, H, W, C) with C in {1, 3}: the axis that is 1 or 3
@@ -462,11 +471,15 @@ def image_layout(shape: tuple[int, ...], where: str) -> tuple[tuple[int, ...] | 
     )
 
 
-def _image_tensor(array: Any, where: str, *, binary: bool) -> tuple[torch.Tensor, tuple, str]:
+def _image_tensor(
+    array: Any, where: str, *, binary: bool
+) -> tuple[torch.Tensor, tuple[int, int, int], str]:
     """An image array checked and flattened: ((N, D) uint8 levels, or float32 values that are
     not 8-bit; (C, H, W); its PIXELS_ kind). Memory-mapped arrays are read a slice at a time:
     no second full copy besides the result."""
-    perm, shape = image_layout(array.shape, where)
+    import numpy as np
+
+    perm, shape = _image_layout(array.shape, where)
     n = array.shape[0]
     if n == 0 or 0 in shape:
         raise DataError(f"data: {where} is empty (shape {tuple(array.shape)}); give it images")
@@ -480,7 +493,7 @@ def _image_tensor(array: Any, where: str, *, binary: bool) -> tuple[torch.Tensor
     dim = shape[0] * shape[1] * shape[2]
     rows = max(1, _CHUNK_BYTES // max(1, dim * dtype.itemsize))
 
-    def chunks() -> Iterator[tuple[int, np.ndarray]]:
+    def chunks() -> Iterator[tuple[int, Any]]:  # (start, (rows, D) numpy array)
         for start in range(0, n, rows):
             c = np.asarray(array[start : start + rows])
             if perm is not None:
@@ -491,7 +504,7 @@ def _image_tensor(array: Any, where: str, *, binary: bool) -> tuple[torch.Tensor
         x = torch.empty((n, dim), dtype=torch.uint8)
         not_binary = 0
         for start, c in chunks():
-            x[start : start + len(c)] = torch.from_numpy(np.ascontiguousarray(c))
+            x.numpy()[start : start + len(c)] = c  # a read-only memory map: copied
             if binary:
                 not_binary += int(np.count_nonzero((c != 0) & (c != 255)))
         if binary and not_binary:
@@ -537,6 +550,8 @@ def _image_tensor(array: Any, where: str, *, binary: bool) -> tuple[torch.Tensor
 
 
 def _labels(array: Any, where: str, *, n: int) -> torch.Tensor:
+    import numpy as np
+
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise DataError(
             f"data: {where} has shape {tuple(array.shape)} and dtype {array.dtype}; expected "
