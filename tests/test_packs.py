@@ -76,16 +76,11 @@ def test_replicates_and_configs_per_trial_are_checked(tmp_path):
         r"^resources.configs_per_trial: got 2, but ASHA .* per configuration",
         **{"resources.configs_per_trial": 2, "scheduler": asha},
     )
-    _refused(
-        tmp_path,
-        r"^model.arch: conv with search.replicates: 2 .*MLPs only",
-        **{"search.replicates": 2, "model.arch": "conv", "model.hidden": [32]},
-    )
-    _refused(
-        tmp_path,
-        r"^model.arch: conv .*configs_per_trial: 2",
-        **{"resources.configs_per_trial": 2, "model.arch": "conv", "model.hidden": [32]},
-    )
+    # Conv (and user) models pack too: fit_pack runs them through torch.func.vmap, or one
+    # after another where vmap cannot (fused.fusion_mode).
+    conv = {"model.arch": "conv", "model.hidden": [32]}
+    assert study_from_dict(tiny_study(tmp_path, **conv, **{"search.replicates": 2}))
+    assert study_from_dict(tiny_study(tmp_path, **conv, **{"resources.configs_per_trial": 2}))
     _refused(
         tmp_path,
         r"^resources.configs_per_trial: got 2, but the grid sampler",
@@ -535,6 +530,7 @@ def test_a_replicated_packed_study_holds_one_optuna_trial_per_configuration(tmp_
     folder = tmp_path / "runs" / "tiny"
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 10 and set(table["status"]) == {R.COMPLETED}
+    assert set(table[R.FUSION_KEY]) == {"stacked"}  # MLP members: one batched model
     assert table.groupby("trial_id").size().sort_values().tolist() == [4, 6]  # packs of 2, 3
     for _, trial in table.groupby("trial_id"):  # packs never mix shape keys
         assert trial["model.latent_dim"].nunique() == 1

@@ -100,6 +100,9 @@ class TrainingState:
     generator: torch.Tensor  # the training generator's state (a CPU ByteTensor)
     config: dict[str, Any]
     history: list[dict[str, float]]
+    # (channels, height, width) of the examples the model was built for; a checkpoint
+    # written before shapes were saved was trained on MNIST's.
+    shape: tuple[int, int, int] = (1, 28, 28)
 
 
 def save(folder: Path, state: TrainingState) -> Path:
@@ -117,6 +120,7 @@ def save(folder: Path, state: TrainingState) -> Path:
             "generator": state.generator,
             "config": state.config,
             "history": state.history,
+            "shape": [int(s) for s in state.shape],
         },
         buf,
     )
@@ -163,7 +167,21 @@ def load(folder: Path, map_location: torch.device | str = "cpu") -> TrainingStat
         generator=generator,
         config=raw["config"],
         history=list(raw["history"]),
+        shape=_shape(raw.get("shape", [1, 28, 28]), path),
     )
+
+
+def _shape(value: Any, path: Path) -> tuple[int, int, int]:
+    if not (
+        isinstance(value, list | tuple)
+        and len(value) == 3
+        and all(isinstance(v, int) and v >= 1 for v in value)
+    ):
+        raise CheckpointError(
+            f"{path} is damaged (its image shape {value!r:.80} is not three positive "
+            "integers); delete it to start the run again"
+        )
+    return (int(value[0]), int(value[1]), int(value[2]))
 
 
 def _to(obj: Any, device: torch.device) -> Any:

@@ -245,3 +245,50 @@ def check_shared_storage(folder: Path) -> None:
             "output.dir on storage every node mounts at the same path (NFS, "
             "a shared disk)"
         )
+
+
+def check_arch_on_nodes(arch: str) -> None:
+    """A user model (``model.arch: package.module:ClassName``) must import on every alive
+    Ray node, where its trials will build it: one tiny task per node imports it, so a node
+    that lacks the module stops the study before any trial starts, naming the node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def imports(path: str) -> str | None:
+        from vae_study.errors import VaeStudyError  # absolute: the task is pickled by value
+        from vae_study.model import import_arch
+
+        try:
+            import_arch(path)
+        except VaeStudyError as exc:
+            return str(exc)
+        return None
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = {
+        f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})": imports.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(arch)
+        for n in nodes
+    }
+    failed = [(addr, err) for addr, ref in refs.items() if (err := _import_error(ref))]
+    if failed:
+        addr, err = failed[0]
+        others = f" (and on {len(failed) - 1} more nodes)" if len(failed) > 1 else ""
+        raise StudyError(
+            f"the user model {arch} cannot be imported on the Ray node at {addr}{others}: {err}"
+            "; every node needs it: install its package there, set PYTHONPATH before "
+            "'ray start', or submit the study with 'ray job submit --working-dir .'"
+        )
+
+
+def _import_error(ref: Any) -> str | None:
+    """The import task's answer; a task that fails itself (vae_study missing or of another
+    version on that node) is that node's error too."""
+    try:
+        return ray.get(ref, timeout=120)
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        lines = [ln for ln in str(cause).splitlines() if ln.strip()]
+        last = lines[-1][:200] if lines else ""
+        return f"the check itself failed there ({type(cause).__name__}: {last})"

@@ -199,7 +199,9 @@ class ModelConfig(Section):
 
     SECTION: ClassVar[str] = "model"
 
-    arch: Literal["mlp", "conv"] = "mlp"
+    # mlp, conv, or a user model by import path, package.module:ClassName (imported only
+    # when a model is built; the protocol is in vae_study.model).
+    arch: str = "mlp"
     latent_dim: int = 20
     # Hidden widths of the encoder; the decoder mirrors them (784-400-20 is the seed VAE).
     hidden: tuple[int, ...] = (400,)
@@ -213,8 +215,47 @@ class ModelConfig(Section):
     gaussian_std: float = 0.1
     learn_std: bool = False
     std_floor: float = 1e-3
+    # A user model's keyword arguments: {name: scalar or list of scalars}. Searchable as
+    # model.options.<name>; built-in archs take none.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # frozen and hashable, options (a mapping) included
+        fields = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"]
+        options = sorted(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in self.options.items()
+        )
+        return hash((*fields, tuple(options)))
 
     def validate(self) -> None:
+        # Lists as YAML gives them (a tuple from Python too): one form, so equal is equal.
+        options = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
+        object.__setattr__(self, "options", options)
+        _check(
+            self.arch in BUILTIN_ARCHS or _IMPORT_PATH.fullmatch(self.arch) is not None,
+            "model.arch",
+            self.arch,
+            "mlp, conv, or a user model's import path package.module:ClassName "
+            "(such as examples.shapes.shapes_vae:ShapesVAE)",
+        )
+        if self.options and self.arch in BUILTIN_ARCHS:
+            raise ConfigError(
+                f"model.options: got {_show(self.options)} with model.arch: {self.arch}; "
+                "only a user model (model.arch: package.module:ClassName) takes options: "
+                "remove them, or set model.arch to your class"
+            )
+        for name, value in self.options.items():
+            _check(
+                isinstance(name, str) and name.isidentifier(),
+                "model.options",
+                name,
+                "option names that are Python identifiers (they are keyword arguments)",
+            )
+            _check(
+                _option_value(value),
+                f"model.options.{name}",
+                value,
+                "a number, string, true/false, null or a list of them",
+            )
         _check(
             self.latent_dim >= 1,
             "model.latent_dim",
@@ -376,6 +417,24 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+BUILTIN_ARCHS = ("mlp", "conv")
+# package.module:ClassName (dotted module path, one class name).
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def is_import_path(arch: str) -> bool:
+    """``model.arch`` names a user model (``package.module:ClassName``), not mlp or conv."""
+    return arch not in BUILTIN_ARCHS and _IMPORT_PATH.fullmatch(arch) is not None
+
+
+def _option_value(value: Any) -> bool:
+    """A scalar, or a list of scalars: what YAML and a search space can carry."""
+    scalar = (bool, int, float, str, type(None))
+    if isinstance(value, list | tuple):
+        return all(isinstance(v, scalar) for v in value)
+    return isinstance(value, scalar)
 
 
 # Likelihoods that are densities of continuous data: scored on dequantised 8-bit pixels.
@@ -592,5 +651,12 @@ def replace_keys(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(
                 f"{dotted}: expected section.key with section one of " + ", ".join(RUN_SECTIONS)
             )
-        raw[section][key] = value
+        # model.options.width: a key inside a mapping key (made if absent).
+        *outer, last = key.split(".")
+        node = raw[section]
+        for part in outer:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
     return run_config_from_dict(raw)

@@ -21,14 +21,23 @@ from ray.tune import Callback
 
 from . import metrics as M
 from . import results as R
-from .cluster import check_shared_storage, environment, resolve_resources, start_ray
+from .cluster import (
+    check_arch_on_nodes,
+    check_shared_storage,
+    environment,
+    resolve_resources,
+    start_ray,
+)
+from .config import is_import_path
 from .data import Source, prepare, read_source
 from .errors import StudyError, VaeStudyError
 from .layout import StudyLayout, trial_dirname
+from .model import check_models
 from .pause import Pause
 from .replicates import CONFIG_KEY, aggregate, config_of
 from .results import write_table
 from .search import make_storage
+from .search_config import model_variants
 from .searcher import (
     grid_trials,
     make_searcher,
@@ -66,6 +75,8 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     # The dataset first: missing or damaged files stop the study before its folder exists.
     source = read_source(study.base.data)  # once
     check_data(study, source)
+    variants = model_variants(study.base, study.search.space)
+    check_models([c.model for c in variants], source.shape)  # a user model: probed here
     folder, resume = prepare_folder(study, fresh=fresh)
     try:
         _run_locked(study, folder, source, resume, verbose)
@@ -98,6 +109,9 @@ def _run_tuner(
     try:
         resources = resolve_resources(study)
         check_shared_storage(folder)
+        for arch in sorted({c.model.arch for c in model_variants(study.base, study.search.space)}):
+            if is_import_path(arch):
+                check_arch_on_nodes(arch)  # a user model imports on every node
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, study=study, source=source),
             {"cpu": resources["cpu"], "gpu": resources["gpu"]},

@@ -42,7 +42,7 @@ def encode_all(
 def elbo_terms(
     model: VAE, x: torch.Tensor, *, batch_size: int = 1000, generator: torch.Generator | None = None
 ) -> dict[str, float]:
-    """Mean rate, distortion and -ELBO over x (N, 784), one z per example."""
+    """Mean rate, distortion and -ELBO over x (N, C*H*W), one z per example."""
     total_rate = torch.zeros((), device=x.device, dtype=torch.float64)
     total_dist = torch.zeros((), device=x.device, dtype=torch.float64)
     for xb in _chunks(x, batch_size):
@@ -194,7 +194,7 @@ def evaluate_test(
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, object]:
-    """The ``test/...`` metrics of a trained model on x (N, 784).
+    """The ``test/...`` metrics of a trained model on x (N, C*H*W).
 
     Which examples: rate, distortion, -ELBO, active units and KL per dimension on all N;
     -L_K and the bound gap on the first eval.nll_examples, both terms of the gap on the same

@@ -6,7 +6,12 @@ section but ``gaussian_std``, and ``train.k``, ``objective``, ``batch_size``, ``
 ``model.gaussian_std`` and the ``eval`` section. ``fit_pack`` trains them as one batched
 model: the weights of each layer are stacked to (M, out, in) and every matmul is one
 ``torch.baddbmm`` over the members, so M small models make one large enough to keep a CPU's
-vector units busy (HFTA, Wang et al. 2021; PyTorch's model-ensembling recipe).
+vector units busy (HFTA, Wang et al. 2021; PyTorch's model-ensembling recipe). That is the
+MLP's form (``model.arch: mlp``, ``StackedMLP``). Conv and user models run their own
+``encode`` and ``decode`` on each member's row of the stacked weights through
+``torch.func.functional_call``, vectorised by ``torch.func.vmap`` (``StackedVmap``), when a
+probe batch shows vmap runs them as they run alone; else the members train one after another
+in the same call, each by ``train.fit`` (``fusion_mode`` says which and why).
 
 Each member is still a run of its own, equal to ``train.fit`` of its configuration:
 
@@ -31,6 +36,7 @@ Each member is still a run of its own, equal to ``train.fit`` of its configurati
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,12 +51,14 @@ from . import train as T
 from .config import RunConfig, to_dict
 from .data import Batches, Datasets, load_datasets
 from .errors import ConfigError, TrainingDiverged
-from .model import VAE
+from .model import DEFAULT_SHAPE, VAE
 from .objectives import compute_terms
 
 # The keys members of one pack may differ in: per-member scalars. Every other key is shared.
 MEMBER_KEYS = ("train.beta", "train.seed", "train.lr", "model.gaussian_std")
 MEMBER_PREFIXES = ("eval.",)  # evaluation happens per member, after training
+
+log = logging.getLogger("vae_study")
 
 # on_epoch(member index, metrics, the member's checkpoint folder), after each member epoch.
 PackEpochHook = Callable[[int, dict[str, float], Path | None], None]
@@ -64,21 +72,85 @@ def check_packable(configs: Sequence[RunConfig]) -> None:
     first = T.flatten_keys(to_dict(configs[0]))
     for i, config in enumerate(configs[1:], start=1):
         flat = T.flatten_keys(to_dict(config))
-        for key in first:
+        # Every key either has: model.options.<name> of a user model included (a key one
+        # member sets and the other leaves to the class's default differs too).
+        for key in [*first, *(k for k in flat if k not in first)]:
             if key in MEMBER_KEYS or key.startswith(MEMBER_PREFIXES):
                 continue
-            if flat.get(key) != first[key]:
+            if flat.get(key) != first.get(key):
                 raise ConfigError(
                     f"{key}: member {i} has {_short(flat.get(key))}, member 0 has "
-                    f"{_short(first[key])}; members of a pack share every key but "
+                    f"{_short(first.get(key))}; members of a pack share every key but "
                     f"{', '.join(MEMBER_KEYS)} and eval.*; train them in separate packs"
                 )
-    if configs[0].model.arch != "mlp":
-        raise ConfigError(
-            f"model.arch: got {configs[0].model.arch!r}; fit_pack batches "
-            "model.arch: mlp only (stacked matmuls); train conv configurations "
-            "one at a time with fit"
-        )
+
+
+STACKED = "stacked"  # model.arch: mlp: each layer one batched matmul over the members
+VMAP = "vmap"  # conv and user models: torch.func.vmap of the member's own encode and decode
+SEQUENTIAL = "sequential"  # what vmap cannot run: the members one after another, each fit
+PROBE_RTOL = 1e-4  # vmapped outputs against each member's own, on the probe batch
+
+
+def fusion_mode(
+    configs: Sequence[RunConfig], shape: tuple[int, int, int] = DEFAULT_SHAPE
+) -> tuple[str, str]:
+    """How ``fit_pack`` trains these members on examples of ``shape``, and why:
+
+    - ``stacked``: MLP members, each layer one batched matmul (``StackedMLP``);
+    - ``vmap``: conv and user models that ``torch.func.vmap`` runs, as found on a probe batch
+      (outputs equal to each member's own, gradients reaching every parameter):
+      ``StackedVmap``;
+    - ``sequential``: the others (random ops or buffers in the model, an op vmap lacks...):
+      each member trained by ``train.fit`` in turn, in the same call, the reason given.
+    """
+    check_packable(configs)
+    arch = configs[0].model.arch
+    if arch == "mlp":
+        return STACKED, "model.arch: mlp: the layers' weights stacked over the members"
+    if len(configs) == 1:
+        return SEQUENTIAL, "one member: trained by train.fit"
+    reason = _vmap_probe(configs[0], shape)
+    if reason is None:
+        return VMAP, f"model.arch: {arch}: torch.func.vmap over the members passed the probe"
+    return SEQUENTIAL, (
+        f"model.arch: {arch}: torch.func.vmap cannot run it ({reason}); the members train one "
+        "after another, each as train.fit would"
+    )
+
+
+def _vmap_probe(config: RunConfig, shape: tuple[int, int, int]) -> str | None:
+    """None if two members of ``config`` run under ``StackedVmap`` as they run alone (on
+    the CPU, a batch of 3, K = 2); else what went wrong."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream left as it was
+        models = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)  # two members with different weights
+            models.append(VAE(config.model, shape))
+    extra = [n for m in models[:1] for n, _ in m.named_buffers() if n != "log_std"]
+    if extra:
+        return f"it has buffers ({', '.join(extra[:3])}), which vmap would not update per member"
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, models[0].num_values, generator=g)  # (M, B, P)
+    z = torch.randn(2, 2, 3, config.model.latent_dim, generator=g)  # (K, M, B, D)
+    with torch.no_grad():
+        alone = [(*m.encode(x[j]), m.decode(z[:, j])) for j, m in enumerate(models)]
+    try:
+        stack = StackedVmap(models, [torch.Generator() for _ in models])
+        mu, logvar = stack.encode(x)
+        out = stack.decode(z)
+        (mu.sum() + logvar.sum() + out.sum()).backward()
+    except Exception as exc:  # whatever vmap refuses: randomness, in-place ops, data-dependent
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    got = [(mu[j], logvar[j], out[:, j]) for j in range(len(models))]
+    for a, b in zip(alone, got, strict=True):
+        for t_alone, t_vmap in zip(a, b, strict=True):
+            if not torch.allclose(t_vmap.detach(), t_alone, rtol=PROBE_RTOL, atol=1e-5):
+                return "its vmapped outputs differ from the members' own"
+    # log_std is the likelihood's, used outside encode and decode (``_Stack.log_std``).
+    missing = [n for n, p in stack.params.items() if p.grad is None and n != "log_std"]
+    if missing:
+        return f"no gradient reaches {', '.join(missing[:3])} under vmap"
+    return None
 
 
 def _short(value: Any) -> str:
@@ -86,14 +158,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class StackedMLP:
-    """The members' MLP VAEs as one batched model: each parameter stacked to (M, ...).
+class _Stack:
+    """The members' VAEs as one batched model: each parameter stacked to (M, ...).
 
     Quacks like ``VAE`` for ``objectives.compute_terms`` with the members as an extra
-    leading batch axis: x (M, B, 784) -> mu, logvar (M, B, D) -> z (K, M, B, D) -> decoder
-    output (K, M, B, 784) -> terms (M, B). On construction each member's parameters are made
-    views of its row (``p.data = stacked[j]``), so the member's own ``VAE`` and optimizer
-    read and write the stacked weights, and ``.grad`` of a stacked leaf gives each member's.
+    leading batch axis (P = C*H*W values an example): x (M, B, P) -> mu, logvar (M, B, D)
+    -> z (K, M, B, D) -> decoder output (K, M, B, P) -> terms (M, B). On construction each
+    member's parameters are made views of its row (``p.data = stacked[j]``), so the member's
+    own ``VAE`` and optimizer read and write the stacked weights, and ``.grad`` of a stacked
+    leaf gives each member's. Subclasses say how the stack encodes and decodes.
     """
 
     def __init__(self, models: Sequence[VAE], generators: Sequence[torch.Generator]) -> None:
@@ -113,25 +186,12 @@ class StackedMLP:
             name: torch.stack([m.get_buffer(name) for m in models])
             for name, _ in template.named_buffers()
         }
-        self.encoder_body = _linear_names(template.encoder.body, "encoder.body")
-        self.decoder_body = _linear_names(template.decoder.body, "decoder.body")
-        self.activation = template.encoder.body[1]  # stateless: the same for every member
 
     @property
     def log_std(self) -> torch.Tensor:
-        """The Gaussian likelihood's per-member log std, (M, 1, 784) against (K, M, B, 784)."""
+        """The Gaussian likelihood's per-member log std, (M, 1, P) against (K, M, B, P)."""
         stacked = self.params.get("log_std")
         return (stacked if stacked is not None else self.buffers["log_std"]).unsqueeze(1)
-
-    def _linear(self, name: str, h: torch.Tensor) -> torch.Tensor:
-        """nn.Linear per member: h (M, N, in) -> (M, N, out)."""
-        return BatchedLinear.apply(h, self.params[name + ".weight"], self.params[name + ".bias"])
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x  # (M, B, 784)
-        for name in self.encoder_body:
-            h = self.activation(self._linear(name, h))
-        return self._linear("encoder.mu", h), self._linear("encoder.logvar", h)  # (M, B, D)
 
     def reparameterize(
         self,
@@ -151,19 +211,10 @@ class StackedMLP:
         )
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (K, M, B, D) -> decoder output (K, M, B, 784)."""
-        k, m, b, d = z.shape
-        h = z.transpose(0, 1).reshape(m, k * b, d)  # (M, K*B, D); a copy only when K > 1
-        for name in self.decoder_body:
-            h = self.activation(self._linear(name, h))
-        out = self._linear("decoder.out", h)  # (M, K*B, 784)
-        return out.view(m, k, b, -1).transpose(0, 1)
-
     def neg_log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """-log p(x|z): x (M, B, 784), out (K, M, B, 784) -> (K, M, B); VAE's dispatch.
+        """-log p(x|z): x (M, B, P), out (K, M, B, P) -> (K, M, B); VAE's dispatch.
 
-        With K = 1, out[0] (M, B, 784) against x (M, B, 784): ``bernoulli_nll`` then works
+        With K = 1, out[0] (M, B, P) against x (M, B, P): ``bernoulli_nll`` then works
         in blocks of a few members, as it does along K in a single run, so its temporaries
         stay in cache instead of spanning the whole pack."""
         if out.shape[0] == 1:
@@ -179,6 +230,80 @@ class StackedMLP:
     def zero_grad(self) -> None:
         for p in self.params.values():
             p.grad = None
+
+
+class StackedMLP(_Stack):
+    """MLP members: every layer one batched matmul over the members (``BatchedLinear``)."""
+
+    def __init__(self, models: Sequence[VAE], generators: Sequence[torch.Generator]) -> None:
+        super().__init__(models, generators)
+        template = models[0]
+        self.encoder_body = _linear_names(template.encoder.body, "encoder.body")
+        self.decoder_body = _linear_names(template.decoder.body, "decoder.body")
+        self.activation = template.encoder.body[1]  # stateless: the same for every member
+
+    def _linear(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        """nn.Linear per member: h (M, N, in) -> (M, N, out)."""
+        return BatchedLinear.apply(h, self.params[name + ".weight"], self.params[name + ".bias"])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x  # (M, B, P)
+        for name in self.encoder_body:
+            h = self.activation(self._linear(name, h))
+        return self._linear("encoder.mu", h), self._linear("encoder.logvar", h)  # (M, B, D)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (K, M, B, D) -> decoder output (K, M, B, P)."""
+        k, m, b, d = z.shape
+        h = z.transpose(0, 1).reshape(m, k * b, d)  # (M, K*B, D); a copy only when K > 1
+        for name in self.decoder_body:
+            h = self.activation(self._linear(name, h))
+        out = self._linear("decoder.out", h)  # (M, K*B, P)
+        return out.view(m, k, b, -1).transpose(0, 1)
+
+
+class StackedVmap(_Stack):
+    """Any other members (conv, a user model): the member's own ``VAE.encode`` and
+    ``VAE.decode`` run on its row of the stacked parameters by ``torch.func.functional_call``,
+    vectorised over the members by ``torch.func.vmap`` (PyTorch's model-ensembling recipe)."""
+
+    def __init__(self, models: Sequence[VAE], generators: Sequence[torch.Generator]) -> None:
+        super().__init__(models, generators)
+        from torch.func import functional_call, vmap
+
+        # Member 0's module runs every member: functional_call swaps in each member's row of
+        # the stacked tensors for the call and puts its own back after.
+        methods = {name: _Method(models[0], name) for name in ("encode", "decode")}
+
+        def call(name: str, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+            prefixed = {f"vae.{k}": v for k, v in {**params, **buffers}.items()}
+            return functional_call(methods[name], prefixed, (x,))
+
+        # in_dims: every stacked parameter and buffer, and the input, split along dim 0.
+        self._encode = vmap(lambda p, b, x: call("encode", p, b, x))
+        self._decode = vmap(lambda p, b, z: call("decode", p, b, z))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._encode(self.params, self.buffers, x)  # (M, B, P) -> (M, B, D) each
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (K, M, B, D) -> decoder output (K, M, B, P)."""
+        k, m, b, d = z.shape
+        h = z.transpose(0, 1).reshape(m, k * b, d)  # (M, K*B, D)
+        out = self._decode(self.params, self.buffers, h)  # (M, K*B, P)
+        return out.view(m, k, b, -1).transpose(0, 1)
+
+
+class _Method(nn.Module):
+    """``vae.<name>`` as a module's forward, for ``functional_call`` (which calls forward)."""
+
+    def __init__(self, vae: VAE, name: str) -> None:
+        super().__init__()
+        self.vae = vae
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return getattr(self.vae, self.name)(x)
 
 
 class BatchedLinear(torch.autograd.Function):
@@ -226,13 +351,18 @@ class _Member:
     """One member's run: what ``fit`` keeps in its locals."""
 
     def __init__(
-        self, index: int, config: RunConfig, out: Path | None, device: torch.device
+        self,
+        index: int,
+        config: RunConfig,
+        out: Path | None,
+        device: torch.device,
+        shape: tuple[int, int, int],
     ) -> None:
         self.index = index
         self.config = config
         self.out = out
         self.ckpt_dir = out / T.CHECKPOINT_DIR if out is not None else None
-        self.model = T.make_model(config, device)
+        self.model = T.make_model(config, device, shape)
         self.optimizer = T.make_optimizer(self.model, config.train)
         self.generator = torch.Generator(device).manual_seed(config.train.seed)
         self.history: list[dict[str, float]] = []
@@ -246,6 +376,7 @@ class _Member:
             assert self.ckpt_dir is not None
             state = ckpt.load(self.ckpt_dir, map_location=device)
             T.check_resumable(state.config, self.config, self.ckpt_dir)
+            T.check_shape(state.shape, self.model.shape, self.ckpt_dir)
             self.model.load_state_dict(state.model)
             self.optimizer.load_state_dict(state.optimizer)
             T.restore_generator(
@@ -274,6 +405,7 @@ class _Member:
                     generator=self.generator.get_state(),
                     config=to_dict(self.config),
                     history=self.history,
+                    shape=self.model.shape,
                 ),
             )
             with open(self.out / T.METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
@@ -317,16 +449,28 @@ def fit_pack(
     else:
         data = data.to(device)
 
-    members = [_Member(j, c, o, device) for j, (c, o) in enumerate(zip(configs, outs, strict=True))]
+    mode, why = fusion_mode(configs, data.shape)
+    log.info("fit_pack: %d members, %s: %s", len(configs), mode, why)
+    if mode == SEQUENTIAL:
+        return [
+            _fit_alone(j, c, o, data, on_epoch, final_eval)
+            for j, (c, o) in enumerate(zip(configs, outs, strict=True))
+        ]
+    members = [
+        _Member(j, c, o, device, data.shape)
+        for j, (c, o) in enumerate(zip(configs, outs, strict=True))
+    ]
     results: list[T.FitResult | TrainingDiverged | None] = [None] * len(members)
     for member in members:
         member.resume(device)
         if member.epoch >= first.train.epochs:  # nothing to train: fit's tail does the rest
-            results[member.index] = _fit_alone(member, data, on_epoch, final_eval)
+            results[member.index] = _fit_alone(
+                member.index, member.config, member.out, data, on_epoch, final_eval
+            )
     training = [m for m in members if results[m.index] is None]
     while training:
         t0 = time.perf_counter()
-        _train_epoch(training, data)
+        _train_epoch(training, data, StackedVmap if mode == VMAP else StackedMLP)
         seconds = time.perf_counter() - t0  # the pack's epoch: what each member waited
         for member in training:  # every checkpoint of the epoch, then the hooks
             if member.failed is None:
@@ -353,19 +497,22 @@ def fit_pack(
 
 
 def _fit_alone(
-    member: _Member, data: Datasets, on_epoch: PackEpochHook | None, final_eval: bool
+    index: int,
+    config: RunConfig,
+    out: Path | None,
+    data: Datasets,
+    on_epoch: PackEpochHook | None,
+    final_eval: bool,
 ) -> T.FitResult | TrainingDiverged:
-    """A member whose checkpoint is past its last epoch: ``fit`` reports or evaluates it."""
-    hook = None if on_epoch is None else (lambda row, folder: on_epoch(member.index, row, folder))
+    """A member trained (or, past its last epoch, reported or evaluated) by ``fit``."""
+    hook = None if on_epoch is None else (lambda row, folder: on_epoch(index, row, folder))
     try:
-        return T.fit(
-            member.config, out_dir=member.out, data=data, on_epoch=hook, final_eval=final_eval
-        )
+        return T.fit(config, out_dir=out, data=data, on_epoch=hook, final_eval=final_eval)
     except TrainingDiverged as exc:
         return exc
 
 
-def _train_epoch(training: list[_Member], data: Datasets) -> None:
+def _train_epoch(training: list[_Member], data: Datasets, stack: type[_Stack]) -> None:
     """One epoch of every member in ``training``: its next epoch, which may differ between
     members resumed from different checkpoints. Appends each surviving member's history row
     (training means and validation terms); sets ``failed`` on a member that diverges.
@@ -376,7 +523,9 @@ def _train_epoch(training: list[_Member], data: Datasets) -> None:
         m.epoch += 1
         m.model.train()
     rows = (
-        [_train_alone(training[0], data)] if len(training) == 1 else _train_stacked(training, data)
+        [_train_alone(training[0], data)]
+        if len(training) == 1
+        else _train_stacked(training, data, stack)
     )
     for m, row in zip(training, rows, strict=True):
         if row is None:
@@ -410,10 +559,12 @@ def _train_alone(m: _Member, data: Datasets) -> dict[str, float] | None:
         return None
 
 
-def _train_stacked(training: list[_Member], data: Datasets) -> list[dict[str, float] | None]:
+def _train_stacked(
+    training: list[_Member], data: Datasets, stack_type: type[_Stack]
+) -> list[dict[str, float] | None]:
     """The training half of ``_train_epoch`` for two or more members: one batched step per
     batch, each member's own Adam step; a member whose loss is NaN or infinite is frozen."""
-    stack = StackedMLP([m.model for m in training], [m.generator for m in training])
+    stack = stack_type([m.model for m in training], [m.generator for m in training])
     cfg = training[0].config.train
     device = data.train.x.device
     n_members = len(training)
@@ -444,7 +595,7 @@ def _train_stacked(training: list[_Member], data: Datasets) -> list[dict[str, fl
     sizes = torch.empty(n_batches, dtype=torch.float64)
     checked = 0
     for i in range(n_batches):
-        x = torch.stack([next(b) for b in batches])  # (M, B, 784)
+        x = torch.stack([next(b) for b in batches])  # (M, B, P)
         if cfg.objective == "elbo":
             terms = compute_terms(
                 stack,

@@ -86,7 +86,7 @@ def compute_terms(
     generator: torch.Generator | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> Terms:
-    """The training loss and its rate and distortion for a batch x (B, 784).
+    """The training loss and its rate and distortion for a batch x (B, C*H*W).
 
     compute_dtype (``train.precision``): run the encoder and decoder under autocast to this
     dtype (bfloat16 mixed precision); mu, logvar, z and the decoder output are brought back
@@ -98,7 +98,7 @@ def compute_terms(
         mu, logvar = mu.float(), logvar.float()
     z = model.reparameterize(mu, logvar, k, generator)  # (K, B, D)
     with _autocast(x.device, compute_dtype):
-        out = model.decode(z)  # (K, B, 784)
+        out = model.decode(z)  # (K, B, C*H*W)
     if compute_dtype is not None:
         out = out.float()
     r = rate(mu, logvar)  # (B,)

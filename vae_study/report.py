@@ -332,7 +332,7 @@ def _model_figures(
         try:
             state = load(trial.checkpoint)
             cfg = run_config_from_dict(state.config)
-            model = VAE(cfg.model)
+            model = VAE(cfg.model, state.shape)
             model.load_state_dict(state.model)
         except (VaeStudyError, RuntimeError, KeyError) as exc:
             notes.append(

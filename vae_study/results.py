@@ -46,6 +46,8 @@ DIVERGED_KEY = "diverged"
 ERROR_KEY = "error"
 NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
 DEVICE_KEY = "device"  # the torch device a trial trained on (cpu, cuda)
+# How a trial's members trained (fused.fusion_mode): stacked, vmap, sequential; alone: one.
+FUSION_KEY = "fusion"
 GPU_IDS_KEY = "gpu_ids"  # the GPUs Ray gave the trial, as CUDA_VISIBLE_DEVICES names them
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 
@@ -128,6 +130,7 @@ TAIL_COLUMNS = [
     "node",
     DEVICE_KEY,
     GPU_IDS_KEY,
+    FUSION_KEY,
     *ROW_METRICS,
     "checkpoint",
     ERROR_KEY,
@@ -325,6 +328,7 @@ def trial_rows(trial: Any, study: Any, *, interrupted: bool = False) -> list[dic
                 "wall_s": last.get("time_total_s"),
                 "node": last.get(NODE_KEY),
                 DEVICE_KEY: last.get(DEVICE_KEY),
+                FUSION_KEY: last.get(FUSION_KEY),
                 GPU_IDS_KEY: last.get(GPU_IDS_KEY),
             }
             for key in (*ROW_METRICS, M.TOTAL_SECONDS):

@@ -236,6 +236,9 @@ def _run_keys() -> dict[str, Any]:
     return keys
 
 
+# A user model's keyword arguments (a mapping): searched one at a time, model.options.<name>.
+_OPTIONS = "model.options"
+
 # Data keys a search may not vary: they change the evaluation data every trial is scored on
 # (data.train_subset and data.binarize static/dynamic change the training data only).
 _FIXED_IN_A_STUDY = {
@@ -255,6 +258,19 @@ _FIXED_IN_A_STUDY = {
 def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     where = f"search.space.{_show_key(key)}"
     run_keys = _run_keys()
+    if key == _OPTIONS:
+        raise ConfigError(
+            f"{where}: the whole mapping {_OPTIONS} cannot be searched; search one option "
+            f"at a time, as {_OPTIONS}.<name> (such as {_OPTIONS}.width: {{choice: [16, 32]}})"
+        )
+    if key.startswith(_OPTIONS + "."):
+        name = key[len(_OPTIONS) + 1 :]
+        if not name.isidentifier():
+            raise ConfigError(
+                f"{where}: {_show(name)} is not an option name; {_OPTIONS}.<name> takes a "
+                "Python identifier, a keyword argument of the model class"
+            )
+        run_keys[key] = Any  # a user model's keyword argument: any scalar the class takes
     if key not in run_keys:
         raise ConfigError(
             f"{where}: {_show(key)} is not a run key; searchable keys look like "
@@ -311,9 +327,9 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     if kind == "int" and not (low.is_integer() and high.is_integer()):
         raise ConfigError(f"{where}.int: expected integer bounds, got {_show(value)}")
     hint = run_keys[key]
-    if kind == "int" and hint is not int and int | None != hint:
+    if kind == "int" and hint not in (int, Any) and int | None != hint:
         raise ConfigError(f"{where}: {key} is not an integer key; use uniform or log_uniform")
-    if kind in ("uniform", "log_uniform") and hint is not float:
+    if kind in ("uniform", "log_uniform") and hint not in (float, Any):
         raise ConfigError(f"{where}: {key} is not a real-valued key; use int or choice")
     for bound in (low, high):  # the range must lie inside what the key accepts
         replace_keys(base, {key: int(bound) if kind == "int" else bound})
@@ -509,3 +525,17 @@ def _check_finite(value: Any, where: str) -> None:
     elif isinstance(value, list | tuple):
         for v in value:
             _check_finite(v, where)
+
+
+def model_variants(base: RunConfig, space: tuple[Param, ...]) -> list[RunConfig]:
+    """The base configuration and, for each searched ``model.*`` key, one configuration per
+    choice (a range: its two ends): the models a study builds once before any trial starts,
+    so a user model that breaks with one searched value fails there, not in a trial."""
+    out = [base]
+    for p in space:
+        if p.key.startswith("model."):
+            values = p.values if p.kind == "choice" else (p.low, p.high)
+            for v in values:
+                v = int(v) if p.kind == "int" else v
+                out.append(replace_keys(base, {p.key: list(v) if isinstance(v, tuple) else v}))
+    return out

@@ -98,8 +98,9 @@ class ResourcesConfig(Section):
     # auto: 1 on a CPU trial (benchmarks/bench_fused.py on this project's 2-core CPU: fused
     # members ran at most 1.06x faster than one at a time, so separate trials on separate
     # cores win), and on a GPU trial enough configurations for about 32 members,
-    # max(1, 32 // replicates): the issue's GPU goal, not yet measured on a GPU. auto is 1
-    # where packs are refused (ASHA, conv, grid, no per-member key searched).
+    # max(1, 32 // replicates) for MLPs: the issue's GPU goal, not yet measured on a GPU.
+    # auto is 1 where packs are refused (ASHA, grid, no per-member key searched) and for conv
+    # and user models (fused by torch.func.vmap, or one after another: fused.fusion_mode).
     configs_per_trial: int | Literal["auto"] = 1
 
     def validate(self) -> None:
@@ -269,23 +270,18 @@ def is_member_key(key: str) -> bool:
     return key in MEMBER_KEYS or key.startswith(MEMBER_PREFIXES)
 
 
-def _uses_conv(study: StudyConfig) -> bool:
+def _only_mlp(study: StudyConfig) -> bool:
+    """Whether every trial is an MLP (the stacked path, the one benchmarked on a GPU)."""
     archs = {study.base.model.arch}
     for p in study.search.space:
         if p.key == "model.arch":
             archs |= set(p.values) if p.kind == "choice" else set()
-    return "conv" in archs
+    return archs == {"mlp"}
 
 
 def _check_packs(study: StudyConfig) -> None:
     """resources.configs_per_trial and search.replicates against what fused members can do."""
     n = study.resources.configs_per_trial
-    if _uses_conv(study) and (study.search.replicates > 1 or (n != "auto" and n > 1)):
-        raise ConfigError(
-            f"model.arch: conv with search.replicates: {study.search.replicates} and "
-            f"resources.configs_per_trial: {n}; fused members (several models in one trial) "
-            "are MLPs only: use model.arch: mlp, or replicates: 1 and configs_per_trial: 1"
-        )
     if n == "auto" or n == 1:
         return
     why = pack_refusal(study)
@@ -301,7 +297,7 @@ def configs_per_trial(study: StudyConfig, *, gpu: bool) -> int:
     n = study.resources.configs_per_trial
     if n == "auto":
         n = 1
-        if gpu and not _uses_conv(study) and pack_refusal(study) is None:
+        if gpu and _only_mlp(study) and pack_refusal(study) is None:
             n = max(1, GPU_PACK_MEMBERS // study.search.replicates)
     return min(n, study.search.num_trials)
 

@@ -30,7 +30,7 @@ from .device import (  # noqa: F401 - re-exported: train.resolve_device etc.
 )
 from .errors import CheckpointError, TrainingDiverged
 from .evaluate import elbo_terms, evaluate_test, evaluate_val
-from .model import VAE
+from .model import DEFAULT_SHAPE, VAE, Shape
 from .objectives import compute_terms
 
 CHECKPOINT_DIR = "checkpoint"
@@ -65,10 +65,12 @@ class FitResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
-def make_model(config: RunConfig, device: torch.device) -> VAE:
-    """The model with its seeded initial weights (same seed, same weights)."""
+def make_model(config: RunConfig, device: torch.device, shape: Shape = DEFAULT_SHAPE) -> VAE:
+    """The model for examples of ``shape`` (C, H, W; ``data.shape``) with its seeded initial
+    weights (same seed, same weights). A user model (``model.arch: package.module:Class``)
+    is imported and probed here: a broken one is a ``ConfigError`` before any training."""
     torch.manual_seed(config.train.seed)
-    return VAE(config.model).to(device)
+    return VAE(config.model, shape).to(device)
 
 
 def make_optimizer(model: VAE, cfg: TrainConfig) -> torch.optim.Adam:
@@ -195,6 +197,16 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> No
         )
 
 
+def check_shape(saved: tuple[int, ...], now: tuple[int, ...], where: Path) -> None:
+    """Refuse to continue a checkpoint made for examples of another (C, H, W)."""
+    if tuple(saved) != tuple(now):
+        raise CheckpointError(
+            f"the checkpoint in {where} was trained on examples of shape (C, H, W) = "
+            f"{tuple(saved)}, but the data are {tuple(now)}; use the data it was trained "
+            "on, another output folder, or --fresh to start over"
+        )
+
+
 def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in d.items():
@@ -238,7 +250,7 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out / CHECKPOINT_DIR if out is not None else None
 
-    model = make_model(config, device)
+    model = make_model(config, device, data.shape)
     optimizer = make_optimizer(model, config.train)
     generator = torch.Generator(device).manual_seed(config.train.seed)  # the training stream
     source = Path(resume_from) if resume_from is not None else ckpt_dir
@@ -284,6 +296,7 @@ def fit(
                         generator=generator.get_state(),
                         config=to_dict(config),
                         history=history,
+                        shape=model.shape,
                     ),
                 )
                 with open(out / METRICS_FILE, "a", encoding="utf-8") as f:  # type: ignore
@@ -322,6 +335,7 @@ def _resume(
         return []
     state = ckpt.load(source, map_location=device)
     check_resumable(state.config, config, source)
+    check_shape(state.shape, model.shape, source)
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
     restore_generator(generator, state.generator, config.train.seed, state.epoch)

@@ -138,7 +138,10 @@ def train_pack(
     restored trial does not train it again); its configuration gets no objective. The last
     epoch is reported when ``fit_pack`` returns: a final evaluation may still diverge.
     """
-    from .fused import fit_pack
+    from .fused import fit_pack, fusion_mode
+
+    # Which way the members train (stacked, vmap, sequential), in every report and row.
+    used = {**used, R.FUSION_KEY: fusion_mode(members, data.shape)[0]}
 
     pack = work / "pack"
     if restored is not None:
