@@ -456,8 +456,20 @@ def test_the_example_study_runs_under_ray_and_reports(tmp_path, monkeypatch):
     assert list(table["status"]) == ["completed", "completed"]
     assert set(table["model.options.width"]) <= {8, 16}
     assert all(v > 0 for v in table[M.TEST_BPD])
+    from vae_study import plots
+
+    drawn = []  # every image grid the report draws: colour (N, H, W, 3) at the data's size
+    real = plots._show_grid
+    monkeypatch.setattr(
+        plots,
+        "_show_grid",
+        lambda ax, images, rows, cols: (drawn.append(images.shape), real(ax, images, rows, cols)),
+    )
     out = build_report(folder, tmp_path / "report")
     assert list(out.glob("model_*.png"))  # the user model rebuilt from its checkpoint
+    assert drawn and all(len(s) == 4 and s[1:] == (16, 16, 3) for s in drawn)
+    for figure in ("rate_distortion.png", "knobs.png", "rate_split.png", "learning_curves.png"):
+        assert (out / figure).is_file(), figure
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from ray import tune
 from . import metrics as M
 from . import results as R
 from .config import RunConfig
-from .data import Source, prepare
+from .data import Source, load_datasets, prepare
 from .errors import TrainingDiverged
 from .layout import member_dirname
 from .replicates import replicate_seed
@@ -140,6 +140,9 @@ def train_pack(
     """
     from .fused import fit_pack, fusion_mode
 
+    if data is None:  # as fit_pack would: the members' data section, read here
+        first = members[0]
+        data = load_datasets(first.data, dequantize=first.dequantized)
     # Which way the members train (stacked, vmap, sequential), in every report and row.
     used = {**used, R.FUSION_KEY: fusion_mode(members, data.shape)[0]}
 
