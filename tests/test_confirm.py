@@ -614,3 +614,36 @@ def test_a_confirmation_added_to_a_finished_study_runs_alone(tmp_path):
     confirmed = R.read_results(StudyLayout(folder).confirm_dir / R.RESULTS_FILE)
     assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
     assert sorted(confirmed[SEED_KEY]) == [2, 3]
+
+
+def test_a_stopped_configuration_keeps_its_own_numbers_in_the_report(tmp_path):
+    """A configuration none of whose seeds finished (ASHA stopped it) has no mean over
+    finished seeds; the report shows its member's numbers at the epoch it stopped, not
+    blanks."""
+    members = [
+        {
+            CONFIG_KEY: 0,
+            REPLICATE_KEY: 0,
+            "status": R.STOPPED,
+            "train.beta": 2.0,
+            "model.latent_dim": 2,
+            M.VAL_NEG_ELBO: 123.5,
+            M.VAL_RATE: 3.25,
+        },
+        {
+            CONFIG_KEY: 1,
+            REPLICATE_KEY: 0,
+            "status": R.COMPLETED,
+            "train.beta": 1.0,
+            "model.latent_dim": 2,
+            M.VAL_NEG_ELBO: 110.0,
+            M.VAL_RATE: 5.0,
+            VAL: 100.0,
+            TEST: 101.0,
+        },
+    ]
+    folder = _replicated_folder(tmp_path, members=members, replicates=1)
+    configs = {c.metrics[CONFIG_KEY]: c for c in load_folder(folder).configs}
+    assert configs[0].status == R.STOPPED
+    assert configs[0].value(M.VAL_NEG_ELBO) == 123.5 and configs[0].value(M.VAL_RATE) == 3.25
+    assert configs[1].value(M.VAL_NEG_ELBO) == 110.0

@@ -616,3 +616,14 @@ def test_a_study_on_an_npy_folder_named_relative_to_its_file(tmp_path, monkeypat
     table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
     assert set(table["status"]) == {R.COMPLETED} and (table["data/train_examples"] == 250).all()
     assert list((tmp_path / "reports" / "tiny").glob("model_*.png"))
+
+
+def test_uint8_zeros_and_ones_are_refused_unless_declared(tmp_path):
+    """uint8 is read as levels 0-255: 0/1 arrays would be near-black images, silently."""
+    rng = np.random.default_rng(0)
+    ones = (rng.random((30, 6, 6)) > 0.5).astype(np.uint8)
+    path = tmp_path / "bits.npz"
+    np.savez(path, train=ones, test=ones[:10])
+    cfg = DataConfig(dataset="npz", path=str(path), val_size=5)
+    with pytest.raises(DataError, match=r"uint8 with every value 0 or 1.*near-black"):
+        read_source(cfg)

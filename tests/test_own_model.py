@@ -505,3 +505,18 @@ def test_the_node_that_cannot_import_the_user_model_is_named(tmp_path, monkeypat
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_conv_refuses_images_too_small_for_one_convolution():
+    """Below 8x8 the conv architecture would have no convolution and end in an activation
+    (ReLU logits >= 0): refused, naming the size and the fix."""
+    from vae_study.config import ModelConfig
+    from vae_study.errors import ConfigError
+    from vae_study.model import VAE, check_models
+
+    cfg = ModelConfig(arch="conv", hidden=(16,), latent_dim=2)
+    with pytest.raises(ConfigError, match=r"model.arch: conv on images of 7x7.*>= 8.*mlp"):
+        VAE(cfg, (1, 7, 7))
+    with pytest.raises(ConfigError, match="conv on images of 7x9"):
+        check_models([cfg], (3, 7, 9))
+    assert VAE(cfg, (1, 8, 8)).decode(torch.zeros(1, 2)).shape == (1, 64)

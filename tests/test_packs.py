@@ -101,6 +101,25 @@ def test_replicates_and_configs_per_trial_are_checked(tmp_path):
     )
 
 
+def test_asha_is_refused_for_replicates_that_train_one_after_another(tmp_path):
+    """ASHA acts on the replicate mean each epoch; members vmap cannot run train one after
+    another and have no such mean: refused before Ray starts or the folder exists."""
+    from vae_study.driver import run_study
+
+    asha = {"type": "asha", "grace_period": 1}
+    user = {"model.arch": "user_models:DropoutVAE", "search.space": _beta_only()}
+    study = study_from_dict(
+        tiny_study(tmp_path, **user, **{"search.replicates": 2, "scheduler": asha})
+    )
+    with pytest.raises(ConfigError, match=r"^scheduler.type: asha with search.replicates: 2"):
+        run_study(study)
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def _beta_only() -> dict:
+    return {"train.beta": {"log_uniform": [0.1, 10.0]}}
+
+
 def test_auto_is_one_on_a_cpu_and_about_32_members_on_a_gpu(tmp_path):
     def resolved(gpu: bool, **over) -> int:
         raw = tiny_study(tmp_path, **{"resources.configs_per_trial": "auto", **over})
@@ -242,6 +261,33 @@ def test_a_two_replicate_trial_reports_its_members_and_their_mean_once_per_epoch
     for j in (0, 1):
         state = ckpt.load(member_checkpoint(rec.checkpoints[-1], j))
         assert state.epoch == 3 and state.config["train"]["seed"] == j
+
+
+def test_replicates_trained_one_after_another_report_every_member_epoch_without_a_false_mean(
+    mnist_root, tmp_path, monkeypatch
+):
+    """A user model vmap cannot run trains its replicates one after another: every member
+    epoch is reported with a checkpoint (a kill loses at most one member epoch), a member not
+    yet started is never called diverged, and the mean exists only where every replicate is
+    at the reported epoch."""
+    members = _replicates(mnist_root, [(0.5, 1e-3)], 2, **{"model.arch": "user_models:DropoutVAE"})
+    rec = _run_pack(monkeypatch, tmp_path, "seq", members, per_config=2)
+    reports = rec.reports
+    assert {r[R.FUSION_KEY] for r in reports} == {"sequential"}
+    assert len(reports) == 2 * 3 + 1 and len(rec.checkpoints) == len(reports)
+    for report in reports[:-1]:
+        assert not any(k.endswith(R.DIVERGED_KEY) for k in report)
+        at = [report.get(R.member_key(j, M.EPOCH)) for j in (0, 1)]
+        if at[0] == at[1] == report[M.EPOCH]:
+            assert report[M.VAL_NEG_ELBO] == pytest.approx(
+                np.mean([report[R.member_key(j, M.VAL_NEG_ELBO)] for j in (0, 1)])
+            )
+        else:  # one replicate ahead of the other: no mean to act on
+            assert M.VAL_NEG_ELBO not in report
+    assert [r.get(R.member_key(1, M.EPOCH)) for r in reports[:3]] == [None, None, None]
+    last = reports[-1]
+    values = [last[R.member_key(j, M.VAL_NLL)] for j in (0, 1)]
+    assert last[M.VAL_NLL] == pytest.approx(np.mean(values), rel=1e-12)
 
 
 def test_a_diverged_replicate_fails_its_configuration_and_its_pack_mates_go_on(

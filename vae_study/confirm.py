@@ -146,6 +146,13 @@ def confirmation_points(study: StudyConfig, folder: Path) -> dict[int, dict[str,
     keys = [p.key for p in study.search.space]
     points = {}
     for c in chosen:
+        if isinstance(c[CONFIG_KEY], str):  # a row from before config ids ("trial:<id>")
+            raise StudyError(
+                f"{StudyLayout(folder).results_file} has rows without a config_id (written "
+                "before seed replicates existed), and the confirmation selected one of them; "
+                "a confirmation needs the study's configurations: start the study over with "
+                "--fresh to add search.confirm"
+            )
         cid = int(c[CONFIG_KEY])
         asked = by_number.get(cid)
         if asked is None or not set(keys) <= set(asked.params):

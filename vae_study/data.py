@@ -502,11 +502,19 @@ def _image_tensor(
 
     if not is_float:
         x = torch.empty((n, dim), dtype=torch.uint8)
-        not_binary = 0
+        not_binary, top = 0, 0
         for start, c in chunks():
             x.numpy()[start : start + len(c)] = c  # a read-only memory map: copied
+            top = max(top, int(c.max())) if c.size else top
             if binary:
                 not_binary += int(np.count_nonzero((c != 0) & (c != 255)))
+        if not binary and n and top <= 1:
+            raise DataError(
+                f"data: {where} is uint8 with every value 0 or 1; uint8 is read as levels "
+                "0-255, so these would be near-black images (levels 0 and 1/255): store "
+                "binary pixels as 0/255 or as floats 0./1. (with data.binary: true), or "
+                "multiply 0-1 levels by 255"
+            )
         if binary and not_binary:
             ones = "; uint8 is read as levels 0-255, so binary pixels are 0 and 255"
             raise DataError(

@@ -30,7 +30,7 @@ from .cluster import (
 )
 from .config import is_import_path
 from .data import Source, prepare, read_source
-from .errors import StudyError, VaeStudyError
+from .errors import ConfigError, StudyError, VaeStudyError
 from .layout import StudyLayout, trial_dirname
 from .model import check_models
 from .pause import Pause
@@ -77,6 +77,7 @@ def run_study(study: StudyConfig, *, fresh: bool = False, verbose: int = 1) -> P
     check_data(study, source)
     variants = model_variants(study.base, study.search.space)
     check_models([c.model for c in variants], source.shape)  # a user model: probed here
+    check_asha_members(study, variants, source.shape)
     folder, resume = prepare_folder(study, fresh=fresh)
     try:
         _run_locked(study, folder, source, resume, verbose)
@@ -157,6 +158,30 @@ def _run_tuner(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def check_asha_members(
+    study: StudyConfig, variants: list[Any], shape: tuple[int, int, int]
+) -> None:
+    """ASHA decides on a configuration's replicate mean each epoch: its replicates must train
+    side by side. A model whose members train one after another (``fused.fusion_mode``:
+    sequential) has that mean only when the last replicate catches up, so ASHA could not
+    stop it: refused before Ray starts."""
+    if study.scheduler.type != "asha" or study.search.replicates < 2:
+        return
+    from .config import replace_keys
+    from .fused import SEQUENTIAL, fusion_mode
+
+    for config in variants:
+        pair = [replace_keys(config, {"train.seed": config.train.seed + r}) for r in (0, 1)]
+        mode, why = fusion_mode(pair, shape)
+        if mode == SEQUENTIAL:
+            raise ConfigError(
+                f"scheduler.type: asha with search.replicates: {study.search.replicates}, but "
+                f"{why}; ASHA decides on the replicates' mean at each epoch, which members "
+                "trained one after another do not have: use scheduler.type: none, or "
+                "search.replicates: 1"
+            )
 
 
 def check_data(study: StudyConfig, source: Source) -> None:

@@ -319,9 +319,12 @@ def _describe(value: Any) -> str:
 
 def check_models(configs: Iterable[ModelConfig], shape: Shape) -> None:
     """Build each user model configuration once for ``shape``: imported, built and probed,
-    what a study does before any trial starts (mlp and conv need no check)."""
+    what a study does before any trial starts (conv: only that the images are large enough;
+    mlp needs no check)."""
     seen: list[ModelConfig] = []
     for cfg in configs:
+        if cfg.arch == "conv" and len(conv_sides(shape)) < 2:
+            VAE(cfg, shape)  # refused: the message says why
         if is_import_path(cfg.arch) and cfg not in seen:
             seen.append(cfg)
             VAE(cfg, shape)
@@ -340,6 +343,13 @@ class VAE(nn.Module):
         if is_import_path(cfg.arch):
             self.net = build_user_model(cfg, self.shape)
         elif cfg.arch == "conv":
+            if len(conv_sides(self.shape)) < 2:
+                side = 2 * MIN_CONV_SIDE
+                raise ConfigError(
+                    f"model.arch: conv on images of {self.shape[1]}x{self.shape[2]}; its "
+                    f"stride-2 convolutions need both sides >= {side}: use model.arch: mlp "
+                    "(or your own model) for images this small"
+                )
             self.encoder: nn.Module = ConvEncoder(cfg, self.shape)
             self.decoder: nn.Module = ConvDecoder(cfg, self.shape)
         else:

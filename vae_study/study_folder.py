@@ -198,7 +198,9 @@ def configurations(
         first = members[0]
         failed = [m for m in members if m.status == R.FAILED]
         shown = failed[0] if agg.get("status") == R.FAILED and failed else first
-        metrics = {**shown.metrics, **{m: agg.get(m) for m in AGGREGATED}}
+        metrics = dict(shown.metrics)
+        if agg[N_FINISHED_KEY] > 0:  # means over the finished seeds; else the member's own
+            metrics.update({m: agg.get(m) for m in AGGREGATED})  # (a stopped trial's last)
         metrics[M.TEST_KL_PER_DIM] = first.metrics.get(M.TEST_KL_PER_DIM)
         status = str(agg["status"])
         if kind == "trial":  # a row of its own (a table without config_id): its own word

@@ -138,13 +138,15 @@ def train_pack(
     restored trial does not train it again); its configuration gets no objective. The last
     epoch is reported when ``fit_pack`` returns: a final evaluation may still diverge.
     """
-    from .fused import fit_pack, fusion_mode
+    from .fused import SEQUENTIAL, fit_pack, fusion_mode
 
     if data is None:  # as fit_pack would: the members' data section, read here
         first = members[0]
         data = load_datasets(first.data, dequantize=first.dequantized)
     # Which way the members train (stacked, vmap, sequential), in every report and row.
-    used = {**used, R.FUSION_KEY: fusion_mode(members, data.shape)[0]}
+    mode = fusion_mode(members, data.shape)[0]
+    sequential = mode == SEQUENTIAL
+    used = {**used, R.FUSION_KEY: mode}
 
     pack = work / "pack"
     if restored is not None:
@@ -165,13 +167,15 @@ def train_pack(
             row = rows.get(j)
             if row is not None:
                 result.update({R.member_key(j, k): v for k, v in _reportable(row).items()})
-            if j in failed or j not in live or row is None or row[M.EPOCH] < epoch:
+            if j in failed or j not in live:
                 result[R.member_key(j, R.DIVERGED_KEY)] = 1
                 if j in failed:
                     result[R.member_key(j, R.ERROR_KEY)] = failed[j]
         for i in range(n_configs):
             group = range(i * per_config, (i + 1) * per_config)
-            summary = config_summary([R.sub_result(result, R.member_key(j, "")) for j in group])
+            summary: dict[str, Any] = {}  # no mean while a replicate is not at this epoch:
+            if not any(off_epoch(j, epoch) for j in group):  # (sequential) or masked
+                summary = config_summary([R.sub_result(result, R.member_key(j, "")) for j in group])
             if n_configs == 1:
                 result.update(summary)
             else:
@@ -179,10 +183,20 @@ def train_pack(
         state["reported"] = epoch
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(pack)))
 
+    def off_epoch(j: int, epoch: int) -> bool:
+        """A live member not at ``epoch``: not trained that far yet, or already past it
+        (members that train one after another), or masked after diverging (its reason comes
+        when fit_pack returns). A mean over replicates is taken at one epoch only."""
+        row = rows.get(j)
+        return j in live and j not in failed and (row is None or int(row[M.EPOCH]) != epoch)
+
     def on_epoch(k: int, row: dict[str, Any], folder: Path | None) -> None:
         j = live[k]
         rows[j] = row
         epoch = int(row[M.EPOCH])
+        if sequential:  # one member at a time: every member epoch reported, with its checkpoint
+            report(min(int(rows[m][M.EPOCH]) if m in rows else 0 for m in live))
+            return
         if epoch >= epochs or epoch <= state["reported"]:
             return  # the last epoch is reported when fit_pack returns; a lagging member waits
         # Members are called in order; a later one that wrote this epoch will be called too.
