@@ -519,9 +519,13 @@ def test_tunes_copy_into_the_study_folder_leaves_every_file_whole(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         storage._upload_to_fs_path(str(staging), fs, str(tune_dir))
     assert json.loads((tune_dir / state.name).read_text()) == {"step": 1}  # whole, as it was
-    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    copied = []  # the state names the results a rerun continues: it goes in last
+    monkeypatch.setattr(
+        shutil, "copyfile", lambda s, d: (copied.append(Path(s).name), real_copy(s, d))
+    )
     storage._upload_to_fs_path(str(staging), fs, str(tune_dir))
     assert json.loads((tune_dir / state.name).read_text())["step"] == 2
+    assert copied[-1] == state.name and "result.json" in copied
     assert sorted(p.name for p in tune_dir.glob("experiment_state-*.json")) == [state.name]
 
 

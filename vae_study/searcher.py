@@ -132,12 +132,17 @@ def write_experiment_state_atomically() -> None:
     upload_atomically()
 
 
+def _state_last(path: Path) -> tuple[bool, str]:
+    return path.name.startswith("experiment_state"), path.as_posix()
+
+
 def upload_atomically() -> None:
     """The staging folder above is in /tmp; Tune's syncer then copies it into the study's
     ``tune/`` folder (``storage._upload_to_fs_path``, through pyarrow's ``copy_files``, which
     writes each file in place): the file a rerun reads is that copy. For a study folder on a
     local (or mounted) file system this makes each file of the copy a temporary file renamed
-    over the old one, so a driver killed mid-copy leaves every file whole, old or new. Other
+    over the old one, so a driver killed mid-copy leaves every file whole, old or new, and
+    the experiment state is copied last (it must not name results not yet there). Other
     file systems (a cloud bucket) keep Ray's copy. Idempotent."""
     import fnmatch
     import shutil
@@ -153,7 +158,9 @@ def upload_atomically() -> None:
         if not isinstance(fs, pyarrow.fs.LocalFileSystem):
             return upload(local_path, fs, fs_path, exclude)
         source, dest = Path(local_path), Path(fs_path)
-        files = [source] if source.is_file() else sorted(p for p in source.rglob("*"))
+        # Tune's experiment state last: it names the checkpoints and results a rerun starts
+        # from, so what it names (a trial's result.json) must be in place before it is.
+        files = [source] if source.is_file() else sorted(source.rglob("*"), key=_state_last)
         for path in files:
             rel = path.name if path == source else path.relative_to(source).as_posix()
             candidates = [rel, rel + "/"] if path.is_dir() else [rel]
