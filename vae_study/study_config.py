@@ -96,7 +96,7 @@ class ResourcesConfig(Section):
     # configs_per_trial x replicates members. The searcher holds the shape keys (everything
     # but train.beta, train.lr, train.seed, model.gaussian_std and eval.*) equal in a trial.
     # auto: 1 on a CPU trial (benchmarks/bench_fused.py on this project's 2-core CPU: fused
-    # members ran at most 1.06x faster than one at a time, so separate trials on separate
+    # members ran at most 1.15x faster than one at a time, so separate trials on separate
     # cores win), and on a GPU trial enough configurations for about 32 members,
     # max(1, 32 // replicates) for MLPs: the GPU goal, not yet measured on a GPU.
     # auto is 1 where packs are refused (ASHA, grid, no per-member key searched) and for conv
