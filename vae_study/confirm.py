@@ -200,26 +200,19 @@ def run_confirmation(
     Ctrl-C paused it."""
     from ray import tune
 
-    from .driver import ResultsTable, check_tune_state, tune_trial_dirname
+    from .driver import ResultsTable, restore_tuner, tune_trial_dirname
     from .pause import Pause
 
     confirm = study.search.confirm
     assert confirm is not None
     cdir = StudyLayout(folder).confirm_dir
     tune_dir = StudyLayout(cdir).tune_dir
-    if tune.Tuner.can_restore(str(tune_dir.resolve())):
-        check_tune_state(tune_dir)
-        try:
-            tuner = tune.Tuner.restore(
-                str(tune_dir.resolve()), trainable, resume_unfinished=True, resume_errored=True
-            )
-        except Exception as exc:
-            raise StudyError(
-                f"Ray Tune's experiment state in {tune_dir} cannot be restored "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                f"nothing was changed; delete {cdir} to run the confirmation again, or start "
-                "the study over with --fresh"
-            ) from None
+    tuner = restore_tuner(
+        tune_dir,
+        trainable,
+        f"delete {cdir} to run the confirmation again, or start the study over with --fresh",
+    )
+    if tuner is not None:
         print(f"vae_study run: continuing the confirmation in {cdir}", flush=True)
     else:
         points = confirmation_points(study, folder)

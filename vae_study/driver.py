@@ -118,20 +118,8 @@ def _run_tuner(
             {"cpu": resources["cpu"], "gpu": resources["gpu"]},
         )
         tune_dir = StudyLayout(folder).tune_dir
-        if tune.Tuner.can_restore(str(tune_dir.resolve())):
-            check_tune_state(tune_dir)
-            try:
-                tuner = tune.Tuner.restore(
-                    str(tune_dir.resolve()), trainable, resume_unfinished=True, resume_errored=True
-                )
-            except Exception as exc:
-                raise StudyError(
-                    f"Ray Tune's experiment state in {tune_dir} cannot be "
-                    f"restored ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing "
-                    "was changed; start the study over with --fresh"
-                ) from None
-        else:
+        tuner = restore_tuner(tune_dir, trainable, "start the study over with --fresh")
+        if tuner is None:
             tuner = tune.Tuner(
                 trainable,
                 tune_config=_tune_config(
@@ -182,6 +170,26 @@ def check_asha_members(
                 "trained one after another do not have: use scheduler.type: none, or "
                 "search.replicates: 1"
             )
+
+
+def restore_tuner(tune_dir: Path, trainable: Any, fix: str) -> Any:
+    """The Tuner of the experiment in ``tune_dir`` restored (unfinished and errored trials
+    resumed), or None when there is none to restore; a damaged one is a ``StudyError`` that
+    ends with ``fix``."""
+    if not tune.Tuner.can_restore(str(tune_dir.resolve())):
+        return None
+    check_tune_state(tune_dir)
+    try:
+        return tune.Tuner.restore(
+            str(tune_dir.resolve()), trainable, resume_unfinished=True, resume_errored=True
+        )
+    except Exception as exc:
+        raise StudyError(
+            f"Ray Tune's experiment state in {tune_dir} cannot be "
+            f"restored ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing "
+            f"was changed; {fix}"
+        ) from None
 
 
 def check_data(study: StudyConfig, source: Source) -> None:
