@@ -200,7 +200,7 @@ def run_confirmation(
     Ctrl-C paused it."""
     from ray import tune
 
-    from .driver import ResultsTable, restore_tuner, tune_trial_dirname
+    from .driver import restore_tuner, run_config, tune_trial_dirname
     from .pause import Pause
 
     confirm = study.search.confirm
@@ -238,14 +238,7 @@ def run_confirmation(
                 reuse_actors=True,
                 trial_dirname_creator=tune_trial_dirname,
             ),
-            run_config=tune.RunConfig(
-                name=tune_dir.name,
-                storage_path=str(cdir.resolve()),
-                callbacks=[ResultsTable(study, cdir)],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=2),
-                verbose=verbose,
-            ),
+            run_config=run_config(study, cdir, verbose),
         )
     pause.phase = Pause.TUNING
     grid = tuner.fit()

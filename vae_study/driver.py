@@ -125,14 +125,7 @@ def _run_tuner(
                 tune_config=_tune_config(
                     study, folder, configs_per_trial(study, gpu=resources["gpu"] > 0)
                 ),
-                run_config=tune.RunConfig(
-                    name=tune_dir.name,
-                    storage_path=str(folder.resolve()),
-                    callbacks=[ResultsTable(study, folder)],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=2),
-                    verbose=verbose,
-                ),
+                run_config=run_config(study, folder, verbose),
             )
         pause.phase = Pause.TUNING
         grid = tuner.fit()
@@ -170,6 +163,19 @@ def check_asha_members(
                 "trained one after another do not have: use scheduler.type: none, or "
                 "search.replicates: 1"
             )
+
+
+def run_config(study: StudyConfig, folder: Path, verbose: int) -> Any:
+    """Tune's RunConfig of the experiment in ``folder``'s ``tune/`` (the search's, or the
+    confirmation's in ``confirm/``): its results table, one checkpoint a trial, 2 retries."""
+    return tune.RunConfig(
+        name=StudyLayout(folder).tune_dir.name,
+        storage_path=str(folder.resolve()),
+        callbacks=[ResultsTable(study, folder)],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=2),
+        verbose=verbose,
+    )
 
 
 def restore_tuner(tune_dir: Path, trainable: Any, fix: str) -> Any:
