@@ -484,51 +484,6 @@ def test_a_crash_while_tune_writes_its_experiment_state_leaves_the_last_one_whol
     assert controller.experiment_state_file_name == state.name
 
 
-def test_tunes_copy_into_the_study_folder_leaves_every_file_whole(tmp_path, monkeypatch):
-    """Tune writes its state in /tmp and its syncer copies it into the study's tune/ folder,
-    which a rerun reads: a driver killed mid-copy must leave the old file there, whole."""
-    import shutil
-
-    import pyarrow.fs
-    from ray.train._internal import storage
-
-    from vae_study.searcher import upload_atomically
-
-    upload_atomically()
-    upload_atomically()  # idempotent: wrapped once
-    staging, tune_dir = tmp_path / "staging", tmp_path / "study" / "tune"
-    (staging / "trial_a" / "checkpoint_000001").mkdir(parents=True)
-    (staging / "trial_a" / "checkpoint_000001" / "state.pt").write_text("weights")
-    (staging / "trial_a" / "result.json").write_text("{}\n")
-    state = staging / "experiment_state-s.json"
-    state.write_text(json.dumps({"step": 1}))
-    fs = pyarrow.fs.LocalFileSystem()
-    storage._upload_to_fs_path(str(staging), fs, str(tune_dir), exclude=["*/checkpoint_*"])
-    assert json.loads((tune_dir / state.name).read_text()) == {"step": 1}
-    assert (tune_dir / "trial_a" / "result.json").is_file()
-    assert not (tune_dir / "trial_a" / "checkpoint_000001").exists()  # excluded, as Ray does
-
-    state.write_text(json.dumps({"step": 2, "trials": "x" * 10**5}))
-    real_copy = shutil.copyfile
-
-    def killed_mid_copy(src, dst, **kwargs):
-        Path(dst).write_text(Path(src).read_text()[:1000])
-        raise KeyboardInterrupt  # the driver dies half-way through the copy
-
-    monkeypatch.setattr(shutil, "copyfile", killed_mid_copy)
-    with pytest.raises(KeyboardInterrupt):
-        storage._upload_to_fs_path(str(staging), fs, str(tune_dir))
-    assert json.loads((tune_dir / state.name).read_text()) == {"step": 1}  # whole, as it was
-    copied = []  # the state names the results a rerun continues: it goes in last
-    monkeypatch.setattr(
-        shutil, "copyfile", lambda s, d: (copied.append(Path(s).name), real_copy(s, d))
-    )
-    storage._upload_to_fs_path(str(staging), fs, str(tune_dir))
-    assert json.loads((tune_dir / state.name).read_text())["step"] == 2
-    assert copied[-1] == state.name and "result.json" in copied
-    assert sorted(p.name for p in tune_dir.glob("experiment_state-*.json")) == [state.name]
-
-
 # ---------------------------------------------------------------------------------------
 # The results table.
 

@@ -129,61 +129,6 @@ def write_experiment_state_atomically() -> None:
     save_to_dir.vae_study_atomic = True  # type: ignore[attr-defined]
     TuneController.experiment_state_file_name = property(state_file_name)
     TuneController.save_to_dir = save_to_dir
-    upload_atomically()
-
-
-def _state_last(path: Path) -> tuple[bool, str]:
-    return path.name.startswith("experiment_state"), path.as_posix()
-
-
-def upload_atomically() -> None:
-    """The staging folder above is in /tmp; Tune's syncer then copies it into the study's
-    ``tune/`` folder (``storage._upload_to_fs_path``, through pyarrow's ``copy_files``, which
-    writes each file in place): the file a rerun reads is that copy. For a study folder on a
-    local (or mounted) file system this makes each file of the copy a temporary file renamed
-    over the old one, so a driver killed mid-copy leaves every file whole, old or new, and
-    the experiment state is copied last (it must not name results not yet there). Other
-    file systems (a cloud bucket) keep Ray's copy. Idempotent."""
-    import fnmatch
-    import shutil
-
-    import pyarrow.fs
-    from ray.train._internal import storage
-
-    upload = _private(storage, "_upload_to_fs_path")
-    if getattr(upload, "vae_study_atomic", False):
-        return
-
-    def atomic_upload(local_path: str, fs: Any, fs_path: str, exclude: Any = None) -> None:
-        if not isinstance(fs, pyarrow.fs.LocalFileSystem):
-            return upload(local_path, fs, fs_path, exclude)
-        source, dest = Path(local_path), Path(fs_path)
-        # Tune's experiment state last: it names the checkpoints and results a rerun starts
-        # from, so what it names (a trial's result.json) must be in place before it is.
-        files = [source] if source.is_file() else sorted(source.rglob("*"), key=_state_last)
-        for path in files:
-            rel = path.name if path == source else path.relative_to(source).as_posix()
-            candidates = [rel, rel + "/"] if path.is_dir() else [rel]
-            if any(fnmatch.fnmatch(c, e) for c in candidates for e in exclude or ()):
-                continue
-            target = dest if path == source else dest / rel
-            if path.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            if any(
-                fnmatch.fnmatch(a.as_posix() + "/", e)
-                for a in Path(rel).parents
-                for e in exclude or ()
-            ):
-                continue  # inside an excluded folder
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".vae_study-tmp-{target.name}")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-        return None
-
-    atomic_upload.vae_study_atomic = True  # type: ignore[attr-defined]
-    storage._upload_to_fs_path = atomic_upload
 
 
 def set_ray_multinode(enabled: bool) -> bool | None:
