@@ -32,7 +32,7 @@ from vae_study import metrics as M
 from vae_study import plots
 from vae_study import results as R
 from vae_study.cli import main
-from vae_study.confirm import param_space, select_configurations, spread
+from vae_study.confirm import select_configurations, spread
 from vae_study.errors import ConfigError
 from vae_study.layout import StudyLayout
 from vae_study.pareto import pareto_front
@@ -312,18 +312,53 @@ def test_confirmation_of_two_objectives_spreads_along_the_front_of_the_means():
     assert spread(list("abcdefg"), 4) == ["a", "c", "e", "g"]
 
 
-def test_the_confirmation_grid_carries_the_configurations_and_fresh_seeds(tmp_path):
-    raw = _tiny_raw(tmp_path, confirm={"top": 2, "replicates": 3})
+def test_the_confirmation_asks_its_recorded_configurations_with_fresh_seeds(tmp_path):
+    """The confirmation's searcher suggests exactly the recorded selection, each once, with
+    R fresh seeds (offset search.replicates) and its search configuration id; a second
+    searcher over the same record (a resumed driver) suggests only what was not told."""
+    import optuna
+
+    from vae_study import record
+    from vae_study.confirm import planned_points
+    from vae_study.searcher import StudySearcher
+
+    raw = _tiny_raw(tmp_path, confirm={"top": 2, "replicates": 3}, replicates=2)
     study = study_from_dict(raw)
-    points = {7: {"train.beta": 0.5, "model.latent_dim": 4}, 2: {"train.beta": 3.0}}
-    points[2]["model.latent_dim"] = 2
-    space = param_space(study, points)
-    assert space["_config_id"] == {"grid_search": [2, 7]}
-    assert space["_replicates"] == 3
-    search_r = getattr(study.search, "replicates", 1)
-    assert space["_seed_offset"] == search_r  # seeds from train.seed + R_search on
-    look = space["train.beta"].func
-    assert look({"_config_id": 7}) == 0.5 and look({"_config_id": 2}) == 3.0
+    folder = tmp_path / "runs" / "tiny"
+    folder.mkdir(parents=True)
+    stage = record.confirm_stage(study, folder)
+    selected = [
+        {"config_id": 7, "params": {"train.beta": 0.5, "model.latent_dim": 4}},
+        {"config_id": 2, "params": {"train.beta": 3.0, "model.latent_dim": 2}},
+    ]
+    ot = optuna.create_study(study_name=stage.optuna_name, storage=record.storage(stage))
+    ot.set_user_attr(record.SELECTED_ATTR, selected)
+    points = planned_points(study, stage)  # the recorded selection, not a new one
+    assert points == {7: selected[0]["params"], 2: selected[1]["params"]}
+
+    def searcher():
+        return StudySearcher(
+            study,
+            stage,
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            num_configs=len(points),
+            points=[{**p, "_config_id": c} for c, p in sorted(points.items())],
+            extra={"_replicates": 3, "_seed_offset": 2},
+        )
+
+    first = searcher()
+    a = first.suggest("ray-a")
+    assert a["_config_id"] == 2 and a["train.beta"] == 3.0 and a["model.latent_dim"] == 2
+    assert a["_replicates"] == 3 and a["_seed_offset"] == 2
+    # A driver killed here: configuration 2 is RUNNING; a new searcher resumes it first,
+    # then asks configuration 7, then has nothing more.
+    second = searcher()
+    assert second.resumed == [a["_optuna_trial"]]
+    again = second.suggest("ray-b")
+    assert again["_config_id"] == 2 and again["_optuna_trial"] == a["_optuna_trial"]
+    b = second.suggest("ray-c")
+    assert b["_config_id"] == 7 and b["train.beta"] == 0.5
+    assert second.suggest("ray-d") == "FINISHED"
 
 
 def _tiny_raw(tmp_path, **search):

@@ -22,9 +22,7 @@ import torch
 
 from .config import dump_yaml
 from .errors import CheckpointError
-
-STATE_FILE = "state.pt"
-CONFIG_FILE = "config.yaml"
+from .run_files import CONFIG_FILE, STATE_FILE  # noqa: F401
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -38,10 +36,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        fault_point(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# A deterministic fault for tests: ``FAULT_ENV=<who>:<n>`` kills the study's driver (its pid
+# in ``DRIVER_PID_ENV``) with SIGKILL at the n-th atomic write of a process of that kind
+# ("driver", or "trial": a process Ray started), after the new file is written and before it
+# replaces the old one: the widest window a kill can hit. A trial process then kills itself
+# too, so it writes nothing more.
+FAULT_ENV = "VAE_STUDY_FAULT_KILL_AT_WRITE"
+DRIVER_PID_ENV = "VAE_STUDY_DRIVER_PID"
+_writes = {"n": 0}
+
+
+def fault_point(path: Path) -> None:
+    """Count an atomic write of this process and kill as ``FAULT_ENV`` asks (tests only)."""
+    spec = os.environ.get(FAULT_ENV)
+    driver = os.environ.get(DRIVER_PID_ENV)
+    if not spec or not driver:
+        return
+    who, _, n = spec.partition(":")
+    me = "driver" if str(os.getpid()) == driver else "trial"
+    if who != me:
+        return
+    _writes["n"] += 1
+    if _writes["n"] == int(n):
+        print(f"vae_study fault hook: killing the driver at {me} write {n} ({path})", flush=True)
+        os.kill(int(driver), signal.SIGKILL)
+        if me == "trial":
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import VaeStudyError
 from .layout import REPORTS_DIR, RUNS_DIR
+from .pause import continue_command
 
 
 def _progress_printer(epochs: int):
@@ -254,15 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def continue_command(argv: Sequence[str]) -> str:
-    """The command that continues an interrupted ``run`` or ``fit``: the same one, without
-    --fresh (which would delete what was saved)."""
-    import shlex
-
-    prog = "vae-study" if Path(sys.argv[0]).name == "vae-study" else "python -m vae_study"
-    return f"{prog} {shlex.join(a for a in argv if a != '--fresh')}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -276,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = message[:1997] + "..."
         print(f"vae-study: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from .pause import exit_status
+
         if args.command in ("run", "fit"):
             print(
                 "vae-study: interrupted; to continue, run the same command again: "
@@ -285,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             print("vae-study: interrupted", file=sys.stderr)
-        return 130
+        return exit_status(exc)  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from typing import Any
 import ray
 
 from .errors import StudyError
-from .searcher import set_ray_multinode
 from .study_config import StudyConfig
 
 
@@ -84,8 +83,13 @@ def start_ray(study: StudyConfig) -> Any:
             dashboard_port=cfg.dashboard_port,
         )
         local = loopback_only()
+    from .pause import signals_blocked
+
     try:
-        with local:
+        # A local Ray's processes start with SIGTERM and SIGHUP blocked (Ray blocks SIGINT
+        # itself): a signal to the study's process group pauses the study through them
+        # instead of killing them under its running trials.
+        with local, signals_blocked():
             # ray.address unset means a new local Ray: "local", since with no address Ray
             # would join any cluster it finds on this machine (RAY_ADDRESS, `ray start`).
             ctx = ray.init(address=cfg.address or "local", **kwargs)
@@ -109,6 +113,22 @@ def start_ray(study: StudyConfig) -> Any:
 
 
 _CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def set_ray_multinode(enabled: bool) -> bool | None:
+    """Set Ray's multi-node switch for a node started from now on; returns what it was
+    (None: this Ray has no such switch, nothing was set).
+
+    The one private name of Ray that vae_study uses: Ray reads
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, at import, into this constant, and offers no
+    public way to make a local node bind loopback only. ``tests/test_loopback.py`` fails when
+    a Ray release renames it."""
+    from ray._private import ray_constants
+
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if before is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
+    return before
 
 
 @contextlib.contextmanager

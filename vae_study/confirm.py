@@ -13,16 +13,17 @@ headline is their test mean +- standard error.
 - **Which seeds.** ``replicates.replicate_seed(train.seed, r, offset=search.replicates)``:
   replicate r of the confirmation has a seed no replicate of the search used, and the same
   seed in every confirmed configuration (paired, as in the search).
-- **Where.** A second Ray Tune experiment in ``StudyLayout.confirm_dir`` (``confirm/``), a
-  sub-study folder with its own ``tune/``, ``results.csv`` and ``configs.csv``, written by the
-  same results table as the search. It runs the search's trainable (``train_trial``) on a
-  grid of the N configurations, one Ray trial each, with no searcher and no scheduler: its
-  trial config is the configuration's searched keys (as Optuna asked them) plus
-  ``_replicates`` (R), ``_seed_offset`` (search.replicates) and ``_config_id`` (the searched
-  configuration's id).
-- **Resume.** A study run again after a Ctrl-C or a killed driver during the confirmation
-  restores this experiment (``Tuner.can_restore``); the search, already finished, is
-  restored as finished and runs nothing again.
+- **Where.** Its own record (``record.confirm_stage``): an Optuna study of its own in the
+  study's ``optuna.db`` (``<name>:confirm``), whose user attribute ``record.SELECTED_ATTR``
+  holds the chosen configurations once they are chosen, one Optuna trial per configuration
+  (``record.CONFIG_ID_ATTR``: the search configuration it confirms), and each member's fit
+  folder under ``confirm/trials/``; its tables are ``confirm/results.csv`` and
+  ``configs.csv``. It runs the search's trainable, one Ray trial per configuration, with no
+  scheduler: the trial config is the configuration's searched keys (as Optuna asked them)
+  plus ``_replicates`` (R), ``_seed_offset`` (search.replicates) and ``_config_id``.
+- **Resume.** A study run again after a pause or a killed driver during the confirmation
+  finds the search finished in optuna.db (nothing runs again there) and continues the
+  confirmation's RUNNING configurations from their checkpoints, on the selection recorded.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import record
 from . import results as R
-from .errors import StudyError, VaeStudyError
+from .errors import StudyError
 from .layout import COMPLETED, StudyLayout
 from .pareto import pareto_front
 from .replicates import CONFIG_KEY
 from .search_config import Objective
 from .study_config import StudyConfig
 
-# The Ray trial config keys the trainable reads (PACKS_INTERFACE.md), named in results.
+# The Ray trial config keys the trainable reads, named in results.
 CONFIG_ID, REPLICATES, SEED_OFFSET = R.CONFIG_ID_KEY, R.TRIAL_REPLICATES_KEY, R.SEED_OFFSET_KEY
 
 
@@ -165,104 +167,77 @@ def confirmation_points(study: StudyConfig, folder: Path) -> dict[int, dict[str,
     return points
 
 
-class _Lookup:
-    """``tune.sample_from``: the value of ``key`` for the trial's configuration id. A class,
-    not a closure, so Ray can pickle it into the experiment state."""
+def planned_points(study: StudyConfig, stage: record.Stage) -> dict[int, dict[str, Any]]:
+    """configuration id -> its searched keys (as Optuna encodes them): the selection the
+    confirmation's Optuna study records, made and recorded now if it holds none."""
+    import optuna
 
-    def __init__(self, points: dict[int, dict[str, Any]], key: str) -> None:
-        self.points, self.key = points, key
-
-    def __call__(self, config: Mapping[str, Any]) -> Any:
-        return self.points[int(config[CONFIG_ID])][self.key]
-
-
-def param_space(study: StudyConfig, points: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """The confirmation's Ray param space: a grid over the configuration ids, each trial's
-    searched keys looked up from its id, its seeds R fresh ones."""
-    from ray import tune
-
-    confirm = study.search.confirm
-    assert confirm is not None
-    keys = [p.key for p in study.search.space]
-    return {
-        CONFIG_ID: tune.grid_search(sorted(points)),
-        REPLICATES: confirm.replicates,
-        SEED_OFFSET: search_replicates(study),
-        **{k: tune.sample_from(_Lookup(points, k)) for k in keys},
-    }
+    ot_study = optuna.create_study(
+        study_name=stage.optuna_name,
+        storage=record.storage(stage),
+        directions=["minimize" if o.mode == "min" else "maximize" for o in study.search.objectives],
+        load_if_exists=True,
+    )
+    saved = ot_study.user_attrs.get(record.SELECTED_ATTR)
+    if saved is None:
+        points = confirmation_points(study, stage.root)
+        saved = [{"config_id": cid, "params": params} for cid, params in sorted(points.items())]
+        ot_study.set_user_attr(record.SELECTED_ATTR, saved)  # one transaction
+    return {int(p["config_id"]): dict(p["params"]) for p in saved}
 
 
 def run_confirmation(
-    study: StudyConfig, folder: Path, trainable: Any, *, verbose: int, pause: Any
+    study: StudyConfig,
+    stage: record.Stage,
+    source: Any,
+    resources: dict[str, float],
+    *,
+    verbose: int,
+    pause: Any,
 ) -> None:
-    """The confirmation stage of a finished search (see the module's doc); restores its
-    experiment when one exists in ``confirm/tune``. Leaves ``pause.requested`` set when a
-    Ctrl-C paused it."""
-    from ray import tune
+    """The confirmation stage of a finished search (see the module's doc), continued from
+    its record when it has one. Leaves ``pause.requested`` set when a signal paused it."""
+    import optuna
 
-    from .driver import restore_tuner, run_config, tune_trial_dirname
-    from .pause import Pause
+    from .driver import summary_line
+    from .searcher import StudySearcher
+    from .tuner import make_trainable, run_stage
 
     confirm = study.search.confirm
     assert confirm is not None
-    cdir = StudyLayout(folder).confirm_dir
-    tune_dir = StudyLayout(cdir).tune_dir
-    tuner = restore_tuner(
-        tune_dir,
-        trainable,
-        f"delete {cdir} to run the confirmation again, or start the study over with --fresh",
-    )
-    if tuner is not None:
-        print(f"vae_study run: continuing the confirmation in {cdir}", flush=True)
-    else:
-        points = confirmation_points(study, folder)
-        if not points:
-            print(
-                "vae_study run: no configuration of the search completed with a finite "
-                "objective: nothing to confirm",
-                flush=True,
-            )
-            return
-        cdir.mkdir(exist_ok=True)
+    points = planned_points(study, stage)
+    if not points:
         print(
-            f"vae_study run: confirming configuration(s) {', '.join(map(str, sorted(points)))} "
-            f"({selection_words(study)}) in {cdir}",
+            "vae_study run: no configuration of the search completed with a finite "
+            "objective: nothing to confirm",
             flush=True,
         )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(study, points),
-            tune_config=tune.TuneConfig(
-                num_samples=1,
-                max_concurrent_trials=study.search.max_concurrent,
-                reuse_actors=True,
-                trial_dirname_creator=tune_trial_dirname,
-            ),
-            run_config=run_config(study, cdir, verbose),
-        )
-    pause.phase = Pause.TUNING
-    grid = tuner.fit()
-    paused = pause.requested
-    pause.phase = Pause.SAVING
-    _finish_confirmation(study, cdir, grid, paused=paused)
-
-
-def _finish_confirmation(study: StudyConfig, cdir: Path, grid: Any, *, paused: bool) -> None:
-    """The confirmation's final results table and one line saying where it stands."""
-    from .searcher import grid_trials
-
-    path = StudyLayout(cdir).results_file
-    rows: list[dict[str, Any]] = []
-    if paused:  # written by ResultsTable as Tune ended, with the interrupted trials told apart
-        try:
-            rows = R.read_results(path).to_dict("records")
-        except VaeStudyError:
-            rows = []
-    if not rows:
-        rows = R.write_table(study, cdir, grid_trials(grid))
-    done = sum(1 for r in rows if r.get("status") == COMPLETED)
-    print(
-        f"vae_study run: confirmation {'paused' if paused else 'done'}: {done} of {len(rows)} "
-        f"members completed; results in {path}",
-        flush=True,
+        return
+    searcher = StudySearcher(
+        study,
+        stage,
+        sampler=optuna.samplers.RandomSampler(seed=study.search.seed),
+        num_configs=len(points),
+        points=[{**params, R.CONFIG_ID_KEY: cid} for cid, params in sorted(points.items())],
+        extra={REPLICATES: confirm.replicates, SEED_OFFSET: search_replicates(study)},
+        pause=pause,
     )
+    if searcher.resumed or searcher.asked < len(points):
+        words = "continuing" if searcher.asked else "confirming"
+        print(
+            f"vae_study run: {words} configuration(s) {', '.join(map(str, sorted(points)))} "
+            f"({selection_words(study)}) in {stage.folder}",
+            flush=True,
+        )
+        from ray.tune.search import ConcurrencyLimiter
+
+        run_stage(
+            study,
+            stage,
+            make_trainable(study, source, stage, resources),
+            ConcurrencyLimiter(searcher, max_concurrent=study.search.max_concurrent),
+            pause=pause,
+            verbose=verbose,
+        )
+    rows = record.rebuild(study, stage)
+    print(summary_line(study, stage, rows, paused=pause.requested), flush=True)

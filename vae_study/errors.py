@@ -39,3 +39,38 @@ class CheckpointError(VaeStudyError):
 
 class StudyError(VaeStudyError):
     """A study cannot start or continue (its folder, the cluster, resources, saved state)."""
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says a disk is full: ``ENOSPC``
+    from a write, or SQLite's "database or disk is full" (optuna.db)."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "database or disk is full" in str(exc) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(where: object) -> StudyError:
+    """The one line a full disk ends a study with: where, how much is free, what to do."""
+    import shutil
+    from pathlib import Path
+
+    path = Path(str(where)).absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return StudyError(
+        f"the disk holding {path} is full ({free}); every finished epoch and trial is kept: "
+        "free space and run the same command"
+    )

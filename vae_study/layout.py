@@ -3,30 +3,34 @@
 A study lives in ``<output.dir>/<name>/`` (``output.dir`` defaults to ``runs``)::
 
     study.yaml      the resolved study file (what a resume is compared against)
-    results.csv     one row per member (a trial trains one or more), rewritten atomically
-    configs.csv     one row per configuration: means and standard errors over its replicates
-    optuna.db       the Optuna study (``optuna-dashboard sqlite:///.../optuna.db``)
+    optuna.db       the search record: every configuration, its state and value (Optuna,
+                    SQLite; ``optuna-dashboard sqlite:///.../optuna.db``)
+    trials/         the training record (``record``): per configuration (its id) and seed,
+      <id>/replicate_<r>/       the member's fit folder: checkpoint/state.pt (atomic),
+                                metrics.jsonl, final.json, config.yaml
+      <id>/replicate_<r>.json   what the table shows that Optuna does not hold
+    results.csv     a view of the record: one row per member, rebuilt at any time
+    configs.csv     a view: one row per configuration, means and standard errors
     driver.lock     locked by the driver running the study (one driver per folder)
-    tune/           Ray Tune's experiment: its state, and one folder per trial:
-      trial_<id>/     result.json (one line per report), checkpoint_<n>/state.pt
+    tune/           Ray Tune's own experiment folder (its cache: nothing reads it back)
     confirm/        the confirmation stage (search.confirm), laid out like a study folder
 
 The driver writes it, the report and ``study_folder`` read it, the search opens its Optuna
 storage and the tests build one by hand, all through ``StudyLayout``. Nothing here imports
-torch, Ray or Optuna. The words of a trial's status are here too: the driver writes them into
-results.csv, the report and the plots read them back.
+torch, Ray or Optuna. The words of a trial's status are here too.
 
-Several members in one trial (the fused-members issue): the trial's checkpoint is one folder
-holding each member's ``fit`` folder, ``member_<m>/`` (its own ``checkpoint/``, metrics.jsonl,
-final.json), so a member's model is ``member_checkpoints(trial_id, m)``:
-``tune/trial_<id>/checkpoint_<n>/member_<m>/checkpoint/``; Ray's per-trial files stay where
-Ray puts them and a one-member trial keeps today's layout (``checkpoints(trial_id)``).
+A folder written by an older vae_study has no ``trials/``: its record was Ray Tune's
+experiment, with each trial's checkpoints in ``tune/trial_<id>/checkpoint_<n>/`` (a pack's
+members in ``member_<m>/`` inside); ``record.import_legacy`` brings it into this layout and the
+readers below still find those checkpoints.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from .run_files import CHECKPOINT_DIR, STATE_FILE
 
 RUNS_DIR = "runs"  # output.dir by default, where ``vae_study run`` puts study and run folders
 REPORTS_DIR = "reports"  # report.dir by default
@@ -37,6 +41,8 @@ CONFIGS_FILE = "configs.csv"  # one row per configuration: mean and s.e. over it
 CONFIRM_DIR = "confirm"  # the confirmation stage: a study folder of its own inside the study
 DB_FILE = "optuna.db"
 TUNE_DIR = "tune"
+TRIALS_DIR = "trials"  # the training record: one folder per configuration and seed
+REPLICATE_PREFIX = "replicate_"
 LOCK_FILE = "driver.lock"  # held (flock) by the driver running the study: pid and host
 TRIAL_PREFIX = "trial_"
 MEMBER_PREFIX = "member_"
@@ -111,6 +117,19 @@ class StudyLayout:
     def lock_file(self) -> Path:
         return self.folder / LOCK_FILE
 
+    @property
+    def trials_dir(self) -> Path:
+        return self.folder / TRIALS_DIR
+
+    def record_dir(self, config_id: int, replicate: int) -> Path:
+        """The fit folder of replicate ``replicate`` of configuration ``config_id``."""
+        return self.trials_dir / f"{int(config_id):04d}" / f"{REPLICATE_PREFIX}{int(replicate)}"
+
+    def record_file(self, config_id: int, replicate: int) -> Path:
+        """The member file beside that fit folder (``record.read_info``)."""
+        folder = self.record_dir(config_id, replicate)
+        return folder.with_name(folder.name + ".json")
+
     def trial_dir(self, trial_id: str) -> Path:
         return self.tune_dir / trial_dirname(trial_id)
 
@@ -129,8 +148,6 @@ class StudyLayout:
 
     def checkpoints(self, trial_id: str) -> list[Path]:
         """The trial's checkpoint folders that hold a model state, oldest first."""
-        from .checkpoint import STATE_FILE  # torch: only when checkpoints are asked for
-
         found = sorted(self.trial_dir(trial_id).glob(f"{CHECKPOINT_GLOB}/{STATE_FILE}"))
         return [p.parent for p in found]
 
@@ -142,13 +159,9 @@ def member_dirname(member: int) -> str:
 
 def member_checkpoint(trial_checkpoint: str | Path, member: int) -> Path:
     """Member ``member``'s checkpoint folder inside a pack trial's checkpoint folder."""
-    from .train import CHECKPOINT_DIR  # torch: only when checkpoints are asked for
-
     return Path(trial_checkpoint) / member_dirname(member) / CHECKPOINT_DIR
 
 
 def holds_state(checkpoint_dir: Path) -> bool:
     """Whether ``checkpoint_dir`` holds a model state (``checkpoint.STATE_FILE``)."""
-    from .checkpoint import STATE_FILE
-
     return (Path(checkpoint_dir) / STATE_FILE).is_file()

@@ -1,6 +1,6 @@
-"""The results table of a study: ``results.csv``, one row per trial, written atomically.
+"""The results table of a study: ``results.csv``, one row per member, written atomically.
 
-Read by the report without Ray; written by the study driver as trials start and finish.
+A view of the study's record (``record.rebuild`` writes it), read by the report without Ray.
 """
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ from .replicates import (
     SEED_KEY,
     aggregate,
     config_of,
-    replicate_seed,
-    write_configs,
 )
 
 # Keys the trainable adds to its reports.
 DIVERGED_KEY = "diverged"
 ERROR_KEY = "error"
+# A trial that could not write its checkpoint (a full disk) reports the path here and ends:
+# the study stops, its configuration stays open in optuna.db.
+DISK_FULL_KEY = "disk_full"
 NODE_KEY = "node"  # the Ray node id a trial ran on, in every report
 DEVICE_KEY = "device"  # the torch device a trial trained on (cpu, cuda)
 # How a trial's members trained (fused.fusion_mode): stacked, vmap, sequential; alone: one.
@@ -51,10 +52,12 @@ FUSION_KEY = "fusion"
 GPU_IDS_KEY = "gpu_ids"  # the GPUs Ray gave the trial, as CUDA_VISIBLE_DEVICES names them
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # added to each trial's config by the searcher
 
-# Ray trial config keys of fused members (PACKS_INTERFACE.md): "_pack" lists the configurations
-# of a trial that trains several (each {param: value, "_optuna_trial": n}); "_replicates" and
-# "_seed_offset" override search.replicates and the seed offset (the confirmation stage);
-# "_config_id" names the configuration of a trial without an Optuna trial.
+# Ray trial config keys (the searcher writes them, the trainable reads them): "_pack" lists
+# the configurations of a trial that trains several (each {param: value, "_optuna_trial": n,
+# "_config_id": id}); "_replicates" and "_seed_offset" override search.replicates and the
+# seed offset (the confirmation stage); "_config_id" names the configuration (its member
+# folders in the record): the Optuna trial number in the search, the configuration a
+# confirmation trial confirms.
 PACK_KEY = "_pack"
 TRIAL_REPLICATES_KEY = "_replicates"
 SEED_OFFSET_KEY = "_seed_offset"
@@ -284,95 +287,8 @@ def parse_kl_per_dim(cell: Any) -> list[float]:
     return [float(v) for v in cell.split()]
 
 
-# ---------------------------------------------------------------------------------------
-# The table from Ray's trials (duck-typed: ``trial_id``, ``status``, ``config``,
-# ``last_result``, ``checkpoint``, ``get_error()``), so it is tested without Ray.
-
-
-def trial_rows(trial: Any, study: Any, *, interrupted: bool = False) -> list[dict[str, Any]]:
-    """The results.csv rows of a Ray ``Trial`` of ``study`` (a ``StudyConfig``): one per
-    member, its configurations (``trial_configs``) times their replicates. ``interrupted``:
-    the trial was running when the study was paused (Ray has since marked it TERMINATED).
-
-    A trial of one member reads its report's top-level metrics; a pack its members'
-    ``member_<j>/...`` metrics, each member with its own status: one that diverged is
-    failed with its reason while its pack-mates complete."""
-    from .search import decode_params
-
-    last = dict(trial.last_result or {})
-    configs = trial_configs(trial.config)
-    replicates = int(trial.config.get(TRIAL_REPLICATES_KEY, study.search.replicates))
-    offset = int(trial.config.get(SEED_OFFSET_KEY, 0))
-    packed = len(configs) * replicates > 1
-    ckpt = getattr(getattr(trial, "checkpoint", None), "path", None)
-    rows = []
-    for i, (encoded, config_id, number) in enumerate(configs):
-        params = decode_params(
-            study.search.space, {p.key: encoded.get(p.key) for p in study.search.space}
-        )
-        base_seed = params.get("train.seed")
-        if base_seed is None:
-            base_seed = study.base.train.seed
-        for r in range(replicates):
-            j = i * replicates + r
-            ours = sub_result(last, member_key(j, "")) if packed else last
-            row: dict[str, Any] = {
-                "trial_id": trial.trial_id,
-                "optuna_trial": number,
-                MEMBER_KEY: j,
-                CONFIG_KEY: config_id,
-                REPLICATE_KEY: r,
-                SEED_KEY: replicate_seed(int(base_seed), r, offset),
-                **params,
-                M.EPOCH: ours.get(M.EPOCH),
-                "wall_s": last.get("time_total_s"),
-                "node": last.get(NODE_KEY),
-                DEVICE_KEY: last.get(DEVICE_KEY),
-                FUSION_KEY: last.get(FUSION_KEY),
-                GPU_IDS_KEY: last.get(GPU_IDS_KEY),
-            }
-            for key in (*ROW_METRICS, M.TOTAL_SECONDS):
-                row[key] = ours.get(key, last.get(key) if key == M.TRAIN_EXAMPLES else None)
-            row["status"] = trial_status(trial.status, ours, interrupted=interrupted)
-            if row["status"] == FAILED:
-                row[ERROR_KEY] = (
-                    _first_line(trial)
-                    if trial.status == "ERROR"
-                    else ours.get(ERROR_KEY) or DIVERGED_NO_REASON_YET
-                )
-            if ckpt is not None:
-                row["checkpoint"] = str(member_checkpoint(ckpt, j)) if packed else ckpt
-            rows.append(row)
-    return rows
-
-
-# A member reported diverged before its trial ended: fused.fit_pack gives the reason then.
-DIVERGED_NO_REASON_YET = "training diverged (the reason comes with the trial's last report)"
-
-
-def trial_row(trial: Any, study: Any, *, interrupted: bool = False) -> dict[str, Any]:
-    """The results.csv row of a Ray ``Trial`` of one member (the first of a pack)."""
-    return trial_rows(trial, study, interrupted=interrupted)[0]
-
-
-def trial_status(ray_status: str, last: dict[str, Any], *, interrupted: bool = False) -> str:
-    """Our status word for a trial Ray calls ``ray_status``, whose last report is ``last``."""
-    if interrupted and ray_status in ("TERMINATED", "RUNNING", "PAUSED"):
-        return INTERRUPTED
-    if ray_status == "ERROR":
-        return FAILED
-    if ray_status == "TERMINATED":
-        if last.get(DIVERGED_KEY):  # failed, not retried: the reason says it diverged
-            return FAILED
-        if last.get(M.TEST_NEG_ELBO) is not None:  # the test metrics came with it
-            return COMPLETED
-        return STOPPED
-    if ray_status in ("RUNNING", "PAUSED"):
-        return RUNNING
-    return PENDING
-
-
-def _first_line(trial: Any) -> str:
+def first_error_line(trial: Any) -> str:
+    """The last line of a Ray trial's error (what the results table shows of it)."""
     try:
         err = trial.get_error()
     except Exception:
@@ -380,53 +296,3 @@ def _first_line(trial: Any) -> str:
     text = str(err) if err else "the trial failed (see its error.txt in the tune folder)"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else text
-
-
-def write_table(
-    study: Any,
-    folder: Path,
-    trials: Sequence[Any],
-    interrupted: frozenset[str] | set[str] = frozenset(),
-) -> list[dict[str, Any]]:
-    """results.csv of the study folder ``folder`` from Ray's trials (``interrupted``: the ids
-    of those running when the study was paused), one row per member, and configs.csv beside
-    it (``replicates.write_configs``); returns the member rows. A finished member Ray no
-    longer knows keeps its row; an unfinished one was started after Ray's last snapshot and
-    is run again under a new id."""
-    rows = [
-        row for t in trials for row in trial_rows(t, study, interrupted=t.trial_id in interrupted)
-    ]
-    known = {_member_id(r) for r in rows}
-    path = Path(folder) / RESULTS_FILE
-    if path.is_file():
-        try:
-            previous = read_results(path).to_dict("records")
-        except CheckpointError:
-            previous = []  # a damaged table is rebuilt from Ray's trials
-        rows += [r for r in previous if _member_id(r) not in known and r.get("status") in FINISHED]
-    param_keys = [p.key for p in study.search.space]
-    replicates = max(
-        [int(t.config.get(TRIAL_REPLICATES_KEY, study.search.replicates)) for t in trials]
-        or [study.search.replicates]
-    )
-    objectives = [(o.metric, o.mode) for o in study.search.objectives]
-    mark_pareto_configs(rows, objectives, replicates)
-    write_results(path, rows, param_keys)
-    write_configs(
-        Path(folder) / CONFIGS_FILE,
-        rows,
-        param_keys=param_keys,
-        metrics=CONFIG_METRICS,
-        replicates=replicates,
-    )
-    return rows
-
-
-def _member_id(row: dict[str, Any]) -> tuple[str, int]:
-    """(trial, member) of a row; a table written before members existed has member 0."""
-    member = row.get(MEMBER_KEY)
-    try:
-        member = int(member)
-    except (TypeError, ValueError):
-        member = 0
-    return str(row["trial_id"]), member

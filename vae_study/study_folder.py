@@ -2,7 +2,8 @@
 histories) and preparing it for a driver (checked, locked). Its names are in ``layout``.
 
 Reading works on a study that is finished, still running or interrupted: it reads only files
-(``study.yaml``, ``results.csv``, Ray's ``tune/trial_*/result.json`` and checkpoints).
+(``study.yaml``, ``results.csv``, the members' fit folders in ``trials/``; in a folder of an
+older vae_study, Ray's ``tune/trial_*/result.json`` and checkpoints).
 """
 
 from __future__ import annotations
@@ -247,15 +248,33 @@ def _trial(folder: Path, study: StudyConfig, row: dict[str, Any]) -> Trial:
     trial_id = str(row["trial_id"])
     layout = StudyLayout(folder)
     member = _member(row)
+    history = _record_history(layout, row)
+    if history is None:  # a folder of an older vae_study: Ray's per-trial reports
+        history = read_history(layout.result_file(trial_id), member)
     return Trial(
         trial_id=trial_id,
         status=str(row["status"]),
         params=params,
         metrics=row,
-        history=read_history(layout.result_file(trial_id), member),
+        history=history,
         checkpoint=find_checkpoint(layout, trial_id, row.get("checkpoint"), member),
         pareto=str(row.get("pareto")) == "True",
     )
+
+
+def _record_history(layout: StudyLayout, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The member's epochs from its fit folder in the record (None: it has none there)."""
+    from .replicates import CONFIG_KEY, REPLICATE_KEY
+    from .run_files import METRICS_FILE
+
+    try:
+        config, replicate = int(row[CONFIG_KEY]), int(row[REPLICATE_KEY])
+    except (KeyError, TypeError, ValueError):
+        return None
+    path = layout.record_dir(config, replicate) / METRICS_FILE
+    if not path.is_file():
+        return None
+    return read_history(path)
 
 
 def _member(row: dict[str, Any]) -> int | None:
@@ -267,8 +286,9 @@ def _member(row: dict[str, Any]) -> int | None:
 
 
 def read_history(path: Path, member: int | None = None) -> list[dict[str, Any]]:
-    """Per-epoch reports from Ray's result.json; a torn last line (a crash) is skipped.
-    ``member``: that member's reports (``member_<j>/...``) in a trial of several members."""
+    """Per-epoch rows of a JSON-lines file (a member's metrics.jsonl, or an older study's
+    Ray result.json); a torn last line (a crash) is skipped. ``member``: that member's
+    reports (``member_<j>/...``) in a Ray result.json of a trial of several members."""
     rows: dict[int, dict[str, Any]] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

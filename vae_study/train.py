@@ -32,11 +32,7 @@ from .errors import CheckpointError, TrainingDiverged
 from .evaluate import elbo_terms, evaluate_test, evaluate_val
 from .model import DEFAULT_SHAPE, VAE, Shape
 from .objectives import compute_terms
-
-CHECKPOINT_DIR = "checkpoint"
-METRICS_FILE = "metrics.jsonl"
-FINAL_FILE = "final.json"
-CONFIG_FILE = "config.yaml"
+from .run_files import CHECKPOINT_DIR, CONFIG_FILE, FINAL_FILE, METRICS_FILE  # noqa: F401
 
 # Keys that may change between a checkpoint and the run that resumes it: they do not change
 # what was trained so far (more epochs, another device, another evaluation).

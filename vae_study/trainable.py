@@ -1,14 +1,15 @@
 """The trainable: one Ray Tune trial = one ``fit`` of the trial's configuration, or a pack of
 members (its configurations x their seed replicates) trained as one batched model by
-``fused.fit_pack``."""
+``fused.fit_pack``. Every member trains in its own fit folder in the study's record
+(``record``, ``StudyLayout.record_dir``) and continues from the checkpoint there, whichever
+Ray trial, driver or node trained it before."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
-import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +17,38 @@ import ray
 from ray import tune
 
 from . import metrics as M
+from . import record
 from . import results as R
 from .config import RunConfig
 from .data import Source, load_datasets, prepare
-from .errors import TrainingDiverged
-from .layout import member_dirname
+from .errors import TrainingDiverged, disk_full
 from .replicates import replicate_seed
 from .search import decode_params
 from .study_config import StudyConfig
 
-PACK_FILE = "pack.json"  # in a pack's checkpoint: the members that diverged, with the reason
 
-
-def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -> None:
+def train_trial(
+    config: dict[str, Any], *, study: StudyConfig, source: Source, stage: record.Stage
+) -> None:
     """Ray Tune function trainable: fit the trial's configuration, report every epoch.
 
     ``source`` is the dataset as read once by the driver (through Ray's object store); the
     trial presents it as its own ``data`` section says (train_subset, binarize), with the
-    same validation and test examples as every other trial.
+    same validation and test examples as every other trial. ``stage``: the search or the
+    confirmation, whose record holds each member's fit folder.
 
-    Resumes from ``tune.get_checkpoint()`` when Ray restarts the trial. A diverged run is
-    reported once with ``diverged: 1`` and ends normally, so Ray does not retry a
-    deterministic failure and the searcher records it as failed.
+    Every member continues from its own checkpoint in the record, so a trial Ray restarts
+    (a worker that died) or a configuration run again by a later driver loses at most the
+    epoch in progress. A diverged member is recorded failed with its reason, reported once
+    with ``diverged: 1``, and never trained again. Reports carry no Ray checkpoint: the
+    record is the checkpoint.
 
     A trial of several members (``_pack`` configurations, ``search.replicates`` seeds each,
     see ``member_configs``) trains them with ``fused.fit_pack`` (``train_pack``).
     """
     import torch
 
-    from .train import fit, resolve_device
+    from .train import resolve_device
 
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if not gpu_ids:
@@ -52,6 +56,7 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -
         # every GPU from it, or torch (and "auto") would use GPU 0 unasked and unaccounted.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     members = member_configs(config, study, gpu_ids, torch.cuda.is_available())
+    ids = member_ids(config, study)
     run = members[0]
     device = run.train.device
     torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
@@ -65,38 +70,88 @@ def train_trial(config: dict[str, Any], *, study: StudyConfig, source: Source) -
         M.TRAIN_NOISE: data.train_noise,
         R.DEVICE_KEY: device,
         R.GPU_IDS_KEY: ",".join(gpu_ids),
+        R.NODE_KEY: ray.get_runtime_context().get_node_id(),
     }
     logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per checkpoint
-    work = Path(tempfile.mkdtemp(prefix="vae_study_trial_"))
-    restored = tune.get_checkpoint()
+    trial_id = tune.get_context().get_trial_id()
+    try:
+        if len(members) > 1:
+            per_config = len(members) // len(R.trial_configs(config))
+            train_pack(members, per_config, data, stage, ids, used, trial_id)
+        else:
+            _train_one(run, data, stage, ids[0], used, trial_id)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        # Nothing more can be written: the driver is told (a report travels in memory),
+        # stops the study, and leaves this configuration open for the next run.
+        tune.report({R.DISK_FULL_KEY: str(exc.filename or stage.folder), **used})
 
-    node = ray.get_runtime_context().get_node_id()
-    if len(members) > 1:
-        per_config = len(members) // len(R.trial_configs(config))
-        try:
-            train_pack(members, per_config, data, work, restored, {**used, R.NODE_KEY: node})
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+
+def _train_one(
+    run: RunConfig,
+    data: Any,
+    stage: record.Stage,
+    ids: tuple[int, int],
+    used: dict[str, Any],
+    trial_id: str,
+) -> None:
+    """One member alone: ``fit`` in its folder of the record, a report per epoch."""
+    (cid, r), out = ids, stage.layout.record_dir(*ids)
+    before = record.read_member(stage, cid, r)
+    if before.error:
+        _report_failed(before, used)
         return
+    clock = _Clock(stage, [ids])
+    clock.start(trial_id, used, [before.epoch], None)
 
     def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
-        checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
-        tune.report({**_reportable(row), **used, R.NODE_KEY: node}, checkpoint=checkpoint)
+        clock.tick()
+        tune.report({**_reportable(row), **used})
+
+    from .train import fit
 
     try:
-        if restored is not None:
-            with restored.as_directory() as folder:
-                resume = work / "restored"
-                shutil.copytree(folder, resume)
-            fit(run, out_dir=work / "run", resume_from=resume, data=data, on_epoch=report)
-        else:
-            fit(run, out_dir=work / "run", data=data, on_epoch=report)
+        fit(run, out_dir=out, data=data, on_epoch=report)
     except TrainingDiverged as exc:
-        tune.report(
-            {R.DIVERGED_KEY: 1, R.ERROR_KEY: str(exc), M.EPOCH: exc.epoch, R.NODE_KEY: node}
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        record.update_info(stage.layout.record_file(cid, r), **{record.INFO_ERROR: str(exc)})
+        clock.tick()
+        tune.report({R.DIVERGED_KEY: 1, R.ERROR_KEY: str(exc), M.EPOCH: exc.epoch, **used})
+
+
+class _Clock:
+    """Each member's file in the record: its attempts (pid, first epoch), the Ray trial and
+    node that train it, and the seconds its Ray trials have run, all attempts together."""
+
+    def __init__(self, stage: record.Stage, ids: list[tuple[int, int]]) -> None:
+        self.paths = [stage.layout.record_file(c, r) for c, r in ids]
+        self.before = [float(record.read_info(p).get(record.INFO_WALL) or 0.0) for p in self.paths]
+        self.t0 = time.monotonic()
+
+    def start(
+        self, trial_id: str, used: dict[str, Any], epochs: list[int], fusion: str | None
+    ) -> None:
+        for j, (path, epoch) in enumerate(zip(self.paths, epochs, strict=True)):
+            fields = {record.INFO_TRIAL: trial_id, R.MEMBER_KEY: j, **used}
+            if fusion is not None:
+                fields[R.FUSION_KEY] = fusion
+            record.add_attempt(path, os.getpid(), epoch, **fields)
+
+    def tick(self, which: list[int] | None = None) -> None:
+        elapsed = time.monotonic() - self.t0
+        for j in range(len(self.paths)) if which is None else which:
+            record.update_info(self.paths[j], **{record.INFO_WALL: self.before[j] + elapsed})
+
+
+def _report_failed(member: record.Member, used: dict[str, Any]) -> None:
+    """A member the record holds as failed: reported once as diverged, not trained again."""
+    tune.report({R.DIVERGED_KEY: 1, R.ERROR_KEY: member.error, M.EPOCH: member.epoch, **used})
+
+
+def member_ids(config: dict[str, Any], study: StudyConfig) -> list[tuple[int, int]]:
+    """(configuration id, replicate) of each member of the trial, in member order."""
+    replicates = int(config.get(R.TRIAL_REPLICATES_KEY, study.search.replicates))
+    return [(int(cid), r) for _, cid, _ in R.trial_configs(config) for r in range(replicates)]
 
 
 def member_configs(
@@ -125,18 +180,20 @@ def train_pack(
     members: list[RunConfig],
     per_config: int,
     data: Any,
-    work: Path,
-    restored: Any,
+    stage: record.Stage,
+    ids: list[tuple[int, int]],
     used: dict[str, Any],
+    trial_id: str,
 ) -> None:
     """Train the members as one pack and report once per epoch, when every live member has
-    finished it: each member's metrics as ``member_<j>/...``, each configuration's replicate
-    means (``config_summary``) and ONE checkpoint, the folder of every member's fit folder.
+    finished it: each member's metrics as ``member_<j>/...`` and each configuration's
+    replicate means (``config_summary``). Member j trains in the record's folder of
+    ``ids[j]`` and continues from its checkpoint there.
 
-    A member that diverges is masked by ``fit_pack`` and reported ``member_<j>/diverged``
-    (its reason once ``fit_pack`` returns, and in ``pack.json`` of the last checkpoint, so a
-    restored trial does not train it again); its configuration gets no objective. The last
-    epoch is reported when ``fit_pack`` returns: a final evaluation may still diverge.
+    A member that diverges is masked by ``fit_pack``, reported ``member_<j>/diverged`` and
+    recorded failed with its reason (so a later run does not train it again); its
+    configuration gets no objective. The last epoch is reported when ``fit_pack`` returns: a
+    final evaluation may still diverge.
     """
     from .fused import SEQUENTIAL, fit_pack, fusion_mode
 
@@ -148,14 +205,12 @@ def train_pack(
     sequential = mode == SEQUENTIAL
     used = {**used, R.FUSION_KEY: mode}
 
-    pack = work / "pack"
-    if restored is not None:
-        with restored.as_directory() as folder:
-            shutil.copytree(folder, pack)
-    pack.mkdir(parents=True, exist_ok=True)
-    outs = [pack / member_dirname(j) for j in range(len(members))]
-    failed: dict[int, str] = _read_failed(pack / PACK_FILE)
+    outs = [stage.layout.record_dir(c, r) for c, r in ids]
+    before = [record.read_member(stage, c, r) for c, r in ids]
+    failed: dict[int, str] = {j: m.error for j, m in enumerate(before) if m.error}
     live = [j for j in range(len(members)) if j not in failed]
+    clock = _Clock(stage, ids)
+    clock.start(trial_id, used, [m.epoch for m in before], mode)
     rows: dict[int, dict[str, Any]] = {}  # member -> its latest row (an epoch, then final)
     epochs = members[0].train.epochs
     state = {"reported": 0}
@@ -181,7 +236,8 @@ def train_pack(
             else:
                 result.update({R.config_key(i, k): v for k, v in summary.items()})
         state["reported"] = epoch
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(pack)))
+        clock.tick()
+        tune.report(result)
 
     def off_epoch(j: int, epoch: int) -> bool:
         """A live member not at ``epoch``: not trained that far yet, or already past it
@@ -194,7 +250,7 @@ def train_pack(
         j = live[k]
         rows[j] = row
         epoch = int(row[M.EPOCH])
-        if sequential:  # one member at a time: every member epoch reported, with its checkpoint
+        if sequential:  # one member at a time: every member epoch reported
             report(min(int(rows[m][M.EPOCH]) if m in rows else 0 for m in live))
             return
         if epoch >= epochs or epoch <= state["reported"]:
@@ -210,11 +266,11 @@ def train_pack(
     for j, res in zip(live, results, strict=True):
         if isinstance(res, TrainingDiverged):
             failed[j] = str(res)
+            record.update_info(stage.layout.record_file(*ids[j]), **{record.INFO_ERROR: str(res)})
             rows.setdefault(j, {M.EPOCH: res.epoch - 1})
         elif res.history:
             rows[j] = {**res.history[-1], **res.final}
         last = max(last, int(rows[j][M.EPOCH]))
-    _write_failed(pack / PACK_FILE, failed)
     report(last)
 
 
@@ -236,26 +292,13 @@ def config_summary(member_results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _last_epoch(out: Path) -> int:
     """The last epoch in a member's metrics.jsonl (0: none): written with its checkpoint."""
-    from .train import METRICS_FILE
+    from .run_files import METRICS_FILE
 
     try:
         lines = (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()
         return int(json.loads(lines[-1])[M.EPOCH]) if lines else 0
     except (OSError, ValueError, KeyError):
         return 0
-
-
-def _read_failed(path: Path) -> dict[int, str]:
-    try:
-        return {int(j): str(why) for j, why in json.loads(path.read_text("utf-8")).items()}
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def _write_failed(path: Path, failed: dict[int, str]) -> None:
-    from .checkpoint import write_json
-
-    write_json(path, {str(j): why for j, why in sorted(failed.items())})
 
 
 def trial_device(device: str, gpu_ids: list[str], cuda_available: bool) -> str:
