@@ -300,3 +300,11 @@ def write_members(folder: Path, members: list[dict], *, seed_offset: int = 0) ->
 
     pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
     return path
+
+
+def attempts(folder: Path, config_id: int, replicate: int = 0) -> list[dict]:
+    """The starts of one member's training (pid, first epoch), from its file in the record."""
+    from vae_study import record
+
+    info = record.read_info(StudyLayout(folder).record_file(int(config_id), int(replicate)))
+    return list(info.get(record.INFO_ATTEMPTS) or [])

@@ -23,6 +23,7 @@ import optuna
 import pytest
 
 from study_factory import (
+    attempts,
     optuna_states,
     read_table,
     slow_trials,
@@ -37,17 +38,6 @@ from vae_study.cli import main
 from vae_study.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _history(folder: Path, trial_id: str) -> list[dict]:
-    rows = []
-    path = folder / "tune" / f"trial_{trial_id}" / "result.json"
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return [r for r in rows if "val/neg_elbo" in r]
 
 
 def _finish_again(tmp_path: Path, path: Path, env: dict | None = None) -> None:
@@ -89,8 +79,8 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
         if not ok:
             return None
         return (
-            done.set_index("trial_id")["test/nll"].to_dict(),
-            running[running["epoch"].fillna(0) >= 3]["trial_id"].tolist(),
+            done.set_index("config_id")["test/nll"].to_dict(),
+            running[running["epoch"].fillna(0) >= 3]["config_id"].tolist(),
         )
 
     proc, log = start_driver(tmp_path, path, "first.log", env)
@@ -106,25 +96,22 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
 
     _finish_again(tmp_path, path, env)
     table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 4 and table["trial_id"].is_unique
+    assert len(table) == 4 and table["config_id"].is_unique
     assert set(table["status"]) == {R.COMPLETED}
-    after = table.set_index("trial_id")["test/nll"].to_dict()
-    for trial_id, nll in done_before.items():  # finished trials untouched, not re-run
-        assert after[trial_id] == nll
-        rows = _history(folder, trial_id)
-        first_pid = rows[0]["pid"]
-        # Ray may not have recorded the completion before the kill: then the trial is
-        # restored at its last checkpoint and reports its stored result once more, but no
-        # epoch is trained again.
-        assert all(r["epoch"] == 30 for r in rows if r["pid"] != first_pid)
-    for trial_id in interrupted:  # resumed from its checkpoint, not from epoch 1
-        rows = _history(folder, trial_id)
-        pids = list(dict.fromkeys(r["pid"] for r in rows))
-        assert len(pids) == 2, pids
-        first_resumed = next(r for r in rows if r["pid"] == pids[1])
-        assert first_resumed["epoch"] > 1
+    after = table.set_index("config_id")["test/nll"].to_dict()
+    for cid, nll in done_before.items():  # finished configurations untouched, not re-run
+        assert after[cid] == nll
+        # Optuna may not have been told before the kill: then the configuration runs again,
+        # finds its last epoch's checkpoint and reports its stored result; no epoch trains.
+        assert all(a["from_epoch"] == 30 for a in attempts(folder, cid)[1:])
+    for cid in interrupted:  # resumed from its checkpoint, not from epoch 1
+        starts = attempts(folder, cid)
+        assert len(starts) == 2 and starts[1]["from_epoch"] > 1, starts
     states = optuna_states(folder, "tiny")
     assert states.get("COMPLETE") == 4 and "RUNNING" not in states and "WAITING" not in states
+    ot = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'optuna.db'}")
+    for t in ot.trials:  # optuna.db equal to results.csv, configuration by configuration
+        assert t.value == table.set_index("config_id").loc[t.number, "val/nll"]
 
 
 @pytest.mark.slow
@@ -139,13 +126,13 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
         running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
         if running.empty:
             return None
-        trial_id = running["trial_id"].iloc[0]
-        rows = _history(folder, trial_id)
-        return (trial_id, rows[-1]["pid"]) if rows else None
+        cid = int(running["config_id"].iloc[0])
+        starts = attempts(folder, cid)
+        return (cid, starts[-1]["pid"]) if starts else None
 
     proc, log = start_driver(tmp_path, path, "run.log")
     try:
-        trial_id, pid = wait_for(proc, log, running_trial)
+        cid, pid = wait_for(proc, log, running_trial)
         os.kill(pid, signal.SIGKILL)  # the trial's worker, once
         assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
@@ -154,11 +141,10 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
         log.close()
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
-    rows = _history(folder, trial_id)
-    pids = list(dict.fromkeys(r["pid"] for r in rows))
-    assert pids[0] == pid and len(pids) == 2
-    assert next(r for r in rows if r["pid"] == pids[1])["epoch"] > 1
-    assert rows[-1]["epoch"] == 30
+    starts = attempts(folder, cid)
+    assert starts[0]["pid"] == pid and len(starts) == 2 and starts[1]["pid"] != pid
+    assert starts[1]["from_epoch"] > 1  # Ray retried it; it continued from its checkpoint
+    assert table.set_index("config_id").loc[cid, "epoch"] == 30
 
 
 @pytest.mark.slow
@@ -261,26 +247,36 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
 
 
 @pytest.mark.slow
-def test_damaged_ray_state_and_optuna_db_are_clear_errors_that_change_nothing(tmp_path, capsys):
+def test_rays_state_deleted_or_cut_short_changes_nothing_a_damaged_optuna_db_is_refused(
+    tmp_path, capsys
+):
+    """Tune's experiment state is Tune's cache: cut short or deleted, the study continues
+    from its record; a damaged optuna.db (the record) is one line, and nothing changes."""
     path = write_study(tmp_path, tiny_study(tmp_path, **{"search.num_trials": 2}))
     assert main(["run", str(path), "--no-report"]) == 0
     folder = tmp_path / "runs" / "tiny"
+    table = R.read_results(folder / R.RESULTS_FILE)
+    states = sorted((folder / "tune").glob("experiment_state-*.json"))
+    states[-1].write_text(states[-1].read_text()[:100])
+    assert main(["run", str(path), "--no-report"]) == 0
+    for p in (folder / "tune").glob("experiment_state-*.json"):
+        p.unlink()
+    assert main(["run", str(path), "--no-report"]) == 0
+    again = R.read_results(folder / R.RESULTS_FILE)
+    assert again[["config_id", "test/nll"]].equals(table[["config_id", "test/nll"]])
+    for cid in table["config_id"]:
+        assert len(attempts(folder, int(cid))) == 1  # nothing trained again
     capsys.readouterr()
-    state = sorted((folder / "tune").glob("experiment_state-*.json"))[-1]
-    state.write_text(state.read_text()[:100])
-    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert main(["run", str(path), "--no-report"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot be restored" in err and "--fresh" in err and "Traceback" not in err
-    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert after == before
 
     db = folder / "optuna.db"
     db.write_bytes(b"this is not a database" * 100)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert main(["run", str(path), "--no-report"]) == 2
     err = capsys.readouterr().err
     assert "optuna.db cannot be read" in err and "Traceback" not in err
     assert db.read_bytes() == b"this is not a database" * 100
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before
 
 
 # ---------------------------------------------------------------------------------------

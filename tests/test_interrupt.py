@@ -1,12 +1,12 @@
 """Ctrl-C is a pause: the study's records say so, and the same command continues it.
 
 Slow: a real driver (``python -m vae_study run``) gets SIGINT, as a terminal's Ctrl-C sends it,
-while one trial is done and another is mid-way; then the same command runs the study to the end.
+while one trial is done, another is mid-way and a third waits for a free slot; then the same
+command runs the study to the end, the waiting one trained like any other.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -14,33 +14,22 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 
-from study_factory import read_table, slow_trials, start_driver, wait_for, write_study
+from study_factory import attempts, read_table, slow_trials, start_driver, wait_for, write_study
 from vae_study import results as R
-from vae_study.driver import INTERRUPTED_ATTR
+from vae_study.record import INTERRUPTED_ATTR
 from vae_study.study_config import study_from_dict
-
-
-def _pids(folder: Path, trial_id: str) -> list[int]:
-    """The worker processes that reported epochs of a trial, in order."""
-    pids = []
-    for line in (folder / "tune" / f"trial_{trial_id}" / "result.json").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "val/neg_elbo" in row:
-            pids.append((row["pid"], row["epoch"]))
-    return pids
 
 
 @pytest.mark.slow
 def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
-    raw = slow_trials(tmp_path, epochs=20)
+    # Two trials at once on two CPUs each: one runs, the other waits for a slot.
+    raw = slow_trials(
+        tmp_path, epochs=20, **{"search.max_concurrent": 2, "resources.cpus_per_trial": 2}
+    )
     path = write_study(tmp_path, raw)
     objective = study_from_dict(raw).search.objectives[0].metric
     folder = tmp_path / "runs" / "tiny"
@@ -52,11 +41,14 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
             return None
         done = table[table["status"] == R.COMPLETED]
         mid = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
-        return mid["trial_id"].tolist() if len(done) >= 1 and not mid.empty else None
+        waiting = table[table["status"] == R.PENDING]
+        if len(done) >= 1 and not mid.empty and not waiting.empty:
+            return [int(n) for n in mid["optuna_trial"]], [int(n) for n in waiting["optuna_trial"]]
+        return None
 
     proc, log = start_driver(tmp_path, path, "first.log", env)
     try:
-        mid_way = wait_for(proc, log, one_done_one_mid_way, timeout=300, what="Ctrl-C")
+        mid_way, waiting = wait_for(proc, log, one_done_one_mid_way, timeout=300, what="Ctrl-C")
         os.kill(proc.pid, signal.SIGINT)  # the driver alone, as Ray's processes block SIGINT
         time.sleep(0.5)
         second = proc.poll() is None
@@ -77,29 +69,36 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
     last = out.strip().splitlines()[-1]
     assert last == f"{hint}python -m vae_study run {path} --no-report", out[-3000:]
     assert "Tuner.restore" not in out
-    assert not second or "Ctrl-C is ignored until it is saved" in out
+    assert not second or "the signal is ignored until it is saved" in out
 
     # The records call the paused trials interrupted or pending; none stopped or failed.
     table = R.read_results(folder / R.RESULTS_FILE)
-    statuses = table.set_index("trial_id")["status"].to_dict()
+    statuses = table.set_index("optuna_trial")["status"].to_dict()
     assert not {R.STOPPED, R.FAILED} & set(statuses.values()), statuses
     assert set(statuses.values()) <= {R.COMPLETED, R.INTERRUPTED, R.PENDING}, statuses
-    assert all(statuses[t] == R.INTERRUPTED for t in mid_way), statuses
+    assert all(statuses[n] == R.INTERRUPTED for n in mid_way), statuses
+    assert all(statuses[n] == R.PENDING for n in waiting), statuses  # never started
+    # The pause line's counts add up to the study's 4 trials.
+    counted = re.search(r"paused: (\d+) of 4 trials finished.*?; (.*?); results in", out)
+    assert counted, out[-3000:]
     completed = sum(1 for s in statuses.values() if s == R.COMPLETED)
-    counted = re.search(r"paused: (\d+) of 4 trials finished", out)
-    assert counted and int(counted.group(1)) == completed, out[-3000:]
+    assert int(counted.group(1)) == completed, out[-3000:]
+    rest = dict((w, int(n)) for n, w in (x.split() for x in counted.group(2).split(", ")))
+    assert rest.get(R.INTERRUPTED) == len(mid_way), out[-3000:]
+    assert completed + sum(rest.values()) == 4, out[-3000:]
 
     storage = f"sqlite:///{folder / 'optuna.db'}"
     ot = optuna.load_study(study_name="tiny", storage=storage)
     states = [t.state for t in ot.trials]
     assert optuna.trial.TrialState.FAIL not in states, states
+    assert optuna.trial.TrialState.PRUNED not in states, states  # the waiting one: not pruned
     by_number = {t.number: t for t in ot.trials}
-    for trial_id in mid_way:  # still RUNNING in Optuna, marked as interrupted
-        number = int(table.set_index("trial_id").loc[trial_id, "optuna_trial"])
+    for number in mid_way + waiting:  # still RUNNING in Optuna, marked as interrupted
         assert by_number[number].state == optuna.trial.TrialState.RUNNING
         assert by_number[number].user_attrs.get(INTERRUPTED_ATTR) is True
 
-    # The same command again finishes the study; the interrupted trial resumes mid-way.
+    # The same command again finishes the study; the interrupted trial resumes mid-way,
+    # the waiting one is trained like any other.
     again = subprocess.run(
         [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
         cwd=tmp_path,
@@ -112,11 +111,12 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
     assert "done: 4 of 4 trials finished (4 completed)" in again.stdout
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
-    for trial_id in mid_way:
-        pids = _pids(folder, trial_id)
-        workers = list(dict.fromkeys(p for p, _ in pids))
-        assert len(workers) == 2, pids
-        assert next(e for p, e in pids if p == workers[1]) > 1, pids  # from its checkpoint
+    for number in mid_way:
+        starts = attempts(folder, number)
+        assert len(starts) == 2, starts
+        assert starts[1]["from_epoch"] > 1, starts  # from its checkpoint
+    for number in waiting:
+        assert [a["from_epoch"] for a in attempts(folder, number)] == [0]
 
     # Optuna learnt every result: the same value as results.csv, trial by trial.
     ot = optuna.load_study(study_name="tiny", storage=storage)

@@ -3,25 +3,23 @@ replicates as one pack (``fused.fit_pack``), reports each member and each config
 replicate mean, and the searcher asks and tells Optuna one configuration at a time.
 
 The fast tests drive the trainable's pack (``trainable.train_pack``) with Ray's ``tune``
-replaced by a recorder, the searcher without Ray, and the results table from fake trials;
-the slow ones run real studies under a local Ray."""
+replaced by a recorder, the searcher without Ray, and the results table from a record made by
+hand; the slow ones run real studies under a local Ray."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 import signal
-from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import optuna
 import pytest
 
 from study_factory import (
+    attempts,
     optuna_states,
     read_table,
     slow_trials,
@@ -171,22 +169,14 @@ def test_replicate_seeds_are_paired_across_configurations(tmp_path):
 
 
 class _Tune:
-    """Ray's ``tune`` as the trainable uses it, recording each report and copying its
-    checkpoint folder (as Ray does) so a later restore can be made from it."""
+    """Ray's ``tune`` as the trainable uses it, recording each report."""
 
-    def __init__(self, folder: Path, stop_after: int | None = None) -> None:
-        self.folder = folder
+    def __init__(self, stop_after: int | None = None) -> None:
         self.reports: list[dict] = []
-        self.checkpoints: list[Path] = []
         self.stop_after = stop_after
-        self.Checkpoint = SimpleNamespace(from_directory=lambda path: Path(path))
 
-    def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
+    def report(self, metrics: dict) -> None:
         self.reports.append(dict(metrics))
-        if checkpoint is not None:
-            copy = self.folder / f"checkpoint_{len(self.reports):06d}"
-            shutil.copytree(checkpoint, copy)
-            self.checkpoints.append(copy)
         if self.stop_after is not None and len(self.reports) >= self.stop_after:
             raise _Killed
 
@@ -195,25 +185,31 @@ class _Killed(Exception):
     """The trial's process ends here (a worker killed right after a report)."""
 
 
-class _Restored:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+def _stage(tmp_path, name, replicates):
+    from vae_study import record
 
-    @contextmanager
-    def as_directory(self):
-        yield str(self.folder)
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    return record.Stage(folder, folder, name, replicates)
 
 
-def _run_pack(monkeypatch, tmp_path, name, members, per_config, restored=None, stop_after=None):
-    recorder = _Tune(tmp_path / f"{name}_ray", stop_after)
-    (tmp_path / f"{name}_ray").mkdir()
+def _ids(n, per_config):
+    return [(j // per_config, j % per_config) for j in range(n)]
+
+
+def _run_pack(monkeypatch, tmp_path, name, members, per_config, stop_after=None):
+    """train_pack into the record of the stage ``name`` (a later call with the same name
+    continues it, as a restarted trial does)."""
+    recorder = _Tune(stop_after)
     monkeypatch.setattr(trainable, "tune", recorder)
-    work = tmp_path / f"{name}_work"
-    work.mkdir()
+    stage = _stage(tmp_path, name, per_config)
     try:
-        trainable.train_pack(members, per_config, None, work, restored, {"node": "n"})
+        trainable.train_pack(
+            members, per_config, None, stage, _ids(len(members), per_config), {"node": "n"}, "t"
+        )
     except _Killed:
         pass
+    recorder.stage = stage
     return recorder
 
 
@@ -242,7 +238,6 @@ def test_a_two_replicate_trial_reports_its_members_and_their_mean_once_per_epoch
     members = _replicates(mnist_root, [(0.5, 1e-3)], 2)
     rec = _run_pack(monkeypatch, tmp_path, "a", members, per_config=2)
     assert [r[M.EPOCH] for r in rec.reports] == [1, 2, 3]  # once per epoch, not per member
-    assert len(rec.checkpoints) == 3  # one checkpoint per report: the folder of every member
     for report in rec.reports:
         for metric in (M.VAL_NEG_ELBO, M.VAL_RATE, M.TRAIN_LOSS):
             values = [report[R.member_key(j, metric)] for j in (0, 1)]
@@ -254,27 +249,28 @@ def test_a_two_replicate_trial_reports_its_members_and_their_mean_once_per_epoch
         assert last[metric] == pytest.approx(np.mean(values), rel=1e-12)
     assert not any(k.startswith(R.CONFIG_PREFIX) for k in last)  # one configuration: top level
     assert R.DIVERGED_KEY not in last
-    # Each member's folder in the checkpoint is a fit folder of its own seed.
+    # Each member's folder in the record is a fit folder of its own seed.
     from vae_study import checkpoint as ckpt
-    from vae_study.layout import member_checkpoint
+    from vae_study import record
 
     for j in (0, 1):
-        state = ckpt.load(member_checkpoint(rec.checkpoints[-1], j))
+        state = ckpt.load(rec.stage.layout.record_dir(0, j) / "checkpoint")
         assert state.epoch == 3 and state.config["train"]["seed"] == j
+        assert record.read_info(rec.stage.layout.record_file(0, j))["fusion"] == "stacked"
 
 
 def test_replicates_trained_one_after_another_report_every_member_epoch_without_a_false_mean(
     mnist_root, tmp_path, monkeypatch
 ):
     """A user model vmap cannot run trains its replicates one after another: every member
-    epoch is reported with a checkpoint (a kill loses at most one member epoch), a member not
+    epoch is reported (its checkpoint written: a kill loses at most one member epoch), a member not
     yet started is never called diverged, and the mean exists only where every replicate is
     at the reported epoch."""
     members = _replicates(mnist_root, [(0.5, 1e-3)], 2, **{"model.arch": "user_models:DropoutVAE"})
     rec = _run_pack(monkeypatch, tmp_path, "seq", members, per_config=2)
     reports = rec.reports
     assert {r[R.FUSION_KEY] for r in reports} == {"sequential"}
-    assert len(reports) == 2 * 3 + 1 and len(rec.checkpoints) == len(reports)
+    assert len(reports) == 2 * 3 + 1
     for report in reports[:-1]:
         assert not any(k.endswith(R.DIVERGED_KEY) for k in report)
         at = [report.get(R.member_key(j, M.EPOCH)) for j in (0, 1)]
@@ -307,24 +303,30 @@ def test_a_diverged_replicate_fails_its_configuration_and_its_pack_mates_go_on(
     assert last[R.config_key(1, M.VAL_NLL)] == pytest.approx(
         np.mean([last[R.member_key(j, M.VAL_NLL)] for j in (2, 3)]), rel=1e-12
     )
-    # What the searcher tells Optuna, and what results.csv and configs.csv say.
+    # What the searcher tells Optuna, and what results.csv and configs.csv say: from the
+    # record the pack wrote (the diverged member's file holds its reason).
+    from vae_study import record
+    from vae_study.searcher import StudySearcher
+
     study = study_from_dict(tiny_study(tmp_path, **{"search.replicates": 2}))
-    ray_trial = _fake_trial("t0", "TERMINATED", last, _pack_config(1.0, 2.0))
-    S = optuna.trial.TrialState
-    ot = optuna.create_study()
-    search = _bare_searcher(ot, {"t0": [ot.ask(), ot.ask()]})
+    stage = record.Stage(rec.stage.folder, rec.stage.folder, study.name, 2)
+    assert "training diverged" in record.read_member(stage, 0, 1).error
+    search = StudySearcher(
+        study, stage, sampler=optuna.samplers.RandomSampler(0), num_configs=2, pack_size=2
+    )
+    pack = search.suggest("t0")[R.PACK_KEY]
+    assert [c[R.CONFIG_ID_KEY] for c in pack] == [0, 1]
     search.on_trial_complete("t0", last)
-    assert [(t.state, t.value) for t in ot.trials] == [
+    S = optuna.trial.TrialState
+    assert [(t.state, t.value) for t in search.study.trials] == [
         (S.FAIL, None),
-        (S.COMPLETE, pytest.approx(last[R.config_key(1, M.VAL_NLL)])),
+        (S.COMPLETE, pytest.approx(last[R.config_key(1, M.VAL_NLL)], rel=1e-12)),
     ]
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    rows = R.write_table(study, folder, [ray_trial])
-    table = R.read_results(folder / R.RESULTS_FILE)
+    rows = record.rebuild(study, stage)
+    table = R.read_results(stage.layout.results_file)
     assert list(table["status"]) == [R.COMPLETED, R.FAILED, R.COMPLETED, R.COMPLETED]
     assert "training diverged" in table["error"][1] and len(rows) == 4
-    configs = read_configs(folder / "configs.csv")
+    configs = read_configs(stage.layout.configs_file)
     assert list(configs["status"]) == [R.FAILED, R.COMPLETED]
     assert list(configs["n_finished"]) == [1, 2]  # R - 1 of the failed one finished
 
@@ -336,9 +338,7 @@ def test_a_pack_killed_after_an_epoch_resumes_every_member_exactly(
     straight = _run_pack(monkeypatch, tmp_path, "s", members, per_config=2)
     killed = _run_pack(monkeypatch, tmp_path, "k", members, per_config=2, stop_after=1)
     assert [r[M.EPOCH] for r in killed.reports] == [1]
-    resumed = _run_pack(
-        monkeypatch, tmp_path, "r", members, per_config=2, restored=_Restored(killed.checkpoints[0])
-    )
+    resumed = _run_pack(monkeypatch, tmp_path, "k", members, per_config=2)  # the same record
     assert [r[M.EPOCH] for r in resumed.reports] == [2, 3]
     skip = ("time", "node")
     for a, b in zip(straight.reports[1:], resumed.reports, strict=True):
@@ -350,31 +350,8 @@ def test_a_pack_killed_after_an_epoch_resumes_every_member_exactly(
 # The searcher: P configurations per Ray trial, shape keys held, each told on its own.
 
 
-def _bare_searcher(ot_study, packs):
-    """A StudySearch whose state is set by hand (as test_study_layer does)."""
-    from vae_study.searcher import StudySearch
-
-    search = object.__new__(StudySearch)
-    search._metric = M.VAL_NLL
-    search._ot_study = ot_study
-    search._ot_trials = {}
-    search._completed_trials = set()
-    search.packs = packs
-    return search
-
-
-def _fake_trial(trial_id, status, last, config, checkpoint=None):
-    return SimpleNamespace(
-        trial_id=trial_id,
-        status=status,
-        last_result=last,
-        config=config,
-        checkpoint=SimpleNamespace(path=checkpoint) if checkpoint else None,
-        get_error=lambda: "",
-    )
-
-
 def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
+    from vae_study import record
     from vae_study.searcher import make_searcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -399,7 +376,8 @@ def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
     study = study_from_dict(raw)
     folder = tmp_path / "s"
     folder.mkdir()
-    search = make_searcher(study, folder, configs_per_trial(study, gpu=False)).searcher
+    stage = record.search_stage(study, folder)
+    _, search = make_searcher(study, stage, pack_size=configs_per_trial(study, gpu=False))
     packs = [search.suggest(f"t{i}") for i in range(5)]
     assert packs[4] == "FINISHED"  # 11 configurations: packs of 3, 3, 3 and 2
     packs = [p[R.PACK_KEY] for p in packs[:4]]
@@ -419,19 +397,27 @@ def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
     assert packs[1][0]["model.latent_dim"] == 5 and packs[1][0]["train.beta"] == 4.0
     numbers = [c[R.OPTUNA_TRIAL_KEY] for p in packs for c in p]
     assert sorted(numbers) == list(range(11))
-    ot = search._ot_study
+    ot = search.study
     for pack in packs:  # Optuna's record of each configuration is what the pack trains
         for c in pack:
             assert ot.trials[c[R.OPTUNA_TRIAL_KEY]].params == {
                 k: v for k, v in c.items() if not k.startswith("_")
             }
-    # Each configuration is told its own result.
-    result = {
-        R.config_key(0, M.VAL_NLL): 80.0,
-        R.config_key(1, R.DIVERGED_KEY): 1,
-        R.config_key(2, M.EPOCH): 1,  # stopped before its objective existed
-    }
-    search.on_trial_complete("t0", result)
+    # Each configuration is told its own result, from its members in the record.
+    first = [c[R.CONFIG_ID_KEY] for c in packs[0]]
+    for cid, (final, info) in zip(
+        first,
+        [({M.VAL_NLL: 80.0, M.TEST_NEG_ELBO: 82.0}, {}), (None, {record.INFO_ERROR: "nan"}),
+         (None, {})],  # the third: stopped by the scheduler before its objective existed
+        strict=True,
+    ):  # fmt: skip
+        out = stage.layout.record_dir(cid, 0)
+        out.mkdir(parents=True)
+        (out / "metrics.jsonl").write_text(json.dumps({M.EPOCH: 1}) + "\n")
+        if final:
+            (out / "final.json").write_text(json.dumps(final))
+        record.update_info(stage.layout.record_file(cid, 0), **info)
+    search.on_trial_complete("t0", {R.config_key(0, M.VAL_NLL): 1.0})
     search.on_trial_complete("t0", {R.config_key(0, M.VAL_NLL): 1.0})  # once only
     S = optuna.trial.TrialState
     told = [ot.trials[c[R.OPTUNA_TRIAL_KEY]] for c in packs[0]]
@@ -442,81 +428,57 @@ def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
     ]
 
 
-def test_a_crash_while_tune_writes_its_experiment_state_leaves_the_last_one_whole(
-    tmp_path, monkeypatch
-):
-    """Tune writes its experiment state after every report (a pack's reports are large); a
-    driver killed mid-write must leave the previous state, which a rerun resumes."""
-    from ray.tune.execution import tune_controller
-    from ray.tune.execution.tune_controller import TuneController
-
-    from vae_study.searcher import write_experiment_state_atomically
-
-    write_experiment_state_atomically()
-    write_experiment_state_atomically()  # idempotent: wrapped once
-    nothing = SimpleNamespace(save_to_dir=lambda *args, **kwargs: None)
-    controller = object.__new__(TuneController)
-    controller.__dict__.update(
-        _session_str="s",
-        _start_time=0.0,
-        _storage=SimpleNamespace(experiment_driver_staging_path=str(tmp_path)),
-        _search_alg=nothing,
-        _callbacks=nothing,
-    )
-    monkeypatch.setattr(TuneController, "__getstate__", lambda self: {"step": self.step})
-    monkeypatch.setattr(TuneController, "_get_trial_checkpoints", lambda self: {"t": "x" * 10**5})
-    state = tmp_path / "experiment_state-s.json"
-    controller.step = 1
-    controller.save_to_dir()
-    assert json.loads(state.read_text())["runner_data"] == {"step": 1}
-
-    def killed_mid_write(obj, f, **kwargs):
-        f.write(json.dumps(obj)[:1000])
-        f.flush()
-        raise KeyboardInterrupt  # the driver dies half-way through the file
-
-    monkeypatch.setattr(tune_controller.json, "dump", killed_mid_write)
-    controller.step = 2
-    with pytest.raises(KeyboardInterrupt):
-        controller.save_to_dir()
-    assert json.loads(state.read_text())["runner_data"] == {"step": 1}  # whole, as it was
-    assert [p.name for p in tmp_path.glob("experiment_state-*.json")] == [state.name]
-    assert controller.experiment_state_file_name == state.name
-
-
 # ---------------------------------------------------------------------------------------
 # The results table.
 
 
+def _record_member(stage, cid, r, final):
+    from vae_study import record
+
+    out = stage.layout.record_dir(cid, r)
+    out.mkdir(parents=True)
+    (out / "metrics.jsonl").write_text(json.dumps({M.EPOCH: 2}) + "\n")
+    (out / "final.json").write_text(json.dumps({**final, M.EPOCH: 2}))
+    (out / "checkpoint").mkdir()
+    (out / "checkpoint" / "state.pt").write_bytes(b"x")
+    record.update_info(stage.layout.record_file(cid, r), trial_id=f"t{cid}", member=r)
+
+
+def _asked(stage, study, n):
+    ot = optuna.create_study(study_name=study.name, storage=f"sqlite:///{stage.root}/optuna.db")
+    for i in range(n):
+        ot.enqueue_trial({"train.beta": 0.5 + i, "model.latent_dim": 2})
+        trial = ot.ask()
+        trial.suggest_float("train.beta", 0.1, 10.0, log=True)
+        trial.suggest_categorical("model.latent_dim", [2, 4])
+    return ot
+
+
 def test_results_have_a_row_per_member_and_configs_agree_with_numpy(tmp_path):
+    from vae_study import record
+
     study = study_from_dict(tiny_study(tmp_path, **{"search.replicates": 3}))
+    stage = record.search_stage(study, tmp_path)
+    _asked(stage, study, 2)
     rng = np.random.default_rng(0)
-    trials, values = [], {}
+    values = {}
     for i in range(2):
-        last = {M.EPOCH: 2, "time_total_s": 5.0}
         values[i] = rng.normal(90, 2, size=(3, 2))
         for r in range(3):
             nll, rate = values[i][r]
-            last.update(
-                {
-                    R.member_key(r, M.EPOCH): 2,
-                    R.member_key(r, M.VAL_NLL): nll,
-                    R.member_key(r, M.TEST_RATE): rate,
-                    R.member_key(r, M.TEST_NEG_ELBO): nll + 1,
-                }
-            )
-        config = {"train.beta": 0.5 + i, "model.latent_dim": 2, R.OPTUNA_TRIAL_KEY: 10 + i}
-        trials.append(_fake_trial(f"t{i}", "TERMINATED", last, config, checkpoint=f"/ck{i}"))
-    R.write_table(study, tmp_path, trials)
+            final = {M.VAL_NLL: nll, M.TEST_RATE: rate, M.TEST_NEG_ELBO: nll + 1}
+            _record_member(stage, i, r, final)
+    record.rebuild(study, stage)
     table = R.read_results(tmp_path / R.RESULTS_FILE)
     assert len(table) == 6 and list(table["member"]) == [0, 1, 2] * 2
     assert list(table["replicate"]) == [0, 1, 2] * 2 and list(table["seed"]) == [0, 1, 2] * 2
-    assert list(table["config_id"]) == [10] * 3 + [11] * 3
-    assert list(table["optuna_trial"]) == [10] * 3 + [11] * 3
-    assert table["checkpoint"][4] == "/ck1/member_1/checkpoint"
+    assert list(table["config_id"]) == [0] * 3 + [1] * 3
+    assert list(table["optuna_trial"]) == [0] * 3 + [1] * 3
+    assert list(table["train.beta"]) == [0.5] * 3 + [1.5] * 3
+    assert table["checkpoint"][4] == str(stage.layout.record_dir(1, 1) / "checkpoint")
     configs = read_configs(tmp_path / "configs.csv")
     for i in range(2):
-        row = configs[configs["config_id"] == 10 + i].iloc[0]
+        row = configs[configs["config_id"] == i].iloc[0]
         for col, metric in enumerate((M.VAL_NLL, M.TEST_RATE)):
             x = values[i][:, col]
             assert row[metric] == pytest.approx(np.mean(x), rel=1e-12)
@@ -527,30 +489,35 @@ def test_results_have_a_row_per_member_and_configs_agree_with_numpy(tmp_path):
 
 
 def test_one_replicate_keeps_one_row_per_trial_and_no_standard_error(tmp_path):
+    from vae_study import record
+
     study = study_from_dict(tiny_study(tmp_path))
-    last = {M.EPOCH: 2, M.VAL_NLL: 88.0, M.TEST_NEG_ELBO: 91.0, M.TEST_RATE: 5.0}
-    config = {"train.beta": 0.5, "model.latent_dim": 2, R.OPTUNA_TRIAL_KEY: 3}
-    R.write_table(study, tmp_path, [_fake_trial("a", "TERMINATED", last, config, "/ck")])
+    stage = record.search_stage(study, tmp_path)
+    _asked(stage, study, 4)
+    _record_member(stage, 3, 0, {M.VAL_NLL: 88.0, M.TEST_NEG_ELBO: 91.0, M.TEST_RATE: 5.0})
+    record.rebuild(study, stage)
     table = R.read_results(tmp_path / R.RESULTS_FILE)
-    assert len(table) == 1
-    row = table.iloc[0]
+    assert len(table) == 4
+    row = table.iloc[3]
     assert (row["member"], row["config_id"], row["replicate"], row["seed"]) == (0, 3, 0, 0)
-    assert row["checkpoint"] == "/ck" and row[M.VAL_NLL] == 88.0  # today's checkpoint folder
+    assert row["checkpoint"] == str(stage.layout.record_dir(3, 0) / "checkpoint")
+    assert row[M.VAL_NLL] == 88.0
     configs = read_configs(tmp_path / "configs.csv")
-    assert configs[M.VAL_NLL][0] == 88.0 and math.isnan(configs[f"{M.VAL_NLL}_se"][0])
+    assert configs[M.VAL_NLL][3] == 88.0 and math.isnan(configs[f"{M.VAL_NLL}_se"][3])
     text = (tmp_path / "configs.csv").read_text().splitlines()
     header = text[0].split(",")
-    assert text[1].split(",")[header.index(f"{M.VAL_NLL}_se")] == ""  # absent, not 0
+    assert text[4].split(",")[header.index(f"{M.VAL_NLL}_se")] == ""  # absent, not 0
 
 
 # ---------------------------------------------------------------------------------------
 # Real studies (slow: a local Ray).
 
 
-def _member_history(folder: Path, trial_id: str, member: int) -> list[dict]:
+def _member_history(folder: Path, config_id: int, replicate: int) -> list[dict]:
+    """A member's epochs, from its fit folder in the record."""
     from vae_study.study_folder import read_history
 
-    return read_history(StudyLayout(folder).result_file(trial_id), member)
+    return read_history(StudyLayout(folder).record_dir(config_id, replicate) / "metrics.jsonl")
 
 
 @pytest.mark.slow
@@ -655,7 +622,7 @@ def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
         if table is None:
             return None
         running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
-        return running["trial_id"].iloc[0] if len(running) else None
+        return int(running["config_id"].iloc[0]) if len(running) else None
 
     proc, log = start_driver(tmp_path, path, "first.log", env)
     try:
@@ -668,14 +635,13 @@ def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
     assert main(["run", str(path), "--no-report"]) == 0
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
-    # The killed trial resumed from its checkpoint: no epoch 1 in its second process.
-    history = _member_history(folder, killed, 1)
-    assert [h[M.EPOCH] for h in history] == list(range(1, 13))
-    lines = [
-        json.loads(x) for x in StudyLayout(folder).result_file(killed).read_text().splitlines()
-    ]
-    pids = list(dict.fromkeys(r["pid"] for r in lines))
-    assert len(pids) == 2 and next(r for r in lines if r["pid"] == pids[1])[M.EPOCH] > 1
+    # The killed configuration resumed from its checkpoints: its second start began past
+    # epoch 1, and each member's curve has every epoch once.
+    for r in (0, 1):
+        history = _member_history(folder, killed, r)
+        assert [h[M.EPOCH] for h in history] == list(range(1, 13))
+        starts = attempts(folder, killed, r)
+        assert len(starts) == 2 and starts[1]["from_epoch"] > 1, starts
     key = ["train.beta", "replicate"]
     a = straight.set_index(key).sort_index()
     b = table.set_index(key).sort_index()
@@ -725,7 +691,7 @@ def test_asha_with_replicates_stops_whole_configurations_on_their_mean(tmp_path)
 
 @pytest.mark.slow
 def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member(tmp_path):
-    from vae_study.driver import INTERRUPTED_ATTR
+    from vae_study.record import INTERRUPTED_ATTR
 
     over = {
         "search.replicates": 2,
@@ -767,11 +733,9 @@ def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member
     assert main(["run", str(path), "--no-report"]) == 0
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 8 and set(table["status"]) == {R.COMPLETED}
-    lines = [
-        json.loads(x) for x in StudyLayout(folder).result_file(paused).read_text().splitlines()
-    ]
-    pids = list(dict.fromkeys(r["pid"] for r in lines))
-    assert len(pids) == 2 and next(r for r in lines if r["pid"] == pids[1])[M.EPOCH] > 1
+    for cid, r in zip(members["config_id"], members["replicate"], strict=True):
+        starts = attempts(folder, cid, r)  # resumed from its checkpoint, not from epoch 1
+        assert len(starts) == 2 and starts[1]["from_epoch"] > 1, starts
     study = optuna.load_study(study_name="tiny", storage=StudyLayout(folder).storage_url)
     assert optuna_states(folder, "tiny") == {"COMPLETE": 4}
     for t in study.trials:
@@ -851,5 +815,8 @@ def test_a_packs_worker_killed_once_resumes_every_member_from_the_checkpoint(tmp
     pids = list(dict.fromkeys(r["pid"] for r in lines))
     assert pids[0] == pid and len(pids) == 2
     assert next(r for r in lines if r["pid"] == pids[1])[M.EPOCH] > 1  # from the checkpoint
-    for member in (0, 1):  # each member's curve is whole: every epoch once
-        assert [h[M.EPOCH] for h in _member_history(folder, trial_id, member)] == list(range(1, 21))
+    for r in (0, 1):  # each member's curve is whole: every epoch once
+        assert [h[M.EPOCH] for h in _member_history(folder, 0, r)] == list(range(1, 21))
+        starts = attempts(folder, 0, r)
+        assert [a["pid"] for a in starts][0] == pid and len(starts) == 2
+        assert starts[1]["from_epoch"] > 1

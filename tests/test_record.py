@@ -247,7 +247,7 @@ def test_a_new_searcher_resumes_running_configurations_first_then_asks_to_num_tr
     assert len(ot.trials) == 4
 
 
-def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
+def test_a_resumed_pack_comes_back_with_one_shape(tmp_path):
     study = _study(
         tmp_path,
         **{

@@ -1,17 +1,15 @@
-"""The study layer's pure logic, without a Ray cluster: the study folder's layout, the trial
-status mapping, the results-table merge, the searcher's tell logic, the GPU share, the
-selected trial in max mode, the environment a study sets, and the search section's parsing."""
+"""The study layer's pure logic, without a Ray cluster: the study folder's layout, the GPU
+share, the selected trial in max mode, the environment a study sets, and the search section's
+parsing. The record, the tables and the searcher are in test_record.py."""
 
 from __future__ import annotations
 
 import math
 import os
 import re
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import optuna
 import pytest
 
 from study_factory import tiny_study
@@ -29,45 +27,26 @@ def study(tmp_path):
     return study_from_dict(tiny_study(tmp_path))
 
 
-def fake_trial(
-    trial_id: str,
-    status: str,
-    last: dict | None = None,
-    *,
-    error: str = "",
-    beta: float = 1.0,
-    number: int = 0,
-) -> SimpleNamespace:
-    """What write_table reads of a Ray Trial."""
-    return SimpleNamespace(
-        trial_id=trial_id,
-        status=status,
-        last_result=last,
-        config={"train.beta": beta, "model.latent_dim": 2, R.OPTUNA_TRIAL_KEY: number},
-        checkpoint=None,
-        get_error=lambda: error,
-    )
-
-
-DONE = {M.EPOCH: 2, M.VAL_NEG_ELBO: 90.0, M.TEST_NEG_ELBO: 91.0, M.VAL_NLL: 88.0}
-
-
 # ---------------------------------------------------------------------------------------
 # The layout.
 
 
 def test_the_layout_names_every_file_of_a_study_folder(tmp_path):
-    from vae_study.driver import tune_trial_dirname
     from vae_study.search import storage_url
+    from vae_study.tuner import tune_trial_dirname
 
     layout = StudyLayout.of(tmp_path / "runs", "s")
     assert layout.folder == tmp_path / "runs" / "s"
     assert layout.study_file.name == "study.yaml" and layout.results_file.name == "results.csv"
     assert layout.optuna_db.name == "optuna.db" and layout.lock_file.name == "driver.lock"
+    # The record: a fit folder per configuration and seed, its member file beside it.
+    assert layout.record_dir(7, 1) == layout.folder / "trials" / "0007" / "replicate_1"
+    assert layout.record_file(7, 1) == layout.folder / "trials" / "0007" / "replicate_1.json"
+    assert StudyLayout(layout.confirm_dir).record_dir(7, 0).is_relative_to(layout.confirm_dir)
+    # Ray's own folders, as an older vae_study's record had them (still read).
     assert layout.trial_dir("ab12") == layout.folder / "tune" / "trial_ab12"
     assert layout.member_dir("ab12", 3) == layout.trial_dir("ab12") / "member_3"
     assert layout.result_file("ab12") == layout.trial_dir("ab12") / "result.json"
-    # What Tune names a trial folder is what the report reads back.
     assert tune_trial_dirname(SimpleNamespace(trial_id="ab12")) == "trial_ab12"
     assert storage_url(layout.folder) == f"sqlite:///{layout.optuna_db.resolve()}"
     assert layout.checkpoints("ab12") == []
@@ -87,146 +66,6 @@ def test_the_defaults_of_output_and_report_are_the_layouts():
 
     assert OutputConfig().dir == RUNS_DIR == "runs"
     assert ReportConfig().dir == REPORTS_DIR == "reports"
-
-
-# ---------------------------------------------------------------------------------------
-# Ray's trial status -> ours.
-
-
-@pytest.mark.parametrize(
-    ("ray_status", "last", "interrupted", "ours"),
-    [
-        ("PENDING", None, False, R.PENDING),
-        ("RUNNING", {M.EPOCH: 1}, False, R.RUNNING),
-        ("PAUSED", {M.EPOCH: 1}, False, R.RUNNING),
-        ("TERMINATED", DONE, False, R.COMPLETED),
-        ("TERMINATED", {M.EPOCH: 1, M.VAL_NEG_ELBO: 95.0}, False, R.STOPPED),  # by the scheduler
-        ("TERMINATED", {R.DIVERGED_KEY: 1, R.ERROR_KEY: "nan"}, False, R.FAILED),
-        ("ERROR", {M.EPOCH: 1}, False, R.FAILED),
-        ("TERMINATED", DONE, True, R.INTERRUPTED),  # running when the study was paused
-        ("RUNNING", {M.EPOCH: 1}, True, R.INTERRUPTED),
-        ("ERROR", {M.EPOCH: 1}, True, R.FAILED),  # an error stays an error
-        ("PENDING", None, True, R.PENDING),
-    ],
-)
-def test_trial_status(ray_status, last, interrupted, ours):
-    assert R.trial_status(ray_status, last or {}, interrupted=interrupted) == ours
-
-
-def test_a_failed_row_says_why(study):
-    err = fake_trial("e", "ERROR", {M.EPOCH: 1}, error="Traceback\n  ...\nValueError: boom\n")
-    row = R.trial_row(err, study)
-    assert (row["status"], row[R.ERROR_KEY]) == (R.FAILED, "ValueError: boom")
-    div = fake_trial("d", "TERMINATED", {R.DIVERGED_KEY: 1, R.ERROR_KEY: "loss is nan"})
-    row = R.trial_row(div, study)
-    assert (row["status"], row[R.ERROR_KEY]) == (R.FAILED, "loss is nan")
-    ok = R.trial_row(fake_trial("c", "TERMINATED", DONE, beta=0.5, number=7), study)
-    assert ok["status"] == R.COMPLETED and R.ERROR_KEY not in ok
-    assert (ok["train.beta"], ok["optuna_trial"], ok[M.VAL_NEG_ELBO]) == (0.5, 7, 90.0)
-
-
-# ---------------------------------------------------------------------------------------
-# The results-table merge.
-
-
-def test_the_table_keeps_finished_trials_ray_forgot_and_drops_unfinished_ones(study, tmp_path):
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    R.write_table(
-        study,
-        folder,
-        [
-            fake_trial("old_done", "TERMINATED", DONE),
-            fake_trial("old_running", "RUNNING", {M.EPOCH: 1}),
-            fake_trial("kept", "RUNNING", {M.EPOCH: 1}),
-        ],
-    )
-    # A restored driver: Ray knows "kept" (finished now) and a new trial only.
-    rows = R.write_table(
-        study,
-        folder,
-        [fake_trial("kept", "TERMINATED", DONE), fake_trial("new", "PENDING")],
-        {"new"},
-    )
-    got = {r["trial_id"]: r["status"] for r in rows}
-    assert got == {"kept": R.COMPLETED, "new": R.PENDING, "old_done": R.COMPLETED}
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert dict(zip(table["trial_id"], table["status"], strict=True)) == got
-
-
-def test_a_damaged_table_is_rebuilt_from_rays_trials(study, tmp_path):
-    (tmp_path / R.RESULTS_FILE).write_text("garbage without a newline")
-    rows = R.write_table(study, tmp_path, [fake_trial("a", "TERMINATED", DONE)])
-    assert [r["trial_id"] for r in rows] == ["a"]
-    assert list(R.read_results(tmp_path / R.RESULTS_FILE)["trial_id"]) == ["a"]
-
-
-# ---------------------------------------------------------------------------------------
-# The searcher's tell logic.
-
-
-def test_optuna_outcome():
-    from vae_study.searcher import optuna_outcome
-
-    S = optuna.trial.TrialState
-    one, two = [M.VAL_NLL], [M.VAL_RATE, M.VAL_DISTORTION]
-    assert optuna_outcome(one, {M.VAL_NLL: 80.0}) == (S.COMPLETE, 80.0)
-    assert optuna_outcome(one, {M.VAL_NLL: 3}) == (S.COMPLETE, 3)
-    assert optuna_outcome(two, {M.VAL_RATE: 1.0, M.VAL_DISTORTION: 2.0}) == (S.COMPLETE, [1.0, 2.0])
-    assert optuna_outcome(two, {M.VAL_RATE: 1.0}) == (S.PRUNED, None)  # stopped early
-    assert optuna_outcome(one, None) == (S.PRUNED, None)
-    assert optuna_outcome(one, {}) == (S.PRUNED, None)
-    assert optuna_outcome(one, {M.VAL_NLL: math.nan}) == (S.FAIL, None)
-    assert optuna_outcome(one, {M.VAL_NLL: math.inf}) == (S.FAIL, None)
-    assert optuna_outcome(one, {M.VAL_NLL: 80.0}, error=True) == (S.FAIL, None)
-    assert optuna_outcome(one, {M.VAL_NLL: 80.0, R.DIVERGED_KEY: 1}) == (S.FAIL, None)
-
-
-def test_the_searcher_tells_optuna_each_trial_once():
-    """StudySearch.on_trial_complete on a searcher whose private state is set by hand, as
-    OptunaSearch sets it (the attributes the adapter in searcher.py reads)."""
-    from vae_study.searcher import StudySearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ot_study = optuna.create_study()
-    search = object.__new__(StudySearch)
-    search._metric = M.VAL_NLL
-    search._ot_study = ot_study
-    search._ot_trials = {"a": ot_study.ask(), "b": ot_study.ask(), "c": ot_study.ask()}
-    search._completed_trials = set()
-    search.on_trial_complete("a", {M.VAL_NLL: 70.0})
-    search.on_trial_complete("a", {M.VAL_NLL: 99.0})  # told already: ignored
-    search.on_trial_complete("b", {R.DIVERGED_KEY: 1, M.EPOCH: 2})
-    search.on_trial_complete("c", {M.EPOCH: 1})  # stopped before its objective existed
-    search.on_trial_complete("unknown", {M.VAL_NLL: 1.0})  # not asked by this searcher
-    states = [(t.state, t.value) for t in ot_study.trials]
-    S = optuna.trial.TrialState
-    assert states == [(S.COMPLETE, 70.0), (S.FAIL, None), (S.PRUNED, None)]
-    assert search._completed_trials == {"a", "b", "c"}
-
-
-def test_an_untested_ray_or_optuna_release_is_warned_about_once(monkeypatch):
-    from vae_study import searcher
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        searcher.check_versions.cache_clear()
-        searcher.check_versions()  # the installed releases are the tested ones
-    monkeypatch.setattr(searcher, "TESTED_RAY", frozenset({"1.0"}))
-    searcher.check_versions.cache_clear()
-    with pytest.warns(UserWarning, match=r"ray .* was not tested .*tested: 1\.0"):
-        searcher.check_versions()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        searcher.check_versions()  # once per process
-    searcher.check_versions.cache_clear()
-
-
-def test_a_missing_private_attribute_is_a_study_error_naming_the_versions():
-    from vae_study.searcher import optuna_trials
-
-    with pytest.raises(StudyError, match="_ot_trials is missing in ray .* tested with ray"):
-        optuna_trials(SimpleNamespace())
 
 
 # ---------------------------------------------------------------------------------------
@@ -356,10 +195,10 @@ def test_a_study_sets_tunes_environment_only_while_it_runs(study, tmp_path, monk
 
     seen = {}
 
-    def fake_tuner(study, folder, source, verbose, pause):
+    def fake_stages(study, stages, source, verbose, pause):
         seen.update(os.environ)
 
-    monkeypatch.setattr(driver, "_run_tuner", fake_tuner)
+    monkeypatch.setattr(driver, "_run_stages", fake_stages)
     monkeypatch.delenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", raising=False)
     monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "5")
     before = dict(os.environ)
@@ -444,33 +283,6 @@ def test_an_old_study_folder_opens_through_the_layout(tmp_path):
     (t,) = sf.trials
     assert t.checkpoint == folder / "tune" / "trial_t1" / "checkpoint_000001"
     assert [h[M.VAL_NEG_ELBO] for h in t.history] == [99.0]
-
-
-def test_the_names_old_study_folders_pickled_still_resolve():
-    """Ray pickled the Tuner (its callback, searcher, trial-folder namer) into tune/ of a study
-    started before the split, under vae_study.tune and vae_study.study_config; a resume
-    unpickles them by those names."""
-    import pickle
-
-    from vae_study import driver, search_config, searcher, study_config, trainable, tune
-
-    assert (tune.ResultsTable, tune.StudySearch, tune.train_trial) == (
-        driver.ResultsTable,
-        searcher.StudySearch,
-        trainable.train_trial,
-    )
-    assert tune.trial_dirname(SimpleNamespace(trial_id="ab")) == "trial_ab"
-    assert (study_config.Param, study_config.SearchConfig, study_config.Objective) == (
-        search_config.Param,
-        search_config.SearchConfig,
-        search_config.Objective,
-    )
-    # A pickle that names the class by its old module loads (what Tuner.restore does).
-    old = pickle.dumps(search_config.Objective("val/nll", "min"), protocol=0).replace(
-        b"vae_study.search_config", b"vae_study.study_config"
-    )
-    assert b"vae_study.study_config" in old
-    assert pickle.loads(old) == search_config.Objective("val/nll", "min")
 
 
 def test_study_sections_made_in_python_check_themselves():

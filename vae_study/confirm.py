@@ -238,6 +238,9 @@ def run_confirmation(
             ConcurrencyLimiter(searcher, max_concurrent=study.search.max_concurrent),
             pause=pause,
             verbose=verbose,
+            max_trials=searcher.max_trials,
         )
+    if pause.requested:
+        searcher.mark_interrupted()
     rows = record.rebuild(study, stage)
     print(summary_line(study, stage, rows, paused=pause.requested), flush=True)

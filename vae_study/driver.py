@@ -141,9 +141,12 @@ def _run_stages(
                 limiter,
                 pause=pause,
                 verbose=verbose,
+                max_trials=searcher.max_trials,
                 trial_scheduler=scheduler(study),
             )
         pause.phase = Pause.SAVING
+        if pause.requested:
+            searcher.mark_interrupted()
         rows = record.rebuild(study, search)
         print(summary_line(study, search, rows, paused=pause.requested), flush=True)
         if len(stages) > 1 and not pause.requested and _all_finished(rows):

@@ -92,6 +92,13 @@ class StudySearcher(Searcher):
         self.study_id = self.storage.get_study_id_from_name(stage.optuna_name)
 
     @property
+    def max_trials(self) -> int:
+        """At most how many Ray trials this searcher will suggest (Tune's ``num_samples``):
+        one per resumed configuration, then packs of the new ones."""
+        new = max(0, self.num_configs - self.asked)
+        return len(self.resume) + -(-new // self.pack_size)
+
+    @property
     def resumed(self) -> list[int]:
         """The Optuna numbers this driver will run again first (interrupted ones)."""
         return [t.number for t in self.resume]
@@ -144,6 +151,14 @@ class StudySearcher(Searcher):
                 tell(self.study, number, optuna.trial.TrialState.FAIL, None)
             else:  # stopped by the scheduler before its last epoch
                 tell(self.study, number, optuna.trial.TrialState.PRUNED, None)
+
+    def mark_interrupted(self) -> list[int]:
+        """Mark every configuration of the stage still RUNNING with ``INTERRUPTED_ATTR`` (a
+        pause: Tune does not tell the searcher of every trial it stops); returns them."""
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for t in running:
+            self.storage.set_trial_user_attr(self._id(t.number), record.INTERRUPTED_ATTR, True)
+        return [t.number for t in running]
 
     def save(self, checkpoint_path: str) -> None:
         """What Tune asks to keep: nothing that a resume reads (the record is optuna.db)."""

@@ -63,6 +63,7 @@ def run_stage(
     *,
     pause: Pause,
     verbose: int,
+    max_trials: int,
     trial_scheduler: Any = None,
 ) -> None:
     """Run the stage's trials with a new Tuner until the searcher has nothing left, or the
@@ -74,7 +75,7 @@ def run_stage(
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             scheduler=trial_scheduler,
-            num_samples=-1,  # until the searcher says FINISHED: it counts configurations
+            num_samples=max_trials,  # the searcher may say FINISHED sooner
             reuse_actors=True,
             trial_dirname_creator=tune_trial_dirname,
         ),
