@@ -247,6 +247,32 @@ def test_a_new_searcher_resumes_running_configurations_first_then_asks_to_num_tr
     assert len(ot.trials) == 4
 
 
+def test_a_searcher_of_any_sampler_pickles_as_tune_pickles_it(tmp_path):
+    """Tune pickles its search algorithm when a Tuner is made; NSGA-II's sampler holds a lock.
+    The copy opens the same record and asks on from it."""
+    import pickle
+
+    study = _study(
+        tmp_path,
+        **{
+            "search.algorithm": "nsga2",
+            "search.num_trials": 3,
+            "search.objectives": [{"metric": "val/rate"}, {"metric": "val/distortion"}],
+        },
+    )
+    stage = record.search_stage(study, _folder(tmp_path))
+    search = _searcher(study, stage)
+    with pytest.raises(TypeError, match="lock"):  # why the searcher needs its own pickling
+        pickle.dumps(search.study.sampler)
+    first = search.suggest("a")
+    copy = pickle.loads(pickle.dumps(search))
+    assert copy.asked == 1 and copy.assigned == {"a": [(first["_optuna_trial"], 0)]}
+    second = copy.suggest("b")
+    assert second["_optuna_trial"] == first["_optuna_trial"] + 1
+    ot = optuna.load_study(study_name=study.name, storage=record.storage(stage))
+    assert len(ot.trials) == 2
+
+
 def test_a_resumed_pack_comes_back_with_one_shape(tmp_path):
     study = _study(
         tmp_path,

@@ -403,3 +403,77 @@ def test_two_studies_in_one_output_dir_both_finish_a_report_reads_one_while_it_r
     while time.monotonic() < deadline and any(_study_processes(p.pid) for p, _ in procs):
         time.sleep(0.2)
     assert not [pid for p, _ in procs for pid in _study_processes(p.pid)]
+
+
+class _Stop(Exception):
+    """A run killed after its first epoch."""
+
+
+@pytest.mark.slow
+def test_a_folder_of_an_older_vae_study_resumes_and_finishes(tmp_path, capsys):
+    """A study folder as vae_study wrote it when Ray Tune held the record (checkpoints in
+    ``tune/trial_<id>/checkpoint_<n>/``, no ``trials/``): one configuration completed, one
+    interrupted after its first epoch. The same command imports it, keeps the completed one as
+    it was, continues the interrupted one from its checkpoint and asks the third."""
+    from vae_study.checkpoint import write_yaml
+    from vae_study.cli import main
+    from vae_study.layout import StudyLayout
+    from vae_study.study_config import study_from_dict
+    from vae_study.train import fit
+
+    raw = tiny_study(tmp_path, **{"search.num_trials": 3, "search.max_concurrent": 1})
+    path = write_study(tmp_path, raw)
+    study = study_from_dict(raw)
+    layout = StudyLayout.of(tmp_path / "runs", "tiny")
+    layout.folder.mkdir(parents=True)
+    write_yaml(layout.study_file, study.to_dict())
+    ot = optuna.create_study(study_name="tiny", storage=layout.storage_url)
+    rows = []
+    for number, (beta, stop) in enumerate(((0.5, False), (2.0, True))):
+        ot.enqueue_trial({"train.beta": beta, "model.latent_dim": 2})
+        trial = ot.ask()
+        trial.suggest_float("train.beta", 0.1, 10.0, log=True)
+        trial.suggest_categorical("model.latent_dim", [2, 4])
+        cfg = study.trial_config({"train.beta": beta, "model.latent_dim": 2})
+        work = tmp_path / f"work{number}"
+
+        def kill(row, folder, stop=stop):
+            if stop:
+                raise _Stop
+
+        try:
+            res = fit(cfg, out_dir=work, on_epoch=kill)
+        except _Stop:
+            res = None
+        ckpt = layout.trial_dir(f"old{number}") / "checkpoint_000001"
+        ckpt.parent.mkdir(parents=True)
+        (work / "checkpoint").rename(ckpt)
+        row = {
+            "trial_id": f"old{number}",
+            "optuna_trial": number,
+            "config_id": number,
+            "replicate": 0,
+            "member": 0,
+            "seed": 0,
+            "status": R.INTERRUPTED if stop else R.COMPLETED,
+            "train.beta": beta,
+            "model.latent_dim": 2,
+            "epoch": 1 if stop else 2,
+            "checkpoint": str(ckpt),
+        }
+        if res is not None:
+            row.update(res.final)
+            ot.tell(number, res.final[M.VAL_NLL])
+        rows.append(row)
+    R.write_results(layout.results_file, rows, ["train.beta", "model.latent_dim"])
+
+    assert main(["run", str(path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "written by an older vae_study" in out
+    table = R.read_results(layout.results_file).set_index("config_id")
+    assert len(table) == 3 and set(table["status"]) == {R.COMPLETED}
+    assert table.loc[0, "trial_id"] == "old0"  # kept as it was, not trained again
+    assert table.loc[0, M.TEST_NLL] == rows[0][M.TEST_NLL]
+    assert [a["from_epoch"] for a in attempts(layout.folder, 1)] == [1]  # from its checkpoint
+    assert [a["from_epoch"] for a in attempts(layout.folder, 2)] == [0]
+    assert optuna_states(layout.folder, "tiny") == {"COMPLETE": 3}

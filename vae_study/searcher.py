@@ -91,6 +91,21 @@ class StudySearcher(Searcher):
         self.assigned: dict[str, list[tuple[int, int]]] = {}  # Ray trial -> (number, id)
         self.study_id = self.storage.get_study_id_from_name(stage.optuna_name)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled copy (Tune pickles its search algorithm into ``tuner.pkl``, which
+        vae_study never reads) holds the stage and its counters, not the live Optuna study:
+        some samplers (NSGA-II) hold a lock and cannot be pickled."""
+        state = dict(self.__dict__)
+        state.pop("study", None)
+        state.pop("storage", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Reopen the stage's Optuna study from the record (with Optuna's default sampler)."""
+        self.__dict__.update(state)
+        self.storage = record.storage(self.stage)
+        self.study = optuna.load_study(study_name=self.stage.optuna_name, storage=self.storage)
+
     @property
     def max_trials(self) -> int:
         """At most how many Ray trials this searcher will suggest (Tune's ``num_samples``):
