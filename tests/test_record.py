@@ -541,3 +541,69 @@ def test_a_full_disk_is_told_apart_from_other_errors(tmp_path):
     assert not disk_full(OSError(errno.EACCES, "Permission denied"))
     line = str(disk_full_error(tmp_path / "runs" / "s" / "results.csv"))
     assert "MiB free" in line and "free space and run the same command" in line
+
+
+def test_a_full_disk_in_tunes_own_writes_stops_the_study_without_its_traceback(tmp_path):
+    """Tune logs a failed write of its experiment state with a traceback and goes on; while
+    it runs, such a record stops the study as a full disk does and is not printed."""
+    import errno
+    import logging
+
+    from vae_study.tuner import TUNE_WRITE_LOGGERS, ray_disk_full_stops
+
+    class Stops:
+        requested, errors = False, []
+
+        def stop(self, error):
+            self.errors.append(str(error))
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, rec):
+            seen.append(rec.getMessage())
+
+    log = logging.getLogger(TUNE_WRITE_LOGGERS[0])
+    handler = Keep()
+    log.addHandler(handler)
+    pause = Stops()
+    try:
+        with ray_disk_full_stops(pause, tmp_path):
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                log.exception("Saving experiment state failed")
+            log.error("another error, printed")
+        log.exception("after the run: printed", exc_info=OSError(errno.ENOSPC, "full"))
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["another error, printed", "after the run: printed"]
+    assert len(pause.errors) == 1 and "free space and run the same command" in pause.errors[0]
+
+
+def test_a_member_killed_before_its_first_checkpoint_starts_over_in_a_clean_folder(tmp_path):
+    """A kill between fit's first two writes leaves config.yaml without metrics.jsonl (and
+    a temp file): fit refuses such a folder as not its own, so the record empties it; a
+    folder with a checkpoint is kept whole."""
+    from vae_study.errors import ConfigError
+    from vae_study.train import check_output_folder
+
+    study = _study(tmp_path)
+    stage = record.search_stage(study, _folder(tmp_path))
+    half = stage.layout.record_dir(0, 0)
+    half.mkdir(parents=True)
+    (half / "config.yaml").write_text("model: {}\n")
+    (half / ".metrics.jsonl.abc123.tmp").write_text("")
+    with pytest.raises(ConfigError, match="not a fit output folder"):
+        check_output_folder(half)  # why the record must clear it
+    write_member(stage, 0, 1, epochs=1)
+    kept = stage.layout.record_dir(0, 1)
+    (kept / "checkpoint").mkdir()
+    (kept / "checkpoint" / "state.pt").write_bytes(b"epoch 1")
+    before = sorted(p.name for p in kept.rglob("*"))
+    record.clear_unstarted(stage, 0, 0)
+    record.clear_unstarted(stage, 0, 1)
+    record.clear_unstarted(stage, 0, 2)  # no folder: nothing
+    assert not half.exists()
+    check_output_folder(half)
+    assert sorted(p.name for p in kept.rglob("*")) == before and "state.pt" in before

@@ -26,7 +26,7 @@ import optuna
 import ray
 
 from . import record
-from .checkpoint import DRIVER_PID_ENV, FAULT_ENV
+from .checkpoint import DRIVER_PID_ENV
 from .cluster import (
     check_arch_on_nodes,
     check_shared_storage,
@@ -91,9 +91,9 @@ def _run_locked(
         flush=True,
     )
     pause = Pause(on_deadline=lambda signum: _pause_now(study, stages, signum))
-    env = dict(TUNE_ENV)
-    if os.environ.get(FAULT_ENV):  # tests: the fault hook names the process to kill
-        env[DRIVER_PID_ENV] = str(os.getpid())
+    # Every process of the study carries its driver's pid: the fault hook kills by it, and
+    # tests find the Ray processes a driver left.
+    env = {**TUNE_ENV, DRIVER_PID_ENV: str(os.getpid())}
     try:
         with environment(env), pause:
             _run_stages(study, stages, source, verbose, pause)

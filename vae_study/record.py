@@ -39,7 +39,7 @@ from .layout import (
     holds_state,
 )
 from .replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY, replicate_seed
-from .run_files import CHECKPOINT_DIR, FINAL_FILE, METRICS_FILE
+from .run_files import CHECKPOINT_DIR, FINAL_FILE, METRICS_FILE, STATE_FILE
 
 # Optuna user attributes written by vae_study.
 INTERRUPTED_ATTR = "vae_study_interrupted"  # a trial running when the study was paused
@@ -241,6 +241,17 @@ def read_member(stage: Stage, config: int, replicate: int) -> Member:
         history=[history[e] for e in sorted(history)],
         final=_json(folder / FINAL_FILE),
     )
+
+
+def clear_unstarted(stage: Stage, config: int, replicate: int) -> None:
+    """Empty the member's fit folder when it holds no checkpoint: a run killed before its
+    first epoch ended leaves part of fit's first files (``config.yaml`` without
+    ``metrics.jsonl``, a temp file of an atomic write), which ``fit`` would refuse as a
+    folder it did not make. Nothing is lost: without a checkpoint the member starts at epoch
+    0 whatever the folder holds. The folder is the record's own (``trials/``)."""
+    folder = stage.layout.record_dir(config, replicate)
+    if folder.is_dir() and not (folder / CHECKPOINT_DIR / STATE_FILE).is_file():
+        shutil.rmtree(folder)
 
 
 def members(stage: Stage, config: int) -> list[Member]:

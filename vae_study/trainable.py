@@ -102,6 +102,7 @@ def _train_one(
     if before.error:
         _report_failed(before, used)
         return
+    record.clear_unstarted(stage, cid, r)
     clock = _Clock(stage, [ids])
     clock.start(trial_id, used, [before.epoch], None)
 
@@ -209,6 +210,8 @@ def train_pack(
     before = [record.read_member(stage, c, r) for c, r in ids]
     failed: dict[int, str] = {j: m.error for j, m in enumerate(before) if m.error}
     live = [j for j in range(len(members)) if j not in failed]
+    for j in live:
+        record.clear_unstarted(stage, *ids[j])
     clock = _Clock(stage, ids)
     clock.start(trial_id, used, [m.epoch for m in before], mode)
     rows: dict[int, dict[str, Any]] = {}  # member -> its latest row (an epoch, then final)

@@ -6,7 +6,10 @@ experiment folder (``tune/``), and each run of the driver starts a new Tune expe
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ray import tune
@@ -89,9 +92,42 @@ def run_stage(
     )
     pause.phase = Pause.TUNING
     try:
-        tuner.fit()
+        with ray_disk_full_stops(pause, stage.folder):
+            tuner.fit()
     finally:
         pause.phase = Pause.SAVING
+
+
+# Tune's loggers that report a failed write of its own files (experiment state, trial
+# results) in tune/, on the study's disk, and go on.
+TUNE_WRITE_LOGGERS = (
+    "ray.tune.execution.experiment_state",
+    "ray.tune.execution.tune_controller",
+    "ray.train._internal.storage",
+)
+
+
+@contextlib.contextmanager
+def ray_disk_full_stops(pause: Pause, where: Any) -> Iterator[None]:
+    """While Tune runs: a log record of Tune's that says a disk is full (its traceback
+    included) is not printed; it stops the study as a full disk does (``pause.stop``), so
+    the driver ends with the one line of ``disk_full_error``."""
+
+    def full(rec: logging.LogRecord) -> bool:
+        exc = rec.exc_info[1] if rec.exc_info else None
+        if not (disk_full(exc) or "No space left on device" in rec.getMessage()):
+            return True
+        pause.stop(disk_full_error(where))
+        return False
+
+    loggers = [logging.getLogger(name) for name in TUNE_WRITE_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(full)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(full)
 
 
 def tune_trial_dirname(trial: Any) -> str:
