@@ -426,13 +426,31 @@ def import_legacy(study: Any, stage: Stage) -> int:
             fields[INFO_LEGACY] = clean
         ckpt = clean.get("checkpoint")  # finished or not: a configuration run again needs it
         if isinstance(ckpt, str) and holds_state(Path(ckpt)):
-            shutil.copytree(ckpt, staging / rel_dir / CHECKPOINT_DIR)
+            _import_checkpoint(Path(ckpt), staging / rel_dir, INFO_LEGACY not in fields)
         write_json(staging / rel_file, fields)
         count += 1
     staging.mkdir(parents=True, exist_ok=True)
     shutil.copy2(layout.results_file, staging / LEGACY_TABLE)
     staging.rename(layout.trials_dir)  # the import appears whole, or not at all
     return count
+
+
+def _import_checkpoint(source: Path, folder: Path, unfinished: bool) -> None:
+    """An older trial's checkpoint as a fit folder holds one: the checkpoint and, for a
+    member that will train on (``unfinished``), the epochs it has trained in metrics.jsonl
+    (its epoch in the record; a finished member keeps its imported row). A checkpoint that
+    cannot be read is copied as it is: its member then fails naming it, as in any study."""
+    from .checkpoint import atomic_write_text, load
+
+    shutil.copytree(source, folder / CHECKPOINT_DIR)
+    if not unfinished:
+        return
+    try:
+        state = load(source)
+    except CheckpointError:
+        return
+    history = [h for h in state.history if h.get(M.EPOCH, 0) <= state.epoch]
+    atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
 
 
 def _missing(value: Any) -> bool:
