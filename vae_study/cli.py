@@ -168,7 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, args.set)  # every key checked before Ray starts
     if study.report.enabled and not args.no_report:  # not found out hours later, at the end
+        from .report import check_report_folder
+
         check_writable(Path(study.report.dir), "report.dir")
+        check_report_folder(Path(study.report.dir) / study.name, study.folder)
     from .driver import run_study  # imports Ray: only once the study file is known to be good
 
     folder = run_study(study, fresh=args.fresh)
@@ -206,7 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .study_folder import load_folder
 
     name = load_folder(args.folder).study.name
-    out = build_report(args.folder, Path(args.out) if args.out else Path(REPORTS_DIR) / name)
+    out = build_report(args.folder, _out_folder(args.out, Path(REPORTS_DIR) / name))
     print(f"report: {out / 'index.html'}")
     return 0
 
