@@ -164,3 +164,58 @@ def test_fresh_never_deletes_a_folder_fit_did_not_make(tmp_path, mnist_root, cap
     assert main(["fit", str(_study(tmp_path, mnist_root)), "--out", str(precious), "--fresh"]) == 2
     assert "not a fit output folder" in capsys.readouterr().err
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+# --- issue 19: fit touches only folders it made and marked ------------------------------------
+
+
+def test_fresh_never_deletes_another_tools_config_and_metrics(tmp_path, mnist_root, capsys):
+    other = tmp_path / "other_tool"
+    other.mkdir()
+    (other / "config.yaml").write_text("learning_rate: 0.1\n")
+    (other / "metrics.jsonl").write_text('{"loss": 1.0}\n')
+    (other / "weights.bin").write_bytes(b"\x00" * 16)
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    study = _study(tmp_path, mnist_root)
+    assert main(["fit", str(study), "--out", str(other), "--fresh"]) == 2
+    err = capsys.readouterr().err
+    assert "not a fit output folder" in err and "in the way" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+
+
+def test_fresh_refuses_exactly_config_and_metrics_of_another_tool(tmp_path, mnist_root, capsys):
+    other = tmp_path / "other_tool"
+    other.mkdir()
+    (other / "config.yaml").write_text("learning_rate: 0.1\n")
+    (other / "metrics.jsonl").write_text('{"loss": 1.0}\n')
+    assert main(["fit", str(_study(tmp_path, mnist_root)), "--out", str(other), "--fresh"]) == 2
+    assert "config.yaml is in the way" in capsys.readouterr().err
+    assert (other / "config.yaml").read_text() == "learning_rate: 0.1\n"
+
+
+def test_fresh_waits_for_the_data_before_deleting(tmp_path, mnist_root, capsys):
+    study = _study(tmp_path, mnist_root)
+    out = tmp_path / "out"
+    assert main(["fit", str(study), "--out", str(out), "--set", "train.epochs=1"]) == 0
+    assert json.loads((out / "vae_study.json").read_text())["kind"] == "fit"
+    before = (out / "checkpoint" / "state.pt").read_bytes()
+    capsys.readouterr()
+    missing = ["--set", f"data.root={tmp_path / 'nowhere'}"]
+    assert main(["fit", str(study), "--out", str(out), "--fresh", *missing]) == 2
+    assert (out / "checkpoint" / "state.pt").read_bytes() == before
+
+
+def test_a_fit_folder_without_a_marker_is_recognised_and_marked(tmp_path, mnist_root, capsys):
+    study = _study(tmp_path, mnist_root)
+    out = tmp_path / "out"
+    assert main(["fit", str(study), "--out", str(out), "--set", "train.epochs=1"]) == 0
+    (out / "vae_study.json").unlink()  # as an older vae_study left it
+    capsys.readouterr()
+    assert main(["fit", str(study), "--out", str(out)]) == 0
+    assert "epoch   2/2" in capsys.readouterr().out
+    assert (out / "vae_study.json").is_file()
+
+
+def test_fit_refuses_an_empty_out(tmp_path, mnist_root, capsys):
+    assert main(["fit", str(_study(tmp_path, mnist_root)), "--out", ""]) == 2
+    assert "--out: got ''" in capsys.readouterr().err

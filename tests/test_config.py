@@ -148,3 +148,44 @@ def test_a_config_made_in_python_is_checked_as_strictly_as_one_read_from_yaml():
     assert model.hidden == (200, 200) and hash(model)  # frozen and hashable
     train = TrainConfig(lr=1, beta="0.5")
     assert train.lr == 1.0 and isinstance(train.lr, float) and train.beta == 0.5
+
+
+# --- issue 19: a text input is a small regular file; an empty path is refused -----------------
+
+
+def test_a_config_file_that_never_ends_or_is_huge_is_refused(tmp_path):
+    import os
+
+    from vae_study.config import read_yaml
+    from vae_study.config_file import MAX_TEXT_BYTES
+
+    with pytest.raises(ConfigError, match=r"/dev/zero is not a regular file"):
+        read_yaml("/dev/zero")
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as f:  # sparse: no disk used
+        f.truncate(MAX_TEXT_BYTES + 1)
+    with pytest.raises(ConfigError, match=rf"huge.yaml has {MAX_TEXT_BYTES + 1} bytes"):
+        read_yaml(huge)
+    fifo = tmp_path / "study.yaml"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(ConfigError, match=r"study.yaml is not a regular file"):
+        read_yaml(fifo)
+    with pytest.raises(ConfigError, match=r"is a folder"):
+        read_yaml(tmp_path)
+    link = tmp_path / "link.yaml"
+    (tmp_path / "real.yaml").write_text("train: {epochs: 2}\n")
+    link.symlink_to(tmp_path / "real.yaml")  # a link to a regular file is fine (git-annex)
+    assert read_yaml(link) == {"train": {"epochs": 2}}
+
+
+@pytest.mark.parametrize("key", ["data.root", "data.path", "data.train_dir"])
+@pytest.mark.parametrize("value", ["", "  ", "a\0b"])
+def test_an_empty_data_path_is_refused(key, value):
+    from vae_study.config import DataConfig
+
+    extra = {"path": "x.npz", "dataset": "npz"} if key == "data.path" else {}
+    if key == "data.train_dir":
+        extra = {"dataset": "image_folder", "test_dir": "t", "image_size": 8}
+    extra[key.split(".")[1]] = value
+    with pytest.raises(ConfigError, match=rf"{key}: got .*, expected a path, not an empty"):
+        DataConfig(**extra)

@@ -627,3 +627,43 @@ def test_uint8_zeros_and_ones_are_refused_unless_declared(tmp_path):
     cfg = DataConfig(dataset="npz", path=str(path), val_size=5)
     with pytest.raises(DataError, match=r"uint8 with every value 0 or 1.*near-black"):
         read_source(cfg)
+
+
+# --- issue 19: only regular files are images; no cycle, no link out, nothing counted twice ----
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path):
+    import os
+
+    write_pngs(tmp_path / "train", {"cat": 2})
+    write_pngs(tmp_path / "test", {"cat": 1})
+    os.mkfifo(tmp_path / "train" / "cat" / "x.png")  # PIL would block on it forever
+    with pytest.raises(DataError, match=r"data.train_dir: .*x.png is not a regular file"):
+        read_source(folder_config(tmp_path))
+
+
+def test_a_link_to_an_image_anywhere_is_an_image(tmp_path):
+    write_pngs(tmp_path / "store", {"cat": 1})
+    write_pngs(tmp_path / "train", {"cat": 2})
+    write_pngs(tmp_path / "test", {"cat": 1})
+    (tmp_path / "train" / "cat" / "linked.png").symlink_to(tmp_path / "store" / "cat" / "000.png")
+    assert len(read_source(folder_config(tmp_path)).train) == 3  # as git-annex stores files
+
+
+@pytest.mark.parametrize(
+    ("links", "fragment"),
+    [
+        ({"cat/again": "."}, r"cat/again links back to .*a cycle"),  # read 21 times before
+        ({"cat/a": ".", "cat/b": "."}, r"cat/a links back to .*a cycle"),  # hung before
+        ({"dog": "cat"}, r"dog and .*cat are the same folder .*count twice"),
+        ({"cat/out": "../../elsewhere"}, r"cat/out links to .*elsewhere, outside"),
+    ],
+)
+def test_folder_links_that_cycle_leave_or_repeat_are_refused(tmp_path, links, fragment):
+    write_pngs(tmp_path / "train", {"cat": 8})
+    write_pngs(tmp_path / "test", {"cat": 1})
+    (tmp_path / "elsewhere").mkdir()
+    for name, target in links.items():
+        (tmp_path / "train" / name).symlink_to(target, target_is_directory=True)
+    with pytest.raises(DataError, match=rf"data.train_dir: .*{fragment}"):
+        read_source(folder_config(tmp_path))

@@ -520,3 +520,34 @@ def test_conv_refuses_images_too_small_for_one_convolution():
     with pytest.raises(ConfigError, match="conv on images of 7x9"):
         check_models([cfg], (3, 7, 9))
     assert VAE(cfg, (1, 8, 8)).decode(torch.zeros(1, 2)).shape == (1, 64)
+
+
+@pytest.mark.parametrize(
+    ("body", "raised"),
+    [
+        ("import sys\nsys.exit(0)\n", "SystemExit"),
+        ("raise KeyboardInterrupt\n", "KeyboardInterrupt"),
+    ],
+)
+def test_a_user_module_that_exits_when_imported_is_a_config_error(
+    tmp_path, mnist_root, monkeypatch, capsys, body, raised
+):
+    # Issue 19: a module calling sys.exit(0) at import made the command exit 0, silently.
+    name = f"exits_{raised.lower()}"
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from vae_study.cli import main
+    from vae_study.model import import_arch
+
+    with pytest.raises(ConfigError, match=rf"model\.arch: .*{name}.*{raised}.*fix the module"):
+        import_arch(f"{name}:Net")
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"data: {{root: {mnist_root}, val_size: 50}}\nmodel: {{arch: '{name}:Net'}}\n"
+        "train: {epochs: 1, device: cpu}\n"
+    )
+
+    assert main(["fit", str(study), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert raised in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -118,3 +118,75 @@ def test_report_tolerates_a_torn_result_json_line(tmp_path):
     t0 = time.perf_counter()
     _check_report(build_report(folder, tmp_path / "rep"))
     assert time.perf_counter() - t0 < 60
+
+
+# --- issue 19: a report rewrites only a report folder it made -------------------------------
+
+
+def _one_trial_study(tmp_path):
+    root = write_mnist(tmp_path / "data", n_train=300, n_test=100)
+    return make_study_folder(tmp_path, root, n_trials=1, checkpoints=0)
+
+
+def _refused(capsys, *argv) -> str:
+    assert main(["report", *map(str, argv)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vae-study: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_report_refuses_a_users_folder_and_leaves_it_alone(tmp_path, capsys):
+    folder = _one_trial_study(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("index.html", "results.csv", "notes.txt"):
+        (mine / name).write_text(f"my {name}\n")
+    err = _refused(capsys, folder, "--out", mine)
+    assert "not a report output folder" in err and "index.html is in the way" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["index.html", "notes.txt", "results.csv"]
+    assert all((mine / n).read_text() == f"my {n}\n" for n in ("index.html", "results.csv"))
+
+
+def test_report_refuses_a_file_as_its_folder(tmp_path, capsys):
+    folder = _one_trial_study(tmp_path)
+    file = tmp_path / "report.txt"
+    file.write_text("mine\n")
+    assert "is not a folder" in _refused(capsys, folder, "--out", file)
+    assert file.read_text() == "mine\n"
+
+
+def test_report_refuses_the_study_folder_itself(tmp_path, capsys):
+    folder = _one_trial_study(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert "is the study folder" in _refused(capsys, folder, "--out", folder)
+    assert "is the study folder" in _refused(capsys, folder, "--out", folder / "report")
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_report_rebuilds_its_own_folder_and_marks_an_older_one(tmp_path, capsys):
+    folder = _one_trial_study(tmp_path)
+    out = tmp_path / "rep"
+    assert main(["report", str(folder), "--out", str(out)]) == 0
+    assert '"kind": "report"' in (out / "vae_study.json").read_text()
+    assert main(["report", str(folder), "--out", str(out)]) == 0
+    (out / "vae_study.json").unlink()  # as an older vae_study left it
+    assert main(["report", str(folder), "--out", str(out)]) == 0
+    assert (out / "vae_study.json").is_file()
+    fit_folder = tmp_path / "fit"
+    fit_folder.mkdir()
+    (fit_folder / "vae_study.json").write_text('{"tool": "vae_study", "kind": "fit", "format": 1}')
+    assert "a vae_study fit folder's marker" in _refused(capsys, folder, "--out", fit_folder)
+
+
+def test_run_refuses_a_users_report_folder_before_it_starts(tmp_path, capsys):
+    root = write_mnist(tmp_path / "data", n_train=300, n_test=100)
+    (tmp_path / "reports" / "s").mkdir(parents=True)
+    (tmp_path / "reports" / "s" / "index.html").write_text("mine\n")
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"name: s\noutput: {{dir: {tmp_path / 'runs'}}}\nreport: {{dir: {tmp_path / 'reports'}}}\n"
+        f"data: {{root: {root}}}\nsearch: {{space: {{train.beta: {{choice: [0.5, 1.0]}}}}}}\n"
+    )
+    assert main(["run", str(study)]) == 2
+    assert "index.html is in the way" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

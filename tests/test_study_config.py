@@ -280,3 +280,12 @@ def test_grid_num_trials_cannot_exceed_the_grid():
         study_from_dict(raw)
     raw["search"]["num_trials"] = 4
     assert study_from_dict(raw).search.num_trials == 4
+
+
+@pytest.mark.parametrize("key", ["output.dir", "report.dir"])
+def test_an_empty_output_or_report_dir_is_refused(tmp_path, key):
+    # Issue 19: --set 'output.dir=""' made the study folder in the current directory.
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nsearch: {space: {train.beta: {choice: [0.5, 1.0]}}}\n")
+    with pytest.raises(ConfigError, match=rf"{key}: got '', expected a path, not an empty"):
+        load_study(study, [f'{key}=""'])

@@ -72,12 +72,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .train import FINAL_FILE, check_output_folder, fit
 
     config = load_run_config(args.config, args.set, extra_sections=STUDY_SECTIONS)
-    out = Path(args.out) if args.out else Path(RUNS_DIR) / Path(args.config).stem
-    check_output_folder(out)  # fit checks too; before --fresh deletes anything
-    if args.fresh and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    out = _out_folder(args.out, Path(RUNS_DIR) / Path(args.config).stem)
+    check_output_folder(out)  # before anything is printed; --fresh empties it once data loads
     print(f"vae_study fit: {args.config} -> {out}", flush=True)
     progress = _progress_printer(config.train.epochs)
     tty = sys.stderr.isatty()
@@ -102,6 +98,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             on_epoch=on_epoch,
             progress=progress,
             eval_progress=_eval_printer(config.eval.k),
+            fresh=args.fresh,
         )
     except KeyboardInterrupt:
         if tty:
@@ -120,6 +117,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
             print(f"  {key:22s} {value:10d}")
     print(f"wrote {out / FINAL_FILE}, {out / 'metrics.jsonl'}, {out / 'checkpoint'}")
     return 0
+
+
+def _out_folder(given: str | None, default: Path) -> Path:
+    """The folder ``--out`` names, ``default`` without it; an empty ``--out ''`` is refused
+    (it would mean the current directory)."""
+    from .errors import ConfigError
+
+    if given is None:
+        return default
+    if not given.strip():
+        raise ConfigError(f"--out: got {given!r}, expected a folder, not an empty path")
+    return Path(given)
 
 
 def _how_to_continue(args: argparse.Namespace, out: Path) -> str:
@@ -159,7 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, args.set)  # every key checked before Ray starts
     if study.report.enabled and not args.no_report:  # not found out hours later, at the end
+        from .report import check_report_folder
+
         check_writable(Path(study.report.dir), "report.dir")
+        check_report_folder(Path(study.report.dir) / study.name, study.folder)
     from .driver import run_study  # imports Ray: only once the study file is known to be good
 
     folder = run_study(study, fresh=args.fresh)
@@ -197,7 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .study_folder import load_folder
 
     name = load_folder(args.folder).study.name
-    out = build_report(args.folder, Path(args.out) if args.out else Path(REPORTS_DIR) / name)
+    out = build_report(args.folder, _out_folder(args.out, Path(REPORTS_DIR) / name))
     print(f"report: {out / 'index.html'}")
     return 0
 

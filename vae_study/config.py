@@ -164,10 +164,12 @@ class DataConfig(Section):
             f"false with data.dataset: {ds}; data.binary declares a file dataset's pixels "
             "binary (use data.binarize, or data.dataset: binarized_mnist)",
         )
+        if self.root is not None:
+            check_path("data.root", self.root)
         for key in ("path", "train_dir", "val_dir", "test_dir"):
             value = getattr(self, key)
             if value is not None:
-                _check(bool(value), f"data.{key}", value, "a path, not an empty string")
+                check_path(f"data.{key}", value)
                 object.__setattr__(self, key, os.path.abspath(os.path.expanduser(value)))
 
 
@@ -456,6 +458,17 @@ MAX_COUNT = {
     "model.hidden": 10**6,
 }
 _INT64 = 2**63
+
+
+def check_path(key: str, value: str) -> None:
+    """Refuse a path that names nothing: empty or blank (it would mean the current
+    directory) or holding a NUL byte (no file system takes one)."""
+    _check(
+        bool(value.strip()) and "\0" not in value,
+        key,
+        value,
+        "a path, not an empty string (nor blanks or a NUL byte)",
+    )
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

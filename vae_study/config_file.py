@@ -177,16 +177,46 @@ def _load_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader (no ``!!python`` tags), refusing duplicate
-    keys, undecodable bytes and documents too deep or too large once aliases expand."""
-    path = Path(path)
+MAX_TEXT_BYTES = 2**22  # 4 MiB: a study file is a few kB; /dev/zero or a data file is not one
+
+
+def read_text_input(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of a small text file a user names (a study or run file): a ``ConfigError``
+    unless it is a regular file (a link to one is fine) of at most ``limit`` bytes. A FIFO
+    or device would block or never end; a huge file would fill the memory."""
+    import os
+    import stat
+
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ConfigError(f"{what} {path} is {kind}; give a YAML file")
+    if info.st_size > limit:
+        raise ConfigError(
+            f"{what} {path} has {info.st_size} bytes, more than the {limit} a {what} may "
+            "have; give the YAML file (a study file is a few kB)"
+        )
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # the file may have grown since stat
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} has more than {limit} bytes; give the YAML file")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (no ``!!python`` tags), refusing what
+    ``read_text_input`` refuses, duplicate keys, undecodable bytes and documents too deep or
+    too large once aliases expand."""
+    path = Path(path)
+    data = read_text_input(path, "config file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

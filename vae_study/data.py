@@ -598,6 +598,60 @@ def _read_image_folders(cfg: DataConfig) -> Source:
     return Source(splits["train"], splits["test"], splits.get("val"), shape, pixels)
 
 
+def _check_image_tree(folder: Path, key: str) -> None:
+    """Refuse what would make ImageFolder's walk (it follows links) hang, count an image
+    twice or read outside ``folder``: a link to a folder that leads back up (a cycle), out of
+    ``folder``, or to a folder already reached; and an image name (in a class folder) that
+    is not a regular file, such as a FIFO, which would block the read forever. A link to a
+    regular file may point anywhere (git-annex, DVC)."""
+    import stat
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    top = folder.resolve()
+    reached: dict[Path, Path] = {top: folder}
+    stack: list[tuple[Path, tuple[Path, ...]]] = [(folder, (top,))]
+    while stack:
+        here, ancestors = stack.pop()
+        try:
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"{key}: the folder {here} cannot be read ({_reason(exc)})") from None
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir():  # follows a link
+                real = path.resolve()
+                if real in ancestors:
+                    raise DataError(
+                        f"{key}: {path} links back to {real}, a folder it is in (a cycle); "
+                        "remove the link"
+                    )
+                if real != top and top not in real.parents:
+                    raise DataError(
+                        f"{key}: {path} links to {real}, outside {folder}; move or copy "
+                        "those images into the folder"
+                    )
+                if real in reached:
+                    raise DataError(
+                        f"{key}: {path} and {reached[real]} are the same folder {real} "
+                        "(a link): its images would count twice; remove the link"
+                    )
+                reached[real] = path
+                stack.append((path, (*ancestors, real)))
+            elif here != folder and entry.name.lower().endswith(IMG_EXTENSIONS):
+                try:
+                    mode = os.stat(path).st_mode
+                except OSError as exc:
+                    raise DataError(
+                        f"{key}: cannot read the image {path} ({_reason(exc)})"
+                    ) from None
+                if not stat.S_ISREG(mode):
+                    raise DataError(
+                        f"{key}: {path} is not a regular file (only regular files, or links "
+                        "to them, are images); remove it"
+                    )
+
+
 def _read_image_folder(
     folder: Path,
     split: str,
@@ -611,6 +665,7 @@ def _read_image_folder(
     layout = "<folder>/<class>/<image>.png (one subfolder per class, even if only one)"
     if not folder.is_dir():
         raise DataError(f"{key}: {folder} is not a folder; expected images as {layout}")
+    _check_image_tree(folder, key)
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import marker
 from . import metrics as M
 from . import train as T
 from .config import RunConfig, to_dict
@@ -384,6 +385,7 @@ class _Member:
             )
             self.history = [h for h in state.history if h[M.EPOCH] <= state.epoch]
         if self.out is not None:
+            marker.write(self.out, marker.FIT)
             ckpt.write_yaml(self.out / T.CONFIG_FILE, to_dict(self.config))
             T.rewrite_metrics(self.out / T.METRICS_FILE, self.history)
         self.epoch = int(self.history[-1][M.EPOCH]) if self.history else 0

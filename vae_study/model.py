@@ -193,16 +193,26 @@ def _short_path() -> str:
 
 def import_arch(arch: str) -> type:
     """The class ``package.module:ClassName`` names, imported now; a ``ConfigError`` naming
-    the module, the error and ``sys.path`` if it cannot be."""
+    the module, the error and ``sys.path`` if it cannot be. ``SystemExit`` and
+    ``KeyboardInterrupt`` raised by the module's code are such errors too: a module that
+    calls ``sys.exit`` when imported must not end the study silently."""
     module_name, _, class_name = arch.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ModuleNotFoundError, or any error raised by the module's code
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # not found, or its code raised
+        missing = isinstance(exc, ModuleNotFoundError) and (
+            exc.name is not None and (module_name + ".").startswith(exc.name + ".")
+        )
+        fix = (
+            f"sys.path is {_short_path()}; put the folder that holds the package on "
+            "PYTHONPATH (or pip install it), on every Ray node for a study"
+            if missing
+            else "its code raised this when imported: fix the module (a module must not "
+            "call sys.exit or input() when imported)"
+        )
         raise ConfigError(
             f"model.arch: got {arch!r}, but module {module_name!r} cannot be imported "
-            f"({type(exc).__name__}: {str(exc)[:200]}); sys.path is {_short_path()}; put the "
-            "folder that holds the package on PYTHONPATH (or pip install it), on every Ray "
-            "node for a study"
+            f"({type(exc).__name__}: {str(exc)[:200]}); {fix}"
         ) from None
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
@@ -246,7 +256,7 @@ def build_user_model(cfg: ModelConfig, shape: Shape) -> nn.Module:
             f"**{dict(cfg.options)!r}) raised TypeError: {str(exc)[:200]}",
             "accept (cfg, shape) and every key of model.options as keyword arguments",
         ) from None
-    except Exception as exc:  # the class refuses these options or this image shape
+    except (Exception, SystemExit) as exc:  # the class refuses these options or shape
         raise ConfigError(
             f"model.arch: building {arch} as {cls.__name__}(cfg, shape={tuple(shape)}, "
             f"**{dict(cfg.options)!r}) raised {type(exc).__name__}: {str(exc)[:200]}; change "
@@ -296,7 +306,7 @@ def _probe(vae: VAE) -> None:
                 )
     except ConfigError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise _protocol_error(
             arch,
             f"a probe batch x (2, {n}) failed in encode or decode ({type(exc).__name__}: "

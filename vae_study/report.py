@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import marker, plots
 from . import metrics as M
-from . import plots
 from . import results as R
 from .checkpoint import atomic_write_text
+from .errors import ConfigError
 from .layout import REPORTS_DIR, StudyLayout
 from .pareto import pareto_front
 from .replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
@@ -167,12 +168,47 @@ def _spread(front: list[Trial], n: int) -> list[Trial]:
     return [by_beta[round(i * step)] for i in range(n)]
 
 
+REPORT_SUFFIXES = (".html", ".md", ".png", ".csv")  # every file a report folder holds
+
+
+def check_report_folder(out: str | Path, study_folder: str | Path) -> None:
+    """Refuse a report folder ``out`` that a report would overwrite but did not make: a
+    file, a folder of the user's (one line naming the file in the way), the study folder
+    itself or a folder inside it. A report's own folder holds the report marker; one an older
+    vae_study wrote (no marker) holds ``index.html`` and ``summary.md`` and nothing but the
+    report's files."""
+    out, study_folder = Path(out), Path(study_folder)
+    fix = "give a new or empty folder (--out DIR, report.dir in a study file)"
+    inside = out.absolute().resolve()
+    if inside == study_folder.resolve() or study_folder.resolve() in inside.parents:
+        raise ConfigError(
+            f"report folder {out} is the study folder {study_folder} or inside it, whose "
+            f"files are the study's; {fix}"
+        )
+    marker.check_owned(out, marker.REPORT, legacy=_legacy_report_folder, fix=fix)
+
+
+def _legacy_report_folder(out: Path) -> bool:
+    """Whether ``out`` (no marker) is a report an older vae_study wrote: ``index.html`` and
+    ``summary.md``, and only files a report writes (or an atomic write's leftover)."""
+    names = {"index.html", "summary.md"}
+    for p in out.iterdir():
+        tmp = p.name.startswith(".") and p.name.endswith(".tmp")
+        if not tmp and (p.suffix not in REPORT_SUFFIXES or not p.is_file() or p.is_symlink()):
+            return False
+        names.discard(p.name)
+    return not names
+
+
 def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of the study in ``folder`` into ``out`` (default reports/<name>)."""
+    """Write the report of the study in ``folder`` into ``out`` (default reports/<name>):
+    a new folder, or a report folder vae_study made (``check_report_folder``), which is
+    rewritten; anything else is refused before a file is written."""
     started = time.perf_counter()
     sf = load_folder(folder)
     out = Path(out) if out is not None else Path(REPORTS_DIR) / sf.study.name
-    out.mkdir(parents=True, exist_ok=True)
+    check_report_folder(out, sf.folder)
+    marker.write(out, marker.REPORT)  # made if missing; marks a report of an older vae_study
     notes: list[str] = []
     figures: list[tuple[str, str]] = []  # (file name, caption)
 

@@ -20,6 +20,7 @@ from .config import (
     _show,
     apply_overrides,
     build_section,
+    check_path,
     read_yaml,
     replace_keys,
     resolve_data_paths,
@@ -53,6 +54,9 @@ class OutputConfig(Section):
     SECTION: ClassVar[str] = "output"
 
     dir: str = RUNS_DIR
+
+    def validate(self) -> None:
+        check_path("output.dir", self.dir)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,9 @@ class ReportConfig(Section):
 
     dir: str = REPORTS_DIR
     enabled: bool = True  # build the report when the study ends
+
+    def validate(self) -> None:
+        check_path("report.dir", self.dir)
 
 
 @dataclass(frozen=True)

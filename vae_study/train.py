@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
+from . import marker
 from . import metrics as M
-from .config import RunConfig, TrainConfig, to_dict
+from .config import RUN_SECTIONS, RunConfig, TrainConfig, read_yaml, to_dict
 from .data import Batches, Datasets, load_datasets
 from .device import (  # noqa: F401 - re-exported: train.resolve_device etc.
     configure_backends,
@@ -28,7 +29,7 @@ from .device import (  # noqa: F401 - re-exported: train.resolve_device etc.
     restore_generator,
     visible_gpus,
 )
-from .errors import CheckpointError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .evaluate import elbo_terms, evaluate_test, evaluate_val
 from .model import DEFAULT_SHAPE, VAE, Shape
 from .objectives import compute_terms
@@ -223,11 +224,14 @@ def fit(
     progress: ProgressHook | None = None,
     eval_progress: EvalProgressHook | None = None,
     final_eval: bool = True,
+    fresh: bool = False,
 ) -> FitResult:
     """Train ``config`` and evaluate it on the test split.
 
     out_dir: where ``metrics.jsonl``, ``final.json``, ``config.yaml`` and ``checkpoint/``
-    go (None: nothing is written). A checkpoint in ``resume_from``, else in
+    go (None: nothing is written), with the marker of a fit folder; a folder fit did not make
+    is refused (``check_output_folder``). fresh: empty that folder once the data has loaded
+    and train from epoch 1. A checkpoint in ``resume_from``, else in
     ``out_dir/checkpoint``, is continued exactly: weights, optimizer, epoch and RNG state.
     on_epoch(metrics, checkpoint folder) runs after each epoch's checkpoint is written.
     data: the splits, loaded once by the caller (a study's trials share them); on another
@@ -245,6 +249,8 @@ def fit(
         data = data.to(device)
     out = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out / CHECKPOINT_DIR if out is not None else None
+    if out is not None and fresh:
+        clear_output_folder(out)
 
     model = make_model(config, device, data.shape)
     optimizer = make_optimizer(model, config.train)
@@ -252,6 +258,7 @@ def fit(
     source = Path(resume_from) if resume_from is not None else ckpt_dir
     history = _resume(source, config, model, optimizer, generator, ckpt_dir, device)
     if out is not None:
+        marker.write(out, marker.FIT)  # also marks a folder an older vae_study wrote
         ckpt.write_yaml(out / CONFIG_FILE, to_dict(config))
         rewrite_metrics(out / METRICS_FILE, history)
 
@@ -395,24 +402,53 @@ def rewrite_metrics(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def check_output_folder(out: Path) -> None:
-    """Refuse an output folder that fit did not make and that is not empty: fit would
-    overwrite (or with --fresh delete) the files in it. Fit's own folder has
-    ``checkpoint/state.pt``, or ``config.yaml`` + ``metrics.jsonl`` (written at its start)."""
-    from .errors import ConfigError
-
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(
-            f"output folder {out} is a file; give a folder (--out DIR, out_dir in Python)"
-        )
-    ours = ckpt.exists(out / CHECKPOINT_DIR) or (
-        (out / CONFIG_FILE).is_file() and (out / METRICS_FILE).is_file()
+    """Refuse an output folder that fit did not make: fit would overwrite (or with --fresh
+    delete) the files in it. Fit's own folder holds ``marker.MARKER_FILE`` of kind fit; one
+    an older vae_study wrote (no marker) holds fit's files only, its ``config.yaml`` a run
+    configuration (``_legacy_fit_folder``). A new or empty folder is fine."""
+    marker.check_owned(
+        out,
+        marker.FIT,
+        legacy=_legacy_fit_folder,
+        fix="give a new or empty folder (--out DIR, out_dir in Python)",
     )
-    if not ours and any(out.iterdir()):
-        raise ConfigError(
-            f"output folder {out} is not empty and is not a fit output folder "
-            f"(no {CHECKPOINT_DIR}/{ckpt.STATE_FILE}, no {CONFIG_FILE} + "
-            f"{METRICS_FILE}): fit would overwrite its files (--fresh: delete "
-            "them); give a new or empty folder (--out DIR, out_dir in Python)"
-        )
+
+
+def clear_output_folder(out: Path) -> None:
+    """Delete what is in fit's output folder ``out`` (``--fresh``), after the same check as
+    ``check_output_folder``; ``out`` itself stays (it may be a link to a folder)."""
+    import shutil
+
+    check_output_folder(out)
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+FIT_FILES = frozenset({CONFIG_FILE, METRICS_FILE, FINAL_FILE, CHECKPOINT_DIR})
+
+
+def _legacy_fit_folder(out: Path) -> bool:
+    """Whether ``out`` (no marker) is a fit folder of a vae_study that did not mark them: it
+    holds nothing but fit's files (and the temporary file of an atomic write cut short),
+    and its ``config.yaml`` is a mapping of exactly the run sections, or its
+    ``checkpoint/state.pt`` loads (a checkpoint copied alone)."""
+    for p in out.iterdir():
+        tmp = p.name.startswith(".") and p.name.endswith(".tmp")
+        if p.name not in FIT_FILES and not tmp:
+            return False
+    config = out / CONFIG_FILE
+    if config.is_file():
+        try:
+            return set(read_yaml(config)) == set(RUN_SECTIONS)
+        except ConfigError:
+            return False
+    try:
+        ckpt.load(out / CHECKPOINT_DIR)
+    except CheckpointError:
+        return False
+    return True
