@@ -148,6 +148,30 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_study_whose_every_configuration_diverged_exits_1_in_one_line(tmp_path, capfd):
+    raw = tiny_study(
+        tmp_path,
+        **{
+            "search.num_trials": 2,
+            "search.max_concurrent": 1,
+            "search.space": {"train.lr": {"choice": [1.0e8, 1.0e9]}},
+            "model.activation": "elu",
+            "train.epochs": 2,
+            "report.enabled": True,
+            "report.dir": str(tmp_path / "reports"),
+        },
+    )
+    assert main(["run", str(write_study(tmp_path, raw))]) == 1
+    err_lines = [x for x in capfd.readouterr().err.splitlines() if x.startswith("vae-study:")]
+    assert len(err_lines) == 1, err_lines
+    assert err_lines[0].startswith("vae-study: error: all 2 of the study's configurations failed")
+    assert "the first error: training diverged" in err_lines[0]
+    table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {R.FAILED}
+    assert not (tmp_path / "reports").exists()  # nothing to report
+
+
+@pytest.mark.slow
 def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tmp_path):
     raw = tiny_study(
         tmp_path,

@@ -43,6 +43,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+MAX_RECORD_JSON_BYTES = 2**22  # 4 MiB: a member's JSON file is a few kB
+MAX_RECORD_LINES_BYTES = 2**26  # 64 MiB: metrics.jsonl, about 1 kB an epoch
+MAX_TABLE_BYTES = 2**28  # 256 MiB: results.csv, about 1 kB a member
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a file vae_study wrote into a folder a user names (a study folder, a fit
+    folder): ``FileNotFoundError`` when it is missing, another ``OSError`` when it cannot be
+    read, and a ``CheckpointError`` naming it when it is not a regular file (a FIFO would
+    block the read forever; a link to a regular file is fine) or holds more than ``limit``
+    bytes. Never blocks: the file is opened non-blocking and checked on its descriptor."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise CheckpointError(
+                f"{path} is {kind}, where vae_study keeps a file of its own; move it away"
+            )
+        data = b"" if info.st_size > limit else f.read(limit + 1)  # it may have grown
+    if info.st_size > limit or len(data) > limit:
+        raise CheckpointError(
+            f"{path} holds more than {limit} bytes, more than vae_study ever writes there; "
+            "move it away"
+        )
+    return data
+
+
 # A deterministic fault for tests: ``FAULT_ENV=<who>:<n>`` kills the study's driver (its pid
 # in ``DRIVER_PID_ENV``) with SIGKILL at the n-th atomic write of a process of that kind
 # ("driver", or "trial": a process Ray started), after the new file is written and before it
@@ -168,6 +198,8 @@ def load(folder: Path, map_location: torch.device | str = "cpu") -> TrainingStat
     (also for a CUDA generator). So the file is read onto the CPU and the rest moved after.
     """
     path = Path(folder) / STATE_FILE
+    if os.path.lexists(path) and not path.is_file():  # a FIFO would block torch.load forever
+        raise CheckpointError(f"checkpoint {path} is not a regular file; move it away")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

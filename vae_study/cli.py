@@ -1,7 +1,15 @@
 """The command line: ``python -m vae_study`` / ``vae-study``.
 
-Every ``VaeStudyError`` (a user's mistake or an environment problem) becomes one line on
-stderr and exit status 2; anything else is a bug and keeps its traceback.
+Every command ends in one of these ways:
+
+- success, exit status 0;
+- one line on stderr, ``vae-study: error: ...``, exit status 2: a ``VaeStudyError`` (a user's
+  mistake or an environment problem), an ``OSError`` the command did not expect (a disk
+  that failed), or a bug of vae_study's own (said to be one, with how to see its traceback);
+- a study whose every configuration failed: one line, exit status 1;
+- the pause (Ctrl-C 130, SIGTERM 143, SIGHUP 129), with the command that continues.
+
+``--debug`` shows the traceback of any error instead of the line.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import VaeStudyError
 from .layout import REPORTS_DIR, RUNS_DIR
@@ -214,6 +223,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_debug(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the traceback of an error instead of its one line",
+    )
+
+
 def _add_set(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument(
         "--set",
@@ -228,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vae-study", description="Hyperparameter studies of variational autoencoders."
     )
+    _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit_p = sub.add_parser(
@@ -239,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--fresh", action="store_true", help="delete the output folder first instead of resuming it"
     )
+    _add_debug(fit_p, argparse.SUPPRESS)  # also after the verb
     fit_p.set_defaults(func=cmd_fit)
 
     run_p = sub.add_parser(
@@ -254,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument(
         "--no-report", action="store_true", help="do not build the report when the study ends"
     )
+    _add_debug(run_p, argparse.SUPPRESS)  # also after the verb
     run_p.set_defaults(func=cmd_run)
 
     rep_p = sub.add_parser(
@@ -263,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep_p.add_argument("folder", help="the study folder, e.g. runs/beta_sweep")
     rep_p.add_argument("--out", help="output folder (default reports/<name>)")
+    _add_debug(rep_p, argparse.SUPPRESS)  # also after the verb
     rep_p.set_defaults(func=cmd_report)
     return parser
 
@@ -274,12 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except VaeStudyError as exc:
-        # One line, whatever the message holds (a path with a line break, a long problem).
-        message = " ".join(str(exc).split("\n"))
-        if len(message) > 2000:
-            message = message[:1997] + "..."
-        print(f"vae-study: error: {message}", file=sys.stderr)
-        return 2
+        if args.debug:
+            raise
+        _error_line(str(exc))
+        return getattr(exc, "exit_status", 2)
     except KeyboardInterrupt as exc:
         from .pause import exit_status
 
@@ -292,6 +312,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print("vae-study: interrupted", file=sys.stderr)
         return exit_status(exc)  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
+    except OSError as exc:  # a disk or a file system that failed under the command
+        if args.debug:
+            raise
+        from .errors import disk_full, disk_full_error
+
+        if disk_full(exc):
+            _error_line(str(disk_full_error(exc.filename or ".")))
+        else:
+            where = f" ({exc.filename})" if exc.filename else ""
+            _error_line(f"{exc.strerror or exc}{where}; check that path and run the command again")
+        return 2
+    except Exception as exc:  # a bug of vae_study's own, or of a library under it
+        if args.debug:
+            raise
+        _error_line(
+            f"internal error, {type(exc).__name__}: {exc}; this is a bug of vae_study: "
+            f"run the same command with --debug for its traceback and report it"
+        )
+        return 2
+
+
+def _error_line(message: str) -> None:
+    """One line on stderr, whatever the message holds (a path with a line break, a long
+    problem)."""
+    message = " ".join(message.split("\n"))
+    if len(message) > 2000:
+        message = message[:1997] + "..."
+    print(f"vae-study: error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

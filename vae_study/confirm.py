@@ -199,7 +199,7 @@ def run_confirmation(
     its record when it has one. Leaves ``pause.requested`` set when a signal paused it."""
     import optuna
 
-    from .driver import summary_line
+    from .driver import check_not_all_failed, summary_line
     from .searcher import StudySearcher
     from .tuner import make_trainable, run_stage
 
@@ -244,3 +244,5 @@ def run_confirmation(
         searcher.mark_interrupted()
     rows = record.rebuild(study, stage)
     print(summary_line(study, stage, rows, paused=pause.requested), flush=True)
+    if not pause.requested:
+        check_not_all_failed(stage, rows)

@@ -98,13 +98,17 @@ def default_cache_dir() -> Path:
 
 
 def resolve_root(root: str | None) -> Path:
-    """data.root, else $VAE_STUDY_DATA, else the per-user cache's data folder."""
+    """data.root, else $VAE_STUDY_DATA, else the per-user cache's data folder; one that
+    exists and is not a folder is a ``DataError`` naming where it came from."""
     if root:
-        return Path(root).expanduser()
-    env = os.environ.get("VAE_STUDY_DATA")
-    if env:
-        return Path(env).expanduser()
-    return default_cache_dir() / "data"
+        path, what = Path(root).expanduser(), "data.root"
+    elif os.environ.get("VAE_STUDY_DATA"):
+        path, what = Path(os.environ["VAE_STUDY_DATA"]).expanduser(), "VAE_STUDY_DATA"
+    else:
+        path, what = default_cache_dir() / "data", "the data cache"
+    if os.path.exists(path) and not path.is_dir():
+        raise DataError(f"{what}: {path} is not a folder; give the folder that holds the data")
+    return path
 
 
 def _how_to_fix(dataset: str) -> str:

@@ -26,6 +26,7 @@ import optuna
 import ray
 
 from . import record
+from . import results as R
 from .checkpoint import DRIVER_PID_ENV
 from .cluster import (
     check_arch_on_nodes,
@@ -36,7 +37,7 @@ from .cluster import (
 )
 from .config import is_import_path
 from .data import Source, prepare, read_source
-from .errors import ConfigError, StudyError, disk_full, disk_full_error
+from .errors import ConfigError, StudyError, StudyFailed, disk_full, disk_full_error
 from .layout import COMPLETED, FAILED, INTERRUPTED, PENDING, STOPPED, StudyLayout
 from .model import check_models
 from .pause import Pause, StudyPaused, continue_command
@@ -149,6 +150,8 @@ def _run_stages(
             searcher.mark_interrupted()
         rows = record.rebuild(study, search)
         print(summary_line(study, search, rows, paused=pause.requested), flush=True)
+        if not pause.requested:
+            check_not_all_failed(search, rows)
         if len(stages) > 1 and not pause.requested and _all_finished(rows):
             from .confirm import run_confirmation
 
@@ -192,6 +195,21 @@ def summary_line(
         + (f" ({detail})" if detail else "")
         + (f"; {', '.join(rest)}" if rest else "")
         + f"; results in {stage.layout.results_file}"
+    )
+
+
+def check_not_all_failed(stage: record.Stage, rows: list[dict[str, Any]]) -> None:
+    """A stage that ran to its end with every configuration failed ends the study with
+    ``StudyFailed`` (exit status 1), naming the first configuration's error."""
+    configs = aggregate(rows, param_keys=[], metrics=[], replicates=stage.replicates)
+    if not configs or any(c["status"] != FAILED for c in configs):
+        return
+    errors = [str(r[R.ERROR_KEY]) for r in rows if r.get(R.ERROR_KEY)]
+    first = f"; the first error: {errors[0]}" if errors else ""
+    what = "the confirmation's" if stage.is_confirmation else "the study's"
+    raise StudyFailed(
+        f"all {len(configs)} of {what} configurations failed{first}; "
+        f"results in {stage.layout.results_file}"
     )
 
 

@@ -1,7 +1,8 @@
 """The one exception hierarchy of vae_study.
 
-The command line turns every ``VaeStudyError`` into one line on stderr and exit status 2;
-anything else is a bug and keeps its traceback.
+The command line turns every ``VaeStudyError`` into one line on stderr and exit status 2
+(``StudyFailed``: 1). Anything else is a bug: one line too, naming it as one, and its
+traceback under ``--debug``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class CheckpointError(VaeStudyError):
 
 class StudyError(VaeStudyError):
     """A study cannot start or continue (its folder, the cluster, resources, saved state)."""
+
+
+class StudyFailed(VaeStudyError):
+    """A study ran to its end and every configuration of a stage failed: exit status 1."""
+
+    exit_status = 1
 
 
 def disk_full(exc: BaseException | None) -> bool:

@@ -12,6 +12,8 @@ A study lives in ``<output.dir>/<name>/`` (``output.dir`` defaults to ``runs``):
     results.csv     a view of the record: one row per member, rebuilt at any time
     configs.csv     a view: one row per configuration, means and standard errors
     driver.lock     locked by the driver running the study (one driver per folder)
+    vae_study.json  the marker: a study folder vae_study made (``marker``; only such a
+                    folder, or an older unmarked study, is resumed or emptied by --fresh)
     tune/           Ray Tune's own experiment folder (its cache: nothing reads it back)
     confirm/        the confirmation stage (search.confirm), laid out like a study folder
 

@@ -26,6 +26,7 @@ TOOL = "vae_study"
 FORMAT = 1
 FIT = "fit"  # a fit folder: config.yaml, metrics.jsonl, final.json, checkpoint/
 REPORT = "report"  # a report folder: index.html, summary.md, figures, results.csv
+STUDY = "study"  # a study folder: study.yaml, optuna.db, trials/, results.csv, ...
 MAX_MARKER_BYTES = 4096
 
 

@@ -26,7 +26,12 @@ from typing import Any
 
 from . import metrics as M
 from . import results as R
-from .checkpoint import write_json
+from .checkpoint import (
+    MAX_RECORD_JSON_BYTES,
+    MAX_RECORD_LINES_BYTES,
+    read_bounded,
+    write_json,
+)
 from .errors import CheckpointError, StudyError
 from .layout import (
     COMPLETED,
@@ -137,11 +142,11 @@ def read_info(path: Path) -> dict[str, Any]:
     """A member file's content ({} when it is missing; a damaged one is an error naming it:
     it is only ever replaced whole)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = read_bounded(path, MAX_RECORD_JSON_BYTES)
     except FileNotFoundError:
         return {}
     try:
-        info = json.loads(text)
+        info = json.loads(data.decode("utf-8"))
     except ValueError as exc:
         raise CheckpointError(
             f"{path} is damaged ({exc}); move it away and run the same command again "
@@ -168,8 +173,8 @@ def add_attempt(path: Path, pid: int, from_epoch: int, **fields: Any) -> None:
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     """The whole lines of a JSON-lines file (a line cut short by a crash is skipped)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = read_bounded(path, MAX_RECORD_LINES_BYTES).decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
         return []
     out = []
     for line in lines:
@@ -184,7 +189,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(read_bounded(path, MAX_RECORD_JSON_BYTES).decode("utf-8"))
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}

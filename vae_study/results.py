@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics as M
-from .checkpoint import atomic_write_text
+from .checkpoint import MAX_TABLE_BYTES, atomic_write_text, read_bounded
 from .errors import CheckpointError
 
 # The file's name and the status words belong to the study folder's layout (layout.py);
@@ -223,9 +223,11 @@ def read_results(path: Path):
 
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_bounded(path, MAX_TABLE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise CheckpointError(f"no results table at {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise _damaged(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     _check_table(path, text)

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import marker
 from . import metrics as M
 from . import results as R
-from .checkpoint import write_yaml
+from .checkpoint import MAX_RECORD_LINES_BYTES, read_bounded, write_yaml
 from .config import read_yaml
 from .errors import StudyError, VaeStudyError
 from .layout import StudyLayout, holds_state
@@ -122,6 +123,10 @@ def load_folder(folder: str | Path) -> StudyFolder:
     """Read a study folder; a folder that is not one is a clear ``VaeStudyError``."""
     layout = StudyLayout(folder)
     folder = layout.folder
+    if os.path.lexists(layout.study_file) and not layout.study_file.is_file():
+        raise VaeStudyError(
+            f"{layout.study_file} is not a regular file; give the folder 'vae_study run' made"
+        )
     if not layout.study_file.is_file():
         raise VaeStudyError(
             f"{folder} is not a study folder (no {layout.study_file.name}); "
@@ -291,8 +296,8 @@ def read_history(path: Path, member: int | None = None) -> list[dict[str, Any]]:
     reports (``member_<j>/...``) in a Ray result.json of a trial of several members."""
     rows: dict[int, dict[str, Any]] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = read_bounded(path, MAX_RECORD_LINES_BYTES).decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
         return []
     for line in lines:
         try:
@@ -339,16 +344,12 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
             f"the study folder {folder} points outside output.dir "
             f"({out_root}); refusing to write there"
         )
-    if (
-        fresh
-        and folder.exists()
-        and not layout.study_file.is_file()
-        and any(p != layout.lock_file for p in folder.iterdir())
-    ):
-        raise StudyError(
-            f"--fresh would delete {folder}, which is not a vae_study "
-            "study folder; remove it yourself or choose another name"
-        )
+    marker.check_owned(  # a folder of the user's is never written into, nor deleted
+        folder,
+        marker.STUDY,
+        legacy=_legacy_study_folder,
+        fix="choose another name (--set name=...) or output.dir",
+    )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -357,6 +358,7 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
         ) from None
     lock_folder(folder)  # before anything in it is deleted or written
     try:
+        marker.write(folder, marker.STUDY)  # also marks a folder an older vae_study wrote
         resume = _check_folder(study, folder, fresh=fresh)
     except BaseException:
         release_folder(folder)
@@ -364,12 +366,38 @@ def prepare_folder(study: StudyConfig, *, fresh: bool) -> tuple[Path, bool]:
     return folder, resume
 
 
+def _legacy_study_folder(folder: Path) -> bool:
+    """Whether an unmarked folder is a study folder of a vae_study that did not mark its
+    folders: ``study.yaml`` with ``optuna.db``, or ``study.yaml`` among a study folder's
+    names only (a study that ended before Optuna's file was made); or only the lock file (a
+    driver ended between locking the folder and marking it)."""
+    layout = StudyLayout(folder)
+    names = {p.name for p in folder.iterdir()}
+    if names <= {layout.lock_file.name}:
+        return True
+    if not layout.study_file.is_file():
+        return False
+    known = {
+        p.name
+        for p in (
+            layout.study_file,
+            layout.lock_file,
+            layout.results_file,
+            layout.configs_file,
+            layout.trials_dir,
+            layout.tune_dir,
+            layout.confirm_dir,
+        )
+    }
+    return layout.optuna_db.is_file() or names <= known
+
+
 def _check_folder(study: StudyConfig, folder: Path, *, fresh: bool) -> bool:
     layout = StudyLayout(folder)
     previous = layout.study_file
     if fresh:
         for p in folder.iterdir():
-            if p == layout.lock_file:
+            if p in (layout.lock_file, folder / marker.MARKER_FILE):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)

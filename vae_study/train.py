@@ -388,8 +388,8 @@ def _read_final(source: Path | None, config: RunConfig, epoch: int) -> dict[str,
     if path is None or not path.is_file():
         return None
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        stored = json.loads(ckpt.read_bounded(path, ckpt.MAX_RECORD_JSON_BYTES).decode("utf-8"))
+    except (OSError, ValueError, CheckpointError):
         return None
     if stored.get("epoch") != epoch or stored.get("eval") != to_dict(config.eval):
         return None
