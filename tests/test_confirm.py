@@ -465,6 +465,73 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, fi
     assert len(xsegs) == 2
 
 
+def _md_rows(summary: str, heading_start: str) -> tuple[list[str], list[dict[str, str]]]:
+    """(the row cells in order, as dicts by column) of the markdown table under a heading."""
+    heading = next(line for line in summary.splitlines() if line.startswith(heading_start))
+    lines = summary.split(heading)[1].strip().split("\n\n")[0].splitlines()
+    head = [c.strip() for c in lines[0].split("|")]
+    rows = [dict(zip(head, [c.strip() for c in x.split("|")], strict=True)) for x in lines[2:]]
+    return head, rows
+
+
+def test_a_failed_configuration_has_no_mean_in_the_tables_or_the_page(tmp_path):
+    """Configuration 4 has two completed seeds (test rate 1, distortion 1, val 1) and one
+    diverged: failed, 2 of 3, and no number of its survivors anywhere."""
+    folder = _replicated_folder(tmp_path)
+    sf = load_folder(folder)
+    (failed,) = [c for c in sf.configs if c.trial_id == str(FAILED_CONFIG)]
+    assert failed.status == R.FAILED and failed.n_seeds == 2
+    for metric in (M.TEST_RATE, M.TEST_DISTORTION, VAL):
+        assert math.isnan(failed.value(metric)) and failed.error(metric) is None
+    from vae_study.replicates import read_configs, write_configs
+
+    path = tmp_path / "configs.csv"
+    rows = R.read_results(StudyLayout(folder).results_file).to_dict("records")
+    write_configs(path, rows, param_keys=["train.beta"], metrics=[M.TEST_RATE, VAL], replicates=3)
+    frame = read_configs(path).set_index(CONFIG_KEY)
+    assert frame.loc[FAILED_CONFIG, [M.TEST_RATE, VAL]].isna().all()
+    assert frame.loc[FAILED_CONFIG, "n_finished"] == 2 and frame.loc[0, [M.TEST_RATE]].notna().all()
+    out = build_report(folder, tmp_path / "rep")
+    page = (out / "index.html").read_text()
+    (row,) = re.findall(r"<tr><td>4</td>(.*?)</tr>", page)
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assert cells[0] == "failed" and cells[1] == "2 of 3"
+    assert not any(re.fullmatch(r"[0-9.]+( ± [0-9.e-]+)?", c) for c in cells[4:]), cells
+
+
+def test_a_confirmed_configuration_whose_fresh_seed_diverged_is_failed_and_unranked(tmp_path):
+    folder = _replicated_folder(tmp_path, confirm={"top": 2, "replicates": 2})
+    members = []
+    for cid, seeds in {
+        1: [(R.COMPLETED, 96.0), (R.FAILED, None)],
+        0: [(R.COMPLETED, 100.5)] * 2,
+    }.items():
+        beta, latent = DESIGN[cid][:2]
+        for r, (status, t) in enumerate(seeds):
+            members.append(
+                {
+                    CONFIG_KEY: cid,
+                    REPLICATE_KEY: r,
+                    "status": status,
+                    "train.beta": beta,
+                    "model.latent_dim": latent,
+                    TEST: t,
+                    VAL: None if t is None else t + 1,
+                    R.ERROR_KEY: "training diverged: the loss is nan" if t is None else None,
+                }
+            )
+    write_members(StudyLayout(folder).confirm_dir, members, seed_offset=3)
+    out = build_report(folder, tmp_path / "rep")
+    summary = (out / "summary.md").read_text()
+    _, rows = _md_rows(summary, "## Confirmed")
+    assert [r["configuration"] for r in rows] == ["0", "1"]  # the failed one last
+    assert rows[0]["test CE bound"].startswith("100.5")
+    assert rows[1]["status"] == "failed: training diverged: the loss is nan"
+    assert rows[1]["seeds"] == "1 of 2" and rows[1]["test CE bound"] == ""
+    assert "96" not in summary.split("## Confirmed")[1].split("## ")[0]
+    assert "optimistic" not in summary  # confirmed: the headline is the fresh seeds'
+
+
 # ---- End to end under a real local Ray --------------------------------------------------
 
 

@@ -66,14 +66,19 @@ def test_aggregate_table_per_configuration(tmp_path) -> None:
     assert by_id[0]["status"] == COMPLETED and by_id[0][RP.N_FINISHED_KEY] == 3
     assert by_id[0]["val/nll"] == pytest.approx(a.mean())
     assert by_id[0][RP.se_key("val/nll")] == pytest.approx(a.std(ddof=1) / np.sqrt(3))
-    # A configuration with a diverged seed is failed, and says how many of R finished.
+    # A configuration with a diverged seed is failed, and says how many of R finished; it
+    # has no mean (its survivors' 94.5 would be a biased number), nor has one still running.
     assert by_id[1]["status"] == FAILED and by_id[1][RP.N_FINISHED_KEY] == 2
+    assert by_id[1]["val/nll"] is None and by_id[1][RP.se_key("val/nll")] is None
     assert by_id[2]["status"] == RUNNING and by_id[2][RP.se_key("val/nll")] is None
+    assert by_id[2]["val/nll"] is None and by_id[2][RP.N_FINISHED_KEY] == 1
     assert by_id[2]["train.beta"] == 1.5
 
     frame = RP.read_configs(path)
     assert list(frame[RP.CONFIG_KEY]) == [0, 1, 2]
-    assert frame["val/nll_se"].isna().tolist() == [False, False, True]
+    assert frame["val/nll_se"].isna().tolist() == [False, True, True]
+    assert frame["val/nll"].isna().tolist() == [False, True, True]
+    assert "94.5" not in path.read_text()
     assert frame["val/rate"][0] == pytest.approx(a.mean() / 10)
 
 

@@ -109,7 +109,10 @@ def aggregate(
 
     Each holds ``config_id``, the params of its first row, ``n_replicates`` (= replicates),
     ``n_finished`` (its completed members), ``status`` (see ``_status``), and for each metric
-    the mean over its completed members and ``se_key(metric)`` (None with fewer than two).
+    the mean over its members and ``se_key(metric)`` (None with fewer than two seeds): only
+    for a completed configuration, every one of its replicates completed. A configuration
+    short of a seed (failed, running, stopped) has None: a mean of the seeds that survived
+    is a biased number, never shown as the configuration's.
     """
     if replicates < 1:
         raise ValueError(f"replicates must be >= 1, got {replicates}")
@@ -124,10 +127,11 @@ def aggregate(
         entry[N_REPLICATES_KEY] = replicates
         entry[N_FINISHED_KEY] = len(done)
         entry["status"] = _status([str(m.get("status")) for m in members], replicates)
+        complete = entry["status"] == COMPLETED
         for metric in metrics:
             mean, se, n = mean_se(m.get(metric) for m in done)
-            entry[metric] = mean if n else None
-            entry[se_key(metric)] = se
+            entry[metric] = mean if n and complete else None
+            entry[se_key(metric)] = se if complete else None
         out.append(entry)
     return out
 

@@ -97,6 +97,25 @@ def selection_warning(sf: StudyFolder) -> str | None:
     )
 
 
+def optimism_warning(sf: StudyFolder) -> str | None:
+    """The warning a report without a confirmation carries: the selected configuration won
+    on validation with the seeds that trained it, so its test number holds the luck that
+    made it win (the winner's curse). None once confirmed configurations are in the folder,
+    and for a study that selects on test (``selection_warning`` says more)."""
+    if sf.confirmed or _on_test(sf) or not any(t.finished for t in sf.configs):
+        return None
+    how = (
+        "the confirmation (search.confirm) has not run yet"
+        if sf.study.search.confirm is not None
+        else "add search.confirm, e.g. {top: 3, replicates: 3}, to retrain the best "
+        "configurations with fresh seeds and report their test numbers instead"
+    )
+    return (
+        f"Warning: the selected {_unit(sf)}'s test numbers are optimistic: it won on "
+        "validation with the same seeds that trained it (the winner's curse); " + how + "."
+    )
+
+
 def protocol_lines(sf: StudyFolder) -> list[str]:
     """What the numbers are and which examples each was computed on."""
     base = sf.study.base
@@ -492,12 +511,16 @@ def confirmation_table(sf: StudyFolder) -> tuple[list[str], list[list[str]]]:
         *[h for h, _ in _columns(sf)],
     ]
     rows = []
-    for c in sorted(sf.confirmed, key=lambda c: int(c.trial_id) if c.trial_id.isdigit() else 0):
+
+    def order(c: Trial) -> tuple[bool, int]:  # a failed one last: out of the ranking
+        return (c.status == R.FAILED, int(c.trial_id) if c.trial_id.isdigit() else 0)
+
+    for c in sorted(sf.confirmed, key=order):
         found = searched.get(c.trial_id)
         rows.append(
             [
                 c.trial_id,
-                c.status,
+                _status_words(c),
                 f"{c.n_seeds} of {c.n_replicates}",
                 *[_fmt(c.params.get(p.key, "")) for p in sf.study.search.space],
                 *[_fmt(found.value(m)) if found else "" for m in objectives],
@@ -505,6 +528,19 @@ def confirmation_table(sf: StudyFolder) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return head, rows
+
+
+def _status_words(c: Trial) -> str:
+    """A configuration's status; a failed one's with its first member's error (a seed that
+    diverged): it has no mean, and the reader sees why."""
+    if c.status != R.FAILED:
+        return c.status
+    errors = [
+        str(m.metrics[R.ERROR_KEY])
+        for m in c.members
+        if m.status == R.FAILED and isinstance(m.metrics.get(R.ERROR_KEY), str)
+    ]
+    return f"{c.status}: {errors[0]}" if errors else c.status
 
 
 def _table_md(rows: list[list[str]], head: list[str]) -> str:
@@ -538,6 +574,9 @@ def _summary(
     ]
     if warning:
         parts += [f"> **{warning}**", ""]
+    optimism = optimism_warning(sf)
+    if optimism:
+        parts += [f"> **{optimism}**", ""]
     if sf.confirmed:
         c_head, c_rows = confirmation_table(sf)
         parts += [f"## {confirmation_words(sf)}", "", _table_md(c_rows, c_head), ""]
@@ -639,9 +678,9 @@ def _html(
         '<a href="summary.md">summary.md</a>.</p>',
         "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in protocol_lines(sf)) + "</ul>",
     ]
-    warning = selection_warning(sf)
-    if warning:
-        body.append(f'<p class="warn">{esc(warning)}</p>')
+    for warning in (selection_warning(sf), optimism_warning(sf)):
+        if warning:
+            body.append(f'<p class="warn">{esc(warning)}</p>')
     if sf.confirmed:
         body += [f"<h2>{esc(confirmation_words(sf))}</h2>", grid(*confirmation_table(sf))]
     if best is not None:

@@ -205,8 +205,11 @@ def configurations(
         failed = [m for m in members if m.status == R.FAILED]
         shown = failed[0] if agg.get("status") == R.FAILED and failed else first
         metrics = dict(shown.metrics)
-        if agg[N_FINISHED_KEY] > 0:  # means over the finished seeds; else the member's own
-            metrics.update({m: agg.get(m) for m in AGGREGATED})  # (a stopped trial's last)
+        if agg["status"] in (R.COMPLETED, R.FAILED) or agg[N_FINISHED_KEY] > 0:
+            # The means over all its seeds; none for a configuration short of one (failed,
+            # or some seeds finished and others not): never the survivors' mean.
+            metrics.update({m: agg.get(m) for m in AGGREGATED})
+        # else (no seed finished): the member's own numbers, a stopped or running trial's last
         metrics[M.TEST_KL_PER_DIM] = first.metrics.get(M.TEST_KL_PER_DIM)
         status = str(agg["status"])
         if kind == "trial":  # a row of its own (a table without config_id): its own word
