@@ -235,6 +235,39 @@ def test_bad_study_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys, label,
     assert elapsed < 5  # the alias bomb and deep nesting are refused at once
 
 
+# The cases above that concern a study's own sections (name, search, scheduler, resources,
+# ray): fit trains the base configuration and does not read them.
+STUDY_ONLY = {
+    "huge name", "huge choice", "inf cpus", "nan gpus", "inf bound", "nan choice",
+    "inf sampler option", "search seed", "dashboard port", "num_trials",
+    "int bound too large", "long name", "trailing newline", "sampler option",
+    "point not a choice", "point out of range", "point not an integer", "ray address",
+    "dashboard host", "grace period",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "label, text, fragment",
+    [c for c in CASES if c[0] not in STUDY_ONLY and c[1] != "FILE"],
+    ids=[c[0] for c in CASES if c[0] not in STUDY_ONLY and c[1] != "FILE"],
+)
+def test_the_same_bad_file_for_fit_is_one_line_exit_2(tmp_path, capsys, label, text, fragment):
+    path = tmp_path / "study.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    out = tmp_path / "out"
+    assert main(["fit", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_the_study_only_cases_exist():
+    assert STUDY_ONLY <= {c[0] for c in CASES}
+
+
 def test_the_base_file_is_good(tmp_path):
     """The cases above fail for their own reason: the file they change is a good one."""
     path = tmp_path / "study.yaml"
