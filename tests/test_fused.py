@@ -35,7 +35,11 @@ SPECS = [(0, 1.0, 1e-3), (1, 0.5, 3e-3), (2, 2.0, 1e-3)]
 STATIC = (M.EPOCH_SECONDS, M.TOTAL_SECONDS)  # wall-clock times differ, everything else not
 
 
-def _assert_same_run(a: FitResult, b: FitResult, rtol: float = RTOL) -> None:
+def _assert_same_run(
+    a: FitResult, b: FitResult, rtol: float = RTOL, weights_within: float | None = None
+) -> None:
+    """The same run to ``rtol`` in every number; the weights to 1e-4 relative and 1e-6
+    absolute, or to ``weights_within`` absolute when that is given."""
     assert len(a.history) == len(b.history)
     for row_a, row_b in zip(a.history, b.history, strict=True):
         assert row_a.keys() == row_b.keys()
@@ -46,7 +50,10 @@ def _assert_same_run(a: FitResult, b: FitResult, rtol: float = RTOL) -> None:
     assert sd_a.keys() == sd_b.keys()
     for key in sd_a:
         assert sd_a[key].shape == sd_b[key].shape
-        torch.testing.assert_close(sd_b[key], sd_a[key], rtol=1e-4, atol=1e-6, msg=key)
+        if weights_within is None:
+            torch.testing.assert_close(sd_b[key], sd_a[key], rtol=1e-4, atol=1e-6, msg=key)
+        else:
+            torch.testing.assert_close(sd_b[key], sd_a[key], rtol=0, atol=weights_within, msg=key)
     assert a.final.keys() == b.final.keys()
     for key, value in a.final.items():
         if key not in STATIC and isinstance(value, float):
@@ -288,9 +295,12 @@ def test_one_member_is_todays_trainer_bit_for_bit(mnist_root):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_members_on_cuda_equal_their_separate_fits_there(mnist_root):
+    # cuBLAS's batched product rounds otherwise than its single one, and Adam turns
+    # rounding-level gradients of nearly idle weights into steps of up to lr: the weights are
+    # compared to within one step (seen: 0.01 lr on an H200), every metric to 1e-5.
     configs = [replace_keys(c, {"train.device": "cuda"}) for c in _members(mnist_root, SPECS)]
     packed = fit_pack(configs)
     for config, member in zip(configs, packed, strict=True):
         assert isinstance(member, FitResult)
         assert next(member.model.parameters()).device.type == "cuda"
-        _assert_same_run(fit(config), member)
+        _assert_same_run(fit(config), member, weights_within=config.train.lr)
