@@ -70,6 +70,22 @@ def test_study_runs_end_to_end(tmp_path, capsys):
     assert "another search section" in capsys.readouterr().err
 
 
+def test_a_relative_output_dir_is_the_driver_s_not_the_trial_s(tmp_path, monkeypatch):
+    # output.dir "runs" (the default) from the folder the command is typed in: Ray runs each
+    # trial in a working directory of its own, and the fit folders must still land in the
+    # study's trials/ (once they went to Ray's session folder, and every trial read "stopped").
+    raw = _study(tmp_path, **{"search.num_trials": 2, "output.dir": "runs"})
+    path = _write(tmp_path, raw)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(path), "--no-report"]) == 0
+    folder = tmp_path / "runs" / "tiny"
+    table = R.read_results(folder / R.RESULTS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+    assert table["test/nll"].map(math.isfinite).all()
+    finals = sorted(folder.glob("trials/*/replicate_0/final.json"))
+    assert len(finals) == 2
+
+
 def test_multi_objective_study_returns_its_pareto_set(tmp_path):
     raw = _study(
         tmp_path,

@@ -74,6 +74,8 @@ class Stage:
     folder: where its tables and ``trials/`` are (the study folder, or ``confirm/``);
     optuna_name: its Optuna study in the study's ``optuna.db``; replicates: seeds per
     configuration; seed_offset: added to every replicate's seed (``replicate_seed``).
+    Both paths are made absolute here: a trial runs in a Ray worker whose working
+    directory is not the driver's (Ray changes it to the trial's folder).
     """
 
     root: Path  # the study folder (its optuna.db)
@@ -81,6 +83,10 @@ class Stage:
     optuna_name: str
     replicates: int
     seed_offset: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).absolute())
+        object.__setattr__(self, "folder", Path(self.folder).absolute())
 
     @property
     def layout(self) -> StudyLayout:
