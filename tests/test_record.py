@@ -247,6 +247,31 @@ def test_a_new_searcher_resumes_running_configurations_first_then_asks_to_num_tr
     assert len(ot.trials) == 4
 
 
+def test_a_resumed_search_draws_new_configurations_and_the_same_ones_each_time(tmp_path):
+    # The sampler's random stream is not in the record: a resumed search seeded as the first
+    # run was drew the first run's configurations again (a duplicate trial per resume).
+    from vae_study.searcher import make_searcher
+
+    def params(config):
+        return (config["train.beta"], config["model.latent_dim"])
+
+    def run_twice(folder_name):
+        study = _study(tmp_path, **{"search.num_trials": 4, "name": folder_name})
+        folder = tmp_path / "runs" / folder_name
+        folder.mkdir(parents=True)
+        stage = record.search_stage(study, folder)
+        first = make_searcher(study, stage)[1]
+        a = first.suggest("a")
+        write_member(stage, a["_config_id"], 0, epochs=2, final=_final(80.0))
+        first.on_trial_complete("a")
+        second = make_searcher(study, stage)[1]  # the next run of the same command
+        return params(a), params(second.suggest("b")), params(second.suggest("c"))
+
+    a, b, c = run_twice("one")
+    assert len({a, b, c}) == 3
+    assert run_twice("two") == (a, b, c)  # seeded: the same pause gives the same study
+
+
 def test_a_searcher_of_any_sampler_pickles_as_tune_pickles_it(tmp_path):
     """Tune pickles its search algorithm when a Tuner is made; NSGA-II's sampler holds a lock.
     The copy opens the same record and asks on from it."""

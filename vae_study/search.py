@@ -61,22 +61,26 @@ def encode_point(point: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _encode(v) for k, v in point.items()}
 
 
-def make_sampler(search: SearchConfig) -> Any:
-    """The Optuna sampler the study file names, seeded with ``search.seed``."""
+def make_sampler(search: SearchConfig, asked: int = 0) -> Any:
+    """The Optuna sampler the study file names, seeded with ``search.seed`` plus ``asked``,
+    the configurations the study's record already holds: a sampler's random stream is not
+    part of the record, so a resumed search seeded as the first run was would draw that run's
+    first configurations again; seeded so, a resume is as reproducible and draws anew."""
     import optuna
 
     from .errors import ConfigError
 
     options = dict(search.sampler_options)
+    seed = (search.seed + asked) % 2**32
     try:
         if search.algorithm == "tpe":
-            return optuna.samplers.TPESampler(seed=search.seed, **options)
+            return optuna.samplers.TPESampler(seed=seed, **options)
         if search.algorithm == "random":
-            return optuna.samplers.RandomSampler(seed=search.seed, **options)
+            return optuna.samplers.RandomSampler(seed=seed, **options)
         if search.algorithm == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=search.seed, **options)
+            return optuna.samplers.NSGAIISampler(seed=seed, **options)
         grid = {p.key: [_encode(v) for v in p.values] for p in search.space}
-        return optuna.samplers.GridSampler(grid, seed=search.seed, **options)
+        return optuna.samplers.GridSampler(grid, seed=seed, **options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"search.sampler_options: {str(exc)[:200]} (they are passed to "

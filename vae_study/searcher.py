@@ -288,4 +288,6 @@ def make_searcher(
         points=[encode_point(p) for p in study.search.points_to_evaluate],
         pause=pause,
     )
+    if searcher.asked:  # a resume: a stream of its own (see make_sampler)
+        searcher.study.sampler = make_sampler(study.search, asked=searcher.asked)
     return ConcurrencyLimiter(searcher, max_concurrent=study.search.max_concurrent), searcher
