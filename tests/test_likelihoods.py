@@ -4,6 +4,7 @@ the dequantised Gaussian bounds the probability of 8-bit pixels, the learned std
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from vae_study.config import ModelConfig
 from vae_study.errors import ConfigError
 from vae_study.likelihoods import (
+    CB_SERIES_BELOW,
     bernoulli_nll,
     bits_per_dim,
     continuous_bernoulli_log_norm,
@@ -74,6 +76,44 @@ def test_continuous_bernoulli_normaliser_matches_torch_and_its_closed_form():
     # It is the Bernoulli cross-entropy minus a positive log normaliser (C >= 2).
     assert (ours >= math.log(2) - 1e-12).all()
     assert torch.allclose(ours_nll, bernoulli_nll(logits[:, None], x[:, None]) - ours)
+
+
+def _log_norm_reference(logit: float) -> tuple[float, float]:
+    """log C = log(l / tanh(l/2)) = log(l (e^l + 1) / (e^l - 1)) and its derivative
+    1/l - 1/sinh(l), from the closed forms at 60 digits (the float logit taken exactly)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        a = abs(Decimal(logit))
+        e = a.exp()
+        value = (a * (e + 1) / (e - 1)).ln()
+        slope = 1 / a - 2 / (e - 1 / e)
+        return float(value), float(slope if logit > 0 else -slope)
+
+
+# Inside the series region (|l| < 0.1) and on either side of its edge.
+NEAR_ZERO = [1e-4, -1e-3, 0.0099, 1e-2, -0.03, 0.05, 0.0999, -0.1, 0.1001, 0.2, -1.0]
+
+
+def test_continuous_bernoulli_log_normaliser_near_zero_matches_its_closed_form_to_float64():
+    """Within a few ulps of log 2: a wrong series coefficient (-l^4/1440 for -7 l^4/1440 is
+    4e-11 off at l = 1e-2, 3e-7 at 0.09) or a series cut short for its region fails."""
+    assert CB_SERIES_BELOW == 0.1  # NEAR_ZERO straddles it
+    logits = torch.tensor(NEAR_ZERO, dtype=torch.float64)
+    ours = continuous_bernoulli_log_norm(logits).tolist()
+    for logit, value in zip(NEAR_ZERO, ours, strict=True):
+        assert value == pytest.approx(_log_norm_reference(logit)[0], rel=0, abs=1e-15), logit
+    assert continuous_bernoulli_log_norm(torch.zeros(1, dtype=torch.float64)).item() == math.log(2)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+def test_continuous_bernoulli_log_normaliser_gradient_near_zero(dtype, rtol):
+    """d log C / dl = 1/l - 1/sinh(l), about l/6 near 0: the direct form's gradient is two
+    terms near 1/l that cancel, so the series must cover where that loses too much (in float32
+    just above |l| = 1e-2 it is 1e-3 to 4e-3 off, 2e-3 at 0.0101)."""
+    logits = torch.tensor([*NEAR_ZERO, 0.0101, -0.0101], dtype=dtype, requires_grad=True)
+    (grad,) = torch.autograd.grad(continuous_bernoulli_log_norm(logits).sum(), logits)
+    want = torch.tensor([_log_norm_reference(x)[1] for x in logits.tolist()], dtype=torch.float64)
+    assert torch.allclose(grad.double(), want, rtol=rtol, atol=0)
 
 
 def test_the_dequantised_gaussian_bounds_the_probability_of_each_pixel_value():

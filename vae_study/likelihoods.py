@@ -21,6 +21,11 @@ import torch.nn.functional as F
 
 _LOG_2PI = math.log(2 * math.pi)
 _LOG_2 = math.log(2.0)
+# |l| below which continuous_bernoulli_log_norm takes its series (through l^8). Measured
+# against a 60-digit reference over |l| in [1e-4, 1]: in float64 the value stays within
+# 3.3e-16 and the gradient within 1.1e-12 (relative); in float32 the gradient just above it,
+# where 1/l - 1/sinh(l) cancels, within 6e-5 (a switch at 1e-2 would leave 3.7e-3).
+CB_SERIES_BELOW = 0.1
 
 
 class BernoulliNLL(torch.autograd.Function):
@@ -106,15 +111,20 @@ def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
 
     C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda); with 1 - 2 sigmoid(l) = -tanh(l/2)
     and atanh(-tanh(l/2)) = -l/2 this is l / tanh(l/2), an even function: log|l| -
-    log tanh(|l|/2), and near l = 0 its series log 2 + l^2/12 - l^4/1440 (the direct form
-    loses all precision there).
+    log tanh(|l|/2). For |l| < ``CB_SERIES_BELOW`` its Taylor series instead (with t = l/2,
+    log 2 + log cosh t - log(sinh t / t)):
+
+        log 2 + l^2/12 - 7 l^4/1440 + 31 l^6/90720 - 127 l^8/4838400,
+
+    whose first omitted term, 73 l^10/34214400, is at most 2.2e-16 there. The direct form is
+    0/0 at l = 0, and its gradient 1/l - 1/sinh(l) cancels near it.
     """
     a = logits.abs()
-    small = a < 1e-2
+    small = a < CB_SERIES_BELOW
     safe = torch.where(small, torch.ones_like(a), a)
     direct = safe.log() - torch.tanh(0.5 * safe).log()
     sq = logits * logits
-    series = _LOG_2 + sq / 12.0 - sq * sq / 1440.0
+    series = _LOG_2 + sq * (1 / 12 + sq * (-7 / 1440 + sq * (31 / 90720 + sq * (-127 / 4838400))))
     return torch.where(small, series, direct)
 
 

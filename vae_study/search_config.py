@@ -239,8 +239,9 @@ def _run_keys() -> dict[str, Any]:
 # A user model's keyword arguments (a mapping): searched one at a time, model.options.<name>.
 _OPTIONS = "model.options"
 
-# Data keys a search may not vary: they change the evaluation data every trial is scored on
-# (data.train_subset and data.binarize static/dynamic change the training data only).
+# Run keys a search may not vary, with why: the data keys that change the evaluation data
+# every trial is scored on (data.train_subset and data.binarize static/dynamic change the
+# training data only, and may be searched), and the eval keys below.
 _FIXED_IN_A_STUDY = {
     "data.dataset": "it changes the data every trial is scored on; run one study per dataset",
     "data.val_size": "it changes the validation examples every trial is scored on and "
@@ -252,6 +253,22 @@ _FIXED_IN_A_STUDY = {
         "data section"
         for key in ("path", "train_dir", "val_dir", "test_dir", "image_size", "channels", "binary")
     },
+    # Eval keys: each changes an estimator or the examples it averages over, so a study
+    # varying one would select on how trials are measured, not on the models. Only
+    # eval.chunk_size (decoder rows alive at once: memory, not the numbers) may be searched.
+    "eval.k": "it changes how the test bound test/nll = -L_K is estimated (a larger K gives "
+    "a tighter bound), so trials would be compared on the estimator, not the model; set it "
+    "once for the whole study",
+    "eval.val_k": "it changes how the validation bound is estimated (val -L_10 and -L_1000 "
+    "differ by about 2 nats on one model), so a study would select on the estimator, not the "
+    "model; set it once for the whole study",
+    "eval.val_examples": "it changes which validation examples val/nll averages over, the "
+    "number studies select on; set it once for the whole study",
+    "eval.nll_examples": "it changes which test examples test/nll and test/bound_gap average "
+    "over; set it once for the whole study",
+    "eval.surgery_examples": "it changes the test examples the ELBO surgery terms (mutual "
+    "information, marginal KL) are estimated on, and their aggregate posterior; set it once "
+    "for the whole study",
 }
 
 
