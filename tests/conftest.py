@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import signal
 import struct
 from pathlib import Path
 
@@ -11,6 +12,16 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_the_tests():
+    """The Ctrl-C tests send SIGINT to this process and to the commands it starts; a suite
+    started where SIGINT is ignored (``nohup``, a shell's ``&``) would pass that on to them.
+    Python's own handler here, and the default one in every child."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 def tiny_images(n: int, seed: int = 0) -> np.ndarray:

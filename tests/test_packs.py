@@ -795,7 +795,9 @@ def test_a_packs_worker_killed_once_resumes_every_member_from_the_checkpoint(tmp
         if rows.empty:
             return None
         trial_id = rows["trial_id"].iloc[0]
-        lines = StudyLayout(folder).result_file(trial_id).read_text().splitlines()
+        # Ray's driver writes result.json after the trial's record has its epoch: not yet there
+        reports = StudyLayout(folder).result_file(trial_id)
+        lines = reports.read_text().splitlines() if reports.is_file() else []
         return (trial_id, json.loads(lines[-1])["pid"]) if lines else None
 
     proc, log = start_driver(tmp_path, path, "run.log")
