@@ -220,6 +220,26 @@ def test_the_searcher_tells_each_configuration_from_its_record(tmp_path):
     assert ot.trials[n["e"]].user_attrs[record.INTERRUPTED_ATTR] is True
 
 
+def test_a_trial_that_ended_with_no_epoch_in_the_record_is_failed_not_stopped(tmp_path):
+    # Ray reports the trial finished, but the record holds not one epoch of it (once, its fit
+    # folders went to Ray's working directory): a failure naming that, never "stopped".
+    from vae_study.searcher import NO_RECORD
+
+    study = _study(tmp_path, **{"search.replicates": 2, "search.num_trials": 2})
+    stage = record.search_stage(study, _folder(tmp_path))
+    search = _searcher(study, stage)
+    lost, scheduled = search.suggest("lost"), search.suggest("scheduled")
+    write_member(stage, scheduled["_config_id"], 0, epochs=1)  # ASHA stopped it after one
+    search.on_trial_complete("lost")
+    search.on_trial_complete("scheduled")
+    ot = optuna.load_study(study_name=study.name, storage=record.storage(stage))
+    assert ot.trials[lost["_optuna_trial"]].state == S.FAIL
+    assert ot.trials[scheduled["_optuna_trial"]].state == S.PRUNED
+    rows = [r for r in record.rows(study, stage) if r["config_id"] == lost["_config_id"]]
+    assert len(rows) == 2
+    assert all(r["status"] == R.FAILED and r[R.ERROR_KEY] == NO_RECORD for r in rows)
+
+
 def test_a_new_searcher_resumes_running_configurations_first_then_asks_to_num_trials(tmp_path):
     study = _study(
         tmp_path,

@@ -34,12 +34,19 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from . import record
 from . import results as R
 from .errors import StudyError, disk_full_error
+from .layout import TRIALS_DIR
 from .search import define_by_run, encode_point, make_sampler
 from .study_config import StudyConfig, is_member_key
 
 log = logging.getLogger("vae_study")
 
 _DIRECTION = {"min": "minimize", "max": "maximize"}
+
+
+NO_RECORD = (
+    f"the trial ended without writing one epoch into the study's record ({TRIALS_DIR}/): "
+    "a bug of vae_study; please report it"
+)
 
 
 class StudySearcher(Searcher):
@@ -163,6 +170,14 @@ class StudySearcher(Searcher):
             elif self.pause is not None and self.pause.requested:
                 self.storage.set_trial_user_attr(self._id(number), record.INTERRUPTED_ATTR, True)
             elif state == "fail" or error:
+                tell(self.study, number, optuna.trial.TrialState.FAIL, None)
+            elif not any(m.history for m in record.members(self.stage, cid)):
+                # Ended without error and without one epoch in the record: not a scheduler's
+                # stop (that comes after an epoch) but a record written elsewhere or lost.
+                for r in range(self.stage.replicates):
+                    path = self.stage.layout.record_file(cid, r)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    record.update_info(path, **{record.INFO_ERROR: NO_RECORD})
                 tell(self.study, number, optuna.trial.TrialState.FAIL, None)
             else:  # stopped by the scheduler before its last epoch
                 tell(self.study, number, optuna.trial.TrialState.PRUNED, None)
