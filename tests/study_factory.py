@@ -20,11 +20,12 @@ import yaml
 from conftest import write_mnist
 from vae_study import metrics as M
 from vae_study import results as R
-from vae_study.checkpoint import write_yaml
+from vae_study.checkpoint import write_json, write_yaml
 from vae_study.config import RunConfig, replace_keys
 from vae_study.layout import StudyLayout
 from vae_study.study_config import study_from_dict
 from vae_study.train import fit
+from vae_study.trainable import HOLD_ENV
 
 
 def make_study_folder(
@@ -242,6 +243,25 @@ def start_driver(tmp_path: Path, path: Path, log_name: str, env: dict | None = N
         start_new_session=True,
     )
     return proc, log
+
+
+class Hold:
+    """Trials of a driver started with ``env`` wait after reporting ``epoch`` (of the listed
+    configuration ids, or of every one) until ``release``: a fault is injected where the
+    test wants it, however fast the machine (``trainable.hold_point``)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "hold.json"
+        self.env = {HOLD_ENV: str(self.path)}
+
+    def at(self, epoch: int, configs: list[int] | None = None) -> None:
+        spec: dict = {"epoch": epoch}
+        if configs is not None:
+            spec["configs"] = configs
+        write_json(self.path, spec)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def read_table(folder: Path):

@@ -19,6 +19,7 @@ import optuna
 import pytest
 
 from study_factory import (
+    Hold,
     attempts,
     optuna_states,
     read_table,
@@ -622,16 +623,19 @@ def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
         if table is None:
             return None
         running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
-        return int(running["config_id"].iloc[0]) if len(running) else None
+        return (int(running["config_id"].iloc[0]),) if len(running) else None  # 0 is an id
 
-    proc, log = start_driver(tmp_path, path, "first.log", env)
+    hold = Hold(tmp_path)
+    hold.at(3)  # the first trial waits after its third epoch until the kill
+    proc, log = start_driver(tmp_path, path, "first.log", {**env, **hold.env})
     try:
-        killed = wait_for(proc, log, mid_trial)
+        (killed,) = wait_for(proc, log, mid_trial)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
+        hold.release()
     assert main(["run", str(path), "--no-report"]) == 0
     table = R.read_results(folder / R.RESULTS_FILE)
     assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
@@ -800,10 +804,13 @@ def test_a_packs_worker_killed_once_resumes_every_member_from_the_checkpoint(tmp
         lines = reports.read_text().splitlines() if reports.is_file() else []
         return (trial_id, json.loads(lines[-1])["pid"]) if lines else None
 
-    proc, log = start_driver(tmp_path, path, "run.log")
+    hold = Hold(tmp_path)
+    hold.at(3)  # the pack waits after its third epoch until its worker is killed
+    proc, log = start_driver(tmp_path, path, "run.log", hold.env)
     try:
         trial_id, pid = wait_for(proc, log, running)
         os.kill(pid, signal.SIGKILL)  # the trial's worker, once: Ray retries it
+        hold.release()
         assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:

@@ -535,6 +535,38 @@ def test_the_fault_hook_kills_the_driver_at_its_nth_write_leaving_the_old_file(t
     assert target.read_text() == "write 2\n"  # the third never replaced it
 
 
+def test_the_hold_hook_holds_only_the_listed_configurations_from_its_epoch_until_released(
+    tmp_path, monkeypatch
+):
+    import threading
+
+    from study_factory import Hold
+    from vae_study import trainable
+
+    hold = Hold(tmp_path)
+    trainable.hold_point([1], 5)  # no hold file: nothing to wait for
+    monkeypatch.setenv(trainable.HOLD_ENV, str(hold.path))
+    trainable.hold_point([1], 5)  # set, but no file yet
+    hold.at(2, configs=[1, 3])
+    trainable.hold_point([1], 1)  # before its epoch
+    trainable.hold_point([0, 2], 7)  # not a listed configuration
+    held = threading.Thread(target=trainable.hold_point, args=([0, 1], 2), daemon=True)
+    held.start()
+    held.join(timeout=10 * trainable.HOLD_POLL_S)
+    assert held.is_alive()  # a pack with configuration 1 in it, at epoch 2: held
+    hold.release()
+    held.join(timeout=30)
+    assert not held.is_alive()
+    hold.at(4)  # every configuration
+    held = threading.Thread(target=trainable.hold_point, args=([9], 6), daemon=True)
+    held.start()
+    held.join(timeout=10 * trainable.HOLD_POLL_S)
+    assert held.is_alive()
+    hold.at(7)  # moved on: epoch 6 goes on
+    held.join(timeout=30)
+    assert not held.is_alive()
+
+
 @pytest.mark.parametrize(
     ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
 )
@@ -652,3 +684,26 @@ def test_a_member_killed_before_its_first_checkpoint_starts_over_in_a_clean_fold
     assert not half.exists()
     check_output_folder(half)
     assert sorted(p.name for p in kept.rglob("*")) == before and "state.pt" in before
+
+
+def test_a_report_the_tables_held_back_is_written_by_a_later_step_of_tune(monkeypatch):
+    """results.csv shows a trial's last report within WRITE_EVERY_S even when no report
+    follows it (a trial on a long epoch, or held by a test)."""
+    from vae_study import tuner
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(tuner.time, "monotonic", lambda: clock["now"])
+    tables = tuner.RecordTables(study=None, stage=None, pause=None)
+    rebuilt = []
+    monkeypatch.setattr(tables, "rebuild", lambda live=None: rebuilt.append(clock["now"]))
+    tables.on_trial_result(0, [], None, {})  # the first report: written at once
+    clock["now"] += 0.5
+    tables.on_trial_result(1, [], None, {})  # too soon: held back
+    tables.on_step_end(1, [])
+    assert rebuilt == [100.0]
+    clock["now"] += tuner.WRITE_EVERY_S
+    tables.on_step_end(2, [])  # no new report, but the held one is written now
+    assert rebuilt == [100.0, 102.5]
+    clock["now"] += tuner.WRITE_EVERY_S
+    tables.on_step_end(3, [])  # nothing held back: nothing written
+    assert rebuilt == [100.0, 102.5]

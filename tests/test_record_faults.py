@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from study_factory import (
+    Hold,
     attempts,
     optuna_states,
     read_table,
@@ -227,6 +228,8 @@ def test_a_full_disk_mid_study_is_one_line_and_the_same_command_finishes_it(tmp_
         path = write_study(tmp_path, raw)
         folder = small / "runs" / "tiny"
         env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
+        hold = Hold(tmp_path)
+        hold.at(2, configs=[1])  # the first configuration finishes, the second waits at 2
 
         def one_done_one_running():
             table = read_table(folder)
@@ -238,10 +241,11 @@ def test_a_full_disk_mid_study_is_one_line_and_the_same_command_finishes_it(tmp_
                 return done.set_index("config_id")[M.TEST_NLL].to_dict()
             return None
 
-        proc, log = start_driver(tmp_path, path, "full.log", env)
+        proc, log = start_driver(tmp_path, path, "full.log", {**env, **hold.env})
         try:
             done = wait_for(proc, log, one_done_one_running, timeout=300, what="a full disk")
             ballast = _fill(small)
+            hold.release()  # its next epoch's checkpoint meets the full disk
             code = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
@@ -341,16 +345,19 @@ def test_a_truncated_checkpoint_fails_its_configuration_naming_it_while_others_f
         if table is None:
             return None
         running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
-        return int(running["config_id"].iloc[0]) if len(running) else None
+        return (int(running["config_id"].iloc[0]),) if len(running) else None  # 0 is an id
 
-    proc, log = start_driver(tmp_path, path, "first.log", env)
+    hold = Hold(tmp_path)
+    hold.at(2)  # the first trial waits after its second epoch, its checkpoint written
+    proc, log = start_driver(tmp_path, path, "first.log", {**env, **hold.env})
     try:
-        cid = wait_for(proc, log, mid_trial)
+        (cid,) = wait_for(proc, log, mid_trial)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
+        hold.release()
     _reap(proc.pid)
     state = folder / "trials" / f"{cid:04d}" / "replicate_0" / "checkpoint" / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])  # a disk that lost the end of the file

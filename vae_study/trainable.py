@@ -109,6 +109,7 @@ def _train_one(
     def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
         clock.tick()
         tune.report({**_reportable(row), **used})
+        hold_point([cid], int(row[M.EPOCH]))
 
     from .train import fit
 
@@ -241,6 +242,7 @@ def train_pack(
         state["reported"] = epoch
         clock.tick()
         tune.report(result)
+        hold_point(sorted({c for c, _ in ids}), epoch)
 
     def off_epoch(j: int, epoch: int) -> bool:
         """A live member not at ``epoch``: not trained that far yet, or already past it
@@ -275,6 +277,33 @@ def train_pack(
             rows[j] = {**res.history[-1], **res.final}
         last = max(last, int(rows[j][M.EPOCH]))
     report(last)
+
+
+# A deterministic pause for tests: with ``HOLD_ENV`` naming a file, a trial that has just
+# reported an epoch waits while that file exists and holds ``{"epoch": n}`` with n at most
+# the epoch reported (and, with ``"configs": [...]``, one of the trial's configuration ids
+# listed). A test holds a trial exactly where it wants to inject a fault, then deletes the
+# file (or kills the trial): no race against a trial that finishes first.
+HOLD_ENV = "VAE_STUDY_HOLD"
+HOLD_POLL_S = 0.05
+
+
+def hold_point(config_ids: list[int], epoch: int) -> None:
+    """Wait here while ``HOLD_ENV``'s file asks to hold this trial at ``epoch`` (tests only)."""
+    path = os.environ.get(HOLD_ENV)
+    if not path:
+        return
+    while True:
+        try:
+            spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # no file (released), or not a hold
+            return
+        configs = spec.get("configs")
+        if epoch < int(spec["epoch"]) or (
+            configs is not None and not set(config_ids) & {int(c) for c in configs}
+        ):
+            return
+        time.sleep(HOLD_POLL_S)
 
 
 def config_summary(member_results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -135,9 +135,14 @@ def tune_trial_dirname(trial: Any) -> str:
     return trial_dirname(trial.trial_id)
 
 
+WRITE_EVERY_S = 2.0  # results.csv and configs.csv rebuilt at most this often for reports
+
+
 class RecordTables(Callback):
     """Rebuilds the stage's results.csv and configs.csv from the record whenever a trial
-    starts, ends or (at most every 2 s) reports, and when the experiment ends; records the
+    starts, ends or (at most every 2 s) reports, and when the experiment ends (a report held
+    back by those 2 s is written by Tune's next step after them, so the tables never lag a
+    report for long, even when no other one comes); records the
     error of a trial Ray gave up on in its members' files (unless the study is pausing: then
     the trial was stopped, not failed)."""
 
@@ -146,10 +151,12 @@ class RecordTables(Callback):
         self.stage = stage
         self.pause = pause
         self.last_write = 0.0
+        self.behind = False  # a report came that the tables do not show yet
 
     def write(self, trials: list, force: bool = True) -> None:
         now = time.monotonic()
-        if not force and now - self.last_write < 2.0:
+        if not force and now - self.last_write < WRITE_EVERY_S:
+            self.behind = True
             return
         live = {
             number
@@ -160,6 +167,7 @@ class RecordTables(Callback):
         }
         self.rebuild(live)
         self.last_write = now
+        self.behind = False
 
     def rebuild(self, live: set[int] | None = None) -> None:
         """The tables from the record; a full disk stops the study (the record is intact:
@@ -176,6 +184,10 @@ class RecordTables(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.write(trials, force=False)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.behind:
+            self.write(trials, force=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.write(trials)
