@@ -218,6 +218,12 @@ def test_a_study_of_one_seed_per_configuration_draws_no_error_bar(tmp_path, figu
         assert not plots.rd_points(sf.configs).has_bar.any()
         summary = (out / "summary.md").read_text()
         assert "±" not in summary and "| seeds |" not in summary
+        assert (
+            "Differences" not in summary and "Differences" not in (out / "index.html").read_text()
+        )
+        for ax in figures["knobs.png"].axes:
+            assert _errorbars(ax) == []
+        assert plots.NO_PAIRS in (out / "index.html").read_text()
         # Rows named by Ray's trial id in today's table, by config_id in a replicated one.
         unit = "trial" if folder == old else "configuration"
         assert f"## Selected {unit}: selected on validation" in summary
@@ -243,10 +249,10 @@ def test_tables_show_mean_and_standard_error_with_the_seeds(tmp_path):
     assert "- c00004 (failed, configuration 4, replicate 1): training diverged" in summary
 
 
-# ---- Knob plots: mean ± standard error and the seeds behind each point ------------------
+# ---- Knob plots: means, the seeds behind each point, bars of paired differences --------
 
 
-def test_knob_points_carry_their_standard_error_and_seeds(tmp_path, figures):
+def test_knob_bars_are_paired_differences_from_the_first_point(tmp_path, figures):
     folder = _replicated_folder(tmp_path)
     sf = load_folder(folder)
     searched = sf.study.search.space
@@ -254,15 +260,20 @@ def test_knob_points_carry_their_standard_error_and_seeds(tmp_path, figures):
     (latent2,) = [s for s in series if dict(s.fixed)["model.latent_dim"] == "2"]
     pts = {p.x: p for p in latent2.points}
     assert set(pts) == {0.2, 2.0}
-    # beta 2.0: one configuration of three seeds.
-    assert pts[2.0].n == 1 and pts[2.0].n_seeds == 3
-    assert pts[2.0].mean == pytest.approx(11.0) and pts[2.0].se == pytest.approx(_se([10, 12, 11]))
-    # beta 0.2: configurations 0 and 5, six seeds; the seed noise of the mean of two means.
-    r0, r5 = DESIGN[0][2], DESIGN[5][2]
-    assert pts[0.2].n == 2 and pts[0.2].n_seeds == 6
-    assert pts[0.2].mean == pytest.approx((np.mean(r0) + np.mean(r5)) / 2)
-    assert pts[0.2].se == pytest.approx(math.sqrt(_se(r0) ** 2 + _se(r5) ** 2) / 2)
-    # The figure draws those bars and says n.
+    r0, r5, r2 = (np.array(DESIGN[c][2], dtype=float) for c in (0, 5, 2))
+    # beta 0.2, the reference: configurations 0 and 5, six seeds, no bar of its own.
+    assert pts[0.2].n == 2 and pts[0.2].n_seeds == 6 and pts[0.2].contrast is None
+    assert pts[0.2].mean == pytest.approx((r0.mean() + r5.mean()) / 2)
+    # beta 2.0: one configuration of three seeds; its bar is the standard error of its
+    # difference from beta 0.2, seed by seed (0.2's level at a seed: the mean of 0 and 5).
+    d = r2 - (r0 + r5) / 2
+    c = pts[2.0].contrast
+    assert pts[2.0].n == 1 and pts[2.0].n_seeds == 3 and c.n == 3
+    assert c.mean == pytest.approx(d.mean()) and c.se == pytest.approx(_se(d))
+    # Not what the independent formula gives (sqrt(sum se^2) of the two point means).
+    independent = math.sqrt(_se(r2) ** 2 + (math.sqrt(_se(r0) ** 2 + _se(r5) ** 2) / 2) ** 2)
+    assert c.se != pytest.approx(independent, rel=1e-2)
+    # The figure draws that bar at beta 2.0, none at the reference, and says n.
     build_report(folder, tmp_path / "rep")
     ax = next(a for a in figures["knobs.png"].axes if a.get_title() == "beta against test rate R")
     drawn = {
@@ -270,9 +281,84 @@ def test_knob_points_carry_their_standard_error_and_seeds(tmp_path, figures):
         for (ysegs,) in _errorbars(ax)  # a y error only: one collection of [[x, y-e], [x, y+e]]
         for seg in ysegs
     }
-    assert drawn[0.2] == pytest.approx((pts[0.2].mean, pts[0.2].se))
-    assert drawn[2.0] == pytest.approx((pts[2.0].mean, pts[2.0].se))
+    assert drawn[2.0] == pytest.approx((pts[2.0].mean, c.se)) and 0.2 not in drawn
     assert {"n=6", "n=3"} <= {t.get_text() for t in ax.texts}
+    assert "from per-seed paired differences (n = 3 seeds)" in ax.get_xlabel().replace("\n", " ")
+
+
+# Configurations paired across latent sizes at the same beta (a value two of them share:
+# matched exactly): beta 0.5 and 2.0, each at latent 2 and 4. Configuration 6 (latent 4,
+# beta 0.5) lost a seed: no mean, never paired.
+PAIRED = {
+    0: (0.5, 2, [20.0, 23.0, 21.0]),
+    1: (0.5, 4, [25.0, 29.0, 26.0]),
+    2: (2.0, 2, [10.0, 12.0, 11.0]),
+    3: (2.0, 4, [14.0, 15.0, 13.0]),
+}
+
+
+def _paired_members() -> list[dict]:
+    out = [
+        {
+            CONFIG_KEY: cid,
+            REPLICATE_KEY: r,
+            "status": R.COMPLETED,
+            "train.beta": beta,
+            "model.latent_dim": latent,
+            M.TEST_RATE: rate,
+            M.TEST_DISTORTION: 80.0 - rate,
+            VAL: 100.0 + rate,
+            TEST: 99.0 + rate,
+            M.TEST_ACTIVE_UNITS: latent,
+        }
+        for cid, (beta, latent, rates) in PAIRED.items()
+        for r, rate in enumerate(rates)
+    ]
+    for r in range(3):
+        out.append(
+            {
+                CONFIG_KEY: 6,
+                REPLICATE_KEY: r,
+                "status": R.FAILED if r == 2 else R.COMPLETED,
+                "train.beta": 0.5,
+                "model.latent_dim": 4,
+                M.TEST_RATE: 500.0,
+                M.TEST_ACTIVE_UNITS: 4,
+                VAL: 1.0,
+            }
+        )
+    return out
+
+
+def test_the_differences_table_holds_the_paired_contrasts_of_knob_levels(tmp_path):
+    folder = _replicated_folder(tmp_path, members=_paired_members())
+    out = build_report(folder, tmp_path / "rep")
+    summary = (out / "summary.md").read_text()
+    heading = "## Differences between knob levels, paired by seed"
+    assert heading in summary
+    words = summary.split(heading)[1].strip().split("\n\n")[0]
+    assert "each seed's differences are averaged over them" in words
+    assert "t(0.975, n - 1)" in words and "beta: continuous" in words
+    _, rows = _md_rows(summary, heading)
+    by_metric = {r["metric"]: r for r in rows}
+    assert set(by_metric) == {M.TEST_RATE, M.TEST_ACTIVE_UNITS}
+    rates = {cid: np.array(v[2]) for cid, v in PAIRED.items()}
+    d = ((rates[1] - rates[0]) + (rates[3] - rates[2])) / 2  # per seed, over the two cells
+    row = by_metric[M.TEST_RATE]
+    assert row["difference (b − a)"] == "latent size 4 − latent size 2"
+    assert row["cells"] == "2" and row["n (seeds)"] == "3"
+    mean, se = (float(x) for x in row["mean difference ± s.e."].split(" ± "))
+    assert mean == pytest.approx(d.mean(), rel=1e-3) and se == pytest.approx(_se(d), rel=1e-2)
+    low, high = (float(x) for x in row["95% interval (t)"].split(" to "))
+    t2 = 4.303  # t_{0.975, 2}
+    assert low == pytest.approx(d.mean() - t2 * _se(d), rel=1e-3)
+    assert high == pytest.approx(d.mean() + t2 * _se(d), rel=1e-3)
+    # Active units: latent size itself, the same at every seed: a difference of 2 exactly.
+    assert by_metric[M.TEST_ACTIVE_UNITS]["mean difference ± s.e."] == "2 ± 0"
+    assert by_metric[M.TEST_ACTIVE_UNITS]["95% interval (t)"] == "2 to 2"
+    page = (out / "index.html").read_text()
+    assert "<h2>Differences between knob levels, paired by seed</h2>" in page
+    assert "<td>latent size 4 − latent size 2</td>" in page
 
 
 # ---- The confirmation: selection (no Ray), config, headline -----------------------------
@@ -452,8 +538,17 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, fi
         assert float(row["search val/ce_bound (mean of 3)"]) == pytest.approx(
             np.mean(DESIGN[cid][4]), rel=1e-4
         )
+    # Configuration 1 minus 0, seed by seed: (96 - 100.5, 97.5 - 103) = (-4.5, -5.5).
+    _, diffs = _md_rows(summary, "## Differences between confirmed configurations")
+    (diff,) = diffs
+    assert diff["difference (b − a)"] == "configuration 1 − configuration 0"
+    assert diff["metric"] == TEST and diff["n (seeds)"] == "2"
+    assert diff["mean difference ± s.e."] == "-5 ± 0.5"
+    t1 = 12.706  # t_{0.975, 1}
+    assert diff["95% interval (t)"] == f"{-5 - t1 * 0.5:.4g} to {-5 + t1 * 0.5:.4g}"
     page = (out / "index.html").read_text()
     assert "confirmed with 2 fresh seeds" in page and "±" in page
+    assert "<h2>Differences between confirmed configurations, paired by seed</h2>" in page
     # The R-D plane shows them at their confirmed means, with their own bars.
     ax = figures["rate_distortion.png"].axes[0]
     ((xsegs, ysegs),) = _errorbars(ax, plots.RD_CONFIRMED_LABEL)
@@ -466,9 +561,11 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, fi
 
 
 def _md_rows(summary: str, heading_start: str) -> tuple[list[str], list[dict[str, str]]]:
-    """(the row cells in order, as dicts by column) of the markdown table under a heading."""
+    """(the row cells in order, as dicts by column) of the markdown table under a heading
+    (the first block of lines there that is a table: a paragraph may come before it)."""
     heading = next(line for line in summary.splitlines() if line.startswith(heading_start))
-    lines = summary.split(heading)[1].strip().split("\n\n")[0].splitlines()
+    blocks = summary.split(heading)[1].split("\n## ")[0].strip().split("\n\n")
+    lines = next((b for b in blocks if b.startswith("|")), "|\n|").splitlines()
     head = [c.strip() for c in lines[0].split("|")]
     rows = [dict(zip(head, [c.strip() for c in x.split("|")], strict=True)) for x in lines[2:]]
     return head, rows

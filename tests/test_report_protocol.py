@@ -18,7 +18,7 @@ from vae_study.report import build_report, rd_front, study_front
 from vae_study.study_config import Param
 from vae_study.study_folder import Trial, load_folder
 
-BETA = Param("train.beta", "log_uniform", low=0.05, high=20.0)  # bins 0.05 .224 1 4.47 20
+BETA = Param("train.beta", "log_uniform", low=0.05, high=20.0)  # 15 bins of 1.49x
 LATENT = Param("model.latent_dim", "choice", values=(2, 8, 32))
 K = Param("train.k", "choice", values=(1, 5))
 SEARCHED = (BETA, LATENT, K)
@@ -84,22 +84,23 @@ def test_a_confounded_design_has_no_matched_k_pairs():
 
 def test_k_is_compared_only_at_matched_latent_size_and_beta_bin():
     trials = _confounded() + [
-        _trial("m1", 0.6, 8, 1, **{NLL: 104.0}),  # pairs with c2 (K=5, latent 8, beta .5)
-        _trial("m2", 0.9, 8, 5, **{NLL: 98.0}),  # a second K=5 trial in that cell
-        _trial("m3", 0.25, 8, 1, status=R.FAILED, **{NLL: 1.0}),  # never plotted
-        _trial("m4", 0.7, 8, 1, **{NLL: math.nan}),  # no value: not counted in n
+        _trial("m1", 0.45, 8, 1, **{NLL: 104.0}),  # pairs with c2 (K=5, latent 8, beta .5)
+        _trial("m2", 0.41, 8, 5, **{NLL: 98.0}),  # a second K=5 trial in that cell
+        _trial("m3", 0.42, 8, 1, status=R.FAILED, **{NLL: 1.0}),  # never plotted
+        _trial("m4", 0.48, 8, 1, **{NLL: math.nan}),  # no value: not counted in n
+        _trial("m5", 0.6, 8, 1, **{NLL: 90.0}),  # the next bin: never beside beta 0.5
     ]
     series = plots.knob_series(trials, "train.k", NLL, SEARCHED)
     assert len(series) == 1
     (s,) = series
-    assert dict(s.fixed) == {"train.beta": "in [0.224, 1)", "model.latent_dim": "8"}
+    assert dict(s.fixed) == {"train.beta": "in [0.368, 0.549)", "model.latent_dim": "8"}
     assert [(p.x, p.n, sorted(p.trial_ids)) for p in s.points] == [
         (1, 1, ["m1"]),
         (5, 2, ["c2", "m2"]),
     ]
     assert s.points[0].mean == pytest.approx(104.0)
     assert s.points[1].mean == pytest.approx(99.0)  # (100 + 98) / 2
-    assert "latent size 8" in s.label and "beta in [0.224, 1)" in s.label
+    assert "latent size 8" in s.label and "beta in [0.368, 0.549)" in s.label
     for knob in ("train.k", "train.beta", "model.latent_dim"):
         for s in plots.knob_series(trials, knob, NLL, SEARCHED):
             assert len(_settings(s, knob, trials)) == 1, (knob, s)  # never mixes other knobs
@@ -189,8 +190,10 @@ def test_knob_figure_has_only_the_panels_it_needs(tmp_path, figures):
     )
     # A searched key that is not a knob panel is still matched on, with its bins said.
     text = plots.matching_text((BETA, LATENT, lr))
-    assert "latent size by exact value" in text and "beta in 4 log-spaced bins" in text
-    assert "train.lr in 4 log-spaced bins (edges 0.0001, 0.000316, 0.001, 0.00316, 0.01)" in text
+    assert "latent size by exact value" in text and "beta in log-spaced bins of at most" in text
+    assert "train.lr in log-spaced bins of at most 1.5x (12 bins of 1.47x from 0.0001 to 0.01)" in (
+        text
+    )
 
 
 # ---- The whole report from a study folder ----------------------------------------------

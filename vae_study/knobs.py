@@ -1,7 +1,16 @@
 """The data of the knob plots: one searched knob against a metric, compared only among trials
-that match on every other searched knob (continuous keys binned), with the number of trials
-behind each point. Pure functions of ``Trial`` objects, so tests check the data, not pixels;
+that match on every other searched knob, with the number of trials behind each point and,
+where seeds are paired, each point's difference from its line's first point paired by seed
+(``paired``). Pure functions of ``Trial`` objects, so tests check the data, not pixels;
 ``plots.knobs`` draws it.
+
+Matching (a "cell": one setting of the other searched keys). A choice, or an int range of at
+most ``EXACT_INT_LEVELS`` values, is matched by exact value. A continuous key (uniform,
+log_uniform, a wide int range) is matched exactly on a value two or more of the finished
+trials share (a grid or ``points_to_evaluate`` point), and otherwise in bins over its search
+range: log-spaced bins no wider than a factor ``MAX_BIN_FACTOR`` on a log scale,
+``LINEAR_BINS`` equal-width bins on a linear one. A cell with a single level of the knob
+draws no line.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from .paired import Contrast, Difference, paired_contrast
 from .search_config import Param
 from .study_folder import Trial
 
@@ -25,10 +35,11 @@ KNOB_NAMES = {
     "train.k": "K",
     "train.objective": "training objective",
 }
-# A continuous searched key (uniform, log_uniform, a wide int range) is matched in this many
-# bins over its search range (log-spaced for log scales) when another knob is plotted.
-CONTINUOUS_BINS = 4
+MAX_BIN_FACTOR = 1.5  # a log-scale bin's high edge over its low edge, at most
+LINEAR_BINS = 10  # bins of a linear-scale continuous key over its search range
+EXACT_INT_LEVELS = 8  # an int range of at most this many values: each value its own level
 NO_MATCH = "no matched trials"
+NO_PAIRS = "one seed per configuration: nothing to pair, no bars"
 
 
 def knob_name(key: str) -> str:
@@ -38,43 +49,26 @@ def knob_name(key: str) -> str:
 @dataclass(frozen=True)
 class KnobPoint:
     """One knob value of a series: the mean of ``metric`` over the ``n`` trials (or
-    configurations) behind it, each itself a mean over its seeds.
+    configurations) behind it, each itself a mean over its seeds; ``n_seeds`` the finished
+    seeds behind it, all configurations together.
 
-    ``se``: the standard error of that mean over the seeds, sqrt(sum se_i^2) / n from the
-    configurations' own standard errors (the seed noise of an average of independent means;
-    the spread between configurations is not seed noise and is not in it); None when a
-    configuration behind the point has no standard error (one seed). ``n_seeds``: the
-    finished seeds behind the point, all configurations together."""
+    ``contrast``: this point minus its series' first point (the reference), paired by seed
+    in the series' cell (``paired.paired_contrast``; a side of several configurations is
+    their per-seed mean). None for the reference itself, and where fewer than two seeds
+    pair (one seed per configuration: nothing to pair)."""
 
     x: Any
     mean: float
     n: int
     trial_ids: tuple[str, ...]
-    se: float | None = None
     n_seeds: int = 1
-
-
-def _point(x: Any, entries: list[tuple[Trial, float]], metric: str) -> KnobPoint:
-    """The point of the trials (configurations) ``entries`` = (trial, its value) at ``x``."""
-    errors = [t.error(metric) for t, _ in entries]
-    se = (
-        math.sqrt(sum(e * e for e in errors)) / len(errors)  # type: ignore[operator]
-        if all(e is not None for e in errors)
-        else None
-    )
-    return KnobPoint(
-        x,
-        float(np.mean([v for _, v in entries])),
-        len(entries),
-        tuple(t.trial_id for t, _ in entries),
-        se,
-        sum(t.n_seeds for t, _ in entries),
-    )
+    contrast: Contrast | None = None
 
 
 @dataclass(frozen=True)
 class KnobSeries:
-    """Trials that share every other searched knob (continuous ones by bin): one line."""
+    """Trials that share every other searched knob (one cell, see the module): one line.
+    Its first point is the reference of the others' contrasts."""
 
     fixed: tuple[tuple[str, str], ...]  # (key, its value or bin), one per other searched knob
     points: tuple[KnobPoint, ...]
@@ -86,7 +80,8 @@ class KnobSeries:
 
 @dataclass(frozen=True)
 class KnobPanel:
-    """One panel of the knob figure: its series, or the text drawn instead of lines."""
+    """One panel of the knob figure: its series, or the text drawn instead of lines;
+    ``note`` says how its lines were matched and what its bars are."""
 
     knob: str
     metric: str
@@ -94,6 +89,7 @@ class KnobPanel:
     title: str
     series: tuple[KnobSeries, ...]
     message: str | None  # None when there is something to draw
+    note: str = ""
 
 
 def _plain(value: Any) -> Any:
@@ -111,26 +107,54 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, int | float) else (1, str(value))
 
 
+def _log_scale(param: Param) -> bool:
+    return param.kind == "log_uniform" or param.log
+
+
 def bin_edges(param: Param) -> list[float] | None:
-    """The bin edges a continuous searched key is matched in; None: matched exactly."""
+    """The bin edges a continuous searched key is matched in (each bin at most
+    ``MAX_BIN_FACTOR`` wide on a log scale, ``LINEAR_BINS`` equal bins on a linear one);
+    None: matched by exact value (a choice, a few integers)."""
     if param.kind == "choice":
         return None
-    if param.kind == "int" and param.high - param.low + 1 <= 2 * CONTINUOUS_BINS:
+    if param.kind == "int" and param.high - param.low + 1 <= EXACT_INT_LEVELS:
         return None  # a few integers: each value is its own level
-    if param.kind == "log_uniform" or param.log:
-        return np.geomspace(param.low, param.high, CONTINUOUS_BINS + 1).tolist()
-    return np.linspace(param.low, param.high, CONTINUOUS_BINS + 1).tolist()
+    if _log_scale(param):
+        ratio = math.log(param.high / param.low) / math.log(MAX_BIN_FACTOR)
+        n = max(1, math.ceil(ratio - 1e-9))
+        return np.geomspace(param.low, param.high, n + 1).tolist()
+    return np.linspace(param.low, param.high, LINEAR_BINS + 1).tolist()
 
 
-def _level(param: Param, value: Any) -> tuple[Any, str]:
-    """(sort key, label) of the level of ``value``: itself, or the bin it falls in."""
+def repeated_values(trials: Sequence[Trial], param: Param) -> frozenset[Any]:
+    """The values of a continuous key that two or more finished ``trials`` share (a grid or
+    ``points_to_evaluate`` point): matched exactly. Empty for a key matched exactly anyway."""
+    if bin_edges(param) is None:
+        return frozenset()
+    counts: dict[Any, int] = {}
+    for t in trials:
+        value = _plain(t.params.get(param.key))
+        if t.finished and isinstance(value, int | float):
+            counts[value] = counts.get(value, 0) + 1
+    return frozenset(v for v, n in counts.items() if n >= 2)
+
+
+def _value_label(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _level(param: Param, value: Any, repeated: frozenset[Any] = frozenset()) -> tuple[Any, str]:
+    """(sort key, label) of the level of ``value``: itself (a key matched exactly, a value in
+    ``repeated``, a value outside the search range), or the bin it falls in."""
     edges = bin_edges(param)
     value = _plain(value)
     if edges is None or not isinstance(value, int | float):
         return _sort_key(value), str(value)
+    if value in repeated or not edges[0] <= value <= edges[-1]:
+        return (0, float(value), 0), _value_label(value)
     i = int(np.clip(np.searchsorted(edges, value, side="right") - 1, 0, len(edges) - 2))
     close = "]" if i == len(edges) - 2 else ")"
-    return (0, i), f"in [{edges[i]:.3g}, {edges[i + 1]:.3g}{close}"
+    return (0, edges[i], 1), f"in [{edges[i]:.3g}, {edges[i + 1]:.3g}{close}"
 
 
 # knob -> (metric, y label) of its two panels; the bound's entry is filled in by quantity.
@@ -153,36 +177,51 @@ def varied_knobs(searched: Sequence[Param]) -> list[Param]:
     return [by_key[k] for k in KNOB_METRICS if k in by_key]
 
 
-def matching_text(searched: Sequence[Param]) -> str:
-    """How the knob plots match trials on the searched keys, in words (bins named); empty
-    when only one key is searched (nothing to match on)."""
-    if len(searched) < 2:
-        return ""
-    exact = [knob_name(p.key) for p in searched if bin_edges(p) is None]
+def _match_words(params: Sequence[Param]) -> str:
+    """How ``params`` are matched, in words (the bins named); empty for no params."""
+    exact = [knob_name(p.key) for p in params if bin_edges(p) is None]
     parts = [" and ".join(exact) + " by exact value"] if exact else []
-    for p in searched:
+    for p in params:
         edges = bin_edges(p)
-        if edges is not None:
-            scale = "log-spaced" if p.kind == "log_uniform" or p.log else "equal-width"
+        if edges is None:
+            continue
+        span = f"from {edges[0]:.3g} to {edges[-1]:.3g}"
+        if _log_scale(p):
             parts.append(
-                f"{knob_name(p.key)} in {CONTINUOUS_BINS} {scale} bins (edges "
-                + ", ".join(f"{e:.3g}" for e in edges)
-                + ")"
+                f"{knob_name(p.key)} in log-spaced bins of at most {MAX_BIN_FACTOR:g}x "
+                f"({len(edges) - 1} bins of {edges[1] / edges[0]:.3g}x {span})"
             )
+        else:
+            parts.append(
+                f"{knob_name(p.key)} in {len(edges) - 1} equal-width bins of "
+                f"{edges[1] - edges[0]:.3g} {span}"
+            )
+    if any(bin_edges(p) is not None for p in params):
+        parts.append(
+            "a value of a binned key that several finished trials share (a grid or "
+            "points_to_evaluate point) by exact value"
+        )
     return "; ".join(parts)
 
 
-def knob_series(
+def matching_text(searched: Sequence[Param]) -> str:
+    """How the knob plots match trials on the searched keys, in words (bins named); empty
+    when only one key is searched (nothing to match on)."""
+    return _match_words(searched) if len(searched) >= 2 else ""
+
+
+Cell = tuple[tuple[str, str], ...]  # (key, its value or bin label), one per other searched key
+
+
+def _cells(
     trials: Sequence[Trial], knob: str, metric: str, searched: Sequence[Param]
-) -> list[KnobSeries]:
-    """``metric`` against ``knob`` among finished trials, one series per setting of the other
-    searched knobs (continuous ones binned, see ``bin_edges``): a series never mixes
-    values of another knob. A series needs two values of ``knob``; points are means over
-    the trials sharing a knob value, with their number ``n``, and (configurations of a
-    replicated study) the standard error over seeds and the seeds behind it."""
+) -> list[tuple[Cell, dict[Any, list[tuple[Trial, float]]]]]:
+    """The finished trials with a finite ``metric``, by cell (matched settings of the other
+    searched keys) and knob value, cells in order of their settings."""
     others = [p for p in searched if p.key != knob]
-    groups: dict[tuple[tuple[str, str], ...], dict[Any, list[tuple[Trial, float]]]] = {}
-    order: dict[tuple[tuple[str, str], ...], tuple[Any, ...]] = {}
+    repeated = {p.key: repeated_values(trials, p) for p in others}
+    groups: dict[Cell, dict[Any, list[tuple[Trial, float]]]] = {}
+    order: dict[Cell, tuple[Any, ...]] = {}
     for t in trials:
         value = t.value(metric)
         if (
@@ -192,22 +231,100 @@ def knob_series(
             or any(t.params.get(p.key) is None for p in others)
         ):
             continue
-        levels = [_level(p, t.params[p.key]) for p in others]
+        levels = [_level(p, t.params[p.key], repeated[p.key]) for p in others]
         fixed = tuple((p.key, label) for p, (_, label) in zip(others, levels, strict=True))
         order[fixed] = tuple(key for key, _ in levels)
         groups.setdefault(fixed, {}).setdefault(_plain(t.params[knob]), []).append((t, value))
+    return [(fixed, groups[fixed]) for fixed in sorted(groups, key=lambda f: order[f])]
+
+
+def _point(
+    x: Any, entries: list[tuple[Trial, float]], metric: str, reference: list[Trial] | None
+) -> KnobPoint:
+    """The point of the trials (configurations) ``entries`` = (trial, its value) at ``x``,
+    with its contrast against the ``reference`` level's trials (None: it is the reference)."""
+    trials = [t for t, _ in entries]
+    return KnobPoint(
+        x,
+        float(np.mean([v for _, v in entries])),
+        len(entries),
+        tuple(t.trial_id for t in trials),
+        sum(t.n_seeds for t in trials),
+        None if reference is None else paired_contrast([(reference, trials)], metric),
+    )
+
+
+def knob_series(
+    trials: Sequence[Trial], knob: str, metric: str, searched: Sequence[Param]
+) -> list[KnobSeries]:
+    """``metric`` against ``knob`` among finished trials, one series per cell (matched
+    settings of the other searched keys, see the module): a series never mixes values of
+    another knob, nor a continuous one across more than a bin. A series needs two values of
+    ``knob``; points are means over the trials sharing a knob value, with their number
+    ``n``, the seeds behind them, and (seeds paired) their contrast with the first point."""
     out = []
-    for fixed in sorted(groups, key=lambda f: order[f]):
-        by_x = groups[fixed]
+    for fixed, by_x in _cells(trials, knob, metric, searched):
         if len(by_x) < 2:
             continue
-        out.append(
-            KnobSeries(
-                fixed,
-                tuple(_point(x, by_x[x], metric) for x in sorted(by_x, key=_sort_key)),
-            )
-        )
+        xs = sorted(by_x, key=_sort_key)
+        reference = [t for t, _ in by_x[xs[0]]]
+        points = [_point(xs[0], by_x[xs[0]], metric, None)]
+        points += [_point(x, by_x[x], metric, reference) for x in xs[1:]]
+        out.append(KnobSeries(fixed, tuple(points)))
     return out
+
+
+def _panel_metrics(knob: str, quantity: str) -> list[tuple[str, str]]:
+    """(metric, y label) of the knob's two panels, the bound named by ``quantity``."""
+    out = []
+    for metric, ylabel in KNOB_METRICS[knob]:
+        if metric == "bound":
+            metric, ylabel = M.bound_key("test", quantity), f"{bound_label(quantity)} [nats]"
+        out.append((metric, ylabel))
+    return out
+
+
+def knob_differences(
+    trials: Sequence[Trial], searched: Sequence[Param], quantity: str
+) -> list[Difference]:
+    """The differences table of the search: for each varied knob with discrete levels (a
+    choice or a few integers; a continuous knob's effect is its plot) and each metric of its
+    panels, every pair of its levels a < b as ``metric(b) - metric(a)``, paired by seed over
+    the cells (matched settings of the other searched keys) that hold both: per seed, the
+    difference of the levels' per-seed means in each cell, averaged over the cells
+    (``paired.paired_contrast``). Pairs no cell pairs two seeds for are left out."""
+    out = []
+    for p in varied_knobs(searched):
+        if bin_edges(p) is not None:
+            continue
+        for metric, _ in _panel_metrics(p.key, quantity):
+            cells = [by_x for _, by_x in _cells(trials, p.key, metric, searched)]
+            levels = sorted({x for by_x in cells for x in by_x}, key=_sort_key)
+            for i, a in enumerate(levels):
+                for b in levels[i + 1 :]:
+                    pairs = [
+                        ([t for t, _ in by_x[a]], [t for t, _ in by_x[b]])
+                        for by_x in cells
+                        if a in by_x and b in by_x
+                    ]
+                    c = paired_contrast(pairs, metric)
+                    if c is not None:
+                        out.append(Difference(p.key, metric, str(a), str(b), c))
+    return out
+
+
+def _bars_words(series: Sequence[KnobSeries], trials: Sequence[Trial]) -> str:
+    """What a panel's error bars are (or why it has none)."""
+    ns = sorted({pt.contrast.n for s in series for pt in s.points if pt.contrast is not None})
+    if ns:
+        return (
+            "bars: +- the standard error of each point minus the first point of its line, "
+            f"from per-seed paired differences (n = {', '.join(map(str, ns))} seeds); the "
+            "first point is the reference and has none"
+        )
+    if not any(t.n_replicates > 1 for t in trials):
+        return NO_PAIRS
+    return "no point pairs two seeds with its line's first point: no bars"
 
 
 def bound_label(quantity: str) -> str:
@@ -223,19 +340,21 @@ def knob_panels(
     """The panels of the knob figure, two per varied knob (none for a knob not searched)."""
     panels = []
     for p in varied_knobs(searched):
-        for metric, ylabel in KNOB_METRICS[p.key]:
-            if metric == "bound":
-                metric, ylabel = M.bound_key("test", quantity), f"{bound_label(quantity)} [nats]"
+        others = [o for o in searched if o.key != p.key]
+        matched = (
+            f"lines matched on {_match_words(others)}" if others else "one knob searched: one line"
+        )
+        for metric, ylabel in _panel_metrics(p.key, quantity):
             series = knob_series(trials, p.key, metric, searched)
             message = None
             if not series:
                 reported = [t for t in trials if t.finished and math.isfinite(t.value(metric))]
-                others = [knob_name(o.key) for o in searched if o.key != p.key]
+                names = [knob_name(o.key) for o in others]
                 message = (
                     f"no finished trial reports {metric} yet"
                     if not reported
                     else f"{NO_MATCH}: no two finished trials differ in {knob_name(p.key)}"
-                    + (f"\nwith the same {', '.join(others)}" if others else "")
+                    + (f"\nwith the same {', '.join(names)}" if names else "")
                 )
             panels.append(
                 KnobPanel(
@@ -245,6 +364,7 @@ def knob_panels(
                     f"{knob_name(p.key)} against {ylabel.split(' [')[0]}",
                     tuple(series),
                     message,
+                    f"{matched}; {_bars_words(series, trials)}",
                 )
             )
     return panels

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from . import metrics as M
 from .knobs import (  # noqa: F401 - re-exported: the report and tests read them here
     NO_MATCH,
+    NO_PAIRS,
     KnobPanel,
     KnobSeries,
     _level,
@@ -315,7 +316,9 @@ def knobs(
     trials: Sequence[Trial], path: Path, *, searched: Sequence[Param], quantity: str
 ) -> Path | None:
     """Figure 2: each searched knob (beta, K, latent size) against two test metrics, one line
-    per setting of the other searched knobs; no figure when none is varied or finished."""
+    per cell (matched setting of the other searched knobs, ``knobs``), each point's bar the
+    standard error of its paired difference from its line's first point, and under each
+    panel how it matched and what its bars are; no figure when none is varied or finished."""
     panels = knob_panels(trials, searched, quantity)
     if not panels or not any(t.finished for t in trials):
         return None
@@ -342,12 +345,14 @@ def knobs(
             (line,) = ax.plot(
                 xs, [pt.mean for pt in s.points], marker=MARKERS[i % len(MARKERS)], label=s.label
             )
-            barred = [pt for pt in s.points if pt.se is not None]
-            if barred:  # one-seed points get no bar (not a bar of 0)
+            # A bar: the standard error of the point minus the line's first point, paired
+            # by seed; none at the reference, none without two paired seeds (never a 0).
+            barred = [pt for pt in s.points if pt.contrast is not None]
+            if barred:
                 ax.errorbar(
                     [pt.x for pt in barred],
                     [pt.mean for pt in barred],
-                    yerr=[pt.se for pt in barred],
+                    yerr=[pt.contrast.se for pt in barred],
                     fmt="none",
                     ecolor=line.get_color(),
                     capsize=3,
@@ -373,14 +378,17 @@ def knobs(
                 ax.minorticks_off()
         if panel.knob == "train.beta":
             ax.axvline(1.0, color="grey", ls=":", lw=1)
-        ax.set_xlabel(f"{knob_name(panel.knob)} (log scale)")
+        ax.set_xlabel(
+            f"{knob_name(panel.knob)} (log scale)\n" + textwrap.fill(panel.note, 70), fontsize=8
+        )
         ax.set_ylabel(panel.ylabel)
         ax.set_title(panel.title, fontsize=10)
         ax.grid(alpha=0.3)
     title = (
         "Knobs against test metrics, each line among trials matched on the other "
         "searched knobs; n = finished runs (seeds) averaged, unmarked points are single "
-        "runs; bars: +- standard error over seeds. "
+        "runs; bars (where seeds are paired): +- the standard error of a point's difference "
+        "from its line's first point over per-seed paired differences, as each panel says. "
         + (
             f"Searched knobs matched by: {matching_text(searched)}."
             if len(searched) > 1

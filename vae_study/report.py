@@ -21,7 +21,9 @@ from . import metrics as M
 from . import results as R
 from .checkpoint import atomic_write_text
 from .errors import ConfigError
+from .knobs import bin_edges, knob_differences, knob_name, matching_text, varied_knobs
 from .layout import REPORTS_DIR, StudyLayout
+from .paired import Difference, configuration_differences
 from .pareto import pareto_front
 from .replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
 from .study_folder import StudyFolder, Trial, load_folder
@@ -304,8 +306,16 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
             + "; each line compares only trials at matched settings of the other searched "
             "knobs"
             + (f" ({matched})" if matched else "")
-            + "; n marks points that average several runs (seeds), bars are +- the standard "
-            "error over seeds; panels without matched trials say so.",
+            + "; n marks points that average several runs (seeds); "
+            + (
+                "a bar is +- the standard error of a point's difference from its line's "
+                "first point (the reference, no bar), from per-seed paired differences (each "
+                "seed is the same in every configuration); "
+                if _replicated_search(sf)
+                else f"{plots.NO_PAIRS}; "
+            )
+            + "under each panel, how it matched and what its bars are; panels without matched "
+            "trials say so.",
             "No finished trial yet: no knob plots.",
         )
     else:
@@ -530,6 +540,121 @@ def confirmation_table(sf: StudyFolder) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _replicated_search(sf: StudyFolder) -> bool:
+    """Whether the search trains several seeds per configuration (paired by seed)."""
+    return any(c.n_replicates > 1 for c in sf.configs)
+
+
+_HOW_PAIRED = (
+    "mean ± s.e. = mean(d) ± std(d, ddof 1) / sqrt(n) over the n per-seed differences d; "
+    "the 95% interval is mean ± t(0.975, n - 1) × s.e. (Student's t); a configuration "
+    "without all its seeds is left out."
+)
+
+
+def _difference_cells(d: Difference, *, cells: bool) -> list[str]:
+    c = d.contrast
+    return [
+        *([str(c.cells)] if cells else []),
+        f"{c.mean:.4g} ± {c.se:.3g}",
+        f"{c.low:.4g} to {c.high:.4g}",
+        str(c.n),
+    ]
+
+
+def differences_sections(sf: StudyFolder) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(heading, how its numbers were made, head, rows) of each differences table: the
+    search's (``knobs.knob_differences``: pairs of levels of each discrete knob, paired by
+    seed at matched settings) where the search has replicates, and the confirmation's
+    (``paired.configuration_differences``: pairs of confirmed configurations, on the test
+    counterparts of the objectives and the test bound) where it has run. Rows: b - a."""
+    out = []
+    tail = ["mean difference ± s.e.", "95% interval (t)", "n (seeds)"]
+    if _replicated_search(sf):
+        searched = sf.study.search.space
+        rows = [
+            [
+                f"{knob_name(d.knob)} {d.b} − {knob_name(d.knob)} {d.a}",
+                d.metric,
+                *_difference_cells(d, cells=True),
+            ]
+            for d in knob_differences(sf.configs, searched, sf.study.base.quantity)
+        ]
+        continuous = [knob_name(p.key) for p in varied_knobs(searched) if bin_edges(p)]
+        discrete = [knob_name(p.key) for p in varied_knobs(searched) if not bin_edges(p)]
+        matched = matching_text(searched) or "one key searched: all configurations in one cell"
+        words = (
+            "Each row is metric(b) − metric(a) for two levels of a knob, from per-seed paired "
+            "differences: seed s at level b minus seed s at level a in the same matched cell "
+            f"(the other searched keys matched as in the knob plots: {matched}); a level of "
+            "several configurations in a cell is their per-seed mean; where several cells hold "
+            "both levels, each seed's differences are averaged over them (equal weight; "
+            "'cells' says how many), so n counts seeds, not seeds × cells. " + _HOW_PAIRED
+        )
+        if continuous:
+            words += (
+                f" {', '.join(continuous)}: continuous, its paired differences are the knob "
+                "plot's bars, not level pairs here."
+            )
+        if not rows:
+            words += (
+                f" No two levels of {', '.join(discrete)} pair two seeds in a matched cell."
+                if discrete
+                else " No knob with discrete levels is searched: no rows."
+            )
+        out.append(
+            (
+                "Differences between knob levels, paired by seed",
+                words,
+                ["difference (b − a)", "metric", "cells", *tail],
+                rows,
+            )
+        )
+    if sf.confirmed:
+        metrics = _confirm_metrics(sf)
+        confirmed = sorted(sf.confirmed, key=lambda c: _id_order(c.trial_id))
+        rows = [
+            [
+                f"configuration {d.b} − configuration {d.a}",
+                d.metric,
+                *_difference_cells(d, cells=False),
+            ]
+            for m in metrics
+            for d in configuration_differences(confirmed, m)
+        ]
+        words = (
+            "Each row is metric(b) − metric(a) for two confirmed configurations, from their "
+            "per-seed differences over the confirmation's fresh seeds (the same seed in every "
+            "configuration). " + _HOW_PAIRED
+        )
+        if not rows:
+            words += " Fewer than two confirmed configurations have all their seeds: no rows."
+        out.append(
+            (
+                "Differences between confirmed configurations, paired by seed",
+                words,
+                ["difference (b − a)", "metric", *tail],
+                rows,
+            )
+        )
+    return out
+
+
+def _confirm_metrics(sf: StudyFolder) -> list[str]:
+    """The test bound, then the test counterpart of each (validation) objective."""
+    out = [M.bound_key("test", sf.study.base.quantity)]
+    for o in sf.study.search.objectives:
+        test = "test/" + o.metric.split("/", 1)[-1]
+        metric = test if test in M.TEST_SCALARS else o.metric
+        if metric not in out:
+            out.append(metric)
+    return out
+
+
+def _id_order(trial_id: str) -> tuple[int, int | str]:
+    return (0, int(trial_id)) if trial_id.isdigit() else (1, trial_id)
+
+
 def _status_words(c: Trial) -> str:
     """A configuration's status; a failed one's with its first member's error (a seed that
     diverged): it has no mean, and the reader sees why."""
@@ -602,6 +727,10 @@ def _summary(
             _table_md([_trial_line(sf, t) for t in front], head),
             "",
         ]
+    for heading, words, d_head, d_rows in differences_sections(sf):
+        parts += [f"## {heading}", "", _md(words), ""]
+        if d_rows:
+            parts += [_table_md(d_rows, d_head), ""]
     bad = [(t, "") for t in sf.trials if t.status == R.FAILED]
     bad += [(t, ", confirmation") for t in sf.confirm_trials if t.status == R.FAILED]
     if bad:
@@ -693,6 +822,10 @@ def _html(
         body += [f"<h2>{esc(front_words(sf))}</h2>", table(chosen)]
     if front:
         body += [f"<h2>{esc(_RD_FRONT_WORDS)}</h2>", table(front)]
+    for heading, words, d_head, d_rows in differences_sections(sf):
+        body += [f"<h2>{esc(heading)}</h2>", f"<p>{esc(words)}</p>"]
+        if d_rows:
+            body.append(grid(d_head, d_rows))
     for name, caption in figures:
         body.append(
             f'<figure><img src="{esc(name)}" alt="{esc(caption)}">'
