@@ -38,8 +38,10 @@ STATIC = (M.EPOCH_SECONDS, M.TOTAL_SECONDS)  # wall-clock times differ, everythi
 def _assert_same_run(
     a: FitResult, b: FitResult, rtol: float = RTOL, weights_within: float | None = None
 ) -> None:
-    """The same run to ``rtol`` in every number; the weights to 1e-4 relative and 1e-6
-    absolute, or to ``weights_within`` absolute when that is given."""
+    """The same run to ``rtol`` in every number; the weights to 1e-4 relative and 1e-5
+    absolute, or to ``weights_within`` absolute when that is given. (Rounding of a batched
+    matmul moves a few of 25k weights 4e-6 after 16 Adam steps on an AVX-512 Xeon; one
+    wrong step moves every weight by about lr, 1e-3.)"""
     assert len(a.history) == len(b.history)
     for row_a, row_b in zip(a.history, b.history, strict=True):
         assert row_a.keys() == row_b.keys()
@@ -51,7 +53,7 @@ def _assert_same_run(
     for key in sd_a:
         assert sd_a[key].shape == sd_b[key].shape
         if weights_within is None:
-            torch.testing.assert_close(sd_b[key], sd_a[key], rtol=1e-4, atol=1e-6, msg=key)
+            torch.testing.assert_close(sd_b[key], sd_a[key], rtol=1e-4, atol=1e-5, msg=key)
         else:
             torch.testing.assert_close(sd_b[key], sd_a[key], rtol=0, atol=weights_within, msg=key)
     assert a.final.keys() == b.final.keys()
@@ -68,8 +70,10 @@ def _assert_same_run(
         {"model.likelihood": "gaussian", "model.learn_std": True, "data.binarize": "none"},
         {"model.hidden": [32, 16], "model.activation": "tanh", "train.k": 2},
         {"train.precision": "bfloat16"},  # autocast: the batched matmuls in bfloat16 too
+        # Burda et al.'s optimiser: each member's own lr, staged per update
+        {"train.lr_schedule": "burda", "train.adam_betas": [0.99, 0.999], "train.adam_eps": 1e-4},
     ],
-    ids=["dynamic-elbo", "iwae-k3", "gaussian-learned-std", "two-layers-k2", "bfloat16"],
+    ids=["dynamic-elbo", "iwae-k3", "gaussian-learned-std", "two-layers-k2", "bfloat16", "burda"],
 )
 def test_members_equal_their_separate_fits(mnist_root, shared):
     configs = _members(mnist_root, SPECS, **shared)

@@ -12,11 +12,11 @@ from study_factory import same_weights
 from study_factory import small_run_config as _config
 from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
-from vae_study.config import RunConfig
+from vae_study.config import RunConfig, replace_keys
 from vae_study.data import Datasets, Split, load_datasets
 from vae_study.errors import CheckpointError, TrainingDiverged
 from vae_study.evaluate import elbo_terms
-from vae_study.train import fit, make_optimizer
+from vae_study.train import fit, make_optimizer, scheduled_lr
 
 
 def test_fit_learns_and_writes_its_files(mnist_root, tmp_path):
@@ -240,3 +240,48 @@ def test_a_finished_run_resumed_reuses_its_test_metrics_unless_eval_changed(
         resume_from=tmp_path / "a" / "checkpoint",
     )
     assert calls == [1] and math.isfinite(other.final[M.TEST_CE_BOUND])
+
+
+def test_the_burda_schedule_is_the_papers_eight_stages_scaled_to_the_run():
+    """Burda et al. 2015: 3**i epochs at 1e-3 * 10**(-i/7), i = 0..7 (3280 epochs)."""
+    cfg = replace_keys(RunConfig(), {"train.lr": 1e-3, "train.lr_schedule": "burda"}).train
+    paper = [1e-3 * 10 ** (-i / 7) for i in range(8) for _ in range(3**i)]
+    assert len(paper) == 3280
+    assert [scheduled_lr(cfg, u, 3280) for u in range(3280)] == pytest.approx(paper, rel=1e-12)
+    # Scaled: 10 updates for each of the paper's epochs, every stage 10 times as long.
+    scaled = [scheduled_lr(cfg, u, 32800) for u in range(32800)]
+    assert scaled == pytest.approx([lr for lr in paper for _ in range(10)], rel=1e-12)
+    # A short run still passes through all 8 stages, in order, ending at lr / 10.
+    short = [scheduled_lr(cfg, u, 6000) for u in range(6000)]
+    assert sorted(set(short), reverse=True) == pytest.approx(sorted(set(paper), reverse=True))
+    assert short == sorted(short, reverse=True) and short[-1] == pytest.approx(1e-4)
+    constant = replace_keys(RunConfig(), {"train.lr": 3e-4}).train
+    assert {scheduled_lr(constant, u, 100) for u in range(100)} == {3e-4}
+
+
+def test_adam_settings_and_the_schedule_reach_torch_and_resume_exactly(mnist_root, tmp_path):
+    keys = {
+        "train.epochs": 3,
+        "train.lr_schedule": "burda",
+        "train.adam_betas": [0.99, 0.999],
+        "train.adam_eps": 1e-4,
+    }
+    straight = fit(_config(mnist_root, **keys), out_dir=tmp_path / "a", final_eval=False)
+    group = ckpt.load(tmp_path / "a" / "checkpoint").optimizer["param_groups"][0]
+    assert tuple(group["betas"]) == (0.99, 0.999) and group["eps"] == 1e-4
+    assert group["lr"] == pytest.approx(1e-4)  # the last update is in the last stage
+
+    def stop(row: dict, _folder) -> None:
+        if row[M.EPOCH] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(mnist_root, **keys), out_dir=tmp_path / "b", final_eval=False, on_epoch=stop)
+    # The rates of the epochs done depend on train.epochs: a longer run is another run.
+    with pytest.raises(CheckpointError, match="train.epochs: 3 -> 4"):
+        fit(_config(mnist_root, **{**keys, "train.epochs": 4}), out_dir=tmp_path / "b")
+    resumed = fit(_config(mnist_root, **keys), out_dir=tmp_path / "b", final_eval=False)
+    assert same_weights(straight.model, resumed.model)
+    # The schedule and the settings change the run: a check that the comparison can fail.
+    plain = fit(_config(mnist_root, **{"train.epochs": 3}), final_eval=False)
+    assert not same_weights(straight.model, plain.model)

@@ -293,6 +293,13 @@ class TrainConfig(Section):
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    # Adam's (beta1, beta2) and eps; Burda et al. 2015 trained with (0.99, 0.999) and 1e-4.
+    adam_betas: tuple[float, ...] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    # constant: train.lr throughout. burda: the IWAE paper's 8 stages, stage i at
+    # lr * 10**(-i/7) for a 3**i / 3280 share of the updates (its 3**i epochs of 3280,
+    # scaled to train.epochs), so a short run passes through every stage.
+    lr_schedule: Literal["constant", "burda"] = "constant"
     # Weight of the rate: loss = D + beta * R. For iwae it scales log p(z) - log q(z|x) in
     # each importance weight (beta = 1 is the IWAE bound of Burda et al. 2015).
     beta: float = 1.0
@@ -317,6 +324,18 @@ class TrainConfig(Section):
             "train.lr",
             self.lr,
             "a positive learning rate such as 1e-3",
+        )
+        _check(
+            len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+            "train.adam_betas",
+            list(self.adam_betas),
+            "two numbers in [0, 1), Adam's (beta1, beta2) such as [0.9, 0.999]",
+        )
+        _check(
+            self.adam_eps > 0 and math.isfinite(self.adam_eps),
+            "train.adam_eps",
+            self.adam_eps,
+            "a positive number such as 1e-8 (Adam's denominator term)",
         )
         _check(
             self.beta > 0 and math.isfinite(self.beta),

@@ -78,7 +78,38 @@ def make_optimizer(model: VAE, cfg: TrainConfig) -> torch.optim.Adam:
     A checkpoint keeps the choice it was written with (Adam's param groups carry it).
     """
     device = next(model.parameters()).device
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in _FUSED_ADAM_DEVICES)
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+        eps=cfg.adam_eps,
+        fused=device.type in _FUSED_ADAM_DEVICES,
+    )
+
+
+# Burda et al. 2015: stage i in 0..7 runs 3**i of the 3280 epochs at lr * 10**(-i/7).
+BURDA_STAGES = 8
+_BURDA_ENDS = [(3 ** (i + 1) - 1) // 2 for i in range(BURDA_STAGES)]  # epochs done at its end
+
+
+def scheduled_lr(cfg: TrainConfig, update: int, updates: int) -> float:
+    """The learning rate of update ``update`` (0-based) of ``updates`` in the whole run.
+
+    constant: ``train.lr``. burda: the stage whose share of the 3280 epochs holds the
+    update's midpoint, ``(update + 0.5) / updates``; a pure function of the update's index,
+    so a resumed run takes the rates an uninterrupted one takes.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    at = (update + 0.5) / updates * _BURDA_ENDS[-1]
+    stage = next(i for i, end in enumerate(_BURDA_ENDS) if at < end or i == BURDA_STAGES - 1)
+    return cfg.lr * 10.0 ** (-stage / 7)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group of ``optimizer`` at ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def train_epoch(
@@ -104,7 +135,12 @@ def train_epoch(
     sizes = torch.empty(n_batches, dtype=torch.float64)
     checked = 0
     compute_dtype = COMPUTE_DTYPES[cfg.precision]
+    scheduled = cfg.lr_schedule != "constant"
     for i, x in enumerate(batches):
+        if scheduled:
+            set_lr(
+                optimizer, scheduled_lr(cfg, (epoch - 1) * n_batches + i, cfg.epochs * n_batches)
+            )
         terms = compute_terms(
             model,
             x,
@@ -179,11 +215,18 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> No
     now = flatten_keys(to_dict(config))
     # A key the checkpoint lacks is newer than it: the run was trained with its default.
     before = {**flatten_keys(to_dict(RunConfig())), **flatten_keys(saved)}
+    # A scheduled learning rate is a function of the whole run's length: more epochs would
+    # have given the epochs done other rates.
+    free = tuple(
+        c
+        for c in RESUMABLE_CHANGES
+        if c != "train.epochs" or now.get("train.lr_schedule") == "constant"
+    )
     changed = [
         k
         for k in sorted(set(now) | set(before))
         if now.get(k) != before.get(k)
-        and not any(k == c or (c.endswith(".") and k.startswith(c)) for c in RESUMABLE_CHANGES)
+        and not any(k == c or (c.endswith(".") and k.startswith(c)) for c in free)
     ]
     if changed:
         diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
