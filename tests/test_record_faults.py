@@ -377,9 +377,12 @@ def test_two_studies_in_one_output_dir_both_finish_a_report_reads_one_while_it_r
     no Ray process of either study a few seconds after its driver exits."""
     from vae_study.report import build_report
 
+    hold = Hold(tmp_path)  # every trial of both studies waits after its epoch 2
+    hold.at(2)
     env = {
         "RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token"),
         FAULT_ENV: "driver:1000000",  # never fires: names the driver in its Ray processes
+        **hold.env,
     }
     procs = []
     for name in ("first", "second"):
@@ -397,6 +400,8 @@ def test_two_studies_in_one_output_dir_both_finish_a_report_reads_one_while_it_r
         wait_for(*procs[0], running, timeout=300, what="a report")
         out = build_report(first, tmp_path / "reports" / "first")
         assert (out / "index.html").is_file()
+        assert all(p.poll() is None for p, _ in procs)  # read while both still run
+        hold.release()
         codes = [p.wait(timeout=400) for p, _ in procs]
     finally:
         for p, log in procs:
