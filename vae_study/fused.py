@@ -591,7 +591,6 @@ def _train_stacked(
     # bad batch. A GPU syncs on a read: check every CHECK_EVERY batches, as train_epoch does
     # (a diverged member's weights after its bad batch are then never saved or returned).
     check_every = 1 if device.type == "cpu" else T.CHECK_EVERY
-    scheduled = cfg.lr_schedule != "constant"
     live = torch.ones(n_members, dtype=torch.bool, device=device)
     live_host = [True] * n_members
     stats = torch.empty(n_batches, n_members, 3, device=device)  # per batch, member: loss, R, D
@@ -638,10 +637,7 @@ def _train_stacked(
         for j, m in enumerate(training):
             if live_host[j]:
                 stack.set_member_grads(j)
-                if scheduled:
-                    update = (epochs[j] - 1) * n_batches + i
-                    mcfg = m.config.train
-                    T.set_lr(m.optimizer, T.scheduled_lr(mcfg, update, mcfg.epochs * n_batches))
+                T.schedule_step(m.optimizer, m.config.train, epochs[j], i, n_batches)
                 m.optimizer.step()
     stack.zero_grad()
     rows: list[dict[str, float] | None] = []

@@ -112,6 +112,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def schedule_step(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, batch: int, n_batches: int
+) -> None:
+    """Before batch ``batch`` (0-based) of ``epoch`` (1-based, of ``n_batches`` each): the
+    scheduled rate in ``optimizer``; nothing with a constant rate (Adam keeps ``train.lr``)."""
+    if cfg.lr_schedule != "constant":
+        update = (epoch - 1) * n_batches + batch
+        set_lr(optimizer, scheduled_lr(cfg, update, cfg.epochs * n_batches))
+
+
 def train_epoch(
     model: VAE,
     optimizer: torch.optim.Optimizer,
@@ -135,12 +145,8 @@ def train_epoch(
     sizes = torch.empty(n_batches, dtype=torch.float64)
     checked = 0
     compute_dtype = COMPUTE_DTYPES[cfg.precision]
-    scheduled = cfg.lr_schedule != "constant"
     for i, x in enumerate(batches):
-        if scheduled:
-            set_lr(
-                optimizer, scheduled_lr(cfg, (epoch - 1) * n_batches + i, cfg.epochs * n_batches)
-            )
+        schedule_step(optimizer, cfg, epoch, i, n_batches)
         terms = compute_terms(
             model,
             x,
