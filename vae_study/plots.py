@@ -10,6 +10,7 @@ when the study holds nothing to draw. Units are nats per example throughout.
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,8 +45,23 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 DPI = 110
 
 
+VECTOR_SUFFIXES = (".pdf", ".svg")  # every figure is also written in these, beside its PNG
+# Fonts embedded: TrueType (Type 42) in the PDF, not Type 3, as journals ask; glyphs as
+# paths in the SVG, so neither file needs the fonts of the machine that opens it.
+_VECTOR_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "path"}
+
+
 def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    """Write ``fig`` as the PNG ``path`` and as a vector PDF and SVG of the same stem, each
+    atomically (a temporary file renamed); returns ``path``."""
+    with matplotlib.rc_context(_VECTOR_RC):
+        for target in (path, *(path.with_suffix(s) for s in VECTOR_SUFFIXES)):
+            tmp = target.with_name(f".{target.name}.tmp")
+            try:
+                fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=target.suffix[1:])
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
     return path
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import marker, plots
+from . import marker, paper, plots
 from . import metrics as M
 from . import results as R
 from .checkpoint import atomic_write_text
@@ -189,7 +189,15 @@ def _spread(front: list[Trial], n: int) -> list[Trial]:
     return [by_beta[round(i * step)] for i in range(n)]
 
 
-REPORT_SUFFIXES = (".html", ".md", ".png", ".csv")  # every file a report folder holds
+REPORT_SUFFIXES = (
+    ".html",
+    ".md",
+    ".png",
+    ".pdf",
+    ".svg",
+    ".tex",
+    ".csv",
+)  # every file a report folder holds
 
 
 def check_report_folder(out: str | Path, study_folder: str | Path) -> None:
@@ -337,9 +345,35 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
 
     seconds = time.perf_counter() - started
     summary = _summary(sf, best, front, notes, seconds)
+    paper.write_tex(out / paper.TEX_FILE, paper_tables(sf))
+    paper.write_csv(out / paper.CSV_FILE, paper.csv_rows(sf.study.name, sf))
     atomic_write_text(out / "summary.md", summary)
     atomic_write_text(out / "index.html", _html(sf, best, front, figures, notes, seconds))
     return out
+
+
+def paper_tables(sf: StudyFolder) -> list[paper.Table]:
+    """The tables of ``tables.tex``: the confirmation's headline (where it has run), every
+    configuration (``paper.configurations_table``) and the differences tables."""
+    bound = paper.bound_caption(sf)
+    tables = []
+    if sf.confirmed:
+        tables.append(
+            paper.Table(
+                paper.tex_escape(confirmation_words(sf))
+                + f"; the bound is {bound}; rate, distortion and $-$ELBO in {paper.UNIT}.",
+                "tab:confirmation",
+                *confirmation_table(sf),
+            )
+        )
+    tables.append(paper.configurations_table(sf.study.name, sf, label="tab:configurations"))
+    for i, (heading, words, head, rows) in enumerate(differences_sections(sf)):
+        if rows:
+            caption = f"{heading}. {words} In {paper.UNIT}."
+            tables.append(
+                paper.Table(paper.tex_escape(caption), f"tab:differences-{i}", head, rows)
+            )
+    return tables
 
 
 def _search_figure(sf: StudyFolder, out: Path, add: Any, notes: list[str]) -> None:
@@ -804,7 +838,9 @@ def _html(
         f"<p>{esc(_count_words(sf))}; nats per example "
         "(bits/dim where a column says so). Files: "
         f'<a href="{R.RESULTS_FILE}">{R.RESULTS_FILE}</a>, '
-        '<a href="summary.md">summary.md</a>.</p>',
+        '<a href="summary.md">summary.md</a>, '
+        f'<a href="{paper.TEX_FILE}">{paper.TEX_FILE}</a>, '
+        f'<a href="{paper.CSV_FILE}">{paper.CSV_FILE}</a>.</p>',
         "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in protocol_lines(sf)) + "</ul>",
     ]
     for warning in (selection_warning(sf), optimism_warning(sf)):
@@ -827,9 +863,13 @@ def _html(
         if d_rows:
             body.append(grid(d_head, d_rows))
     for name, caption in figures:
+        stem = Path(name).stem
+        vector = ", ".join(
+            f'<a href="{esc(stem + s)}">{esc(stem + s)}</a>' for s in plots.VECTOR_SUFFIXES
+        )
         body.append(
             f'<figure><img src="{esc(name)}" alt="{esc(caption)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>"
+            f"<figcaption>{esc(caption)} Vector: {vector}.</figcaption></figure>"
         )
     body += [f"<h2>All {_unit(sf)}s</h2>", table(sf.configs)]
     if notes:
