@@ -9,6 +9,7 @@ From a notebook::
     study = vae_study.load_study("studies/smoke.yaml", ["search.num_trials=2"])
     folder = vae_study.run_study(study)          # Ray + Optuna, imported only now
     vae_study.build_report(folder, "reports/smoke")
+    vae_study.compare(["runs/compare_vae", "runs/compare_iwae"], "reports/compare")
     trials = vae_study.load_folder(folder).trials
     trials[0].value(vae_study.metrics.VAL_NLL)
 
@@ -39,6 +40,7 @@ _LAZY = {
     "StudyConfig": ("study_config", "StudyConfig"),
     "run_study": ("driver", "run_study"),
     "build_report": ("report", "build_report"),
+    "compare": ("comparison", "compare"),
     "load_folder": ("study_folder", "load_folder"),
 }
 
@@ -70,6 +72,7 @@ __all__ = [
     "TrainingDiverged",
     "VaeStudyError",
     "build_report",
+    "compare",
     "fit",
     "load_folder",
     "load_run_config",

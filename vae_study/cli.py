@@ -223,6 +223,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .comparison import compare
+
+    out = compare(
+        args.folders,
+        _out_folder(args.out, Path(REPORTS_DIR) / "compare"),
+        allow_different_evaluation=args.allow_different_evaluation,
+    )
+    print(f"comparison: {out / 'index.html'}")
+    return 0
+
+
 def _add_debug(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--debug",
@@ -286,6 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
     rep_p.add_argument("--out", help="output folder (default reports/<name>)")
     _add_debug(rep_p, argparse.SUPPRESS)  # also after the verb
     rep_p.set_defaults(func=cmd_report)
+
+    cmp_p = sub.add_parser(
+        "compare",
+        help="compare study folders: their R-D planes on shared axes, a headline table, "
+        "paired differences, tables.tex and tables.csv (no Ray needed)",
+    )
+    cmp_p.add_argument("folders", nargs="+", metavar="STUDY_DIR", help="two or more study folders")
+    cmp_p.add_argument("--out", help="output folder (default reports/compare)")
+    cmp_p.add_argument(
+        "--allow-different-evaluation",
+        action="store_true",
+        help="draw studies evaluated differently (data, test examples, eval.k, quantity) on "
+        "separate panels instead of refusing them",
+    )
+    _add_debug(cmp_p, argparse.SUPPRESS)
+    cmp_p.set_defaults(func=cmd_compare)
     return parser
 
 

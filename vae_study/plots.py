@@ -694,3 +694,117 @@ def search_history(optuna_study: Any, objective: str, path: Path) -> Path | None
     ax2.set_title("Parameter importance")
     fig.tight_layout()
     return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class StudyStyle:
+    """How one study is drawn on a comparison's planes: its label, colour and marker."""
+
+    label: str
+    colour: str
+    marker: str
+
+
+STUDY_COLOURS = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+]
+
+
+def study_planes(
+    panels: Sequence[tuple[str, Sequence[tuple[StudyStyle, Sequence[Trial], Sequence[Trial]]]]],
+    path: Path,
+) -> Path | None:
+    """The R-D planes of several studies: one panel per ``(title, studies)``, each study
+    ``(style, configurations, confirmed)`` in its colour and marker: its finished
+    configurations at their mean test (rate, distortion) with +- s.e. bars (``rd_points``),
+    the staircase of its front of those means, its confirmed configurations as large hollow
+    markers with their own bars. Every study on a panel shares its axes; panels do not share
+    axes (another evaluation, maybe another quantity). None when no study has a finished
+    configuration."""
+    drawn = [(t, [s for s in studies if rd_points(s[1]) is not None]) for t, studies in panels]
+    drawn = [(t, s) for t, s in drawn if s]
+    if not drawn:
+        return None
+    fig = Figure(figsize=(8.5, 6.5 * len(drawn)))
+    axes = fig.subplots(len(drawn), 1, squeeze=False)[:, 0]
+    for ax, (title, studies) in zip(axes, drawn, strict=True):
+        for style, configs, confirmed in studies:
+            pts = rd_points(configs)
+            assert pts is not None
+            bar = pts.has_bar
+            ax.scatter(
+                pts.rate,
+                pts.distortion,
+                s=45,
+                marker=style.marker,
+                color=style.colour,
+                edgecolors="black",
+                linewidths=0.4,
+                zorder=3,
+                label=f"{style.label}: configurations (mean test R, D)",
+            )
+            if bar.any():
+                ax.errorbar(
+                    pts.rate[bar],
+                    pts.distortion[bar],
+                    xerr=pts.rate_se[bar],
+                    yerr=pts.distortion_se[bar],
+                    fmt="none",
+                    ecolor=style.colour,
+                    elinewidth=0.9,
+                    capsize=2.5,
+                    zorder=2,
+                    label=f"{style.label}: {RD_ERRORBAR_LABEL}",
+                )
+            fx, fy = _staircase([(pts.rate[i], pts.distortion[i]) for i in pts.front])
+            ax.plot(
+                fx,
+                fy,
+                "-",
+                color=style.colour,
+                lw=1.6,
+                zorder=2,
+                label=f"{style.label}: front of the means",
+            )
+            conf = rd_points(confirmed)
+            if conf is not None:
+                if conf.has_bar.any():
+                    b = conf.has_bar
+                    ax.errorbar(
+                        conf.rate[b],
+                        conf.distortion[b],
+                        xerr=conf.rate_se[b],
+                        yerr=conf.distortion_se[b],
+                        fmt="none",
+                        ecolor=style.colour,
+                        elinewidth=1.4,
+                        capsize=4,
+                        zorder=4,
+                    )
+                ax.scatter(
+                    conf.rate,
+                    conf.distortion,
+                    s=160,
+                    marker=style.marker,
+                    facecolors="none",
+                    edgecolors=style.colour,
+                    linewidths=2.0,
+                    zorder=5,
+                    label=f"{style.label}: confirmed (fresh seeds)",
+                )
+        ax.set_xlabel("rate R = KL(q(z|x) || p(z))  [nats per example]")
+        ax.set_ylabel("distortion D = -E_q[log p(x|z)]  [nats per example]")
+        ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=9)
+        ax.legend(loc="upper right", fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
