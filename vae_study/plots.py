@@ -155,6 +155,35 @@ def rd_points(trials: Sequence[Trial]) -> RDPoints | None:
 RD_ERRORBAR_LABEL = "mean +- standard error over seeds"
 
 
+def _se_bars(
+    ax: Any,
+    pts: RDPoints,
+    colour: str,
+    *,
+    width: float,
+    cap: float,
+    zorder: int,
+    label: str | None = None,
+) -> None:
+    """± standard-error bars in rate and distortion for the points of ``pts`` that have
+    them (none for a point of one seed: never a bar of 0)."""
+    bar = pts.has_bar
+    if not bar.any():
+        return
+    ax.errorbar(
+        pts.rate[bar],
+        pts.distortion[bar],
+        xerr=pts.rate_se[bar],
+        yerr=pts.distortion_se[bar],
+        fmt="none",
+        ecolor=colour,
+        elinewidth=width,
+        capsize=cap,
+        zorder=zorder,
+        label=label,
+    )
+
+
 def rate_distortion_plane(
     trials: Sequence[Trial],
     path: Path,
@@ -201,20 +230,7 @@ def rate_distortion_plane(
             label=f"{markers['__label__']} {value}",
         )
     rates, dists = pts.rate, pts.distortion
-    bar = pts.has_bar
-    if bar.any():  # configurations with one seed get no bar (not a bar of 0)
-        ax.errorbar(
-            rates[bar],
-            dists[bar],
-            xerr=pts.rate_se[bar],
-            yerr=pts.distortion_se[bar],
-            fmt="none",
-            ecolor="dimgrey",
-            elinewidth=0.9,
-            capsize=2.5,
-            zorder=2,
-            label=RD_ERRORBAR_LABEL,
-        )
+    _se_bars(ax, pts, "dimgrey", width=0.9, cap=2.5, zorder=2, label=RD_ERRORBAR_LABEL)
     fx, fy = _staircase([(rates[i], dists[i]) for i in pts.front])
     ax.plot(
         fx,
@@ -304,19 +320,7 @@ def _confirmed_points(ax: Any, confirmed: Sequence[Trial]) -> None:
         "linewidths": 1.2,
         "zorder": 5,
     }
-    if bar.any():
-        ax.errorbar(
-            pts.rate[bar],
-            pts.distortion[bar],
-            xerr=pts.rate_se[bar],
-            yerr=pts.distortion_se[bar],
-            fmt="none",
-            ecolor="black",
-            elinewidth=1.2,
-            capsize=3.5,
-            zorder=5,
-            label=RD_CONFIRMED_LABEL,
-        )
+    _se_bars(ax, pts, "black", width=1.2, cap=3.5, zorder=5, label=RD_CONFIRMED_LABEL)
     ax.scatter(pts.rate, pts.distortion, **style, label=None if bar.any() else RD_CONFIRMED_LABEL)
     for t, x, y in zip(pts.trials, pts.rate, pts.distortion, strict=True):
         ax.annotate(
@@ -740,7 +744,6 @@ def study_planes(
         for style, configs, confirmed in studies:
             pts = rd_points(configs)
             assert pts is not None
-            bar = pts.has_bar
             ax.scatter(
                 pts.rate,
                 pts.distortion,
@@ -752,19 +755,15 @@ def study_planes(
                 zorder=3,
                 label=f"{style.label}: configurations (mean test R, D)",
             )
-            if bar.any():
-                ax.errorbar(
-                    pts.rate[bar],
-                    pts.distortion[bar],
-                    xerr=pts.rate_se[bar],
-                    yerr=pts.distortion_se[bar],
-                    fmt="none",
-                    ecolor=style.colour,
-                    elinewidth=0.9,
-                    capsize=2.5,
-                    zorder=2,
-                    label=f"{style.label}: {RD_ERRORBAR_LABEL}",
-                )
+            _se_bars(
+                ax,
+                pts,
+                style.colour,
+                width=0.9,
+                cap=2.5,
+                zorder=2,
+                label=f"{style.label}: {RD_ERRORBAR_LABEL}",
+            )
             fx, fy = _staircase([(pts.rate[i], pts.distortion[i]) for i in pts.front])
             ax.plot(
                 fx,
@@ -777,19 +776,7 @@ def study_planes(
             )
             conf = rd_points(confirmed)
             if conf is not None:
-                if conf.has_bar.any():
-                    b = conf.has_bar
-                    ax.errorbar(
-                        conf.rate[b],
-                        conf.distortion[b],
-                        xerr=conf.rate_se[b],
-                        yerr=conf.distortion_se[b],
-                        fmt="none",
-                        ecolor=style.colour,
-                        elinewidth=1.4,
-                        capsize=4,
-                        zorder=4,
-                    )
+                _se_bars(ax, conf, style.colour, width=1.4, cap=4, zorder=4)
                 ax.scatter(
                     conf.rate,
                     conf.distortion,
