@@ -177,6 +177,9 @@ def test_each_studys_plotted_points_and_bars_are_its_configs_csv_means_and_error
             (x, y0), (_, y1) = seg
             (row,) = [w for w in want.values() if math.isclose(w[M.TEST_RATE], x)]
             assert (y1 - y0) / 2 == pytest.approx(row[M.TEST_DISTORTION + "_se"])
+    # Each point is labelled with its searched values, in its study's colour.
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["K=1", "K=1", "K=5", "K=5"]
     # The confirmed configuration of "vae" at its confirmation's means, not the search's.
     conf = _configs(StudyLayout(a).confirm_dir)["1"]
     hollow = _by_label(ax, "vae: confirmed (fresh seeds)").get_offsets().tolist()

@@ -308,6 +308,7 @@ def compare(
                 label,
                 plots.STUDY_COLOURS[i % len(plots.STUDY_COLOURS)],
                 plots.MARKERS[i % len(plots.MARKERS)],
+                tuple(p.key for p in sf.study.search.space),
             ),
         )
         for i, (label, sf) in enumerate(zip(_labels(read), read, strict=True))
@@ -437,7 +438,8 @@ def _html(
         stem = figure.stem
         caption = (
             "; ".join(titles) + ". Each study in its colour and marker: its finished "
-            "configurations at their mean test (rate, distortion) with ± s.e. bars, the "
+            "configurations (labelled with their searched values) at their mean test (rate, "
+            "distortion) with ± s.e. bars, the "
             "staircase of its Pareto front of those means, its confirmed configurations as "
             f'large hollow markers. Vector: <a href="{stem}.pdf">{stem}.pdf</a>, '
             f'<a href="{stem}.svg">{stem}.svg</a>.'

@@ -707,6 +707,7 @@ class StudyStyle:
     label: str
     colour: str
     marker: str
+    keys: tuple[str, ...] = ()  # searched keys: each point is labelled with their values
 
 
 STUDY_COLOURS = [
@@ -721,6 +722,13 @@ STUDY_COLOURS = [
     "#7f7f7f",
     "#bcbd22",
 ]
+
+
+MAX_POINT_LABELS = 20  # a study with more configurations than this gets no point labels
+
+
+def _point_value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def study_planes(
@@ -755,6 +763,19 @@ def study_planes(
                 zorder=3,
                 label=f"{style.label}: configurations (mean test R, D)",
             )
+            if style.keys and len(pts.trials) <= MAX_POINT_LABELS:
+                for t, x, y in zip(pts.trials, pts.rate, pts.distortion, strict=True):
+                    text = ", ".join(
+                        f"{knob_name(k)}={_point_value(t.params.get(k))}" for k in style.keys
+                    )
+                    ax.annotate(
+                        text,
+                        (x, y),
+                        fontsize=7,
+                        color=style.colour,
+                        xytext=(5, 4),
+                        textcoords="offset points",
+                    )
             _se_bars(
                 ax,
                 pts,
