@@ -23,6 +23,7 @@ import optuna
 import pytest
 
 from study_factory import (
+    Hold,
     attempts,
     optuna_states,
     read_table,
@@ -63,11 +64,16 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
     folder = tmp_path / "runs" / "tiny"
     token = tmp_path / "auth_token"
     env = {"RAY_AUTH_TOKEN_PATH": str(token)}
+    hold = Hold(tmp_path)
+    if point == "mid_trial":  # one completes, the next waits at epoch 3 for the kill
+        hold.at(3)
 
     def condition():
         table = read_table(folder)
         if table is None:
             return None
+        if point == "mid_trial":
+            hold.let_the_first_go(table, 3, n_configs=4)
         done = table[table["status"] == R.COMPLETED]
         running = table[table["status"] == R.RUNNING]
         if point == "first_trial_starting":
@@ -83,7 +89,7 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
             running[running["epoch"].fillna(0) >= 3]["config_id"].tolist(),
         )
 
-    proc, log = start_driver(tmp_path, path, "first.log", env)
+    proc, log = start_driver(tmp_path, path, "first.log", {**env, **hold.env})
     try:
         done_before, interrupted = wait_for(proc, log, condition)
     finally:
@@ -91,6 +97,7 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
         proc.wait()
         log.close()
+        hold.release()
     # The token Ray uses was made by us, readable by its owner only.
     assert token.is_file() and stat.S_IMODE(token.stat().st_mode) == 0o600
 
@@ -118,6 +125,8 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
 def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
     path = write_study(tmp_path, slow_trials(tmp_path, **{"search.num_trials": 2}))
     folder = tmp_path / "runs" / "tiny"
+    hold = Hold(tmp_path)
+    hold.at(3)  # each trial waits after epoch 3 until its worker has been killed
 
     def running_trial():
         table = read_table(folder)
@@ -130,10 +139,11 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
         starts = attempts(folder, cid)
         return (cid, starts[-1]["pid"]) if starts else None
 
-    proc, log = start_driver(tmp_path, path, "run.log")
+    proc, log = start_driver(tmp_path, path, "run.log", hold.env)
     try:
         cid, pid = wait_for(proc, log, running_trial)
         os.kill(pid, signal.SIGKILL)  # the trial's worker, once
+        hold.release()
         assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:

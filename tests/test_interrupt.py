@@ -1,7 +1,7 @@
 """Ctrl-C is a pause: the study's records say so, and the same command continues it.
 
 Slow: a real driver (``python -m vae_study run``) gets SIGINT, as a terminal's Ctrl-C sends it,
-while one trial is done, another is mid-way and a third waits for a free slot; then the same
+while one trial is done, another is held mid-way and a third waits for a free slot; then the same
 command runs the study to the end, the waiting one trained like any other.
 """
 
@@ -18,7 +18,15 @@ import time
 import optuna
 import pytest
 
-from study_factory import attempts, read_table, slow_trials, start_driver, wait_for, write_study
+from study_factory import (
+    Hold,
+    attempts,
+    read_table,
+    slow_trials,
+    start_driver,
+    wait_for,
+    write_study,
+)
 from vae_study import results as R
 from vae_study.record import INTERRUPTED_ATTR
 from vae_study.study_config import study_from_dict
@@ -35,10 +43,16 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
     folder = tmp_path / "runs" / "tiny"
     env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
 
+    # Every trial waits after its epoch 2 (Hold), so the moment is there however fast the
+    # machine: the first to start is let go once seen there, the next one stays.
+    hold = Hold(tmp_path)
+    hold.at(2)
+
     def one_done_one_mid_way():
         table = read_table(folder)
         if table is None:
             return None
+        hold.let_the_first_go(table, 2, n_configs=4)
         done = table[table["status"] == R.COMPLETED]
         mid = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
         waiting = table[table["status"] == R.PENDING]
@@ -46,7 +60,7 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
             return [int(n) for n in mid["optuna_trial"]], [int(n) for n in waiting["optuna_trial"]]
         return None
 
-    proc, log = start_driver(tmp_path, path, "first.log", env)
+    proc, log = start_driver(tmp_path, path, "first.log", {**env, **hold.env})
     try:
         mid_way, waiting = wait_for(proc, log, one_done_one_mid_way, timeout=300, what="Ctrl-C")
         os.kill(proc.pid, signal.SIGINT)  # the driver alone, as Ray's processes block SIGINT
@@ -56,6 +70,7 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
             os.kill(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=180)
     finally:
+        hold.release()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
