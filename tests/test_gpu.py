@@ -358,6 +358,7 @@ def test_a_checkpoint_written_before_train_tf32_existed_still_resumes(mnist_root
 # --- the GPU check script -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the whole script, each step on the CPU
 def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     root = write_mnist(tmp_path / "data")
     env = {
