@@ -99,3 +99,14 @@ def test_a_damaged_table_is_refused(tmp_path) -> None:
         RP.read_configs(path)
     with pytest.raises(CheckpointError, match="no per-configuration table"):
         RP.read_configs(tmp_path / "none.csv")
+
+
+def test_a_table_cell_is_a_number_only_when_it_is_one():
+    import math
+
+    from vae_study.layout import as_number
+
+    assert as_number("1.5") == 1.5 and as_number(2) == 2.0
+    # A flag such as diverged=True is not the value 1 of a metric; text and gaps are no number.
+    for cell in (True, False, None, "", "nan-ish", [1.0]):
+        assert math.isnan(as_number(cell)), cell

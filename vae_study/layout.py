@@ -29,8 +29,10 @@ readers below still find those checkpoints.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .run_files import CHECKPOINT_DIR, STATE_FILE
 
@@ -167,3 +169,13 @@ def member_checkpoint(trial_checkpoint: str | Path, member: int) -> Path:
 def holds_state(checkpoint_dir: Path) -> bool:
     """Whether ``checkpoint_dir`` holds a model state (``checkpoint.STATE_FILE``)."""
     return (Path(checkpoint_dir) / STATE_FILE).is_file()
+
+
+def as_number(value: Any) -> float:
+    """A table cell as a float: NaN for anything that is not a number (a bool included)."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-_LOG_2PI = math.log(2 * math.pi)
+LOG_2PI = math.log(2 * math.pi)
 _LOG_2 = math.log(2.0)
 # |l| below which continuous_bernoulli_log_norm takes its series (through l^8). Measured
 # against a 60-digit reference over |l| in [1e-4, 1]: in float64 the value stays within
@@ -153,7 +153,7 @@ def gaussian_nll(
     """
     log_std = log_std.clamp_min(math.log(floor))
     sq = ((x - mean) * torch.exp(-log_std)).pow(2)
-    return 0.5 * (sq + 2 * log_std + _LOG_2PI).sum(-1)
+    return 0.5 * (sq + 2 * log_std + LOG_2PI).sum(-1)
 
 
 def bits_per_dim(nll: float, dims: int, levels: int = 256) -> float:

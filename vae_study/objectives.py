@@ -17,9 +17,8 @@ from typing import Literal
 
 import torch
 
+from .likelihoods import LOG_2PI
 from .model import VAE
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -34,12 +33,12 @@ def rate(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I): (..., D) -> (...)."""
-    return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, diag exp(logvar)): (..., D) -> (...), broadcasting mu, logvar."""
-    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
 
 
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:

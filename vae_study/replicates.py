@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_text
-from .layout import COMPLETED, FAILED, PENDING, RUNNING, STATUSES, STOPPED
+from .layout import COMPLETED, FAILED, PENDING, RUNNING, STATUSES, STOPPED, as_number
 
 CONFIG_KEY = "config_id"  # the configuration a member belongs to (its Optuna trial number)
 REPLICATE_KEY = "replicate"  # 0 .. R-1
@@ -56,7 +56,7 @@ def mean_se(values: Iterable[Any]) -> tuple[float, float | None, int]:
 
     The standard error is the sample standard deviation (ddof 1) over sqrt(n); None with
     n < 2. The mean is nan with n == 0."""
-    xs = [v for v in (_number(x) for x in values) if math.isfinite(v)]
+    xs = [v for v in (as_number(x) for x in values) if math.isfinite(v)]
     n = len(xs)
     if n == 0:
         return math.nan, None, 0
@@ -65,15 +65,6 @@ def mean_se(values: Iterable[Any]) -> tuple[float, float | None, int]:
         return mean, None, n
     var = math.fsum((x - mean) ** 2 for x in xs) / (n - 1)
     return mean, math.sqrt(var / n), n
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def config_of(row: dict[str, Any]) -> Any:

@@ -28,6 +28,7 @@ from .layout import (  # noqa: F401
     RUNNING,
     STATUSES,
     STOPPED,
+    as_number,
     member_checkpoint,
 )
 from .replicates import (
@@ -160,7 +161,7 @@ def mark_pareto(rows: Sequence[dict[str, Any]], objectives: Sequence[tuple[str, 
     from .pareto import pareto_front
 
     done = [i for i, r in enumerate(rows) if r.get("status") == COMPLETED]
-    points = [[_number(rows[i].get(m)) for m, _ in objectives] for i in done]
+    points = [[as_number(rows[i].get(m)) for m, _ in objectives] for i in done]
     front = {done[j] for j in pareto_front(points, [mode for _, mode in objectives])}
     for i, row in enumerate(rows):
         row["pareto"] = i in front
@@ -177,13 +178,6 @@ def mark_pareto_configs(
     front = {c[CONFIG_KEY] for c in configs if c["pareto"]}
     for row in rows:
         row["pareto"] = config_of(row) in front
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def write_results(

@@ -326,7 +326,7 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
         for v in value:  # every choice must be a valid value of its key
             _same_quantity(base, replace_keys(base, {key: v}), key, v)
         return Param(key, "choice", values=values)
-    bounds = [_number(v) for v in value] if isinstance(value, list) else []
+    bounds = [_bound(v) for v in value] if isinstance(value, list) else []
     if len(bounds) != 2 or None in bounds:
         raise ConfigError(f"{where}.{kind}: expected [low, high] numbers, got {_show(value)}")
     low, high = bounds
@@ -353,7 +353,7 @@ def _parse_param(key: str, spec: Any, base: RunConfig) -> Param:
     return Param(key, kind, low=low, high=high, log=log)
 
 
-def _number(value: Any) -> float | None:
+def _bound(value: Any) -> float | None:
     """A bound as a float (``1e-4`` written as text too, as ``coerce`` reads it), or None."""
     if isinstance(value, str):
         try:
@@ -505,7 +505,7 @@ def _check_point(point: Mapping[str, Any], space: tuple[Param, ...]) -> None:
                     f"of its choices {_show([to_dict(v) for v in p.values])}"
                 )
             continue
-        number = _number(value)
+        number = _bound(value)
         if (
             number is None
             or not p.low <= number <= p.high
