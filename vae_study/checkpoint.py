@@ -22,7 +22,7 @@ import torch
 
 from .config import dump_yaml
 from .errors import CheckpointError
-from .run_files import CONFIG_FILE, STATE_FILE  # noqa: F401
+from .run_files import CONFIG_FILE, STATE_FILE
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

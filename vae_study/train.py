@@ -23,17 +23,16 @@ from . import marker
 from . import metrics as M
 from .config import RUN_SECTIONS, RunConfig, TrainConfig, read_yaml, to_dict
 from .data import Batches, Datasets, load_datasets
-from .device import (  # noqa: F401 - re-exported: train.resolve_device etc.
+from .device import (
     configure_backends,
     resolve_device,
     restore_generator,
-    visible_gpus,
 )
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .evaluate import elbo_terms, evaluate_test, evaluate_val
 from .model import DEFAULT_SHAPE, VAE, Shape
 from .objectives import compute_terms
-from .run_files import CHECKPOINT_DIR, CONFIG_FILE, FINAL_FILE, METRICS_FILE  # noqa: F401
+from .run_files import CHECKPOINT_DIR, CONFIG_FILE, FINAL_FILE, METRICS_FILE
 
 # Keys that may change between a checkpoint and the run that resumes it: they do not change
 # what was trained so far (more epochs, another device, another evaluation).
