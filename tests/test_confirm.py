@@ -32,10 +32,10 @@ from vae_study import metrics as M
 from vae_study import plots
 from vae_study import results as R
 from vae_study.cli import main
-from vae_study.confirm import select_configurations, spread
+from vae_study.confirm import select_configurations
 from vae_study.errors import ConfigError
 from vae_study.layout import StudyLayout
-from vae_study.pareto import pareto_front
+from vae_study.pareto import pareto_front, spread
 from vae_study.replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
 from vae_study.report import build_report, rd_front
 from vae_study.search_config import Objective

@@ -37,7 +37,7 @@ from . import record
 from . import results as R
 from .errors import StudyError
 from .layout import COMPLETED, StudyLayout
-from .pareto import pareto_front
+from .pareto import pareto_front, spread
 from .replicates import CONFIG_KEY
 from .search_config import Objective
 from .study_config import StudyConfig
@@ -49,16 +49,6 @@ CONFIG_ID, REPLICATES, SEED_OFFSET = R.CONFIG_ID_KEY, R.TRIAL_REPLICATES_KEY, R.
 def search_replicates(study: StudyConfig) -> int:
     """The search's seeds per configuration (``search.replicates``)."""
     return int(study.search.replicates)
-
-
-def spread(items: Sequence[Any], n: int) -> list[Any]:
-    """Up to ``n`` of ``items`` (already in order), evenly spread from first to last."""
-    if len(items) <= n:
-        return list(items)
-    if n == 1:
-        return [items[0]]
-    step = (len(items) - 1) / (n - 1)
-    return [items[round(i * step)] for i in range(n)]
 
 
 def _mean(config: Mapping[str, Any], metric: str) -> float:
@@ -99,7 +89,7 @@ def select_configurations(
     return spread(sorted((done[i] for i in front), key=lambda c: key(c, objectives[0])), top)
 
 
-def selection_words(study: StudyConfig) -> str:
+def how_confirmed(study: StudyConfig) -> str:
     """How the confirmed configurations were chosen, in words."""
     confirm = study.search.confirm
     assert confirm is not None
@@ -226,7 +216,7 @@ def run_confirmation(
         words = "continuing" if searcher.asked else "confirming"
         print(
             f"vae_study run: {words} configuration(s) {', '.join(map(str, sorted(points)))} "
-            f"({selection_words(study)}) in {stage.folder}",
+            f"({how_confirmed(study)}) in {stage.folder}",
             flush=True,
         )
         from ray.tune.search import ConcurrencyLimiter

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 
 def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
@@ -40,3 +41,13 @@ def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> lis
         if not any(dominates(points[j], points[i], modes) for j in valid if j != i):
             front.append(i)
     return front
+
+
+def spread(items: Sequence[Any], n: int) -> list[Any]:
+    """Up to ``n`` of ``items`` (already in order), evenly spread from first to last."""
+    if len(items) <= n:
+        return list(items)
+    if n == 1:
+        return [items[0]]
+    step = (len(items) - 1) / (n - 1)
+    return [items[round(i * step)] for i in range(n)]

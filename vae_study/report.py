@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .knobs import bin_edges, knob_differences, knob_name, matching_text, varied_knobs
 from .layout import REPORTS_DIR, StudyLayout
 from .paired import Difference, configuration_differences
-from .pareto import pareto_front
+from .pareto import pareto_front, spread
 from .replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
 from .study_folder import StudyFolder, Trial, load_folder
 
@@ -178,15 +178,6 @@ def _columns(sf: StudyFolder) -> list[tuple[str, str]]:
         ("test gap -ELBO - bound", M.TEST_BOUND_GAP),
         ("test active units", M.TEST_ACTIVE_UNITS),
     ]
-
-
-def _spread(front: list[Trial], n: int) -> list[Trial]:
-    """Up to n front trials from low to high beta, evenly spread."""
-    by_beta = sorted(front, key=lambda t: t.beta)
-    if len(by_beta) <= n:
-        return by_beta
-    step = (len(by_beta) - 1) / (n - 1)
-    return [by_beta[round(i * step)] for i in range(n)]
 
 
 REPORT_SUFFIXES = (
@@ -408,7 +399,7 @@ def _model_figures(
     chosen: list[tuple[Trial, str]] = []
     if best is not None:
         chosen.append((best, selection_words(sf)))
-    for t in _spread(front, MAX_MODEL_FIGURES - len(chosen)):
+    for t in spread(sorted(front, key=lambda t: t.beta), MAX_MODEL_FIGURES - len(chosen)):
         if all(t.trial_id != c.trial_id for c, _ in chosen):
             chosen.append((t, front_words.removeprefix("trials of the ")))
     if not chosen:
@@ -531,8 +522,8 @@ def _trial_line(sf: StudyFolder, t: Trial) -> list[str]:
 
 
 def confirmation_words(sf: StudyFolder) -> str:
-    """The headline of a study with a confirmation stage (see ``confirm.selection_words``)."""
-    from .confirm import selection_words as words
+    """The headline of a study with a confirmation stage (see ``confirm.how_confirmed``)."""
+    from .confirm import how_confirmed as words
 
     return f"Confirmed configurations: test mean ± standard error; {words(sf.study)}"
 
