@@ -253,7 +253,7 @@ class Hold:
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "hold.json"
         self.env = {HOLD_ENV: str(self.path)}
-        self.let_go: list[int] = []
+        self.going: int | None = None  # the configuration let_the_first_go let through
 
     def at(self, epoch: int, configs: list[int] | None = None) -> None:
         spec: dict = {"epoch": epoch}
@@ -268,13 +268,13 @@ class Hold:
         """With every configuration held at ``epoch`` (``at(epoch)``): once one is seen there
         in ``table`` (results.csv) and none has completed, let it go on and hold the rest;
         the next one to start then waits at ``epoch`` while the first completes."""
-        if self.let_go:
+        if self.going is not None:
             return
         done = table[table["status"] == R.COMPLETED]
         there = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= epoch)]
         if done.empty and not there.empty:
-            self.let_go.append(int(there["config_id"].iloc[0]))
-            self.at(epoch, configs=[c for c in range(n_configs) if c not in self.let_go])
+            self.going = int(there["config_id"].iloc[0])
+            self.at(epoch, configs=[c for c in range(n_configs) if c != self.going])
 
 
 def read_table(folder: Path):

@@ -36,7 +36,7 @@ from typing import Any
 from . import record
 from . import results as R
 from .errors import StudyError
-from .layout import COMPLETED, StudyLayout
+from .layout import COMPLETED, StudyLayout, as_number
 from .pareto import pareto_front, spread
 from .replicates import CONFIG_KEY
 from .search_config import Objective
@@ -49,14 +49,6 @@ CONFIG_ID, REPLICATES, SEED_OFFSET = R.CONFIG_ID_KEY, R.TRIAL_REPLICATES_KEY, R.
 def search_replicates(study: StudyConfig) -> int:
     """The search's seeds per configuration (``search.replicates``)."""
     return int(study.search.replicates)
-
-
-def _mean(config: Mapping[str, Any], metric: str) -> float:
-    try:
-        value = float(config.get(metric))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
-    return value
 
 
 def select_configurations(
@@ -73,18 +65,22 @@ def select_configurations(
         c
         for c in configs
         if c.get("status") == COMPLETED
-        and all(math.isfinite(_mean(c, o.metric)) for o in objectives)
+        and all(math.isfinite(as_number(c.get(o.metric))) for o in objectives)
     ]
 
     def key(c: Mapping[str, Any], o: Objective) -> tuple[float, str]:
         sign = 1.0 if o.mode == "min" else -1.0
         cid = c[CONFIG_KEY]  # an int; "trial:<id>" in a table written before config ids
-        return (sign * _mean(c, o.metric), f"{cid:012d}" if isinstance(cid, int) else str(cid))
+        return (
+            sign * as_number(c.get(o.metric)),
+            f"{cid:012d}" if isinstance(cid, int) else str(cid),
+        )
 
     if len(objectives) == 1:
         return sorted(done, key=lambda c: key(c, objectives[0]))[:top]
     front = pareto_front(
-        [[_mean(c, o.metric) for o in objectives] for c in done], [o.mode for o in objectives]
+        [[as_number(c.get(o.metric)) for o in objectives] for c in done],
+        [o.mode for o in objectives],
     )
     return spread(sorted((done[i] for i in front), key=lambda c: key(c, objectives[0])), top)
 
