@@ -202,3 +202,28 @@ def test_every_status_word_the_driver_writes_reads_back(tmp_path):
     path = tmp_path / "results.csv"
     R.write_results(path, rows, [])
     assert list(R.read_results(path)["status"]) == list(STATUSES)
+
+
+class _FailedTrial:
+    """What the results table needs of a failed Ray trial: the driver's error file, and
+    the storage copy that Tune writes only at its next sync (absent here)."""
+
+    def __init__(self, error_file):
+        self.error_file = error_file
+
+    def get_error(self):
+        return None
+
+
+def test_a_trial_error_is_read_from_the_driver_copy_before_tune_syncs_it(tmp_path):
+    err = tmp_path / "error.txt"
+    err.write_text(
+        "Failure # 1 (occurred at 2026-12-06_18-00-00)\n"
+        "Traceback (most recent call last):\n  ...\n"
+        "vae_study.errors.CheckpointError: /x/state.pt cannot be read: truncated\n"
+    )
+    assert R.first_error_line(_FailedTrial(str(err))) == (
+        "vae_study.errors.CheckpointError: /x/state.pt cannot be read: truncated"
+    )
+    missing = R.first_error_line(_FailedTrial(str(tmp_path / "none.txt")))
+    assert "error.txt" in missing

@@ -284,11 +284,20 @@ def parse_kl_per_dim(cell: Any) -> list[float]:
 
 
 def first_error_line(trial: Any) -> str:
-    """The last line of a Ray trial's error (what the results table shows of it)."""
+    """The last line of a Ray trial's error (what the results table shows of it).
+
+    Tune writes the error file on the driver (``trial.error_file``) when the trial fails
+    and copies it to the storage path (what ``trial.get_error`` reads) only at its next
+    sync, so the driver's copy is read first."""
+    text = None
     try:
-        err = trial.get_error()
+        local = trial.error_file
+        if local and Path(local).is_file():
+            text = Path(local).read_text(errors="replace")
+        if not text:
+            text = trial.get_error()
     except Exception:
-        err = None
-    text = str(err) if err else "the trial failed (see its error.txt in the tune folder)"
+        text = None
+    text = str(text) if text else "the trial failed (see its error.txt in the tune folder)"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else text
