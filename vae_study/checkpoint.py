@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import timing
 from .config import dump_yaml
 from .errors import CheckpointError
 from .run_files import CONFIG_FILE, STATE_FILE
@@ -167,7 +168,12 @@ def save(folder: Path, state: TrainingState) -> Path:
     import io
 
     folder = Path(folder)
-    buf = io.BytesIO()
+    with timing.phase("checkpoint", epoch=state.epoch):
+        _save(folder, state, io.BytesIO())
+    return folder
+
+
+def _save(folder: Path, state: TrainingState, buf: Any) -> None:
     torch.save(
         {
             "format": 1,
@@ -183,7 +189,6 @@ def save(folder: Path, state: TrainingState) -> Path:
     )
     atomic_write_bytes(folder / STATE_FILE, buf.getvalue())
     write_yaml(folder / CONFIG_FILE, state.config)
-    return folder
 
 
 def exists(folder: Path | None) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from . import metrics as M
+from . import timing
 from .config import EvalConfig
 from .likelihoods import bits_per_dim
 from .model import VAE
@@ -178,7 +179,8 @@ def evaluate_val(
         return {}
     was_training = model.training
     model.eval()
-    nll = iwae_nll(model, x[:n], cfg.val_k, chunk_size=cfg.chunk_size, generator=generator)
+    with timing.phase("val_nll", examples=n, k=cfg.val_k):
+        nll = iwae_nll(model, x[:n], cfg.val_k, chunk_size=cfg.chunk_size, generator=generator)
     model.train(was_training)
     return _bound_metrics("val", nll, quantity, dequantized, x.shape[1])
 
@@ -202,15 +204,20 @@ def evaluate_test(
     """
     was_training = model.training
     model.eval()
-    terms = elbo_terms(model, x, generator=generator)
-    mu, logvar = encode_all(model, x)
+    with timing.phase("test_elbo", examples=x.shape[0]):
+        terms = elbo_terms(model, x, generator=generator)
+    with timing.phase("test_encode", examples=x.shape[0]):
+        mu, logvar = encode_all(model, x)
     nll_x = x if cfg.nll_examples is None else x[: cfg.nll_examples]
-    nll = iwae_nll(
-        model, nll_x, cfg.k, chunk_size=cfg.chunk_size, generator=generator, progress=progress
-    )
-    gap = neg_elbo_per_example(model, nll_x, generator=generator) - nll
+    with timing.phase("test_nll", examples=nll_x.shape[0], k=cfg.k):
+        nll = iwae_nll(
+            model, nll_x, cfg.k, chunk_size=cfg.chunk_size, generator=generator, progress=progress
+        )
+    with timing.phase("test_bound_gap", examples=nll_x.shape[0]):
+        gap = neg_elbo_per_example(model, nll_x, generator=generator) - nll
     m = min(cfg.surgery_examples, x.shape[0])
-    mutual_info, marginal_kl = elbo_surgery(mu[:m], logvar[:m], generator=generator)
+    with timing.phase("test_surgery", examples=m):
+        mutual_info, marginal_kl = elbo_surgery(mu[:m], logvar[:m], generator=generator)
     model.train(was_training)
     return {
         M.TEST_NEG_ELBO: terms["neg_elbo"],

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import marker
+from . import marker, timing
 from . import metrics as M
 from . import train as T
 from .config import RunConfig, to_dict
@@ -524,16 +524,20 @@ def _train_epoch(training: list[_Member], data: Datasets, stack: type[_Stack]) -
     for m in training:
         m.epoch += 1
         m.model.train()
-    rows = (
-        [_train_alone(training[0], data)]
-        if len(training) == 1
-        else _train_stacked(training, data, stack)
-    )
+    with timing.phase(
+        "train_epoch", epoch=training[0].epoch, examples=len(data.train), members=len(training)
+    ):
+        rows = (
+            [_train_alone(training[0], data)]
+            if len(training) == 1
+            else _train_stacked(training, data, stack)
+        )
     for m, row in zip(training, rows, strict=True):
         if row is None:
             continue
         try:
-            row.update(T.validation_terms(m.model, data, m.epoch))
+            with timing.phase("validation", epoch=m.epoch, examples=len(data.val)):
+                row.update(T.validation_terms(m.model, data, m.epoch))
         except TrainingDiverged as exc:
             m.failed = exc
             continue

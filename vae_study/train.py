@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
-from . import marker
+from . import marker, timing
 from . import metrics as M
 from .config import RUN_SECTIONS, RunConfig, TrainConfig, read_yaml, to_dict
 from .data import Batches, Datasets, load_datasets
@@ -322,18 +322,20 @@ def fit(
     for epoch in range(epochs_done + 1, config.train.epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, float] = {M.EPOCH: epoch}
-        row.update(
-            train_epoch(
-                model,
-                optimizer,
-                batches,
-                config.train,
-                epoch,
-                generator=generator,
-                progress=progress,
+        with timing.phase("train_epoch", epoch=epoch, examples=len(data.train)):
+            row.update(
+                train_epoch(
+                    model,
+                    optimizer,
+                    batches,
+                    config.train,
+                    epoch,
+                    generator=generator,
+                    progress=progress,
+                )
             )
-        )
-        row.update(validation_terms(model, data, epoch))
+        with timing.phase("validation", epoch=epoch, examples=len(data.val)):
+            row.update(validation_terms(model, data, epoch))
         row[M.EPOCH_SECONDS] = time.perf_counter() - t0
         history.append(row)
         if ckpt_dir is not None:

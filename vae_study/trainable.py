@@ -17,9 +17,9 @@ import ray
 from ray import tune
 
 from . import metrics as M
-from . import record
+from . import record, timing
 from . import results as R
-from .config import RunConfig
+from .config import RunConfig, to_dict
 from .data import Source, load_datasets, prepare
 from .errors import TrainingDiverged, disk_full
 from .replicates import replicate_seed
@@ -50,6 +50,9 @@ def train_trial(
 
     from .train import resolve_device
 
+    trial_id = tune.get_context().get_trial_id()
+    timing.bind(trial=trial_id)
+    timing.event("trial_entered")
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if not gpu_ids:
         # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial without a GPU share: hide
@@ -62,9 +65,18 @@ def train_trial(
     torch.set_num_threads(max(1, int(study.resources.cpus_per_trial)))
     # Presented straight onto the trial's device: on a GPU the run holds the device copy of
     # its splits only, no host copy beside it (the source stays in Ray's object store).
-    data = prepare(
-        source, run.data, dequantize=run.dequantized, device=resolve_device(run.train.device)
-    )
+    with timing.phase("present"):
+        data = prepare(
+            source, run.data, dequantize=run.dequantized, device=resolve_device(run.train.device)
+        )
+    if timing.enabled():
+        timing.event(
+            "trial_config",
+            members=[to_dict(m) for m in members],
+            threads=torch.get_num_threads(),
+            splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            shape=list(data.shape),
+        )
     used = {
         M.TRAIN_EXAMPLES: len(data.train),
         M.TRAIN_NOISE: data.train_noise,
@@ -73,7 +85,6 @@ def train_trial(
         R.NODE_KEY: ray.get_runtime_context().get_node_id(),
     }
     logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per checkpoint
-    trial_id = tune.get_context().get_trial_id()
     try:
         if len(members) > 1:
             per_config = len(members) // len(R.trial_configs(config))
@@ -108,7 +119,8 @@ def _train_one(
 
     def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
         clock.tick()
-        tune.report({**_reportable(row), **used})
+        with timing.phase("report"):
+            tune.report({**_reportable(row), **used})
         hold_point([cid], int(row[M.EPOCH]))
 
     from .train import fit
@@ -241,7 +253,8 @@ def train_pack(
                 result.update({R.config_key(i, k): v for k, v in summary.items()})
         state["reported"] = epoch
         clock.tick()
-        tune.report(result)
+        with timing.phase("report"):
+            tune.report(result)
         hold_point(sorted({c for c, _ in ids}), epoch)
 
     def off_epoch(j: int, epoch: int) -> bool:

@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune import Callback
 
 from . import metrics as M
-from . import record
+from . import record, timing
 from . import results as R
 from .data import Source
 from .errors import disk_full, disk_full_error
@@ -173,13 +173,15 @@ class RecordTables(Callback):
         """The tables from the record; a full disk stops the study (the record is intact:
         the tables are views, written again by the next run)."""
         try:
-            record.rebuild(self.study, self.stage, live or ())
+            with timing.phase("tables"):
+                record.rebuild(self.study, self.stage, live or ())
         except OSError as exc:
             if not disk_full(exc):
                 raise
             self.pause.stop(disk_full_error(exc.filename or self.stage.layout.results_file))
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        timing.event("trial_launched", trial=trial.trial_id)
         self.write(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -190,6 +192,7 @@ class RecordTables(Callback):
             self.write(trials, force=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        timing.event("trial_ended", trial=trial.trial_id)
         self.write(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
