@@ -1,4 +1,4 @@
-"""Everything a GPU machine should confirm, in one command, with figures for the README.
+"""Everything a GPU machine should confirm, in one command, with figures for the docs.
 
 Steps, each a subprocess with its own time limit (together under 8 minutes on one H100):
 
@@ -12,11 +12,11 @@ Steps, each a subprocess with its own time limit (together under 8 minutes on on
 4. ``bench_fused.py --device cuda`` when that benchmark exists.
 
 It ends with a Markdown block (the GPU's name, torch and CUDA versions, every figure) that
-pastes into the README's "GPUs" section. ``--dry-run`` runs the same steps on the CPU at
-tiny sizes (pytest collects the CUDA tests and skips them), so the script cannot rot
-unseen; a test runs it. Data: ``$VAE_STUDY_DATA``, else ``../shared/data``, else MNIST-sized
-synthetic images (the timings hold, the NLL values mean nothing); a dry run without
-``$VAE_STUDY_DATA`` uses tiny synthetic images.
+pastes into the "GPUs" section of docs/clusters-and-gpus.md. ``--dry-run`` runs the same
+steps on the CPU at tiny sizes (pytest collects the CUDA tests and skips them), so the
+script cannot rot unseen; a test runs it. Data: ``$VAE_STUDY_DATA``, else
+``../shared/data``, else MNIST-sized synthetic images (the timings hold, the NLL values
+mean nothing); a dry run without ``$VAE_STUDY_DATA`` uses tiny synthetic images.
 
 Usage: python benchmarks/gpu_check.py [--dry-run]      (exit status 1 if a step failed)
 """
