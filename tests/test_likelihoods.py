@@ -183,3 +183,37 @@ def test_a_learned_std_never_goes_below_its_floor():
     )
     with pytest.raises(ConfigError, match="model.std_floor"):
         ModelConfig(std_floor=0.5, gaussian_std=0.1).validate()
+
+
+def test_flushing_denormals_changes_the_bernoulli_terms_by_float32_rounding_at_most():
+    """configure_backends flushes denormals on the CPU: a trained decoder's confident pixels
+    (logits beyond -87) are where they occur, in exp(-|l|). The per-example -log p and its
+    gradient stay what they are without the flush, to float32 rounding."""
+    from vae_study.config import TrainConfig
+    from vae_study.device import configure_backends
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.cat(
+        [torch.linspace(-120.0, 120.0, 784).expand(6, 784), torch.randn(6, 784, generator=g) * 40]
+    )
+    x = (torch.rand(12, 784, generator=g) < 0.3).float()
+    x[:6] = (logits[:6] > 0).float()  # confident and right: terms down to exp(-120)
+    tiny = torch.tensor([1e-40])  # a float32 denormal
+
+    def values_and_grad():
+        leaf = logits.clone().requires_grad_()
+        nll = bernoulli_nll(leaf, x)
+        nll.sum().backward()
+        return nll.detach(), leaf.grad
+
+    torch.set_flush_denormal(False)
+    try:
+        assert (tiny * 1.0).item() != 0.0
+        kept_nll, kept_grad = values_and_grad()
+        configure_backends(TrainConfig(), torch.device("cpu"))
+        assert (tiny * 1.0).item() == 0.0  # flushed
+        flushed_nll, flushed_grad = values_and_grad()
+    finally:
+        torch.set_flush_denormal(True)  # the state every fit leaves the process in
+    assert torch.equal(flushed_grad, kept_grad)
+    torch.testing.assert_close(flushed_nll, kept_nll, rtol=1.2e-7, atol=0.0)
