@@ -198,7 +198,6 @@ def test_flushing_denormals_changes_the_bernoulli_terms_by_float32_rounding_at_m
     )
     x = (torch.rand(12, 784, generator=g) < 0.3).float()
     x[:6] = (logits[:6] > 0).float()  # confident and right: terms down to exp(-120)
-    tiny = torch.tensor([1e-40])  # a float32 denormal
 
     def values_and_grad():
         leaf = logits.clone().requires_grad_()
@@ -208,6 +207,7 @@ def test_flushing_denormals_changes_the_bernoulli_terms_by_float32_rounding_at_m
 
     torch.set_flush_denormal(False)
     try:
+        tiny = torch.tensor([1e-40])  # a float32 denormal (made while they are kept)
         assert (tiny * 1.0).item() != 0.0
         kept_nll, kept_grad = values_and_grad()
         configure_backends(TrainConfig(), torch.device("cpu"))
