@@ -28,8 +28,8 @@ from study_factory import (
     write_members,
     write_study,
 )
+from vae_study import knobs, plots
 from vae_study import metrics as M
-from vae_study import plots
 from vae_study import results as R
 from vae_study.cli import main
 from vae_study.confirm import select_configurations
@@ -223,7 +223,7 @@ def test_a_study_of_one_seed_per_configuration_draws_no_error_bar(tmp_path, figu
         )
         for ax in figures["knobs.png"].axes:
             assert _errorbars(ax) == []
-        assert plots.NO_PAIRS in (out / "index.html").read_text()
+        assert knobs.NO_PAIRS in (out / "index.html").read_text()
         # Rows named by Ray's trial id in today's table, by config_id in a replicated one.
         unit = "trial" if folder == old else "configuration"
         assert f"## Selected {unit}: selected on validation" in summary
@@ -256,7 +256,7 @@ def test_knob_bars_are_paired_differences_from_the_first_point(tmp_path, figures
     folder = _replicated_folder(tmp_path)
     sf = load_folder(folder)
     searched = sf.study.search.space
-    series = plots.knob_series(sf.configs, "train.beta", M.TEST_RATE, searched)
+    series = knobs.knob_series(sf.configs, "train.beta", M.TEST_RATE, searched)
     (latent2,) = [s for s in series if dict(s.fixed)["model.latent_dim"] == "2"]
     pts = {p.x: p for p in latent2.points}
     assert set(pts) == {0.2, 2.0}

@@ -11,8 +11,8 @@ import yaml
 
 from conftest import write_mnist
 from study_factory import make_study_folder
+from vae_study import knobs, plots
 from vae_study import metrics as M
-from vae_study import plots
 from vae_study import results as R
 from vae_study.report import build_report, rd_front, study_front
 from vae_study.study_config import Param
@@ -55,11 +55,11 @@ def _confounded() -> list[Trial]:
     ]
 
 
-def _settings(series: plots.KnobSeries, knob: str, trials: list[Trial]) -> set[tuple]:
+def _settings(series: knobs.KnobSeries, knob: str, trials: list[Trial]) -> set[tuple]:
     """The settings (value or bin) of the other knobs over the trials behind a series."""
     by_id = {t.trial_id: t for t in trials}
     return {
-        tuple(plots._level(p, by_id[tid].params[p.key])[1] for p in SEARCHED if p.key != knob)
+        tuple(knobs._level(p, by_id[tid].params[p.key])[1] for p in SEARCHED if p.key != knob)
         for pt in series.points
         for tid in pt.trial_ids
     }
@@ -72,12 +72,12 @@ def test_a_confounded_design_has_no_matched_k_pairs():
         for k in (1, 5)
     }
     assert pooled[5] - pooled[1] > 10  # what the old pooled plot drew: K=5 "worse"
-    assert plots.knob_series(trials, "train.k", NLL, SEARCHED) == []
+    assert knobs.knob_series(trials, "train.k", NLL, SEARCHED) == []
     (panel, gap_panel) = [
-        p for p in plots.knob_panels(trials, SEARCHED, M.QUANTITY_NLL) if p.knob == "train.k"
+        p for p in knobs.knob_panels(trials, SEARCHED, M.QUANTITY_NLL) if p.knob == "train.k"
     ]
     assert panel.metric == NLL and panel.series == ()
-    assert panel.message.startswith(plots.NO_MATCH)
+    assert panel.message.startswith(knobs.NO_MATCH)
     assert "latent size" in panel.message and "beta" in panel.message
     assert gap_panel.message == f"no finished trial reports {M.TEST_BOUND_GAP} yet"
 
@@ -90,7 +90,7 @@ def test_k_is_compared_only_at_matched_latent_size_and_beta_bin():
         _trial("m4", 0.48, 8, 1, **{NLL: math.nan}),  # no value: not counted in n
         _trial("m5", 0.6, 8, 1, **{NLL: 90.0}),  # the next bin: never beside beta 0.5
     ]
-    series = plots.knob_series(trials, "train.k", NLL, SEARCHED)
+    series = knobs.knob_series(trials, "train.k", NLL, SEARCHED)
     assert len(series) == 1
     (s,) = series
     assert dict(s.fixed) == {"train.beta": "in [0.368, 0.549)", "model.latent_dim": "8"}
@@ -102,14 +102,14 @@ def test_k_is_compared_only_at_matched_latent_size_and_beta_bin():
     assert s.points[1].mean == pytest.approx(99.0)  # (100 + 98) / 2
     assert "latent size 8" in s.label and "beta in [0.368, 0.549)" in s.label
     for knob in ("train.k", "train.beta", "model.latent_dim"):
-        for s in plots.knob_series(trials, knob, NLL, SEARCHED):
+        for s in knobs.knob_series(trials, knob, NLL, SEARCHED):
             assert len(_settings(s, knob, trials)) == 1, (knob, s)  # never mixes other knobs
             assert len({p.x for p in s.points}) == len(s.points) >= 2
 
 
 def test_beta_series_are_split_by_latent_size_and_k():
     trials = _confounded()
-    series = plots.knob_series(trials, "train.beta", M.TEST_RATE, SEARCHED)
+    series = knobs.knob_series(trials, "train.beta", M.TEST_RATE, SEARCHED)
     # latent 2 / K 5: betas .3 and 2; latent 8 / K 5: .5 and 6; latent 32 / K 1: three.
     got = {
         (dict(s.fixed)["model.latent_dim"], dict(s.fixed)["train.k"]): [p.x for p in s.points]
@@ -128,7 +128,7 @@ def test_the_gap_panel_plots_test_bound_gap_never_a_subtraction():
     searched = (K,)
     gap = [
         p
-        for p in plots.knob_panels(trials, searched, M.QUANTITY_NLL)
+        for p in knobs.knob_panels(trials, searched, M.QUANTITY_NLL)
         if p.metric == M.TEST_BOUND_GAP
     ]
     assert len(gap) == 1 and len(gap[0].series) == 1
@@ -140,11 +140,11 @@ def test_the_bound_is_named_by_its_quantity():
         _trial("a", 1.0, 8, 1, **{M.TEST_CE_BOUND: 90.0, M.TEST_NLL: 1.0}),
         _trial("b", 1.0, 8, 5, **{M.TEST_CE_BOUND: 88.0, M.TEST_NLL: 2.0}),
     ]
-    (ce, _) = plots.knob_panels(trials, (K,), M.QUANTITY_CROSS_ENTROPY)
+    (ce, _) = knobs.knob_panels(trials, (K,), M.QUANTITY_CROSS_ENTROPY)
     assert ce.metric == M.TEST_CE_BOUND and "not a likelihood" in ce.ylabel
     assert "NLL" not in ce.ylabel
     assert [p.mean for p in ce.series[0].points] == [90.0, 88.0]
-    (nll, _) = plots.knob_panels(trials, (K,), M.QUANTITY_NLL)
+    (nll, _) = knobs.knob_panels(trials, (K,), M.QUANTITY_NLL)
     assert nll.metric == M.TEST_NLL and "NLL" in nll.ylabel
 
 
@@ -172,7 +172,7 @@ def test_knob_figure_has_only_the_panels_it_needs(tmp_path, figures):
     assert len(axes) == 6
     k_axis = next(ax for ax in axes if ax.get_title().startswith("K against test NLL"))
     assert not k_axis.lines  # nothing drawn for K: no matched pairs
-    assert any(t.get_text().startswith(plots.NO_MATCH) for t in k_axis.texts)
+    assert any(t.get_text().startswith(knobs.NO_MATCH) for t in k_axis.texts)
     # Latent size alone: its two panels; a one-value choice or an unknown key: no figure.
     assert (
         plots.knobs(trials, tmp_path / "l.png", searched=(LATENT,), quantity=M.QUANTITY_NLL)
@@ -184,12 +184,12 @@ def test_knob_figure_has_only_the_panels_it_needs(tmp_path, figures):
     ]
     lr = Param("train.lr", "log_uniform", low=1e-4, high=1e-2)
     one = Param("train.k", "choice", values=(5,))
-    assert plots.varied_knobs((lr, one)) == []
+    assert knobs.varied_knobs((lr, one)) == []
     assert (
         plots.knobs(trials, tmp_path / "n.png", searched=(lr, one), quantity=M.QUANTITY_NLL) is None
     )
     # A searched key that is not a knob panel is still matched on, with its bins said.
-    text = plots.matching_text((BETA, LATENT, lr))
+    text = knobs.matching_text((BETA, LATENT, lr))
     assert "latent size by exact value" in text and "beta in log-spaced bins of at most" in text
     assert "train.lr in log-spaced bins of at most 1.5x (12 bins of 1.47x from 0.0001 to 0.01)" in (
         text

@@ -24,19 +24,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from . import metrics as M
-from .knobs import (  # noqa: F401 - re-exported: the report and tests read them here
-    NO_MATCH,
-    NO_PAIRS,
-    KnobPanel,
-    KnobSeries,
-    _level,
-    bound_label,
-    knob_name,
-    knob_panels,
-    knob_series,
-    matching_text,
-    varied_knobs,
-)
+from .knobs import knob_name, knob_panels, matching_text
 from .layout import COMPLETED, FAILED, PENDING, RUNNING, STOPPED
 from .search_config import Param
 from .study_folder import Trial

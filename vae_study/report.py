@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import marker, paper, plots
+from . import knobs, marker, paper, plots
 from . import metrics as M
 from . import results as R
 from .checkpoint import atomic_write_text
@@ -291,17 +291,17 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
         "No finished trial yet: the rate-distortion plane is empty.",
     )
     searched = sf.study.search.space
-    varied = plots.varied_knobs(searched)
+    varied = knobs.varied_knobs(searched)
     if varied:
-        matched = plots.matching_text(searched)
+        matched = knobs.matching_text(searched)
         add(
             plots.knobs(
                 sf.configs, out / "knobs.png", searched=searched, quantity=sf.study.base.quantity
             ),
             "The searched knobs ("
-            + ", ".join(plots.knob_name(p.key) for p in varied)
+            + ", ".join(knobs.knob_name(p.key) for p in varied)
             + ") against test metrics, the bound as "
-            + plots.bound_label(sf.study.base.quantity)
+            + knobs.bound_label(sf.study.base.quantity)
             + "; each line compares only trials at matched settings of the other searched "
             "knobs"
             + (f" ({matched})" if matched else "")
@@ -311,7 +311,7 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
                 "first point (the reference, no bar), from per-seed paired differences (each "
                 "seed is the same in every configuration); "
                 if _replicated_search(sf)
-                else f"{plots.NO_PAIRS}; "
+                else f"{knobs.NO_PAIRS}; "
             )
             + "under each panel, how it matched and what its bars are; panels without matched "
             "trials say so.",
