@@ -12,18 +12,8 @@ import pytest
 
 from study_factory import tiny_study, write_study
 from vae_study.cli import build_parser, check_writable, cmd_run, main
-from vae_study.config import (
-    MAX_DEPTH,
-    MAX_VALUES,
-    RunConfig,
-    TrainConfig,
-    _show,
-    apply_overrides,
-    build_section,
-    coerce,
-    read_yaml,
-    replace_keys,
-)
+from vae_study.config import RunConfig, TrainConfig, build_section, coerce, replace_keys
+from vae_study.config_file import MAX_DEPTH, MAX_VALUES, _show, apply_overrides, read_yaml
 from vae_study.errors import ConfigError
 from vae_study.study_config import RayConfig, check_name, load_study
 

@@ -6,14 +6,8 @@ import re
 
 import pytest
 
-from vae_study.config import (
-    RunConfig,
-    apply_overrides,
-    load_run_config,
-    read_yaml,
-    replace_keys,
-    run_config_from_dict,
-)
+from vae_study.config import RunConfig, load_run_config, replace_keys, run_config_from_dict
+from vae_study.config_file import apply_overrides, read_yaml
 from vae_study.errors import ConfigError
 
 
@@ -160,8 +154,7 @@ def test_a_config_made_in_python_is_checked_as_strictly_as_one_read_from_yaml():
 def test_a_config_file_that_never_ends_or_is_huge_is_refused(tmp_path):
     import os
 
-    from vae_study.config import read_yaml
-    from vae_study.config_file import MAX_TEXT_BYTES
+    from vae_study.config_file import MAX_TEXT_BYTES, read_yaml
 
     with pytest.raises(ConfigError, match=r"/dev/zero is not a regular file"):
         read_yaml("/dev/zero")

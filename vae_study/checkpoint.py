@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import timing
-from .config import dump_yaml
+from .config_file import dump_yaml
 from .errors import CheckpointError
 from .run_files import CONFIG_FILE, STATE_FILE
 

@@ -19,15 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from .config_file import (  # noqa: F401 - re-exported: config.read_yaml etc.
-    MAX_DEPTH,
-    MAX_VALUES,
-    _show,
-    _show_key,
-    apply_overrides,
-    dump_yaml,
-    read_yaml,
-)
+from .config_file import _show, _show_key, apply_overrides, read_yaml
 from .errors import ConfigError
 
 

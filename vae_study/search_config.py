@@ -21,13 +21,12 @@ from .config import (
     RUN_SECTIONS,
     RunConfig,
     Section,
-    _show,
-    _show_key,
     build_section,
     did_you_mean,
     replace_keys,
     to_dict,
 )
+from .config_file import _show, _show_key
 from .errors import ConfigError
 
 KINDS = ("choice", "uniform", "log_uniform", "int")

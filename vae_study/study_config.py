@@ -17,16 +17,14 @@ from .config import (
     RUN_SECTIONS,
     RunConfig,
     Section,
-    _show,
-    apply_overrides,
     build_section,
     check_path,
-    read_yaml,
     replace_keys,
     resolve_data_paths,
     run_config_from_dict,
     to_dict,
 )
+from .config_file import _show, apply_overrides, read_yaml
 from .errors import ConfigError
 from .layout import REPORTS_DIR, RUNS_DIR
 from .search_config import (  # noqa: F401 (Param, Objective: the study's types)

@@ -23,7 +23,7 @@ from . import marker
 from . import metrics as M
 from . import results as R
 from .checkpoint import MAX_RECORD_LINES_BYTES, read_bounded, write_yaml
-from .config import read_yaml
+from .config_file import read_yaml
 from .errors import StudyError, VaeStudyError
 from .layout import StudyLayout, holds_state
 from .replicates import MEMBER_KEY

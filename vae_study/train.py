@@ -21,7 +21,8 @@ import torch
 from . import checkpoint as ckpt
 from . import marker, timing
 from . import metrics as M
-from .config import RUN_SECTIONS, RunConfig, TrainConfig, read_yaml, to_dict
+from .config import RUN_SECTIONS, RunConfig, TrainConfig, to_dict
+from .config_file import read_yaml
 from .data import Batches, Datasets, load_datasets
 from .device import (
     configure_backends,
