@@ -15,7 +15,7 @@ from vae_study import knobs, plots
 from vae_study import metrics as M
 from vae_study import results as R
 from vae_study.report import build_report, rd_front, study_front
-from vae_study.study_config import Param
+from vae_study.search_config import Param
 from vae_study.study_folder import Trial, load_folder
 
 BETA = Param("train.beta", "log_uniform", low=0.05, high=20.0)  # 15 bins of 1.49x

@@ -18,7 +18,8 @@ from vae_study import results as R
 from vae_study.config import build_section
 from vae_study.errors import ConfigError, StudyError
 from vae_study.layout import StudyLayout
-from vae_study.study_config import SearchConfig, study_from_dict
+from vae_study.search_config import SearchConfig
+from vae_study.study_config import study_from_dict
 from vae_study.study_folder import StudyFolder, Trial
 
 

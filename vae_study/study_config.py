@@ -27,13 +27,9 @@ from .config import (
 from .config_file import _show, apply_overrides, read_yaml
 from .errors import ConfigError
 from .layout import REPORTS_DIR, RUNS_DIR
-from .search_config import (  # noqa: F401 (Param, Objective: the study's types)
-    ALGORITHMS,
-    KINDS,
+from .search_config import (
     MEMBER_KEYS,
     MEMBER_PREFIXES,
-    Objective,
-    Param,
     SearchConfig,
     parse_search,
     search_to_dict,
