@@ -47,12 +47,12 @@ from pathlib import Path
 
 import torch
 
-from vae_study.config import RunConfig, replace_keys
-from vae_study.data import load_datasets
-from vae_study.device import resolve_device
-from vae_study.evaluate import active_units, encode_all, iwae_nll, neg_elbo_per_example
-from vae_study.paired import CONFIDENCE, contrast
-from vae_study.train import FINAL_SAMPLES_SEED, fit
+from vae_study.config.run import RunConfig, replace_keys
+from vae_study.core.data import load_datasets
+from vae_study.core.device import resolve_device
+from vae_study.core.evaluate import active_units, encode_all, iwae_nll, neg_elbo_per_example
+from vae_study.core.train import FINAL_SAMPLES_SEED, fit
+from vae_study.report.paired import CONFIDENCE, contrast
 
 TEST_K = 5000  # the literature's test NLL estimator
 # The optimisation of each protocol (see the module's docstring) and its default epochs:

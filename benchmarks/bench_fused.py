@@ -37,10 +37,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_epoch import epoch_matmuls  # noqa: E402
 
-from vae_study.config import RunConfig, replace_keys  # noqa: E402
-from vae_study.data import Datasets, Split, load_datasets  # noqa: E402
-from vae_study.fused import fit_pack  # noqa: E402
-from vae_study.train import fit, make_model  # noqa: E402
+from vae_study.config.run import RunConfig, replace_keys  # noqa: E402
+from vae_study.core.data import Datasets, Split, load_datasets  # noqa: E402
+from vae_study.core.fused import fit_pack  # noqa: E402
+from vae_study.core.train import fit, make_model  # noqa: E402
 
 MODELS = {
     "seed": {"model.hidden": [400], "model.latent_dim": 20},

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import ray
 
-from vae_study import results as R
-from vae_study.data import read_source
-from vae_study.driver import run_study
-from vae_study.study_config import study_from_dict
+from vae_study.config.study import study_from_dict
+from vae_study.core.data import read_source
+from vae_study.records import results as R
+from vae_study.study.driver import run_study
 
 TRIAL_TITLE = re.compile(r"ray::(ImplicitFunc|train_trial)")  # a Ray worker running a trial
 

@@ -17,12 +17,12 @@ import time
 
 import torch
 
-import vae_study.model as model_module
-from vae_study.config import EvalConfig, RunConfig
+import vae_study.core.model as model_module
+from vae_study.config.run import EvalConfig, RunConfig
+from vae_study.core.evaluate import iwae_nll
+from vae_study.core.likelihoods import torch_bernoulli_nll
+from vae_study.core.train import configure_backends, make_model, resolve_device
 from vae_study.errors import DataError
-from vae_study.evaluate import iwae_nll
-from vae_study.likelihoods import torch_bernoulli_nll
-from vae_study.train import configure_backends, make_model, resolve_device
 
 
 def rss_mb() -> float:
@@ -59,7 +59,7 @@ def main() -> None:
     config = RunConfig()
     configure_backends(config.train, device)  # float32 means float32, as in fit
     try:
-        from vae_study.data import load_datasets
+        from vae_study.core.data import load_datasets
 
         x = load_datasets(config.data, device=device).test.x[: args.examples]
         source = "MNIST test images"

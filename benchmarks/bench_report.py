@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import write_mnist  # noqa: E402
 from study_factory import make_study_folder  # noqa: E402
-from vae_study import results as R  # noqa: E402
-from vae_study.report import build_report  # noqa: E402
+from vae_study.records import results as R  # noqa: E402
+from vae_study.report.page import build_report  # noqa: E402
 
 
 def main() -> None:

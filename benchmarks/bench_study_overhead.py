@@ -21,9 +21,9 @@ from pathlib import Path
 
 import ray
 
-from vae_study import results as R
-from vae_study.driver import run_study
-from vae_study.study_config import study_from_dict
+from vae_study.config.study import study_from_dict
+from vae_study.records import results as R
+from vae_study.study.driver import run_study
 
 
 def main() -> None:

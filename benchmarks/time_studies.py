@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vae_study.config import replace_keys  # noqa: E402
-from vae_study.study_config import load_study  # noqa: E402
-from vae_study.train import fit  # noqa: E402
+from vae_study.config.run import replace_keys  # noqa: E402
+from vae_study.config.study import load_study  # noqa: E402
+from vae_study.core.train import fit  # noqa: E402
 
 QUESTION_STUDIES = ["beta_sweep", "iwae_k_sweep", "latent_sweep", "rd_pareto"]
 COST_KEYS = ("train.k", "train.objective", "model.latent_dim")  # what changes a trial's cost

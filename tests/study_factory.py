@@ -19,13 +19,14 @@ import yaml
 
 from conftest import write_mnist
 from vae_study import metrics as M
-from vae_study import results as R
-from vae_study.checkpoint import write_json, write_yaml
-from vae_study.config import RunConfig, replace_keys
-from vae_study.layout import StudyLayout
-from vae_study.study_config import study_from_dict
-from vae_study.train import fit
-from vae_study.trainable import HOLD_ENV
+from vae_study.config.run import RunConfig, replace_keys
+from vae_study.config.study import study_from_dict
+from vae_study.config.yaml_file import write_yaml
+from vae_study.core.train import fit
+from vae_study.files import write_json
+from vae_study.records import results as R
+from vae_study.records.layout import StudyLayout
+from vae_study.study.trainable import HOLD_ENV
 
 
 def make_study_folder(
@@ -312,7 +313,7 @@ def write_members(folder: Path, members: list[dict], *, seed_offset: int = 0) ->
     ``config_id``, ``replicate``, ``status`` and any params and metrics; ``trial_id``
     (one Ray trial per configuration), ``member``, ``optuna_trial`` and ``seed`` (train.seed
     0 + ``seed_offset`` + replicate) are filled in. Returns the file."""
-    from vae_study.replicates import CONFIG_KEY, MEMBER_KEY, REPLICATE_KEY, SEED_KEY
+    from vae_study.records.replicates import CONFIG_KEY, MEMBER_KEY, REPLICATE_KEY, SEED_KEY
 
     rows = []
     for m in members:
@@ -337,7 +338,7 @@ def write_members(folder: Path, members: list[dict], *, seed_offset: int = 0) ->
 
 def attempts(folder: Path, config_id: int, replicate: int = 0) -> list[dict]:
     """The starts of one member's training (pid, first epoch), from its file in the record."""
-    from vae_study import record
+    from vae_study.records import record
 
     info = record.read_info(StudyLayout(folder).record_file(int(config_id), int(replicate)))
     return list(info.get(record.INFO_ATTEMPTS) or [])

@@ -39,10 +39,10 @@ def test_import_loads_no_study_dependency_and_the_study_functions_load_on_use():
     lines = r.stdout.splitlines()
     assert lines[0] == "[]"  # nothing heavy imported by the package itself
     assert lines[1].split() == [
-        "vae_study.study_config",
-        "vae_study.driver",
-        "vae_study.report",
-        "vae_study.study_folder",
+        "vae_study.config.study",
+        "vae_study.study.driver",
+        "vae_study.report.page",
+        "vae_study.records.folder",
     ]
     assert lines[2] == "True val/nll"  # run_study brought Ray only when asked for
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):

@@ -12,10 +12,10 @@ import pytest
 
 from study_factory import tiny_study, write_study
 from vae_study.cli import build_parser, check_writable, cmd_run, main
-from vae_study.config import RunConfig, TrainConfig, build_section, coerce, replace_keys
-from vae_study.config_file import MAX_DEPTH, MAX_VALUES, _show, apply_overrides, read_yaml
+from vae_study.config.run import RunConfig, TrainConfig, build_section, coerce, replace_keys
+from vae_study.config.study import RayConfig, check_name, load_study
+from vae_study.config.yaml_file import MAX_DEPTH, MAX_VALUES, _show, apply_overrides, read_yaml
 from vae_study.errors import ConfigError
-from vae_study.study_config import RayConfig, check_name, load_study
 
 # The sections of a good study file, one line each; a case replaces some of them.
 BASE = {
@@ -454,8 +454,10 @@ def test_no_report_skips_the_report_dir_check(tmp_path, monkeypatch):
     def stop(*args, **kwargs):
         raise ConfigError("reached run_study")
 
-    # a stand-in for vae_study.driver, so that Ray is not even imported
-    monkeypatch.setitem(sys.modules, "vae_study.driver", types.SimpleNamespace(run_study=stop))
+    # a stand-in for vae_study.study.driver, so that Ray is not even imported
+    monkeypatch.setitem(
+        sys.modules, "vae_study.study.driver", types.SimpleNamespace(run_study=stop)
+    )
     with pytest.raises(ConfigError, match="reached run_study"):
         cmd_run(build_parser().parse_args(["run", str(path), "--no-report"]))
     with pytest.raises(ConfigError, match="report.dir"):  # without --no-report: refused
@@ -466,7 +468,7 @@ def test_no_report_skips_the_report_dir_check(tmp_path, monkeypatch):
 def test_what_we_write_reads_back_the_same(tmp_path):
     """study.yaml is read again on resume: a string that the reader would take for a
     number in scientific notation (a study named 1e5) must come back a string."""
-    from vae_study.checkpoint import write_yaml
+    from vae_study.config.yaml_file import write_yaml
 
     raw = {"name": "1e5", "data": {"root": "2E-3"}, "lr": 1e-4, "beta": float("inf")}
     write_yaml(tmp_path / "s.yaml", raw)

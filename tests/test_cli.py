@@ -113,7 +113,7 @@ def test_python_dash_m_and_console_script(tmp_path, mnist_root):
 
 def test_the_training_core_and_fit_import_neither_ray_nor_optuna():
     code = (
-        "import sys, vae_study, vae_study.train, vae_study.evaluate, vae_study.cli; "
+        "import sys, vae_study, vae_study.core.train, vae_study.core.evaluate, vae_study.cli; "
         "vae_study.cli.build_parser(); "
         "bad = [m for m in ('ray', 'optuna', 'matplotlib', 'pandas') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"

@@ -19,17 +19,17 @@ import yaml
 
 from study_factory import tiny_study, write_members
 from vae_study import metrics as M
-from vae_study import paper, plots
-from vae_study import results as R
-from vae_study.checkpoint import write_yaml
 from vae_study.cli import main
-from vae_study.comparison import compare, png_size, shared_differences
-from vae_study.layout import StudyLayout
-from vae_study.paired import t_quantile
-from vae_study.replicates import CONFIG_KEY, REPLICATE_KEY, read_configs, write_configs
-from vae_study.report import build_report
-from vae_study.study_config import study_from_dict
-from vae_study.study_folder import AGGREGATED, load_folder
+from vae_study.config.study import study_from_dict
+from vae_study.config.yaml_file import write_yaml
+from vae_study.records import results as R
+from vae_study.records.folder import AGGREGATED, load_folder
+from vae_study.records.layout import StudyLayout
+from vae_study.records.replicates import CONFIG_KEY, REPLICATE_KEY, read_configs, write_configs
+from vae_study.report import paper, plots
+from vae_study.report.comparison import compare, png_size, shared_differences
+from vae_study.report.page import build_report
+from vae_study.report.paired import t_quantile
 
 REPO = Path(__file__).resolve().parents[1]
 KS = (1, 5)
@@ -221,7 +221,7 @@ def test_a_cross_entropy_study_against_an_nll_study_is_refused_with_one_line(
 
 
 def _studies(*folders):
-    from vae_study.comparison import Study
+    from vae_study.report.comparison import Study
 
     return [
         Study(load_folder(f).study.name, load_folder(f), plots.StudyStyle("x", "#000000", "o"))

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from vae_study.config import RunConfig, load_run_config, replace_keys, run_config_from_dict
-from vae_study.config_file import apply_overrides, read_yaml
+from vae_study.config.run import RunConfig, load_run_config, replace_keys, run_config_from_dict
+from vae_study.config.yaml_file import apply_overrides, read_yaml
 from vae_study.errors import ConfigError
 
 
@@ -122,7 +122,7 @@ def test_replace_keys_checks_again():
 
 
 def test_a_config_made_in_python_is_checked_as_strictly_as_one_read_from_yaml():
-    from vae_study.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
+    from vae_study.config.run import DataConfig, EvalConfig, ModelConfig, TrainConfig
 
     for make, fragment in (
         (lambda: TrainConfig(lr=-1), "train.lr: got -1.0"),
@@ -154,7 +154,7 @@ def test_a_config_made_in_python_is_checked_as_strictly_as_one_read_from_yaml():
 def test_a_config_file_that_never_ends_or_is_huge_is_refused(tmp_path):
     import os
 
-    from vae_study.config_file import MAX_TEXT_BYTES, read_yaml
+    from vae_study.config.yaml_file import MAX_TEXT_BYTES, read_yaml
 
     with pytest.raises(ConfigError, match=r"/dev/zero is not a regular file"):
         read_yaml("/dev/zero")
@@ -178,7 +178,7 @@ def test_a_config_file_that_never_ends_or_is_huge_is_refused(tmp_path):
 @pytest.mark.parametrize("key", ["data.root", "data.path", "data.train_dir"])
 @pytest.mark.parametrize("value", ["", "  ", "a\0b"])
 def test_an_empty_data_path_is_refused(key, value):
-    from vae_study.config import DataConfig
+    from vae_study.config.run import DataConfig
 
     extra = {"path": "x.npz", "dataset": "npz"} if key == "data.path" else {}
     if key == "data.train_dir":

@@ -28,19 +28,19 @@ from study_factory import (
     write_members,
     write_study,
 )
-from vae_study import knobs, plots
 from vae_study import metrics as M
-from vae_study import results as R
 from vae_study.cli import main
-from vae_study.confirm import select_configurations
+from vae_study.config.search import Objective
+from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError
-from vae_study.layout import StudyLayout
-from vae_study.pareto import pareto_front, spread
-from vae_study.replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
-from vae_study.report import build_report, rd_front
-from vae_study.search_config import Objective
-from vae_study.study_config import study_from_dict
-from vae_study.study_folder import load_folder
+from vae_study.records import results as R
+from vae_study.records.folder import load_folder
+from vae_study.records.layout import StudyLayout
+from vae_study.records.pareto import pareto_front, spread
+from vae_study.records.replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
+from vae_study.records.selection import select_configurations
+from vae_study.report import knobs, plots
+from vae_study.report.page import build_report, rd_front
 
 VAL = M.VAL_CE_BOUND  # the factory's study: grey-level Bernoulli, selected on val/ce_bound
 TEST = M.TEST_CE_BOUND
@@ -121,7 +121,7 @@ def _replicated_folder(tmp_path, *, confirm=None, members=None, replicates=3):
 def _search_fields() -> set[str]:
     import dataclasses
 
-    from vae_study.search_config import SearchConfig
+    from vae_study.config.search import SearchConfig
 
     return {f.name for f in dataclasses.fields(SearchConfig)}
 
@@ -404,9 +404,9 @@ def test_the_confirmation_asks_its_recorded_configurations_with_fresh_seeds(tmp_
     searcher over the same record (a resumed driver) suggests only what was not told."""
     import optuna
 
-    from vae_study import record
-    from vae_study.confirm import planned_points
-    from vae_study.searcher import StudySearcher
+    from vae_study.records import record
+    from vae_study.study.confirm import planned_points
+    from vae_study.study.searcher import StudySearcher
 
     raw = _tiny_raw(tmp_path, confirm={"top": 2, "replicates": 3}, replicates=2)
     study = study_from_dict(raw)
@@ -580,7 +580,7 @@ def test_a_failed_configuration_has_no_mean_in_the_tables_or_the_page(tmp_path):
     assert failed.status == R.FAILED and failed.n_seeds == 2
     for metric in (M.TEST_RATE, M.TEST_DISTORTION, VAL):
         assert math.isnan(failed.value(metric)) and failed.error(metric) is None
-    from vae_study.replicates import read_configs, write_configs
+    from vae_study.records.replicates import read_configs, write_configs
 
     path = tmp_path / "configs.csv"
     rows = R.read_results(StudyLayout(folder).results_file).to_dict("records")
@@ -762,7 +762,7 @@ def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again
 
 def test_a_confirmation_can_be_added_to_a_study_until_it_has_run(tmp_path):
     from vae_study.errors import StudyError
-    from vae_study.study_folder import prepare_folder, release_folder
+    from vae_study.records.folder import prepare_folder, release_folder
 
     def prepare(**search):
         folder, resume = prepare_folder(study_from_dict(_tiny_raw(tmp_path, **search)), fresh=False)

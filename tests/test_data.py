@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_images, write_amat, write_mnist
-from vae_study.config import DataConfig
-from vae_study.data import (
+from vae_study.config.run import DataConfig
+from vae_study.core.data import (
     NOISE_BERNOULLI,
     NOISE_UNIFORM,
     Batches,
@@ -157,8 +157,8 @@ def test_evaluation_data_is_the_same_whatever_a_study_varies(tmp_path, binarize,
 
 
 def test_fit_scores_every_seed_on_the_same_test_tensors(tmp_path, monkeypatch):
-    import vae_study.train as T
-    from vae_study.config import RunConfig, replace_keys
+    import vae_study.core.train as T
+    from vae_study.config.run import RunConfig, replace_keys
 
     root = write_mnist(tmp_path / "d", n_train=200, n_test=60)
     seen = []
@@ -228,7 +228,7 @@ def test_train_subset_takes_the_first_examples_and_checks_its_size(tmp_path):
 
 
 def test_batches_cover_each_example_once_per_epoch_in_a_seeded_order():
-    from vae_study.data import Split
+    from vae_study.core.data import Split
 
     x = torch.arange(10.0).unsqueeze(1).expand(10, 784).contiguous()
     split = Split(x, None)

@@ -12,11 +12,11 @@ import pytest
 
 from study_factory import tiny_study, write_study
 from vae_study import metrics as M
-from vae_study import results as R
 from vae_study.cli import main
-from vae_study.config import EvalConfig
+from vae_study.config.run import EvalConfig
+from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError
-from vae_study.study_config import study_from_dict
+from vae_study.records import results as R
 
 
 @pytest.mark.parametrize(

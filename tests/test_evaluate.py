@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from vae_study.config import EvalConfig, ModelConfig
-from vae_study.evaluate import active_units, elbo_surgery, elbo_terms, evaluate_test, iwae_nll
-from vae_study.model import VAE
-from vae_study.objectives import rate
+from vae_study.config.run import EvalConfig, ModelConfig
+from vae_study.core.evaluate import active_units, elbo_surgery, elbo_terms, evaluate_test, iwae_nll
+from vae_study.core.model import VAE
+from vae_study.core.objectives import rate
 
 
 class LinearGaussianVAE(VAE):
@@ -217,7 +217,7 @@ def test_the_bound_gap_compares_the_elbo_and_the_bound_on_the_same_examples():
 
 def test_validation_bound_uses_its_own_samples_and_examples():
     from vae_study import metrics as M
-    from vae_study.evaluate import evaluate_val
+    from vae_study.core.evaluate import evaluate_val
 
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_dim=3, hidden=(16,)))

@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 
 from study_factory import make_study_folder, tiny_study, write_study
-from vae_study import cli, marker, record
-from vae_study import results as R
-from vae_study.checkpoint import MAX_RECORD_JSON_BYTES, read_bounded, write_yaml
-from vae_study.driver import check_not_all_failed
+from vae_study import cli, marker
+from vae_study.config.study import study_from_dict
+from vae_study.config.yaml_file import write_yaml
 from vae_study.errors import CheckpointError, ConfigError, StudyFailed
-from vae_study.layout import StudyLayout
-from vae_study.study_config import study_from_dict
-from vae_study.study_folder import prepare_folder, release_folder
+from vae_study.files import MAX_RECORD_JSON_BYTES, read_bounded
+from vae_study.records import record
+from vae_study.records import results as R
+from vae_study.records.folder import prepare_folder, release_folder
+from vae_study.records.layout import StudyLayout
+from vae_study.study.outcome import check_not_all_failed
 
 
 @pytest.fixture(autouse=True)
@@ -289,7 +291,7 @@ def test_anything_else_is_one_line_exit_2_and_debug_raises_it(
 
 
 def test_a_study_whose_every_configuration_failed_is_exit_1(tmp_path, monkeypatch, capsys):
-    import vae_study.driver as driver
+    import vae_study.study.driver as driver
 
     def all_failed(study, fresh=False):
         raise StudyFailed("all 2 of the study's configurations failed; results in x")
@@ -422,7 +424,7 @@ def test_a_record_file_that_is_a_fifo_or_too_big_is_refused_at_once(tmp_path):
 
 
 def test_a_checkpoint_that_is_a_fifo_is_refused_not_read(tmp_path):
-    from vae_study import checkpoint as ckpt
+    from vae_study.core import checkpoint as ckpt
 
     _fifo(tmp_path / "checkpoint" / "state.pt")
     with pytest.raises(CheckpointError, match="not a regular file"):

@@ -19,11 +19,11 @@ import torch
 from conftest import write_mnist
 from study_factory import same_weights
 from study_factory import small_run_config as _config
-from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
 from vae_study.cli import main
+from vae_study.core import checkpoint as ckpt
+from vae_study.core.train import fit
 from vae_study.errors import ConfigError
-from vae_study.train import fit
 
 # --- the generator state, whatever map_location does ----------------------------------------
 

@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import vae_study.device as device_module
+import vae_study.core.device as device_module
 from conftest import write_mnist
 from study_factory import same_weights, small_run_config
-from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
-from vae_study import train
-from vae_study.config import RunConfig, TrainConfig, replace_keys
+from vae_study.config.run import RunConfig, TrainConfig, replace_keys
+from vae_study.core import checkpoint as ckpt
+from vae_study.core import train
+from vae_study.core.train import configure_backends, fit, resolve_device
 from vae_study.errors import CheckpointError, ConfigError
-from vae_study.train import configure_backends, fit, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -206,8 +206,8 @@ def test_configure_backends_on_torch_without_fp32_precision_uses_the_allow_tf32_
     # torch < 2.9 has only the allow_tf32 flags; on a newer torch, reading them after the
     # new settings were used is an error, hence a fresh process.
     code = (
-        "import torch\nfrom vae_study import device as train\nfrom vae_study.config import "
-        "TrainConfig\ntrain._FP32_PRECISION_API = False\n"
+        "import torch\nfrom vae_study.core import device as train\n"
+        "from vae_study.config.run import TrainConfig\ntrain._FP32_PRECISION_API = False\n"
         f"train.configure_backends(TrainConfig(tf32={tf32}))\n"
         "print(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, "
         "torch.get_float32_matmul_precision(), torch.backends.cudnn.deterministic)"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from study_factory import tiny_study
-from vae_study import results as R
-from vae_study.driver import run_study
-from vae_study.study_config import study_from_dict
+from vae_study.config.study import study_from_dict
+from vae_study.records import results as R
+from vae_study.study.driver import run_study
 
 pytestmark = pytest.mark.slow
 

@@ -27,9 +27,9 @@ from study_factory import (
     wait_for,
     write_study,
 )
-from vae_study import results as R
-from vae_study.record import INTERRUPTED_ATTR
-from vae_study.study_config import study_from_dict
+from vae_study.config.study import study_from_dict
+from vae_study.records import results as R
+from vae_study.records.record import INTERRUPTED_ATTR
 
 
 @pytest.mark.slow

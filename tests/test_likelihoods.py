@@ -9,9 +9,8 @@ from decimal import Decimal, localcontext
 import pytest
 import torch
 
-from vae_study.config import ModelConfig
-from vae_study.errors import ConfigError
-from vae_study.likelihoods import (
+from vae_study.config.run import ModelConfig
+from vae_study.core.likelihoods import (
     CB_SERIES_BELOW,
     bernoulli_nll,
     bits_per_dim,
@@ -20,7 +19,8 @@ from vae_study.likelihoods import (
     continuous_bernoulli_nll,
     gaussian_nll,
 )
-from vae_study.model import VAE
+from vae_study.core.model import VAE
+from vae_study.errors import ConfigError
 
 LOGITS = [-40.0, -8.0, -1.5, -0.3, -1e-3, 0.0, 1e-5, 0.004, 0.02, 0.7, 3.0, 12.0, 60.0]
 
@@ -189,8 +189,8 @@ def test_flushing_denormals_changes_the_bernoulli_terms_by_float32_rounding_at_m
     """configure_backends flushes denormals on the CPU: a trained decoder's confident pixels
     (logits beyond -87) are where they occur, in exp(-|l|). The per-example -log p and its
     gradient stay what they are without the flush, to float32 rounding."""
-    from vae_study.config import TrainConfig
-    from vae_study.device import configure_backends
+    from vae_study.config.run import TrainConfig
+    from vae_study.core.device import configure_backends
 
     g = torch.Generator().manual_seed(0)
     logits = torch.cat(

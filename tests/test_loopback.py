@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from study_factory import tiny_study
-from vae_study.study_config import study_from_dict
+from vae_study.config.study import study_from_dict
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
@@ -88,7 +88,7 @@ def _free_port() -> int:
 def test_a_local_studys_ray_listens_on_loopback_only(tmp_path):
     import ray
 
-    from vae_study.cluster import start_ray
+    from vae_study.study.cluster import start_ray
 
     # The default token file, as every in-process study of the tests: Ray keeps the token
     # it read for the life of the process.

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from vae_study.config import ModelConfig
-from vae_study.likelihoods import BernoulliNLL, bernoulli_nll, torch_bernoulli_nll
-from vae_study.model import VAE
-from vae_study.objectives import (
+from vae_study.config.run import ModelConfig
+from vae_study.core.likelihoods import BernoulliNLL, bernoulli_nll, torch_bernoulli_nll
+from vae_study.core.model import VAE
+from vae_study.core.objectives import (
     compute_terms,
     gaussian_kl,
     log_mean_exp,
@@ -126,7 +126,7 @@ def test_bernoulli_nll_matches_a_float64_reference_to_float32_rounding(binary):
 
 
 def test_bernoulli_nll_in_blocks_is_the_same_as_in_one_piece(monkeypatch):
-    import vae_study.likelihoods as model_module
+    import vae_study.core.likelihoods as model_module
 
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(700, 3, 784, generator=g) * 5  # a K=700 test NLL's decoder output

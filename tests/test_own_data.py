@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vae_study.config import DataConfig, ModelConfig, RunConfig, load_run_config
-from vae_study.data import (
+from vae_study.config.run import DataConfig, ModelConfig, RunConfig, load_run_config
+from vae_study.core.data import (
     NOISE_BERNOULLI,
     NOISE_UNIFORM,
     PIXELS_8BIT,
@@ -278,7 +278,7 @@ def test_relative_paths_are_relative_to_the_yaml_file_or_to_the_working_director
     over = load_run_config(study / "run.yaml", ["data.path=here.npz"])  # --set: the cwd
     assert over.data.path == str(tmp_path / "here.npz")
     assert DataConfig(dataset="npy", path="x").path == str(tmp_path / "x")
-    from vae_study.study_config import load_study
+    from vae_study.config.study import load_study
 
     (study / "s.yaml").write_text(
         "name: s\ndata:\n  dataset: image_folder\n  train_dir: imgs/train\n"
@@ -325,7 +325,7 @@ def test_data_keys_are_checked_together(keys, fragments):
 
 def test_own_data_keys_cannot_be_searched(tmp_path):
     from study_factory import tiny_study
-    from vae_study.study_config import study_from_dict
+    from vae_study.config.study import study_from_dict
 
     with pytest.raises(ConfigError, match="data.path cannot be searched"):
         study_from_dict(
@@ -499,7 +499,7 @@ class _LinearVAE(torch.nn.Module):
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 5, 7)])
 def test_model_pictures_draw_the_data_shape_grey_or_rgb(tmp_path, monkeypatch, shape):
-    from vae_study import plots
+    from vae_study.report import plots
 
     drawn = []
     real = plots._grid
@@ -528,10 +528,10 @@ def test_model_pictures_draw_the_data_shape_grey_or_rgb(tmp_path, monkeypatch, s
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_fit_trains_and_scores_on_an_npz_file(tmp_path, binary):
-    import vae_study.train as T
+    import vae_study.core.train as T
     from conftest import tiny_images
     from vae_study import metrics as M
-    from vae_study.config import replace_keys
+    from vae_study.config.run import replace_keys
 
     def split(n, seed):
         x = tiny_images(n, seed)
@@ -591,8 +591,8 @@ def test_the_command_line_reports_a_broken_file_in_one_line(tmp_path, capsys, mo
 def test_a_study_on_an_npy_folder_named_relative_to_its_file(tmp_path, monkeypatch):
     from conftest import tiny_images
     from study_factory import tiny_study, write_study
-    from vae_study import results as R
     from vae_study.cli import main
+    from vae_study.records import results as R
 
     arrays = tmp_path / "arrays"
     arrays.mkdir()

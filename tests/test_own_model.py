@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from study_factory import small_run_config, tiny_study
-from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
-from vae_study.config import ModelConfig, RunConfig, replace_keys, run_config_from_dict
-from vae_study.data import Datasets, Split
+from vae_study.config.run import ModelConfig, RunConfig, replace_keys, run_config_from_dict
+from vae_study.config.search import model_variants
+from vae_study.config.study import study_from_dict
+from vae_study.core import checkpoint as ckpt
+from vae_study.core.data import Datasets, Split
+from vae_study.core.fused import check_packable, fit_pack, fusion_mode
+from vae_study.core.model import VAE, ConvDecoder, ConvEncoder, check_models
+from vae_study.core.objectives import compute_terms
+from vae_study.core.train import fit, make_model
 from vae_study.errors import CheckpointError, ConfigError, StudyError
-from vae_study.fused import check_packable, fit_pack, fusion_mode
-from vae_study.model import VAE, ConvDecoder, ConvEncoder, check_models
-from vae_study.objectives import compute_terms
-from vae_study.search_config import model_variants
-from vae_study.study_config import study_from_dict
-from vae_study.train import fit, make_model
 
 TESTS = Path(__file__).resolve().parent
 USER = "user_models:TinyVAE"
@@ -377,7 +377,7 @@ def test_a_pack_compares_options_and_trains_user_members_as_their_fits(tmp_path,
 def test_the_user_model_is_imported_on_every_ray_node(tmp_path, monkeypatch):
     import ray
 
-    from vae_study.cluster import check_arch_on_nodes, start_ray
+    from vae_study.study.cluster import check_arch_on_nodes, start_ray
 
     # Ray's workers inherit the environment of the Ray they start from: tests/ on PYTHONPATH
     # (as a user exports it, or `ray job submit --working-dir`) makes user_models importable.
@@ -407,8 +407,8 @@ EXAMPLE = REPO / "examples" / "shapes" / "study.yaml"
 
 def test_the_example_model_follows_the_protocol_on_its_data(tmp_path):
     from examples.shapes.make_data import make_shapes
-    from vae_study.data import load_datasets
-    from vae_study.study_config import load_study
+    from vae_study.config.study import load_study
+    from vae_study.core.data import load_datasets
 
     path = make_shapes(tmp_path / "shapes.npz", n_train=60, n_test=20, size=16)
     study = load_study(EXAMPLE, [f"data.path={path}", "data.val_size=20"])
@@ -429,8 +429,8 @@ def test_the_example_study_runs_under_ray_and_reports(tmp_path, monkeypatch):
     import examples.shapes in Ray's workers), the report rebuilt from the checkpoints."""
     from examples.shapes.make_data import make_shapes
     from vae_study import build_report, run_study
-    from vae_study.results import read_results
-    from vae_study.study_config import load_study
+    from vae_study.config.study import load_study
+    from vae_study.records.results import read_results
 
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -456,7 +456,7 @@ def test_the_example_study_runs_under_ray_and_reports(tmp_path, monkeypatch):
     assert list(table["status"]) == ["completed", "completed"]
     assert set(table["model.options.width"]) <= {8, 16}
     assert all(v > 0 for v in table[M.TEST_BPD])
-    from vae_study import plots
+    from vae_study.report import plots
 
     drawn = []  # every image grid the report draws: colour (N, H, W, 3) at the data's size
     real = plots._show_grid
@@ -479,7 +479,7 @@ def test_the_node_that_cannot_import_the_user_model_is_named(tmp_path, monkeypat
     import ray
     from ray.cluster_utils import Cluster
 
-    from vae_study.cluster import check_arch_on_nodes
+    from vae_study.study.cluster import check_arch_on_nodes
 
     base = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), *base]))
@@ -510,9 +510,9 @@ def test_the_node_that_cannot_import_the_user_model_is_named(tmp_path, monkeypat
 def test_conv_refuses_images_too_small_for_one_convolution():
     """Below 8x8 the conv architecture would have no convolution and end in an activation
     (ReLU logits >= 0): refused, naming the size and the fix."""
-    from vae_study.config import ModelConfig
+    from vae_study.config.run import ModelConfig
+    from vae_study.core.model import VAE, check_models
     from vae_study.errors import ConfigError
-    from vae_study.model import VAE, check_models
 
     cfg = ModelConfig(arch="conv", hidden=(16,), latent_dim=2)
     with pytest.raises(ConfigError, match=r"model.arch: conv on images of 7x7.*>= 8.*mlp"):
@@ -537,7 +537,7 @@ def test_a_user_module_that_exits_when_imported_is_a_config_error(
     (tmp_path / f"{name}.py").write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
     from vae_study.cli import main
-    from vae_study.model import import_arch
+    from vae_study.core.model import import_arch
 
     with pytest.raises(ConfigError, match=rf"model\.arch: .*{name}.*{raised}.*fix the module"):
         import_arch(f"{name}:Net")

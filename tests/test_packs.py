@@ -31,13 +31,13 @@ from study_factory import (
     write_study,
 )
 from vae_study import metrics as M
-from vae_study import results as R
-from vae_study import trainable
-from vae_study.config import replace_keys
+from vae_study.config.run import replace_keys
+from vae_study.config.study import configs_per_trial, study_from_dict
 from vae_study.errors import ConfigError
-from vae_study.layout import StudyLayout
-from vae_study.replicates import read_configs
-from vae_study.study_config import configs_per_trial, study_from_dict
+from vae_study.records import results as R
+from vae_study.records.layout import StudyLayout
+from vae_study.records.replicates import read_configs
+from vae_study.study import trainable
 
 # ---------------------------------------------------------------------------------------
 # The study file.
@@ -103,7 +103,7 @@ def test_replicates_and_configs_per_trial_are_checked(tmp_path):
 def test_asha_is_refused_for_replicates_that_train_one_after_another(tmp_path):
     """ASHA acts on the replicate mean each epoch; members vmap cannot run train one after
     another and have no such mean: refused before Ray starts or the folder exists."""
-    from vae_study.driver import run_study
+    from vae_study.study.driver import run_study
 
     asha = {"type": "asha", "grace_period": 1}
     user = {"model.arch": "user_models:DropoutVAE", "search.space": _beta_only()}
@@ -135,7 +135,8 @@ def test_auto_is_one_on_a_cpu_and_about_32_members_on_a_gpu(tmp_path):
 
 
 def test_the_member_keys_are_those_of_fit_pack():
-    from vae_study import fused, search_config
+    from vae_study.config import search as search_config
+    from vae_study.core import fused
 
     assert search_config.MEMBER_KEYS == fused.MEMBER_KEYS
     assert search_config.MEMBER_PREFIXES == fused.MEMBER_PREFIXES
@@ -187,7 +188,7 @@ class _Killed(Exception):
 
 
 def _stage(tmp_path, name, replicates):
-    from vae_study import record
+    from vae_study.records import record
 
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
@@ -251,8 +252,8 @@ def test_a_two_replicate_trial_reports_its_members_and_their_mean_once_per_epoch
     assert not any(k.startswith(R.CONFIG_PREFIX) for k in last)  # one configuration: top level
     assert R.DIVERGED_KEY not in last
     # Each member's folder in the record is a fit folder of its own seed.
-    from vae_study import checkpoint as ckpt
-    from vae_study import record
+    from vae_study.core import checkpoint as ckpt
+    from vae_study.records import record
 
     for j in (0, 1):
         state = ckpt.load(rec.stage.layout.record_dir(0, j) / "checkpoint")
@@ -306,8 +307,8 @@ def test_a_diverged_replicate_fails_its_configuration_and_its_pack_mates_go_on(
     )
     # What the searcher tells Optuna, and what results.csv and configs.csv say: from the
     # record the pack wrote (the diverged member's file holds its reason).
-    from vae_study import record
-    from vae_study.searcher import StudySearcher
+    from vae_study.records import record
+    from vae_study.study.searcher import StudySearcher
 
     study = study_from_dict(tiny_study(tmp_path, **{"search.replicates": 2}))
     stage = record.Stage(rec.stage.folder, rec.stage.folder, study.name, 2)
@@ -352,8 +353,8 @@ def test_a_pack_killed_after_an_epoch_resumes_every_member_exactly(
 
 
 def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
-    from vae_study import record
-    from vae_study.searcher import make_searcher
+    from vae_study.records import record
+    from vae_study.study.searcher import make_searcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     raw = tiny_study(
@@ -434,7 +435,7 @@ def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
 
 
 def _record_member(stage, cid, r, final):
-    from vae_study import record
+    from vae_study.records import record
 
     out = stage.layout.record_dir(cid, r)
     out.mkdir(parents=True)
@@ -456,7 +457,7 @@ def _asked(stage, study, n):
 
 
 def test_results_have_a_row_per_member_and_configs_agree_with_numpy(tmp_path):
-    from vae_study import record
+    from vae_study.records import record
 
     study = study_from_dict(tiny_study(tmp_path, **{"search.replicates": 3}))
     stage = record.search_stage(study, tmp_path)
@@ -490,7 +491,7 @@ def test_results_have_a_row_per_member_and_configs_agree_with_numpy(tmp_path):
 
 
 def test_one_replicate_keeps_one_row_per_trial_and_no_standard_error(tmp_path):
-    from vae_study import record
+    from vae_study.records import record
 
     study = study_from_dict(tiny_study(tmp_path))
     stage = record.search_stage(study, tmp_path)
@@ -516,16 +517,16 @@ def test_one_replicate_keeps_one_row_per_trial_and_no_standard_error(tmp_path):
 
 def _member_history(folder: Path, config_id: int, replicate: int) -> list[dict]:
     """A member's epochs, from its fit folder in the record."""
-    from vae_study.study_folder import read_history
+    from vae_study.records.folder import read_history
 
     return read_history(StudyLayout(folder).record_dir(config_id, replicate) / "metrics.jsonl")
 
 
 @pytest.mark.slow
 def test_a_replicated_packed_study_holds_one_optuna_trial_per_configuration(tmp_path):
-    from vae_study import checkpoint as ckpt
     from vae_study.cli import main
-    from vae_study.study_folder import load_folder
+    from vae_study.core import checkpoint as ckpt
+    from vae_study.records.folder import load_folder
 
     raw = tiny_study(
         tmp_path,
@@ -695,7 +696,7 @@ def test_asha_with_replicates_stops_whole_configurations_on_their_mean(tmp_path)
 
 @pytest.mark.slow
 def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member(tmp_path):
-    from vae_study.record import INTERRUPTED_ATTR
+    from vae_study.records.record import INTERRUPTED_ATTR
 
     over = {
         "search.replicates": 2,

@@ -9,12 +9,12 @@ import random
 import numpy as np
 import pytest
 
-from vae_study import knobs, paired
 from vae_study import metrics as M
-from vae_study.layout import COMPLETED, FAILED
-from vae_study.replicates import REPLICATE_KEY, SEED_KEY, mean_se
-from vae_study.search_config import Param
-from vae_study.study_folder import Trial
+from vae_study.config.search import Param
+from vae_study.records.folder import Trial
+from vae_study.records.layout import COMPLETED, FAILED
+from vae_study.records.replicates import REPLICATE_KEY, SEED_KEY, mean_se
+from vae_study.report import knobs, paired
 
 NLL = M.bound_key("test", M.QUANTITY_NLL)
 BETA = Param("train.beta", "log_uniform", low=0.05, high=20.0)  # the beta sweep's range

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from vae_study import metrics as M
-from vae_study.config import DataConfig, RunConfig, replace_keys
-from vae_study.data import load_datasets
-from vae_study.train import fit
+from vae_study.config.run import DataConfig, RunConfig, replace_keys
+from vae_study.core.data import load_datasets
+from vae_study.core.train import fit
 
 pytestmark = pytest.mark.data
 

@@ -18,10 +18,11 @@ import pytest
 
 from study_factory import tiny_study
 from vae_study import metrics as M
-from vae_study import record
-from vae_study import results as R
-from vae_study.layout import StudyLayout
-from vae_study.study_config import study_from_dict
+from vae_study.config.study import study_from_dict
+from vae_study.records import record
+from vae_study.records import results as R
+from vae_study.records.layout import StudyLayout
+from vae_study.study import legacy
 
 REPO = Path(__file__).resolve().parents[1]
 S = optuna.trial.TrialState
@@ -111,7 +112,7 @@ def test_every_status_comes_from_optuna_and_the_members_folders(tmp_path):
     assert by[(4, 0)][M.EPOCH] == 2 and by[(5, 0)][M.EPOCH] is None
     table = R.read_results(stage.layout.results_file)
     assert len(table) == 12
-    from vae_study.replicates import read_configs  # the per-configuration view agrees
+    from vae_study.records.replicates import read_configs  # the per-configuration view agrees
 
     per = read_configs(stage.layout.configs_file).set_index("config_id")
     assert per.loc[0, "status"] == R.COMPLETED and per.loc[0, M.VAL_NLL] == 81.0
@@ -175,9 +176,9 @@ class _Pause:
 
 
 def _searcher(study, stage, pause=None, pack_size=1):
-    from vae_study.search import encode_point, make_sampler
-    from vae_study.searcher import StudySearcher
-    from vae_study.study_config import is_member_key
+    from vae_study.config.optuna_space import encode_point, make_sampler
+    from vae_study.config.study import is_member_key
+    from vae_study.study.searcher import StudySearcher
 
     return StudySearcher(
         study,
@@ -223,7 +224,7 @@ def test_the_searcher_tells_each_configuration_from_its_record(tmp_path):
 def test_a_trial_that_ended_with_no_epoch_in_the_record_is_failed_not_stopped(tmp_path):
     # Ray reports the trial finished, but the record holds not one epoch of it (once, its fit
     # folders went to Ray's working directory): a failure naming that, never "stopped".
-    from vae_study.searcher import NO_RECORD
+    from vae_study.study.searcher import NO_RECORD
 
     study = _study(tmp_path, **{"search.replicates": 2, "search.num_trials": 2})
     stage = record.search_stage(study, _folder(tmp_path))
@@ -270,7 +271,7 @@ def test_a_new_searcher_resumes_running_configurations_first_then_asks_to_num_tr
 def test_a_resumed_search_draws_new_configurations_and_the_same_ones_each_time(tmp_path):
     # The sampler's random stream is not in the record: a resumed search seeded as the first
     # run was drew the first run's configurations again (a duplicate trial per resume).
-    from vae_study.searcher import make_searcher
+    from vae_study.study.searcher import make_searcher
 
     def params(config):
         return (config["train.beta"], config["model.latent_dim"])
@@ -354,7 +355,7 @@ def test_a_resumed_pack_comes_back_with_one_shape(tmp_path):
 
 
 def test_the_pause_line_counts_add_up(tmp_path):
-    from vae_study.driver import summary_line
+    from vae_study.study.outcome import summary_line
 
     study = _study(tmp_path, **{"search.num_trials": 8})
     stage = record.search_stage(study, _folder(tmp_path))
@@ -394,9 +395,9 @@ def test_an_older_study_folder_is_imported_and_its_checkpoints_continue(tmp_path
     for _ in (0, 1):
         ot.ask({"train.beta": optuna.distributions.FloatDistribution(0.1, 10.0)})
     ot.tell(0, 87.0)
-    assert record.is_legacy(stage)
-    assert record.import_legacy(study, stage) == 2
-    assert not record.is_legacy(stage)
+    assert legacy.is_legacy(stage)
+    assert legacy.import_legacy(study, stage) == 2
+    assert not legacy.is_legacy(stage)
     copied = layout.record_dir(1, 0) / "checkpoint" / "state.pt"
     assert copied.read_bytes() == b"weights"  # configuration 1 continues from epoch 1
     assert ckpt.is_dir()  # the old files are left where they were
@@ -415,7 +416,7 @@ def test_an_older_folder_whose_table_is_damaged_is_refused_untouched(tmp_path):
     stage = record.search_stage(study, folder)
     (folder / "results.csv").write_text("trial_id,optuna_trial,status,pareto\na,0,comp")
     with pytest.raises(StudyError, match="older vae_study.*--fresh"):
-        record.import_legacy(study, stage)
+        legacy.import_legacy(study, stage)
     assert not StudyLayout(folder).trials_dir.exists()
 
 
@@ -500,7 +501,7 @@ def test_the_one_private_ray_name_is_still_there():
     this fails when a Ray release renames or drops it."""
     from ray._private import ray_constants
 
-    from vae_study.cluster import set_ray_multinode
+    from vae_study.study.cluster import set_ray_multinode
 
     assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool)
     before = set_ray_multinode(False)
@@ -522,7 +523,7 @@ def test_the_fault_hook_kills_the_driver_at_its_nth_write_leaving_the_old_file(t
         f"""
         import os
         from pathlib import Path
-        from vae_study.checkpoint import atomic_write_text
+        from vae_study.files import atomic_write_text
         os.environ["VAE_STUDY_DRIVER_PID"] = str(os.getpid())
         os.environ["VAE_STUDY_FAULT_KILL_AT_WRITE"] = "driver:3"
         for i in range(5):
@@ -541,7 +542,7 @@ def test_the_hold_hook_holds_only_the_listed_configurations_from_its_epoch_until
     import threading
 
     from study_factory import Hold
-    from vae_study import trainable
+    from vae_study.study import trainable
 
     hold = Hold(tmp_path)
     trainable.hold_point([1], 5)  # no hold file: nothing to wait for
@@ -571,7 +572,7 @@ def test_the_hold_hook_holds_only_the_listed_configurations_from_its_epoch_until
     ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
 )
 def test_each_pause_signal_is_a_pause_with_its_exit_status(signum, status):
-    from vae_study.pause import Pause, StudyPaused, exit_status
+    from vae_study.study.pause import Pause, StudyPaused, exit_status
 
     stopped = []
     with Pause() as pause:
@@ -589,7 +590,7 @@ def test_each_pause_signal_is_a_pause_with_its_exit_status(signum, status):
 def test_a_pause_that_does_not_end_in_time_calls_its_deadline():
     import threading
 
-    from vae_study.pause import Pause
+    from vae_study.study.pause import Pause
 
     called = threading.Event()
     got = []
@@ -626,7 +627,7 @@ def test_a_full_disk_in_tunes_own_writes_stops_the_study_without_its_traceback(t
     import errno
     import logging
 
-    from vae_study.tuner import TUNE_WRITE_LOGGERS, ray_disk_full_stops
+    from vae_study.study.tuner import TUNE_WRITE_LOGGERS, ray_disk_full_stops
 
     class Stops:
         requested, errors = False, []
@@ -662,8 +663,8 @@ def test_a_member_killed_before_its_first_checkpoint_starts_over_in_a_clean_fold
     """A kill between fit's first two writes leaves config.yaml without metrics.jsonl (and
     a temp file): fit refuses such a folder as not its own, so the record empties it; a
     folder with a checkpoint is kept whole."""
+    from vae_study.core.train import check_output_folder
     from vae_study.errors import ConfigError
-    from vae_study.train import check_output_folder
 
     study = _study(tmp_path)
     stage = record.search_stage(study, _folder(tmp_path))
@@ -689,7 +690,7 @@ def test_a_member_killed_before_its_first_checkpoint_starts_over_in_a_clean_fold
 def test_a_report_the_tables_held_back_is_written_by_a_later_step_of_tune(monkeypatch):
     """results.csv shows a trial's last report within WRITE_EVERY_S even when no report
     follows it (a trial on a long epoch, or held by a test)."""
-    from vae_study import tuner
+    from vae_study.study import tuner
 
     clock = {"now": 100.0}
     monkeypatch.setattr(tuner.time, "monotonic", lambda: clock["now"])

@@ -31,9 +31,9 @@ from study_factory import (
     write_study,
 )
 from vae_study import metrics as M
-from vae_study import results as R
-from vae_study.checkpoint import DRIVER_PID_ENV, FAULT_ENV
-from vae_study.record import INTERRUPTED_ATTR
+from vae_study.files import DRIVER_PID_ENV, FAULT_ENV
+from vae_study.records import results as R
+from vae_study.records.record import INTERRUPTED_ATTR
 
 POINTS = [
     {"train.beta": 0.5, "model.latent_dim": 2},
@@ -375,7 +375,7 @@ def test_a_truncated_checkpoint_fails_its_configuration_naming_it_while_others_f
 def test_two_studies_in_one_output_dir_both_finish_a_report_reads_one_while_it_runs(tmp_path):
     """Two drivers side by side in one output.dir; ``report`` on a study that is running;
     no Ray process of either study a few seconds after its driver exits."""
-    from vae_study.report import build_report
+    from vae_study.report.page import build_report
 
     hold = Hold(tmp_path)  # every trial of both studies waits after its epoch 2
     hold.at(2)
@@ -431,11 +431,11 @@ def test_a_folder_of_an_older_vae_study_resumes_and_finishes(tmp_path, capsys):
     ``tune/trial_<id>/checkpoint_<n>/``, no ``trials/``): one configuration completed, one
     interrupted after its first epoch. The same command imports it, keeps the completed one as
     it was, continues the interrupted one from its checkpoint and asks the third."""
-    from vae_study.checkpoint import write_yaml
     from vae_study.cli import main
-    from vae_study.layout import StudyLayout
-    from vae_study.study_config import study_from_dict
-    from vae_study.train import fit
+    from vae_study.config.study import study_from_dict
+    from vae_study.config.yaml_file import write_yaml
+    from vae_study.core.train import fit
+    from vae_study.records.layout import StudyLayout
 
     raw = tiny_study(tmp_path, **{"search.num_trials": 3, "search.max_concurrent": 1})
     path = write_study(tmp_path, raw)

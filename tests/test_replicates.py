@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from vae_study import replicates as RP
 from vae_study.errors import CheckpointError
-from vae_study.layout import COMPLETED, FAILED, RUNNING, StudyLayout
+from vae_study.records import replicates as RP
+from vae_study.records.layout import COMPLETED, FAILED, RUNNING, StudyLayout
 
 
 def _rows(values: dict[int, list[tuple[str, float | None]]]) -> list[dict]:
@@ -104,7 +104,7 @@ def test_a_damaged_table_is_refused(tmp_path) -> None:
 def test_a_table_cell_is_a_number_only_when_it_is_one():
     import math
 
-    from vae_study.layout import as_number
+    from vae_study.records.layout import as_number
 
     assert as_number("1.5") == 1.5 and as_number(2) == 2.0
     # A flag such as diverged=True is not the value 1 of a metric; text and gaps are no number.

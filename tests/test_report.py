@@ -11,10 +11,10 @@ from PIL import Image
 
 from conftest import write_mnist
 from study_factory import make_study_folder
-from vae_study import results as R
 from vae_study.cli import main
-from vae_study.pareto import dominates, pareto_front
-from vae_study.report import build_report
+from vae_study.records import results as R
+from vae_study.records.pareto import dominates, pareto_front
+from vae_study.report.page import build_report
 
 
 def test_pareto_front_on_hand_made_points():

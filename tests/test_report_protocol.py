@@ -11,12 +11,12 @@ import yaml
 
 from conftest import write_mnist
 from study_factory import make_study_folder
-from vae_study import knobs, plots
 from vae_study import metrics as M
-from vae_study import results as R
-from vae_study.report import build_report, rd_front, study_front
-from vae_study.search_config import Param
-from vae_study.study_folder import Trial, load_folder
+from vae_study.config.search import Param
+from vae_study.records import results as R
+from vae_study.records.folder import Trial, load_folder
+from vae_study.report import knobs, plots
+from vae_study.report.page import build_report, rd_front, study_front
 
 BETA = Param("train.beta", "log_uniform", low=0.05, high=20.0)  # 15 bins of 1.49x
 LATENT = Param("model.latent_dim", "choice", values=(2, 8, 32))

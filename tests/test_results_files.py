@@ -12,9 +12,9 @@ import pytest
 from conftest import write_mnist
 from study_factory import make_study_folder
 from vae_study import metrics as M
-from vae_study import results as R
 from vae_study.errors import CheckpointError
-from vae_study.report import build_report, model_figure_name
+from vae_study.records import results as R
+from vae_study.report.page import build_report, model_figure_name
 
 PARAMS = ["train.beta", "model.latent_dim"]
 
@@ -195,7 +195,7 @@ def test_model_figure_names_are_plain_and_distinct():
 def test_every_status_word_the_driver_writes_reads_back(tmp_path):
     """A paused study's table holds `interrupted` rows: reading it back must not call the
     table damaged (the driver would then rebuild it and lose the word)."""
-    from vae_study.layout import STATUSES
+    from vae_study.records.layout import STATUSES
 
     assert R.INTERRUPTED in STATUSES
     rows = [{"trial_id": f"t{i}", "optuna_trial": i, "status": s} for i, s in enumerate(STATUSES)]

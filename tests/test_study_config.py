@@ -8,9 +8,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from vae_study.config.optuna_space import decode_params, define_by_run, encode_point, make_sampler
+from vae_study.config.study import load_study, study_from_dict
 from vae_study.errors import ConfigError
-from vae_study.search import decode_params, define_by_run, encode_point, make_sampler
-from vae_study.study_config import load_study, study_from_dict
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -259,8 +259,8 @@ def test_shipped_studies_are_valid_and_say_what_they_answer(name):
 
 
 def test_seed_run_file_is_a_valid_run_config():
-    from vae_study.config import load_run_config
-    from vae_study.study_config import STUDY_SECTIONS
+    from vae_study.config.run import load_run_config
+    from vae_study.config.study import STUDY_SECTIONS
 
     c = load_run_config(STUDIES / "seed.yaml", extra_sections=STUDY_SECTIONS)
     assert c.model.hidden == (400,) and c.model.latent_dim == 20 and c.train.epochs == 10

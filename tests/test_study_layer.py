@@ -14,13 +14,13 @@ import pytest
 
 from study_factory import tiny_study
 from vae_study import metrics as M
-from vae_study import results as R
-from vae_study.config import build_section
+from vae_study.config.run import build_section
+from vae_study.config.search import SearchConfig
+from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError, StudyError
-from vae_study.layout import StudyLayout
-from vae_study.search_config import SearchConfig
-from vae_study.study_config import study_from_dict
-from vae_study.study_folder import StudyFolder, Trial
+from vae_study.records import results as R
+from vae_study.records.folder import StudyFolder, Trial
+from vae_study.records.layout import StudyLayout
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def study(tmp_path):
 
 
 def test_the_layout_names_every_file_of_a_study_folder(tmp_path):
-    from vae_study.search import storage_url
-    from vae_study.tuner import tune_trial_dirname
+    from vae_study.records.optuna_db import storage_url
+    from vae_study.study.tuner import tune_trial_dirname
 
     layout = StudyLayout.of(tmp_path / "runs", "s")
     assert layout.folder == tmp_path / "runs" / "s"
@@ -62,8 +62,8 @@ def test_the_layout_names_every_file_of_a_study_folder(tmp_path):
 
 
 def test_the_defaults_of_output_and_report_are_the_layouts():
-    from vae_study.layout import REPORTS_DIR, RUNS_DIR
-    from vae_study.study_config import OutputConfig, ReportConfig
+    from vae_study.config.study import OutputConfig, ReportConfig
+    from vae_study.run_files import REPORTS_DIR, RUNS_DIR
 
     assert OutputConfig().dir == RUNS_DIR == "runs"
     assert ReportConfig().dir == REPORTS_DIR == "reports"
@@ -92,7 +92,7 @@ def test_the_defaults_of_output_and_report_are_the_layouts():
     ],
 )
 def test_the_auto_gpu_share(gpus, concurrent, share):
-    from vae_study.cluster import MAX_TRIALS_PER_GPU, gpu_share
+    from vae_study.study.cluster import MAX_TRIALS_PER_GPU, gpu_share
 
     assert MAX_TRIALS_PER_GPU == 4
     assert gpu_share("auto", gpus, concurrent) == pytest.approx(share)
@@ -101,7 +101,7 @@ def test_the_auto_gpu_share(gpus, concurrent, share):
 
 
 def test_resources_the_cluster_cannot_give_stop_the_study(tmp_path):
-    from vae_study.cluster import trial_resources
+    from vae_study.study.cluster import trial_resources
 
     study = study_from_dict(
         tiny_study(tmp_path, **{"search.max_concurrent": 4, "train.device": "auto"})
@@ -138,7 +138,7 @@ def test_resources_the_cluster_cannot_give_stop_the_study(tmp_path):
     ],
 )
 def test_a_trials_device_follows_the_share_ray_gave_it(device, gpu_ids, cuda, expected):
-    from vae_study.trainable import trial_device
+    from vae_study.study.trainable import trial_device
 
     assert trial_device(device, gpu_ids, cuda) == expected
 
@@ -164,7 +164,7 @@ def test_device_and_gpu_share_must_agree(tmp_path, keys, fragment):
 
 
 def test_best_trial_in_max_mode(tmp_path):
-    from vae_study.report import best_trial
+    from vae_study.report.page import best_trial
 
     study = study_from_dict(
         tiny_study(tmp_path, **{"search.objectives": [{"metric": M.VAL_RATE, "mode": "max"}]})
@@ -192,7 +192,7 @@ def test_best_trial_in_max_mode(tmp_path):
 
 
 def test_a_study_sets_tunes_environment_only_while_it_runs(study, tmp_path, monkeypatch):
-    from vae_study import driver
+    from vae_study.study import driver
 
     seen = {}
 
@@ -210,7 +210,7 @@ def test_a_study_sets_tunes_environment_only_while_it_runs(study, tmp_path, monk
 
 
 def test_environment_restores_what_was_there(monkeypatch):
-    from vae_study.cluster import environment
+    from vae_study.study.cluster import environment
 
     monkeypatch.setenv("VAE_STUDY_A", "a")
     monkeypatch.delenv("VAE_STUDY_B", raising=False)
@@ -262,8 +262,8 @@ def test_an_old_study_folder_opens_through_the_layout(tmp_path):
     """A folder written before the layout object (hand-made with literal names, as the
     driver wrote them) reads back through it."""
     from conftest import write_mnist
-    from vae_study.checkpoint import write_yaml
-    from vae_study.study_folder import load_folder
+    from vae_study.config.yaml_file import write_yaml
+    from vae_study.records.folder import load_folder
 
     root = tmp_path / "data"
     write_mnist(root, n_train=200, n_test=100)
@@ -287,7 +287,7 @@ def test_an_old_study_folder_opens_through_the_layout(tmp_path):
 
 
 def test_study_sections_made_in_python_check_themselves():
-    from vae_study.study_config import RayConfig, ResourcesConfig, SchedulerConfig
+    from vae_study.config.study import RayConfig, ResourcesConfig, SchedulerConfig
 
     for make, fragment in (
         (lambda: SchedulerConfig(grace_period=0), "scheduler.grace_period: got 0"),

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from study_factory import tiny_study, write_study
-from vae_study.checkpoint import write_yaml
 from vae_study.cli import main
+from vae_study.config.study import study_from_dict
+from vae_study.config.yaml_file import write_yaml
 from vae_study.errors import StudyError
-from vae_study.layout import LOCK_FILE
-from vae_study.study_config import study_from_dict
-from vae_study.study_folder import lock_folder, release_folder
+from vae_study.records.folder import lock_folder, release_folder
+from vae_study.records.layout import LOCK_FILE
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
@@ -27,7 +27,7 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from vae_study.study_folder import lock_folder
+        from vae_study.records.folder import lock_folder
         lock_folder(Path({str(folder)!r}))
         print("locked", flush=True)
         time.sleep(120)

@@ -10,13 +10,13 @@ import torch
 
 from study_factory import same_weights
 from study_factory import small_run_config as _config
-from vae_study import checkpoint as ckpt
 from vae_study import metrics as M
-from vae_study.config import RunConfig, replace_keys
-from vae_study.data import Datasets, Split, load_datasets
+from vae_study.config.run import RunConfig, replace_keys
+from vae_study.core import checkpoint as ckpt
+from vae_study.core.data import Datasets, Split, load_datasets
+from vae_study.core.evaluate import elbo_terms
+from vae_study.core.train import fit, make_optimizer, scheduled_lr
 from vae_study.errors import CheckpointError, TrainingDiverged
-from vae_study.evaluate import elbo_terms
-from vae_study.train import fit, make_optimizer, scheduled_lr
 
 
 def test_fit_learns_and_writes_its_files(mnist_root, tmp_path):
@@ -223,7 +223,7 @@ def test_a_finished_run_resumed_reuses_its_test_metrics_unless_eval_changed(
     mnist_root, tmp_path, monkeypatch
 ):
     first = fit(_config(mnist_root), out_dir=tmp_path / "a")
-    import vae_study.train as T
+    import vae_study.core.train as T
 
     calls = []
     real = T.final_metrics

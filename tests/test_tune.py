@@ -14,10 +14,10 @@ import yaml
 from study_factory import optuna_states as _optuna_states
 from study_factory import tiny_study as _study
 from study_factory import write_study as _write
-from vae_study import results as R
 from vae_study.cli import main
-from vae_study.pareto import pareto_front
-from vae_study.study_config import study_from_dict
+from vae_study.config.study import study_from_dict
+from vae_study.records import results as R
+from vae_study.records.pareto import pareto_front
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

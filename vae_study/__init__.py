@@ -1,7 +1,8 @@
 """vae_study: hyperparameter studies of variational autoencoders.
 
-The training core (``config``, ``data``, ``model``, ``objectives``, ``evaluate``, ``train``)
-needs only torch; Ray and Optuna are imported by the study modules alone.
+Four layers, each a subpackage, importing only downward: ``core`` (torch only: one run),
+``records`` (the study folder: no Ray, no torch), ``study`` (Ray Tune and Optuna) and
+``report`` (reads records); ``config`` (no torch, no Ray) is read by all of them.
 
 From a notebook::
 
@@ -20,9 +21,18 @@ subclass) for a user's mistake and never exits the process.
 
 from __future__ import annotations
 
-from . import metrics
-from .config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, load_run_config
-from .errors import (
+from vae_study import metrics
+from vae_study.config.run import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+)
+from vae_study.core.model import VAE
+from vae_study.core.train import FitResult, fit
+from vae_study.errors import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -30,18 +40,16 @@ from .errors import (
     TrainingDiverged,
     VaeStudyError,
 )
-from .model import VAE
-from .train import FitResult, fit
 
 # Imported on first use (PEP 562), so that ``import vae_study`` stays free of Ray, Optuna,
 # pandas and matplotlib.
 _LAZY = {
-    "load_study": ("study_config", "load_study"),
-    "StudyConfig": ("study_config", "StudyConfig"),
-    "run_study": ("driver", "run_study"),
-    "build_report": ("report", "build_report"),
-    "compare": ("comparison", "compare"),
-    "load_folder": ("study_folder", "load_folder"),
+    "load_study": ("config.study", "load_study"),
+    "StudyConfig": ("config.study", "StudyConfig"),
+    "run_study": ("study.driver", "run_study"),
+    "build_report": ("report.page", "build_report"),
+    "compare": ("report.comparison", "compare"),
+    "load_folder": ("records.folder", "load_folder"),
 }
 
 

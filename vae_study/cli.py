@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import VaeStudyError
-from .layout import REPORTS_DIR, RUNS_DIR
-from .pause import continue_command
+from vae_study.errors import VaeStudyError
+from vae_study.run_files import REPORTS_DIR, RUNS_DIR
+from vae_study.study.pause import continue_command
 
 
 def _progress_printer(epochs: int):
@@ -75,10 +75,10 @@ def _eval_printer(k: int):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from . import metrics as M
-    from .config import load_run_config
-    from .study_config import STUDY_SECTIONS
-    from .train import FINAL_FILE, check_output_folder, fit
+    from vae_study import metrics as M
+    from vae_study.config.run import load_run_config
+    from vae_study.config.study import STUDY_SECTIONS
+    from vae_study.core.train import FINAL_FILE, check_output_folder, fit
 
     config = load_run_config(args.config, args.set, extra_sections=STUDY_SECTIONS)
     out = _out_folder(args.out, Path(RUNS_DIR) / Path(args.config).stem)
@@ -131,7 +131,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _out_folder(given: str | None, default: Path) -> Path:
     """The folder ``--out`` names, ``default`` without it; an empty ``--out ''`` is refused
     (it would mean the current directory)."""
-    from .errors import ConfigError
+    from vae_study.errors import ConfigError
 
     if given is None:
         return default
@@ -144,8 +144,8 @@ def _how_to_continue(args: argparse.Namespace, out: Path) -> str:
     """One sentence: what the interrupted fit kept and the command that continues it."""
     import shlex
 
-    from . import checkpoint as ckpt
-    from .train import CHECKPOINT_DIR
+    from vae_study.core import checkpoint as ckpt
+    from vae_study.core.train import CHECKPOINT_DIR
 
     command = shlex.join(
         [
@@ -173,19 +173,20 @@ def _how_to_continue(args: argparse.Namespace, out: Path) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .study_config import load_study
+    from vae_study.config.study import load_study
 
     study = load_study(args.study, args.set)  # every key checked before Ray starts
     if study.report.enabled and not args.no_report:  # not found out hours later, at the end
-        from .report import check_report_folder
+        from vae_study.report.page import check_report_folder
 
         check_writable(Path(study.report.dir), "report.dir")
         check_report_folder(Path(study.report.dir) / study.name, study.folder)
-    from .driver import run_study  # imports Ray: only once the study file is known to be good
+    # Ray is imported only once the study file is known to be good.
+    from vae_study.study.driver import run_study
 
     folder = run_study(study, fresh=args.fresh)
     if study.report.enabled and not args.no_report:
-        from .report import build_report
+        from vae_study.report.page import build_report
 
         out = build_report(folder, Path(study.report.dir) / study.name)
         print(f"report: {out / 'index.html'}")
@@ -197,7 +198,7 @@ def check_writable(path: Path, key: str) -> None:
     existing ancestor must be a folder this user may write into."""
     import os
 
-    from .errors import ConfigError
+    from vae_study.errors import ConfigError
 
     existing = path.expanduser().absolute()
     while not existing.exists() and existing != existing.parent:
@@ -214,8 +215,8 @@ def check_writable(path: Path, key: str) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
-    from .study_folder import load_folder
+    from vae_study.records.folder import load_folder
+    from vae_study.report.page import build_report
 
     name = load_folder(args.folder).study.name
     out = build_report(args.folder, _out_folder(args.out, Path(REPORTS_DIR) / name))
@@ -224,7 +225,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .comparison import compare
+    from vae_study.report.comparison import compare
 
     out = compare(
         args.folders,
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error_line(str(exc))
         return getattr(exc, "exit_status", 2)
     except KeyboardInterrupt as exc:
-        from .pause import exit_status
+        from vae_study.study.pause import exit_status
 
         if args.command in ("run", "fit"):
             print(
@@ -343,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a disk or a file system that failed under the command
         if args.debug:
             raise
-        from .errors import disk_full, disk_full_error
+        from vae_study.errors import disk_full, disk_full_error
 
         if disk_full(exc):
             _error_line(str(disk_full_error(exc.filename or ".")))

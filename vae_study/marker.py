@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ConfigError
+from vae_study.errors import ConfigError
 
 MARKER_FILE = "vae_study.json"
 TOOL = "vae_study"

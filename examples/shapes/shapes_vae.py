@@ -3,7 +3,7 @@
 vae_study builds it from the study file's ``model.arch: examples.shapes.shapes_vae:ShapesVAE``
 as ``ShapesVAE(cfg, shape, **model.options)`` and wraps it in its own ``VAE`` (the
 likelihood, the learned Gaussian std, the objectives, metrics and checkpoints). The protocol
-(``vae_study.model.UserModel``): ``encode(x)`` takes flat rows (B, C*H*W) and returns
+(``vae_study.core.model.UserModel``): ``encode(x)`` takes flat rows (B, C*H*W) and returns
 ``(mu, logvar)``, each (B, latent_dim); ``decode(z)`` takes (N, latent_dim) and returns flat
 likelihood parameters (N, C*H*W) (here Gaussian means).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vae_study.config import ModelConfig
+from vae_study.config.run import ModelConfig
 
 
 class ShapesVAE(nn.Module):
