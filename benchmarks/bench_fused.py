@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_epoch import epoch_matmuls  # noqa: E402
 
 from vae_study.config.run import RunConfig, replace_keys  # noqa: E402
-from vae_study.core.data import Datasets, Split, load_datasets  # noqa: E402
+from vae_study.core.data import load_datasets  # noqa: E402
 from vae_study.core.fused import fit_pack  # noqa: E402
+from vae_study.core.splits import Datasets, Split  # noqa: E402
 from vae_study.core.train import fit, make_model  # noqa: E402
 
 MODELS = {

@@ -9,14 +9,10 @@ import torch
 
 from conftest import tiny_images, write_amat, write_mnist
 from vae_study.config.run import DataConfig
-from vae_study.core.data import (
-    NOISE_BERNOULLI,
-    NOISE_UNIFORM,
-    Batches,
-    load_datasets,
-    read_amat,
-    resolve_root,
-)
+from vae_study.core.batches import NOISE_BERNOULLI, NOISE_UNIFORM, Batches
+from vae_study.core.data import load_datasets
+from vae_study.core.data_root import resolve_root
+from vae_study.core.public_datasets import read_amat
 from vae_study.errors import DataError
 
 
@@ -228,7 +224,7 @@ def test_train_subset_takes_the_first_examples_and_checks_its_size(tmp_path):
 
 
 def test_batches_cover_each_example_once_per_epoch_in_a_seeded_order():
-    from vae_study.core.data import Split
+    from vae_study.core.splits import Split
 
     x = torch.arange(10.0).unsqueeze(1).expand(10, 784).contiguous()
     split = Split(x, None)

@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from vae_study.config.run import DataConfig, ModelConfig, RunConfig, load_run_config
-from vae_study.core.data import (
-    NOISE_BERNOULLI,
-    NOISE_UNIFORM,
-    PIXELS_8BIT,
-    PIXELS_BINARY,
-    PIXELS_CONTINUOUS,
-    load_datasets,
-    prepare,
-    read_source,
-)
+from vae_study.core.batches import NOISE_BERNOULLI, NOISE_UNIFORM
+from vae_study.core.data import load_datasets, prepare, read_source
+from vae_study.core.splits import PIXELS_8BIT, PIXELS_BINARY, PIXELS_CONTINUOUS
 from vae_study.errors import ConfigError, DataError
 
 

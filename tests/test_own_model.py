@@ -18,10 +18,10 @@ from vae_study.config.run import ModelConfig, RunConfig, replace_keys, run_confi
 from vae_study.config.search import model_variants
 from vae_study.config.study import study_from_dict
 from vae_study.core import checkpoint as ckpt
-from vae_study.core.data import Datasets, Split
 from vae_study.core.fused import check_packable, fit_pack, fusion_mode
 from vae_study.core.model import VAE, ConvDecoder, ConvEncoder, check_models
 from vae_study.core.objectives import compute_terms
+from vae_study.core.splits import Datasets, Split
 from vae_study.core.train import fit, make_model
 from vae_study.errors import CheckpointError, ConfigError, StudyError
 

@@ -4,7 +4,7 @@ model (``fit_pack``), checkpoints and devices. It knows nothing of studies, Ray 
 
 from __future__ import annotations
 
-from vae_study.core.data import Datasets, load_datasets, read_source
+from vae_study.core.data import load_datasets, read_source
 from vae_study.core.fused import fit_pack
 from vae_study.core.likelihoods import (
     bernoulli_nll,
@@ -15,6 +15,7 @@ from vae_study.core.likelihoods import (
 )
 from vae_study.core.model import VAE, UserModel
 from vae_study.core.objectives import Terms, compute_terms
+from vae_study.core.splits import Datasets
 from vae_study.core.train import FitResult, fit
 
 __all__ = [

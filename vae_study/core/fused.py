@@ -51,9 +51,11 @@ from vae_study.config.run import RunConfig, to_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.core import checkpoint as ckpt
 from vae_study.core import train as T
-from vae_study.core.data import Batches, Datasets, load_datasets
+from vae_study.core.batches import Batches
+from vae_study.core.data import load_datasets
 from vae_study.core.model import DEFAULT_SHAPE, VAE
 from vae_study.core.objectives import compute_terms
+from vae_study.core.splits import Datasets
 from vae_study.errors import ConfigError, TrainingDiverged
 
 # The keys members of one pack may differ in: per-member scalars. Every other key is shared.

@@ -26,7 +26,7 @@ import ray
 from vae_study.config.run import is_import_path
 from vae_study.config.search import model_variants
 from vae_study.config.study import StudyConfig, configs_per_trial
-from vae_study.core.data import Source
+from vae_study.core.splits import Source
 from vae_study.errors import disk_full, disk_full_error
 from vae_study.files import DRIVER_PID_ENV
 from vae_study.records import record

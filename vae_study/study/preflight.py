@@ -11,8 +11,9 @@ import optuna
 
 from vae_study.config.search import model_variants
 from vae_study.config.study import StudyConfig
-from vae_study.core.data import Source, prepare, read_source
+from vae_study.core.data import prepare, read_source
 from vae_study.core.model import check_models
+from vae_study.core.splits import Source
 from vae_study.errors import ConfigError, StudyError
 from vae_study.records.layout import StudyLayout
 from vae_study.records.optuna_db import make_storage

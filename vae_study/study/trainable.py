@@ -21,7 +21,8 @@ from vae_study import timing
 from vae_study.config.optuna_space import decode_params
 from vae_study.config.run import RunConfig, to_dict
 from vae_study.config.study import StudyConfig
-from vae_study.core.data import Source, load_datasets, prepare
+from vae_study.core.data import load_datasets, prepare
+from vae_study.core.splits import Source
 from vae_study.errors import TrainingDiverged, disk_full
 from vae_study.records import record
 from vae_study.records import results as R

@@ -18,7 +18,7 @@ from ray.tune import Callback
 from vae_study import metrics as M
 from vae_study import timing
 from vae_study.config.study import StudyConfig
-from vae_study.core.data import Source
+from vae_study.core.splits import Source
 from vae_study.errors import disk_full, disk_full_error
 from vae_study.records import record
 from vae_study.records import results as R
