@@ -18,8 +18,9 @@ from vae_study.config.run import ModelConfig, RunConfig, replace_keys, run_confi
 from vae_study.config.search import model_variants
 from vae_study.config.study import study_from_dict
 from vae_study.core import checkpoint as ckpt
+from vae_study.core.architectures import ConvDecoder, ConvEncoder
 from vae_study.core.fused import check_packable, fit_pack, fusion_mode
-from vae_study.core.model import VAE, ConvDecoder, ConvEncoder, check_models
+from vae_study.core.model import VAE, check_models
 from vae_study.core.objectives import compute_terms
 from vae_study.core.splits import Datasets, Split
 from vae_study.core.train import fit, make_model
@@ -537,7 +538,7 @@ def test_a_user_module_that_exits_when_imported_is_a_config_error(
     (tmp_path / f"{name}.py").write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
     from vae_study.cli import main
-    from vae_study.core.model import import_arch
+    from vae_study.core.user_model import import_arch
 
     with pytest.raises(ConfigError, match=rf"model\.arch: .*{name}.*{raised}.*fix the module"):
         import_arch(f"{name}:Net")

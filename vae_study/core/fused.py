@@ -51,9 +51,10 @@ from vae_study.config.run import RunConfig, to_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.core import checkpoint as ckpt
 from vae_study.core import train as T
+from vae_study.core.architectures import DEFAULT_SHAPE
 from vae_study.core.batches import Batches
 from vae_study.core.data import load_datasets
-from vae_study.core.model import DEFAULT_SHAPE, VAE
+from vae_study.core.model import VAE
 from vae_study.core.objectives import compute_terms
 from vae_study.core.splits import Datasets
 from vae_study.errors import ConfigError, TrainingDiverged

@@ -23,11 +23,12 @@ from vae_study import metrics as M
 from vae_study.config.run import RUN_SECTIONS, RunConfig, TrainConfig, to_dict
 from vae_study.config.yaml_file import read_yaml, write_yaml
 from vae_study.core import checkpoint as ckpt
+from vae_study.core.architectures import DEFAULT_SHAPE, Shape
 from vae_study.core.batches import Batches
 from vae_study.core.data import load_datasets
 from vae_study.core.device import configure_backends, resolve_device, restore_generator
 from vae_study.core.evaluate import elbo_terms, evaluate_test, evaluate_val
-from vae_study.core.model import DEFAULT_SHAPE, VAE, Shape
+from vae_study.core.model import VAE
 from vae_study.core.objectives import compute_terms
 from vae_study.core.splits import Datasets
 from vae_study.errors import CheckpointError, ConfigError, TrainingDiverged

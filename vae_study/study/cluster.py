@@ -275,7 +275,7 @@ def check_arch_on_nodes(arch: str) -> None:
 
     @ray.remote(num_cpus=0, max_retries=0)
     def imports(path: str) -> str | None:
-        from vae_study.core.model import import_arch
+        from vae_study.core.user_model import import_arch
         from vae_study.errors import VaeStudyError  # absolute: the task is pickled by value
 
         try:
