@@ -26,8 +26,10 @@ from vae_study.records import results as R
 from vae_study.records.folder import AGGREGATED, load_folder
 from vae_study.records.layout import StudyLayout
 from vae_study.records.replicates import CONFIG_KEY, REPLICATE_KEY, read_configs, write_configs
-from vae_study.report import paper, plots
-from vae_study.report.comparison import compare, png_size, shared_differences
+from vae_study.report import comparison_figure, figure_files, paper, rd_plane
+from vae_study.report.comparison import compare
+from vae_study.report.comparison_html import png_size
+from vae_study.report.comparison_tables import shared_differences
 from vae_study.report.page import build_report
 from vae_study.report.paired import t_quantile
 
@@ -122,15 +124,15 @@ def make_study(
 
 @pytest.fixture
 def figures(monkeypatch):
-    """The figures plots.py draws, kept open to inspect (and still saved, PNG/PDF/SVG)."""
+    """The figures the report draws, kept open to inspect (and still saved, PNG/PDF/SVG)."""
     kept = {}
-    save = plots._save
+    save = figure_files.save_figure
 
     def keep(fig, path):
         kept[path.name] = fig
         return save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(figure_files, "save_figure", keep)
     return kept
 
 
@@ -167,7 +169,7 @@ def test_each_studys_plotted_points_and_bars_are_its_configs_csv_means_and_error
         points = _by_label(ax, f"{name}: configurations (mean test R, D)").get_offsets()
         expected = [[want[i][M.TEST_RATE], want[i][M.TEST_DISTORTION]] for i in ids]
         np.testing.assert_allclose(sorted(points.tolist()), sorted(expected))
-        bars = _errorbar(ax, f"{name}: {plots.RD_ERRORBAR_LABEL}")
+        bars = _errorbar(ax, f"{name}: {rd_plane.RD_ERRORBAR_LABEL}")
         x_seg, y_seg = bars.lines[2]  # LineCollections: x error bars, then y error bars
         for seg in x_seg.get_segments():
             (x0, y), (x1, _) = seg
@@ -221,10 +223,14 @@ def test_a_cross_entropy_study_against_an_nll_study_is_refused_with_one_line(
 
 
 def _studies(*folders):
-    from vae_study.report.comparison import Study
+    from vae_study.report.comparable import Study
 
     return [
-        Study(load_folder(f).study.name, load_folder(f), plots.StudyStyle("x", "#000000", "o"))
+        Study(
+            load_folder(f).study.name,
+            load_folder(f),
+            comparison_figure.StudyStyle("x", "#000000", "o"),
+        )
         for f in folders
     ]
 

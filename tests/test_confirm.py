@@ -39,8 +39,9 @@ from vae_study.records.layout import StudyLayout
 from vae_study.records.pareto import pareto_front, spread
 from vae_study.records.replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
 from vae_study.records.selection import select_configurations
-from vae_study.report import knobs, plots
-from vae_study.report.page import build_report, rd_front
+from vae_study.report import figure_files, knobs, rd_plane
+from vae_study.report.headline import rd_front
+from vae_study.report.page import build_report
 
 VAL = M.VAL_CE_BOUND  # the factory's study: grey-level Bernoulli, selected on val/ce_bound
 TEST = M.TEST_CE_BOUND
@@ -128,7 +129,7 @@ def _search_fields() -> set[str]:
 
 @pytest.fixture
 def figures(monkeypatch):
-    """The figures plots.py draws, kept open to inspect (still saved)."""
+    """The figures the report draws, kept open to inspect (still saved)."""
     kept = {}
 
     def keep(fig, path):
@@ -136,7 +137,7 @@ def figures(monkeypatch):
         fig.savefig(path, dpi=40)
         return path
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(figure_files, "save_figure", keep)
     return kept
 
 
@@ -167,7 +168,7 @@ def test_the_rd_plane_plots_configuration_means_with_standard_errors(tmp_path, f
 
     build_report(folder, tmp_path / "rep")
     ax = figures["rate_distortion.png"].axes[0]
-    (bars,) = _errorbars(ax, plots.RD_ERRORBAR_LABEL)
+    (bars,) = _errorbars(ax, rd_plane.RD_ERRORBAR_LABEL)
     xsegs, ysegs = bars
     expected = {}
     for cid, (_, _, rates, dists, *_) in DESIGN.items():
@@ -196,7 +197,7 @@ def test_the_rd_plane_plots_configuration_means_with_standard_errors(tmp_path, f
     assert tuple(means[3]) not in corners
     assert {t.trial_id for t in rd_front(sf.configs)} == {str(c) for c in on_front}
     # The data the figure was drawn from says the same.
-    pts = plots.rd_points(sf.configs)
+    pts = rd_plane.rd_points(sf.configs)
     assert pts.has_bar.all() and len(pts.front) == 4
 
 
@@ -215,7 +216,7 @@ def test_a_study_of_one_seed_per_configuration_draws_no_error_bar(tmp_path, figu
         out = build_report(folder, tmp_path / f"rep_{folder.parent.parent.name}")
         ax = figures["rate_distortion.png"].axes[0]
         assert _errorbars(ax) == []  # no bar, not a bar of 0
-        assert not plots.rd_points(sf.configs).has_bar.any()
+        assert not rd_plane.rd_points(sf.configs).has_bar.any()
         summary = (out / "summary.md").read_text()
         assert "±" not in summary and "| seeds |" not in summary
         assert (
@@ -551,7 +552,7 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, fi
     assert "<h2>Differences between confirmed configurations, paired by seed</h2>" in page
     # The R-D plane shows them at their confirmed means, with their own bars.
     ax = figures["rate_distortion.png"].axes[0]
-    ((xsegs, ysegs),) = _errorbars(ax, plots.RD_CONFIRMED_LABEL)
+    ((xsegs, ysegs),) = _errorbars(ax, rd_plane.RD_CONFIRMED_LABEL)
     rates = [10.0, 11.0]  # both configurations: replicate r has rate 10 + r, distortion 80
     for x, y in zip(xsegs, ysegs, strict=True):
         assert (x[0][0] + x[1][0]) / 2 == pytest.approx(np.mean(rates))
@@ -679,7 +680,7 @@ def test_a_replicated_study_confirms_its_best_configuration(tmp_path, figures):
     assert se == pytest.approx(_se(confirmed[M.TEST_NLL]), rel=2e-2)
     # The plotted error bars of the search's configurations (2 seeds each) are there.
     ax = figures["rate_distortion.png"].axes[0]
-    (bars,) = _errorbars(ax, plots.RD_ERRORBAR_LABEL)
+    (bars,) = _errorbars(ax, rd_plane.RD_ERRORBAR_LABEL)
     assert len(bars[0]) == 2
 
 

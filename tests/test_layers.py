@@ -190,14 +190,16 @@ def test_an_upward_import_added_anywhere_is_caught(tmp_path):
     _append(package / "core" / "model.py", "from vae_study.study import driver")
     _append(package / "records" / "results.py", "import torch")
     _append(package / "records" / "layout.py", "import ray.tune")
-    _append(package / "report" / "plots.py", "from vae_study.study.confirm import run_confirmation")
+    _append(
+        package / "report" / "rd_plane.py", "from vae_study.study.confirm import run_confirmation"
+    )
     _append(package / "config" / "run.py", "from ..core import model")
     found = violations(package)
     assert len(found) == 5, found
     assert any("vae_study/core/model.py" in f and "vae_study.study.driver" in f for f in found)
     assert any("records/results.py" in f and "imports torch" in f for f in found)
     assert any("records/layout.py" in f and "imports ray" in f for f in found)
-    assert any("report/plots.py" in f and "(study)" in f for f in found)
+    assert any("report/rd_plane.py" in f and "(study)" in f for f in found)
     assert any("config/run.py" in f and "vae_study.core.model (core)" in f for f in found)
 
 

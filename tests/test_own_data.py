@@ -492,15 +492,17 @@ class _LinearVAE(torch.nn.Module):
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 5, 7)])
 def test_model_pictures_draw_the_data_shape_grey_or_rgb(tmp_path, monkeypatch, shape):
-    from vae_study.report import plots
+    from vae_study.report import model_figures
 
     drawn = []
-    real = plots._grid
-    monkeypatch.setattr(plots, "_grid", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    real = model_figures._grid
+    monkeypatch.setattr(
+        model_figures, "_grid", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1]
+    )
     c, h, w = shape
     x = torch.rand(40, c * h * w, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    out = plots.model_pictures(
+    out = model_figures.model_pictures(
         None, _LinearVAE(c * h * w), x, None, tmp_path / "m.png", "t", shape=shape
     )
     assert out.is_file() and len(drawn) == 3  # pairs, samples, traversals

@@ -457,12 +457,12 @@ def test_the_example_study_runs_under_ray_and_reports(tmp_path, monkeypatch):
     assert list(table["status"]) == ["completed", "completed"]
     assert set(table["model.options.width"]) <= {8, 16}
     assert all(v > 0 for v in table[M.TEST_BPD])
-    from vae_study.report import plots
+    from vae_study.report import model_figures
 
     drawn = []  # every image grid the report draws: colour (N, H, W, 3) at the data's size
-    real = plots._show_grid
+    real = model_figures._show_grid
     monkeypatch.setattr(
-        plots,
+        model_figures,
         "_show_grid",
         lambda ax, images, rows, cols: (drawn.append(images.shape), real(ax, images, rows, cols)),
     )

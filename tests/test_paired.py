@@ -14,7 +14,7 @@ from vae_study.config.search import Param
 from vae_study.records.folder import Trial
 from vae_study.records.layout import COMPLETED, FAILED
 from vae_study.records.replicates import REPLICATE_KEY, SEED_KEY, mean_se
-from vae_study.report import knobs, paired
+from vae_study.report import knob_matching, knobs, paired
 
 NLL = M.bound_key("test", M.QUANTITY_NLL)
 BETA = Param("train.beta", "log_uniform", low=0.05, high=20.0)  # the beta sweep's range
@@ -160,25 +160,27 @@ def test_configuration_differences_pair_each_two_complete_configurations():
     ],
 )
 def test_log_bins_are_no_wider_than_the_stated_factor(param):
-    edges = knobs.bin_edges(param)
+    edges = knob_matching.bin_edges(param)
     ratios = np.array(edges[1:]) / np.array(edges[:-1])
-    assert ratios.max() <= knobs.MAX_BIN_FACTOR * (1 + 1e-9)
+    assert ratios.max() <= knob_matching.MAX_BIN_FACTOR * (1 + 1e-9)
     assert edges[0] == pytest.approx(param.low) and edges[-1] == pytest.approx(param.high)
     # One bin fewer would be wider than the factor: the bins are as wide as allowed.
     n = len(edges) - 1
-    assert n == 1 or (param.high / param.low) ** (1 / (n - 1)) > knobs.MAX_BIN_FACTOR
+    assert n == 1 or (param.high / param.low) ** (1 / (n - 1)) > knob_matching.MAX_BIN_FACTOR
 
 
 def test_the_beta_sweeps_bins_are_fifteen_of_1_49x():
-    edges = knobs.bin_edges(BETA)
+    edges = knob_matching.bin_edges(BETA)
     assert len(edges) == 16 and edges[1] / edges[0] == pytest.approx(400 ** (1 / 15))
-    words = knobs.matching_text(SEARCHED)
+    words = knob_matching.matching_text(SEARCHED)
     assert "latent size and K by exact value" in words
     assert "beta in log-spaced bins of at most 1.5x (15 bins of 1.49x from 0.05 to 20)" in words
     assert "points_to_evaluate point) by exact value" in words
     lin = Param("train.lr", "uniform", low=0.0, high=1.0)
-    assert knobs.bin_edges(lin) == pytest.approx(np.linspace(0, 1, 11).tolist())
-    assert "train.lr in 10 equal-width bins of 0.1 from 0 to 1" in knobs.matching_text((K, lin))
+    assert knob_matching.bin_edges(lin) == pytest.approx(np.linspace(0, 1, 11).tolist())
+    assert "train.lr in 10 equal-width bins of 0.1 from 0 to 1" in knob_matching.matching_text(
+        (K, lin)
+    )
 
 
 def test_a_matched_line_never_spans_more_than_the_factor_in_beta():
@@ -197,7 +199,7 @@ def test_a_matched_line_never_spans_more_than_the_factor_in_beta():
     for knob in ("train.k", "model.latent_dim"):
         for s in knobs.knob_series(configs, knob, NLL, SEARCHED):
             betas = [by_id[t].beta for pt in s.points for t in pt.trial_ids]
-            assert max(betas) / min(betas) <= knobs.MAX_BIN_FACTOR, (knob, s.fixed, betas)
+            assert max(betas) / min(betas) <= knob_matching.MAX_BIN_FACTOR, (knob, s.fixed, betas)
             lines += 1
     assert lines > 10
     series = knobs.knob_series(configs, "train.k", NLL, SEARCHED)

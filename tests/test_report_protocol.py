@@ -15,8 +15,9 @@ from vae_study import metrics as M
 from vae_study.config.search import Param
 from vae_study.records import results as R
 from vae_study.records.folder import Trial, load_folder
-from vae_study.report import knobs, plots
-from vae_study.report.page import build_report, rd_front, study_front
+from vae_study.report import figure_files, knob_matching, knob_plots, knobs
+from vae_study.report.headline import rd_front, study_front
+from vae_study.report.page import build_report
 
 BETA = Param("train.beta", "log_uniform", low=0.05, high=20.0)  # 15 bins of 1.49x
 LATENT = Param("model.latent_dim", "choice", values=(2, 8, 32))
@@ -59,7 +60,9 @@ def _settings(series: knobs.KnobSeries, knob: str, trials: list[Trial]) -> set[t
     """The settings (value or bin) of the other knobs over the trials behind a series."""
     by_id = {t.trial_id: t for t in trials}
     return {
-        tuple(knobs._level(p, by_id[tid].params[p.key])[1] for p in SEARCHED if p.key != knob)
+        tuple(
+            knob_matching._level(p, by_id[tid].params[p.key])[1] for p in SEARCHED if p.key != knob
+        )
         for pt in series.points
         for tid in pt.trial_ids
     }
@@ -150,7 +153,7 @@ def test_the_bound_is_named_by_its_quantity():
 
 @pytest.fixture
 def figures(monkeypatch):
-    """The figures plots.py draws, kept open to inspect (still saved)."""
+    """The figures the report draws, kept open to inspect (still saved)."""
     kept = {}
 
     def keep(fig, path):
@@ -158,14 +161,14 @@ def figures(monkeypatch):
         fig.savefig(path, dpi=40)
         return path
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(figure_files, "save_figure", keep)
     return kept  # plain Figure objects: nothing to close, pyplot never sees them
 
 
 def test_knob_figure_has_only_the_panels_it_needs(tmp_path, figures):
     trials = _confounded()
     assert (
-        plots.knobs(trials, tmp_path / "k.png", searched=SEARCHED, quantity=M.QUANTITY_NLL)
+        knob_plots.knobs(trials, tmp_path / "k.png", searched=SEARCHED, quantity=M.QUANTITY_NLL)
         is not None
     )
     axes = figures["k.png"].axes
@@ -175,7 +178,7 @@ def test_knob_figure_has_only_the_panels_it_needs(tmp_path, figures):
     assert any(t.get_text().startswith(knobs.NO_MATCH) for t in k_axis.texts)
     # Latent size alone: its two panels; a one-value choice or an unknown key: no figure.
     assert (
-        plots.knobs(trials, tmp_path / "l.png", searched=(LATENT,), quantity=M.QUANTITY_NLL)
+        knob_plots.knobs(trials, tmp_path / "l.png", searched=(LATENT,), quantity=M.QUANTITY_NLL)
         is not None
     )
     assert [ax.get_title() for ax in figures["l.png"].axes] == [
@@ -186,10 +189,11 @@ def test_knob_figure_has_only_the_panels_it_needs(tmp_path, figures):
     one = Param("train.k", "choice", values=(5,))
     assert knobs.varied_knobs((lr, one)) == []
     assert (
-        plots.knobs(trials, tmp_path / "n.png", searched=(lr, one), quantity=M.QUANTITY_NLL) is None
+        knob_plots.knobs(trials, tmp_path / "n.png", searched=(lr, one), quantity=M.QUANTITY_NLL)
+        is None
     )
     # A searched key that is not a knob panel is still matched on, with its bins said.
-    text = knobs.matching_text((BETA, LATENT, lr))
+    text = knob_matching.matching_text((BETA, LATENT, lr))
     assert "latent size by exact value" in text and "beta in log-spaced bins of at most" in text
     assert "train.lr in log-spaced bins of at most 1.5x (12 bins of 1.47x from 0.0001 to 0.01)" in (
         text

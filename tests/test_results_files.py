@@ -14,7 +14,8 @@ from study_factory import make_study_folder
 from vae_study import metrics as M
 from vae_study.errors import CheckpointError
 from vae_study.records import results as R
-from vae_study.report.page import build_report, model_figure_name
+from vae_study.report.model_figures import model_figure_name
+from vae_study.report.page import build_report
 
 PARAMS = ["train.beta", "model.latent_dim"]
 

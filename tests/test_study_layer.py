@@ -164,7 +164,7 @@ def test_device_and_gpu_share_must_agree(tmp_path, keys, fragment):
 
 
 def test_best_trial_in_max_mode(tmp_path):
-    from vae_study.report.page import best_trial
+    from vae_study.report.headline import best_trial
 
     study = study_from_dict(
         tiny_study(tmp_path, **{"search.objectives": [{"metric": M.VAL_RATE, "mode": "max"}]})

@@ -177,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, args.set)  # every key checked before Ray starts
     if study.report.enabled and not args.no_report:  # not found out hours later, at the end
-        from vae_study.report.page import check_report_folder
+        from vae_study.report.report_folder import check_report_folder
 
         check_writable(Path(study.report.dir), "report.dir")
         check_report_folder(Path(study.report.dir) / study.name, study.folder)
