@@ -12,9 +12,11 @@ import pytest
 
 from study_factory import tiny_study, write_study
 from vae_study.cli import build_parser, check_writable, cmd_run, main
-from vae_study.config.run import RunConfig, TrainConfig, build_section, coerce, replace_keys
+from vae_study.config.messages import show as _show
+from vae_study.config.run import RunConfig, TrainConfig, replace_keys
+from vae_study.config.schema import build_section, coerce
 from vae_study.config.study import RayConfig, check_name, load_study
-from vae_study.config.yaml_file import MAX_DEPTH, MAX_VALUES, _show, apply_overrides, read_yaml
+from vae_study.config.yaml_file import MAX_DEPTH, MAX_VALUES, apply_overrides, read_yaml
 from vae_study.errors import ConfigError
 
 # The sections of a good study file, one line each; a case replaces some of them.

@@ -122,7 +122,8 @@ def test_replace_keys_checks_again():
 
 
 def test_a_config_made_in_python_is_checked_as_strictly_as_one_read_from_yaml():
-    from vae_study.config.run import DataConfig, EvalConfig, ModelConfig, TrainConfig
+    from vae_study.config.data import DataConfig
+    from vae_study.config.run import EvalConfig, ModelConfig, TrainConfig
 
     for make, fragment in (
         (lambda: TrainConfig(lr=-1), "train.lr: got -1.0"),
@@ -178,7 +179,7 @@ def test_a_config_file_that_never_ends_or_is_huge_is_refused(tmp_path):
 @pytest.mark.parametrize("key", ["data.root", "data.path", "data.train_dir"])
 @pytest.mark.parametrize("value", ["", "  ", "a\0b"])
 def test_an_empty_data_path_is_refused(key, value):
-    from vae_study.config.run import DataConfig
+    from vae_study.config.data import DataConfig
 
     extra = {"path": "x.npz", "dataset": "npz"} if key == "data.path" else {}
     if key == "data.train_dir":

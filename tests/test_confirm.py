@@ -30,7 +30,7 @@ from study_factory import (
 )
 from vae_study import metrics as M
 from vae_study.cli import main
-from vae_study.config.search import Objective
+from vae_study.config.objectives import Objective
 from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError
 from vae_study.records import results as R

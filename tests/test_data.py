@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_images, write_amat, write_mnist
-from vae_study.config.run import DataConfig
+from vae_study.config.data import DataConfig
 from vae_study.core.batches import NOISE_BERNOULLI, NOISE_UNIFORM, Batches
 from vae_study.core.data import load_datasets
 from vae_study.core.data_root import resolve_root

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vae_study.config.run import DataConfig, ModelConfig, RunConfig, load_run_config
+from vae_study.config.data import DataConfig
+from vae_study.config.run import ModelConfig, RunConfig, load_run_config
 from vae_study.core.batches import NOISE_BERNOULLI, NOISE_UNIFORM
 from vae_study.core.data import load_datasets, prepare, read_source
 from vae_study.core.splits import PIXELS_8BIT, PIXELS_BINARY, PIXELS_CONTINUOUS

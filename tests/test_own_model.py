@@ -15,7 +15,7 @@ import torch
 from study_factory import small_run_config, tiny_study
 from vae_study import metrics as M
 from vae_study.config.run import ModelConfig, RunConfig, replace_keys, run_config_from_dict
-from vae_study.config.search import model_variants
+from vae_study.config.space import model_variants
 from vae_study.config.study import study_from_dict
 from vae_study.core import checkpoint as ckpt
 from vae_study.core.architectures import ConvDecoder, ConvEncoder

@@ -31,8 +31,9 @@ from study_factory import (
     write_study,
 )
 from vae_study import metrics as M
+from vae_study.config.packing import configs_per_trial
 from vae_study.config.run import replace_keys
-from vae_study.config.study import configs_per_trial, study_from_dict
+from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError
 from vae_study.records import results as R
 from vae_study.records.layout import StudyLayout
@@ -135,7 +136,7 @@ def test_auto_is_one_on_a_cpu_and_about_32_members_on_a_gpu(tmp_path):
 
 
 def test_the_member_keys_are_those_of_fit_pack():
-    from vae_study.config import search as search_config
+    from vae_study.config import packing as search_config
     from vae_study.core import fused
 
     assert search_config.MEMBER_KEYS == fused.MEMBER_KEYS

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vae_study import metrics as M
-from vae_study.config.search import Param
+from vae_study.config.space import Param
 from vae_study.records.folder import Trial
 from vae_study.records.layout import COMPLETED, FAILED
 from vae_study.records.replicates import REPLICATE_KEY, SEED_KEY, mean_se

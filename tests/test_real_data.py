@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vae_study import metrics as M
-from vae_study.config.run import DataConfig, RunConfig, replace_keys
+from vae_study.config.data import DataConfig
+from vae_study.config.run import RunConfig, replace_keys
 from vae_study.core.data import load_datasets
 from vae_study.core.train import fit
 

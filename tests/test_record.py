@@ -177,7 +177,7 @@ class _Pause:
 
 def _searcher(study, stage, pause=None, pack_size=1):
     from vae_study.config.optuna_space import encode_point, make_sampler
-    from vae_study.config.study import is_member_key
+    from vae_study.config.packing import is_member_key
     from vae_study.study.searcher import StudySearcher
 
     return StudySearcher(

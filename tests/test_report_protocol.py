@@ -12,7 +12,7 @@ import yaml
 from conftest import write_mnist
 from study_factory import make_study_folder
 from vae_study import metrics as M
-from vae_study.config.search import Param
+from vae_study.config.space import Param
 from vae_study.records import results as R
 from vae_study.records.folder import Trial, load_folder
 from vae_study.report import figure_files, knob_matching, knob_plots, knobs

@@ -14,7 +14,7 @@ import pytest
 
 from study_factory import tiny_study
 from vae_study import metrics as M
-from vae_study.config.run import build_section
+from vae_study.config.schema import build_section
 from vae_study.config.search import SearchConfig
 from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError, StudyError

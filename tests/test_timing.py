@@ -11,7 +11,7 @@ import pytest
 
 from study_factory import small_run_config
 from vae_study import timing
-from vae_study.config.run import to_dict
+from vae_study.config.schema import to_dict
 from vae_study.core.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,14 +22,8 @@ subclass) for a user's mistake and never exits the process.
 from __future__ import annotations
 
 from vae_study import metrics
-from vae_study.config.run import (
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    load_run_config,
-)
+from vae_study.config.data import DataConfig
+from vae_study.config.run import EvalConfig, ModelConfig, RunConfig, TrainConfig, load_run_config
 from vae_study.core.model import VAE
 from vae_study.core.train import FitResult, fit
 from vae_study.errors import (

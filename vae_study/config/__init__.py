@@ -1,11 +1,12 @@
 """The study file and a run's configuration: frozen dataclasses that check themselves when
-built, read from YAML by one hardened loader. No torch, no Ray: a study file is checked
-before anything heavy is imported."""
+built (``config.schema``), read from YAML by one hardened loader. No torch, no Ray: a study
+file is checked before anything heavy is imported."""
 
 from __future__ import annotations
 
+from vae_study.config.data import DataConfig
+from vae_study.config.objectives import ConfirmConfig, Objective
 from vae_study.config.run import (
-    DataConfig,
     EvalConfig,
     ModelConfig,
     RunConfig,
@@ -13,7 +14,8 @@ from vae_study.config.run import (
     load_run_config,
     run_config_from_dict,
 )
-from vae_study.config.search import ConfirmConfig, Objective, Param, SearchConfig
+from vae_study.config.search import SearchConfig
+from vae_study.config.space import Param
 from vae_study.config.study import StudyConfig, load_study, study_from_dict
 
 __all__ = [

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # types only: config.search builds the sampler to check its options
-    from vae_study.config.search import Param, SearchConfig
+    from vae_study.config.search import SearchConfig
+    from vae_study.config.space import Param
 
 
 def _encode(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """The study file: the run sections plus ``name``, ``output``, ``search``, ``scheduler``,
 ``resources``, ``ray`` and ``report``, each a frozen dataclass checked once, before anything
 starts. No Ray or Optuna imports here: a bad study file fails in milliseconds. The search
-section has its own module, ``search_config``.
+section has its own module, ``config.search``; which configurations share a trial,
+``config.packing``.
 """
 
 from __future__ import annotations
@@ -13,25 +14,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from vae_study import metrics as M
-from vae_study.config.run import (
-    RUN_SECTIONS,
-    RunConfig,
-    Section,
-    build_section,
-    check_path,
-    replace_keys,
-    resolve_data_paths,
-    run_config_from_dict,
-    to_dict,
-)
-from vae_study.config.search import (
-    MEMBER_KEYS,
-    MEMBER_PREFIXES,
-    SearchConfig,
-    parse_search,
-    search_to_dict,
-)
-from vae_study.config.yaml_file import _show, apply_overrides, read_yaml
+from vae_study.config.data import resolve_data_paths
+from vae_study.config.messages import show
+from vae_study.config.packing import check_packs
+from vae_study.config.run import RUN_SECTIONS, RunConfig, replace_keys, run_config_from_dict
+from vae_study.config.schema import PATH, Section, build_section, rule, to_dict
+from vae_study.config.search import SearchConfig, parse_search, search_to_dict
+from vae_study.config.yaml_file import apply_overrides, read_yaml
 from vae_study.errors import ConfigError
 from vae_study.run_files import REPORTS_DIR, RUNS_DIR
 
@@ -40,17 +29,15 @@ _ADDRESS = re.compile(r"(?:ray://)?[A-Za-z0-9._\-\[\]:]+:([0-9]{1,5})")  # host:
 _HOST = re.compile(r"[A-Za-z0-9._\-:]+")  # a name, IPv4 or IPv6 address: no spaces, no /
 MAX_NAME = 100  # characters; a folder name may have 255 bytes at most
 MAX_CONFIGS_PER_TRIAL = 1024
-GPU_PACK_MEMBERS = 32  # members a GPU trial aims at with configs_per_trial: auto
+# The metrics ASHA may compare trials on: those reported every epoch.
+PER_EPOCH_METRICS = (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, M.TRAIN_LOSS)
 
 
 @dataclass(frozen=True)
 class OutputConfig(Section):
     SECTION: ClassVar[str] = "output"
 
-    dir: str = RUNS_DIR
-
-    def validate(self) -> None:
-        check_path("output.dir", self.dir)
+    dir: str = rule(RUNS_DIR, PATH)
 
 
 @dataclass(frozen=True)
@@ -58,37 +45,32 @@ class SchedulerConfig(Section):
     SECTION: ClassVar[str] = "scheduler"
 
     type: Literal["none", "asha"] = "none"
-    metric: str = M.VAL_NEG_ELBO  # the per-epoch metric ASHA compares trials on
-    grace_period: int = 1
-    reduction_factor: int = 2
-
-    def validate(self) -> None:
-        if self.grace_period < 1:
-            raise ConfigError(
-                f"scheduler.grace_period: got {_show(self.grace_period)}, "
-                "expected an integer >= 1 (epochs before a trial may be stopped)"
-            )
-        if self.reduction_factor < 2:
-            raise ConfigError(
-                f"scheduler.reduction_factor: got {_show(self.reduction_factor)}, "
-                "expected an integer >= 2"
-            )
-        per_epoch = (M.VAL_NEG_ELBO, M.VAL_RATE, M.VAL_DISTORTION, M.TRAIN_LOSS)
-        if self.metric not in per_epoch:
-            raise ConfigError(
-                f"scheduler.metric: got {_show(self.metric)}, expected a metric "
-                "reported every epoch: " + ", ".join(per_epoch)
-            )
+    # The per-epoch metric ASHA compares trials on.
+    metric: str = rule(
+        M.VAL_NEG_ELBO,
+        test=PER_EPOCH_METRICS.__contains__,
+        expected="a metric reported every epoch: " + ", ".join(PER_EPOCH_METRICS),
+    )
+    grace_period: int = rule(
+        1, ge=1, expected="an integer >= 1 (epochs before a trial may be stopped)"
+    )
+    reduction_factor: int = rule(2, ge=2, expected="an integer >= 2")
 
 
 @dataclass(frozen=True)
 class ResourcesConfig(Section):
     SECTION: ClassVar[str] = "resources"
 
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float = rule(1.0, gt=0, expected="a positive number of CPUs")
     # A GPU share per trial (0.25 packs four trials on a GPU; a trial trains one model on
     # one GPU, so at most 1); auto: a share where the cluster has GPUs, the CPU otherwise.
-    gpus_per_trial: float | Literal["auto"] = 0.0
+    gpus_per_trial: float | Literal["auto"] = rule(
+        0.0,
+        ge=0,
+        le=1,
+        expected="a fraction in [0, 1] or auto (a trial trains one model on one GPU: more "
+        "than 1 would reserve GPUs it never uses)",
+    )
     # How many configurations of the search one Ray trial trains fused, as one batched model
     # (vae_study.core.fused.fit_pack); each with its search.replicates seeds, so a trial trains
     # configs_per_trial x replicates members. The searcher holds the shape keys (everything
@@ -99,27 +81,19 @@ class ResourcesConfig(Section):
     # max(1, 32 // replicates) for MLPs: the issue's GPU goal, not yet measured on a GPU.
     # auto is 1 where packs are refused (ASHA, grid, no per-member key searched) and for conv
     # and user models (fused by torch.func.vmap, or one after another: fused.fusion_mode).
-    configs_per_trial: int | Literal["auto"] = 1
+    configs_per_trial: int | Literal["auto"] = rule(
+        1,
+        ge=1,
+        le=MAX_CONFIGS_PER_TRIAL,
+        expected=f"an integer in [1, {MAX_CONFIGS_PER_TRIAL}] or auto (configurations one "
+        "trial trains fused)",
+    )
 
-    def validate(self) -> None:
-        n = self.configs_per_trial
-        if n != "auto" and not 1 <= n <= MAX_CONFIGS_PER_TRIAL:
-            raise ConfigError(
-                f"resources.configs_per_trial: got {_show(n)}, expected an integer in "
-                f"[1, {MAX_CONFIGS_PER_TRIAL}] or auto (configurations one trial trains fused)"
-            )
-        if not (self.cpus_per_trial > 0):
-            raise ConfigError(
-                f"resources.cpus_per_trial: got {_show(self.cpus_per_trial)}, "
-                "expected a positive number of CPUs"
-            )
-        g = self.gpus_per_trial
-        if g != "auto" and not 0 <= g <= 1:
-            raise ConfigError(
-                f"resources.gpus_per_trial: got {_show(g)}, expected a fraction "
-                "in [0, 1] or auto (a trial trains one model on one GPU: more "
-                "than 1 would reserve GPUs it never uses)"
-            )
+
+def _is_address(address: str) -> bool:
+    """auto, local or host:port with a port in 1-65535."""
+    port = _ADDRESS.fullmatch(address)
+    return address in ("auto", "local") or (port is not None and 1 <= int(port[1]) <= 65535)
 
 
 @dataclass(frozen=True)
@@ -127,28 +101,22 @@ class RayConfig(Section):
     SECTION: ClassVar[str] = "ray"
 
     # None: start a local Ray on this machine; auto or host:port: join a running cluster.
-    address: str | None = None
+    address: str | None = rule(
+        None,
+        test=_is_address,
+        expected="auto, host:port (such as 10.0.0.5:6379) or null for a local Ray",
+    )
     dashboard: bool = True
     # The dashboard listens on this host only; anything but 127.0.0.1/localhost exposes it.
-    dashboard_host: str = "127.0.0.1"
+    dashboard_host: str = rule(
+        "127.0.0.1", test=_HOST.fullmatch, expected="a host name or address such as 127.0.0.1"
+    )
     dashboard_port: int = 8265
 
     def validate(self) -> None:
-        if self.address is not None and self.address not in ("auto", "local"):
-            port = _ADDRESS.fullmatch(self.address)
-            if port is None or not 1 <= int(port.group(1)) <= 65535:
-                raise ConfigError(
-                    f"ray.address: got {_show(self.address)}, expected auto, "
-                    "host:port (such as 10.0.0.5:6379) or null for a local Ray"
-                )
-        if not _HOST.fullmatch(self.dashboard_host):
-            raise ConfigError(
-                f"ray.dashboard_host: got {_show(self.dashboard_host)}, expected "
-                "a host name or address such as 127.0.0.1"
-            )
         if not 0 <= self.dashboard_port <= 65535:
             raise ConfigError(
-                f"ray.dashboard_port: got {_show(self.dashboard_port)}, a "
+                f"ray.dashboard_port: got {show(self.dashboard_port)}, a "
                 "dashboard port outside 0-65535; use a free port such as 8265"
             )
 
@@ -157,11 +125,8 @@ class RayConfig(Section):
 class ReportConfig(Section):
     SECTION: ClassVar[str] = "report"
 
-    dir: str = REPORTS_DIR
+    dir: str = rule(REPORTS_DIR, PATH)
     enabled: bool = True  # build the report when the study ends
-
-    def validate(self) -> None:
-        check_path("report.dir", self.dir)
 
 
 @dataclass(frozen=True)
@@ -203,17 +168,17 @@ STUDY_SECTIONS = ("name", "output", "search", "scheduler", "resources", "ray", "
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise ConfigError(
-            f"name: expected the study's name (a folder name such as beta_sweep), got {_show(name)}"
+            f"name: expected the study's name (a folder name such as beta_sweep), got {show(name)}"
         )
     if not _NAME.fullmatch(name) or name in (".", ".."):
         raise ConfigError(
-            f"name: got {_show(name)}; use letters, digits, '.', '_' and '-' "
+            f"name: got {show(name)}; use letters, digits, '.', '_' and '-' "
             "only (no path separators, '..' or line breaks: the study folder "
             "must stay inside output.dir)"
         )
     if len(name) > MAX_NAME:
         raise ConfigError(
-            f"name: got {_show(name)}, {len(name)} characters; use at most "
+            f"name: got {show(name)}, {len(name)} characters; use at most "
             f"{MAX_NAME} (it names a folder)"
         )
     return name
@@ -238,7 +203,7 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
             "grace_period <= train.epochs"
         )
     _check_device_and_share(study)
-    _check_packs(study)
+    check_packs(study)
     if study.scheduler.type != "none" and study.search.multi_objective:
         raise ConfigError(
             "scheduler.type: asha compares trials on one metric, but this study "
@@ -246,61 +211,6 @@ def study_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
             "scheduler.type: none for a multi-objective study"
         )
     return study
-
-
-def pack_refusal(study: StudyConfig) -> str | None:
-    """Why this study's trials cannot train several configurations fused (None: they can)."""
-    if study.scheduler.type == "asha":
-        return (
-            "ASHA stops whole Ray trials, and must decide per configuration (on its "
-            "replicate mean): with one configuration per trial it does"
-        )
-    if study.search.algorithm == "grid":
-        return "the grid sampler asks for whole grid points, which a pack cannot hold fixed"
-    if not any(is_member_key(p.key) for p in study.search.space):
-        return (
-            "packed configurations share every searched key but "
-            + ", ".join(MEMBER_KEYS)
-            + " and eval.*, and this search varies none of those: they would be copies"
-        )
-    return None
-
-
-def is_member_key(key: str) -> bool:
-    """Whether fused members of one trial may differ in ``key`` (beta, lr, seed, ...)."""
-    return key in MEMBER_KEYS or key.startswith(MEMBER_PREFIXES)
-
-
-def _only_mlp(study: StudyConfig) -> bool:
-    """Whether every trial is an MLP (the stacked path, the one benchmarked on a GPU)."""
-    archs = {study.base.model.arch}
-    for p in study.search.space:
-        if p.key == "model.arch":
-            archs |= set(p.values) if p.kind == "choice" else set()
-    return archs == {"mlp"}
-
-
-def _check_packs(study: StudyConfig) -> None:
-    """resources.configs_per_trial and search.replicates against what fused members can do."""
-    n = study.resources.configs_per_trial
-    if n == "auto" or n == 1:
-        return
-    why = pack_refusal(study)
-    if why is not None:
-        raise ConfigError(
-            f"resources.configs_per_trial: got {n}, but {why}; use configs_per_trial: 1"
-        )
-
-
-def configs_per_trial(study: StudyConfig, *, gpu: bool) -> int:
-    """``resources.configs_per_trial`` resolved for trials with (``gpu``) or without a GPU
-    share, at most ``search.num_trials``."""
-    n = study.resources.configs_per_trial
-    if n == "auto":
-        n = 1
-        if gpu and _only_mlp(study) and pack_refusal(study) is None:
-            n = max(1, GPU_PACK_MEMBERS // study.search.replicates)
-    return min(n, study.search.num_trials)
 
 
 def _check_device_and_share(study: StudyConfig) -> None:
@@ -316,7 +226,7 @@ def _check_device_and_share(study: StudyConfig) -> None:
         )
     if device == "cpu" and share not in (0, "auto"):
         raise ConfigError(
-            f"resources.gpus_per_trial: got {_show(share)} with train.device: "
+            f"resources.gpus_per_trial: got {show(share)} with train.device: "
             "cpu; the trials would hold GPU shares they never use: set "
             "gpus_per_trial: 0, or train.device: auto"
         )

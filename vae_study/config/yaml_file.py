@@ -3,7 +3,7 @@
 The loader is PyYAML's safe one (no ``!!python`` tags) made stricter for files a user may get
 from anywhere: a key given twice is an error naming both lines, nesting depth and the values
 aliases expand to are bounded (a "billion laughs" is refused in milliseconds), bytes must be
-UTF-8, and ``1e-4`` is a number (YAML 1.2). Values in messages are cut to a readable length.
+UTF-8, and ``1e-4`` is a number (YAML 1.2).
 """
 
 from __future__ import annotations
@@ -15,33 +15,9 @@ from typing import Any
 
 import yaml
 
+from vae_study.config.messages import show, show_key
 from vae_study.errors import ConfigError
 from vae_study.files import atomic_write_text
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: no message echoes a huge value whole."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of {value.bit_length()} bits"
-    try:
-        text = repr(value)
-    except ValueError:  # e.g. an integer inside a list too long for str()
-        return f"a {type(value).__name__} too large to show"
-    if len(text) > limit:
-        text = f"{text[: limit - 3]}... ({len(text)} characters)"
-    return text
-
-
-def _show_key(key: Any) -> str:
-    """A key as typed when it is short and printable, else abbreviated like a value."""
-    if isinstance(key, str) and key.isprintable() and len(key) <= 60:
-        return key
-    return _show(key)
-
-
-# ---------------------------------------------------------------------------------------
-# Reading files and --set overrides.
-
 
 # What one YAML document may hold. A study file is a few dozen values a few levels deep;
 # these refuse the documents that would exhaust the reader instead: nesting thousands deep
@@ -90,7 +66,7 @@ class _Loader(yaml.SafeLoader):
                     raise yaml.constructor.ConstructorError(
                         None,
                         None,
-                        f"the key {_show(key)} is given twice (first at line {line + 1}); keep one",
+                        f"the key {show(key)} is given twice (first at line {line + 1}); keep one",
                         key_node.start_mark,
                     )
                 first[key] = key_node.start_mark.line
@@ -254,7 +230,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     strings, values parsed as YAML, to a raw config."""
     raw = _deep_copy(raw)
     for item in overrides:
-        shown = _show(item)
+        shown = show(item)
         if "=" not in item:
             raise ConfigError(f"--set {shown}: expected section.key=value, such as train.beta=0.5")
         dotted, text = item.split("=", 1)
@@ -276,7 +252,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {shown}: {_show_key(part)} is not a section")
+                raise ConfigError(f"--set {shown}: {show_key(part)} is not a section")
             node = child
         node[parts[-1]] = value
     return raw

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vae_study.config.run import DataConfig
+from vae_study.config.data import DataConfig
 from vae_study.core.data_root import error_reason
 from vae_study.core.splits import (
     PIXELS_8BIT,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from vae_study.config.run import DataConfig
+from vae_study.config.data import DataConfig
 from vae_study.core.array_files import read_array_files
 from vae_study.core.batches import NOISE_BERNOULLI, NOISE_NONE, NOISE_UNIFORM, uniform_dequantize
 from vae_study.core.data_root import resolve_root

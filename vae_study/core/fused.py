@@ -47,7 +47,8 @@ from torch import nn
 
 from vae_study import files, marker, timing
 from vae_study import metrics as M
-from vae_study.config.run import RunConfig, to_dict
+from vae_study.config.run import RunConfig
+from vae_study.config.schema import to_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.core import checkpoint as ckpt
 from vae_study.core import train as T

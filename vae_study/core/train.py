@@ -20,7 +20,8 @@ import torch
 
 from vae_study import files, marker, timing
 from vae_study import metrics as M
-from vae_study.config.run import RUN_SECTIONS, RunConfig, TrainConfig, to_dict
+from vae_study.config.run import RUN_SECTIONS, RunConfig, TrainConfig
+from vae_study.config.schema import to_dict
 from vae_study.config.yaml_file import read_yaml, write_yaml
 from vae_study.core import checkpoint as ckpt
 from vae_study.core.architectures import DEFAULT_SHAPE, Shape

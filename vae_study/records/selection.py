@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vae_study.config.search import Objective
+from vae_study.config.objectives import Objective
 from vae_study.config.study import StudyConfig
 from vae_study.records.layout import COMPLETED, as_number
 from vae_study.records.pareto import pareto_front, spread

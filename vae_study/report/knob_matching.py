@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_study.config.search import Param
+from vae_study.config.space import Param
 from vae_study.records.folder import Trial
 
 KNOB_NAMES = {

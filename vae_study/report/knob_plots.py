@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from vae_study import metrics as M
-from vae_study.config.search import Param
+from vae_study.config.space import Param
 from vae_study.records.folder import Trial
 from vae_study.report import figure_files
 from vae_study.report.figure_style import MARKERS

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vae_study import metrics as M
-from vae_study.config.search import Param
+from vae_study.config.space import Param
 from vae_study.records.folder import Trial
 from vae_study.report.knob_matching import (
     bin_edges,

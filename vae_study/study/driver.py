@@ -23,9 +23,10 @@ from pathlib import Path
 
 import ray
 
+from vae_study.config.packing import configs_per_trial
 from vae_study.config.run import is_import_path
-from vae_study.config.search import model_variants
-from vae_study.config.study import StudyConfig, configs_per_trial
+from vae_study.config.space import model_variants
+from vae_study.config.study import StudyConfig
 from vae_study.core.splits import Source
 from vae_study.errors import disk_full, disk_full_error
 from vae_study.files import DRIVER_PID_ENV

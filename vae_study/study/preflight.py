@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from vae_study.config.search import model_variants
+from vae_study.config.space import model_variants
 from vae_study.config.study import StudyConfig
 from vae_study.core.data import prepare, read_source
 from vae_study.core.model import check_models

@@ -32,7 +32,8 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from vae_study.config.optuna_space import define_by_run, encode_point, make_sampler
-from vae_study.config.study import StudyConfig, is_member_key
+from vae_study.config.packing import is_member_key
+from vae_study.config.study import StudyConfig
 from vae_study.errors import StudyError, disk_full_error
 from vae_study.records import record
 from vae_study.records import results as R

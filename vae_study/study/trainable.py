@@ -19,7 +19,8 @@ from ray import tune
 from vae_study import metrics as M
 from vae_study import timing
 from vae_study.config.optuna_space import decode_params
-from vae_study.config.run import RunConfig, to_dict
+from vae_study.config.run import RunConfig
+from vae_study.config.schema import to_dict
 from vae_study.config.study import StudyConfig
 from vae_study.core.data import load_datasets, prepare
 from vae_study.core.splits import Source
