@@ -11,7 +11,8 @@ import types
 import pytest
 
 from study_factory import tiny_study, write_study
-from vae_study.cli import build_parser, check_writable, cmd_run, main
+from vae_study.cli import build_parser, main
+from vae_study.commands import check_writable, cmd_run
 from vae_study.config.messages import show as _show
 from vae_study.config.run import RunConfig, TrainConfig, replace_keys
 from vae_study.config.schema import build_section, coerce

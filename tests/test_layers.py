@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 FOUNDATION = {"errors", "metrics", "timing", "files", "marker", "run_files"}
-TOP = {"__init__", "__main__", "cli"}
+TOP = {"__init__", "__main__", "cli", "commands"}
 # layer -> the layers it may import (itself included).
 MAY_IMPORT = {
     "foundation": {"foundation"},
