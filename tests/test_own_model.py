@@ -378,7 +378,8 @@ def test_a_pack_compares_options_and_trains_user_members_as_their_fits(tmp_path,
 def test_the_user_model_is_imported_on_every_ray_node(tmp_path, monkeypatch):
     import ray
 
-    from vae_study.study.cluster import check_arch_on_nodes, start_ray
+    from vae_study.study.cluster import start_ray
+    from vae_study.study.node_checks import check_arch_on_nodes
 
     # Ray's workers inherit the environment of the Ray they start from: tests/ on PYTHONPATH
     # (as a user exports it, or `ray job submit --working-dir`) makes user_models importable.
@@ -480,7 +481,7 @@ def test_the_node_that_cannot_import_the_user_model_is_named(tmp_path, monkeypat
     import ray
     from ray.cluster_utils import Cluster
 
-    from vae_study.study.cluster import check_arch_on_nodes
+    from vae_study.study.node_checks import check_arch_on_nodes
 
     base = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), *base]))

@@ -92,7 +92,7 @@ def test_the_defaults_of_output_and_report_are_the_layouts():
     ],
 )
 def test_the_auto_gpu_share(gpus, concurrent, share):
-    from vae_study.study.cluster import MAX_TRIALS_PER_GPU, gpu_share
+    from vae_study.study.resources import MAX_TRIALS_PER_GPU, gpu_share
 
     assert MAX_TRIALS_PER_GPU == 4
     assert gpu_share("auto", gpus, concurrent) == pytest.approx(share)
@@ -101,7 +101,7 @@ def test_the_auto_gpu_share(gpus, concurrent, share):
 
 
 def test_resources_the_cluster_cannot_give_stop_the_study(tmp_path):
-    from vae_study.study.cluster import trial_resources
+    from vae_study.study.resources import trial_resources
 
     study = study_from_dict(
         tiny_study(tmp_path, **{"search.max_concurrent": 4, "train.device": "auto"})

@@ -1,15 +1,13 @@
 """The Ray cluster a study runs on: starting or joining it safely (an owner-only token, a
-loopback-only local node, a dashboard on localhost), the resources each trial gets, and the
-shared storage a cluster of several nodes needs."""
+loopback-only local node, a dashboard on localhost). What each trial gets of it is in
+``resources``; what every node of it must see and import, in ``node_checks``."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import secrets
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,151 +162,3 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-# ``auto`` packs at most this many trials on one GPU. A trial holds its CUDA context (about
-# 0.5 GB), its float32 copy of the splits (about 210 MiB for MNIST), its model and Adam state
-# (a few MB) and the test NLL's decoder outputs (eval.chunk_size x 784 floats, 26 MB at the
-# default, a few times over): about 1 GB, so four fit a 16 GB GPU with room to spare and any
-# GPU a study is likely to meet. More concurrent trials than that wait for a share.
-MAX_TRIALS_PER_GPU = 4
-
-
-def gpu_share(
-    gpus_per_trial: float | str, gpus_total: float, max_concurrent: int, device: str = "auto"
-) -> float:
-    """GPUs per trial: ``auto`` gives each of ``max_concurrent`` trials an equal share of the
-    cluster's GPUs, rounded down to 1/n so n trials pack one GPU, at most one whole GPU and at
-    least 1/MAX_TRIALS_PER_GPU; no GPU in the cluster, or ``train.device: cpu``: 0 (the CPU).
-    A number is kept as it is."""
-    if gpus_per_trial != "auto":
-        return float(gpus_per_trial)
-    if gpus_total <= 0 or device == "cpu":
-        return 0.0
-    share = gpus_total / max_concurrent
-    if share >= 1:
-        return 1.0
-    return 1.0 / min(math.ceil(1.0 / share), MAX_TRIALS_PER_GPU)
-
-
-def trial_resources(study: StudyConfig, cpus: float, gpus_total: float) -> dict[str, float]:
-    """CPUs and GPUs per trial on a cluster of ``cpus`` CPUs and ``gpus_total`` GPUs; a
-    request the cluster can never meet is a ``StudyError``."""
-    want_cpu = study.resources.cpus_per_trial
-    g = gpu_share(
-        study.resources.gpus_per_trial,
-        gpus_total,
-        study.search.max_concurrent,
-        study.base.train.device,
-    )
-    if g > 0 and gpus_total == 0:
-        raise StudyError(
-            f"resources.gpus_per_trial={g}, but the Ray cluster has no GPU; use "
-            "gpus_per_trial: 0 (CPU) or auto"
-        )
-    if g == 0 and study.base.train.device.startswith("cuda"):
-        raise StudyError(
-            f"train.device: {study.base.train.device}, but the Ray cluster has no "
-            "GPU, so no trial gets a share; use train.device: auto or cpu"
-        )
-    if g > gpus_total:
-        raise StudyError(
-            f"resources.gpus_per_trial={g}, but the whole cluster has {gpus_total:g} GPUs"
-        )
-    if want_cpu > cpus:
-        raise StudyError(
-            f"resources.cpus_per_trial={want_cpu:g}, but the whole cluster has "
-            f"{cpus:g} CPUs; no trial could ever start"
-        )
-    return {"cpu": want_cpu, "gpu": float(g)}
-
-
-def resolve_resources(study: StudyConfig) -> dict[str, float]:
-    """CPUs and GPUs per trial, checked against the cluster before anything is scheduled."""
-    total = ray.cluster_resources()
-    return trial_resources(study, total.get("CPU", 0.0), total.get("GPU", 0.0))
-
-
-def check_shared_storage(folder: Path) -> None:
-    """On a cluster of several nodes every node must see the study folder (shared storage)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) <= 1:
-        return
-    marker = folder / ".shared_storage_check"
-    token = f"{os.getpid()}-{time.time()}"
-    marker.write_text(token)
-
-    @ray.remote(num_cpus=0)
-    def sees(path: str) -> str | None:
-        try:
-            return Path(path).read_text()
-        except OSError:
-            return None
-
-    try:
-        refs = {
-            n["NodeManagerAddress"]: sees.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(str(marker.resolve()))
-            for n in nodes
-        }
-        blind = [addr for addr, ref in refs.items() if ray.get(ref, timeout=60) != token]
-    finally:
-        marker.unlink(missing_ok=True)
-    if blind:
-        raise StudyError(
-            f"the study folder {folder} is not visible from the Ray nodes at "
-            + ", ".join(sorted(set(blind)))
-            + "; a study on several nodes needs "
-            "output.dir on storage every node mounts at the same path (NFS, "
-            "a shared disk)"
-        )
-
-
-def check_arch_on_nodes(arch: str) -> None:
-    """A user model (``model.arch: package.module:ClassName``) must import on every alive
-    Ray node, where its trials will build it: one tiny task per node imports it, so a node
-    that lacks the module stops the study before any trial starts, naming the node."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    @ray.remote(num_cpus=0, max_retries=0)
-    def imports(path: str) -> str | None:
-        from vae_study.core.user_model import import_arch
-        from vae_study.errors import VaeStudyError  # absolute: the task is pickled by value
-
-        try:
-            import_arch(path)
-        except VaeStudyError as exc:
-            return str(exc)
-        return None
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = {
-        f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})": imports.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(arch)
-        for n in nodes
-    }
-    failed = [(addr, err) for addr, ref in refs.items() if (err := _import_error(ref))]
-    if failed:
-        addr, err = failed[0]
-        others = f" (and on {len(failed) - 1} more nodes)" if len(failed) > 1 else ""
-        raise StudyError(
-            f"the user model {arch} cannot be imported on the Ray node at {addr}{others}: {err}"
-            "; every node needs it: install its package there, set PYTHONPATH before "
-            "'ray start', or submit the study with 'ray job submit --working-dir .'"
-        )
-
-
-def _import_error(ref: Any) -> str | None:
-    """The import task's answer; a task that fails itself (vae_study missing or of another
-    version on that node) is that node's error too."""
-    try:
-        return ray.get(ref, timeout=120)
-    except ray.exceptions.RayError as exc:
-        cause = getattr(exc, "cause", None) or exc
-        lines = [ln for ln in str(cause).splitlines() if ln.strip()]
-        last = lines[-1][:200] if lines else ""
-        return f"the check itself failed there ({type(cause).__name__}: {last})"

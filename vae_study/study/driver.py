@@ -33,16 +33,12 @@ from vae_study.files import DRIVER_PID_ENV
 from vae_study.records import record
 from vae_study.records.folder import prepare_folder, release_folder
 from vae_study.study import legacy
-from vae_study.study.cluster import (
-    check_arch_on_nodes,
-    check_shared_storage,
-    environment,
-    resolve_resources,
-    start_ray,
-)
+from vae_study.study.cluster import environment, start_ray
+from vae_study.study.node_checks import check_arch_on_nodes, check_shared_storage
 from vae_study.study.outcome import all_finished, check_not_all_failed, summary_line
 from vae_study.study.pause import Pause, StudyPaused, continue_command
 from vae_study.study.preflight import check_optuna_db, preflight
+from vae_study.study.resources import resolve_resources
 from vae_study.study.searcher import make_searcher
 from vae_study.study.tuner import TUNE_ENV, make_trainable, run_stage, scheduler
 
