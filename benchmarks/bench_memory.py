@@ -31,6 +31,7 @@ import ray
 from vae_study.config.study import study_from_dict
 from vae_study.core.data import read_source
 from vae_study.records import results as R
+from vae_study.records.layout import COMPLETED, RESULTS_FILE
 from vae_study.study.driver import run_study
 
 TRIAL_TITLE = re.compile(r"ray::(ImplicitFunc|train_trial)")  # a Ray worker running a trial
@@ -133,8 +134,8 @@ def main() -> None:
     for replicates in (1, 4):
         with Sampler() as sampler:
             folder = run_study(study_from_dict(study(tmp, replicates, root)), verbose=0)
-        table = R.read_results(folder / R.RESULTS_FILE)
-        assert (table["status"] == R.COMPLETED).all(), table["status"].tolist()
+        table = R.read_results(folder / RESULTS_FILE)
+        assert (table["status"] == COMPLETED).all(), table["status"].tolist()
         trials = sorted(sampler.trials.values(), key=lambda m: -m[1])[:2]
         peaks[replicates] = trials
         print(

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import write_mnist  # noqa: E402
 from study_factory import make_study_folder  # noqa: E402
-from vae_study.records import results as R  # noqa: E402
+from vae_study.records.layout import COMPLETED, FAILED, STOPPED
 from vae_study.report.page import build_report  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vae_study_report_"))
     root = write_mnist(tmp / "data", n_train=2000, n_test=2000)
-    statuses = [R.COMPLETED] * 8 + [R.STOPPED, R.FAILED]
+    statuses = [COMPLETED] * 8 + [STOPPED, FAILED]
     folder = make_study_folder(
         tmp, root, n_trials=args.trials, epochs=20, checkpoints=5, statuses=statuses, offset=1000.0
     )

@@ -23,6 +23,7 @@ import ray
 
 from vae_study.config.study import study_from_dict
 from vae_study.records import results as R
+from vae_study.records.layout import COMPLETED, RESULTS_FILE
 from vae_study.study.driver import run_study
 
 
@@ -83,8 +84,8 @@ def _run(tmp: Path, root: str, args: argparse.Namespace, trials: int) -> tuple[f
     t0 = time.perf_counter()
     folder = run_study(study, verbose=0)
     wall = time.perf_counter() - t0
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == trials and (table["status"] == R.COMPLETED).all()
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == trials and (table["status"] == COMPLETED).all()
     return wall, float(table["time/total_s"].sum())  # each trial's own time inside fit
 
 

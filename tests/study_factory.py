@@ -25,7 +25,15 @@ from vae_study.config.yaml_file import write_yaml
 from vae_study.core.train import fit
 from vae_study.files import write_json
 from vae_study.records import results as R
-from vae_study.records.layout import StudyLayout
+from vae_study.records.layout import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RESULTS_FILE,
+    RUNNING,
+    STOPPED,
+    StudyLayout,
+)
 from vae_study.study.trainable import HOLD_ENV
 
 
@@ -66,7 +74,7 @@ def make_study_folder(
     folder = layout.folder
     folder.mkdir(parents=True)
     write_yaml(layout.study_file, study.to_dict())
-    statuses = statuses or [R.COMPLETED] * n_trials
+    statuses = statuses or [COMPLETED] * n_trials
     rows = []
     trained = 0
     for i in range(n_trials):
@@ -83,16 +91,14 @@ def make_study_folder(
             "train.beta": beta,
             "model.latent_dim": latent,
         }
-        if status == R.COMPLETED and trained < checkpoints:
+        if status == COMPLETED and trained < checkpoints:
             trained += 1
             cfg = study.trial_config({"train.beta": beta, "model.latent_dim": latent})
             res = fit(cfg, out_dir=trial_dir / "work")
             (trial_dir / "work" / "checkpoint").rename(trial_dir / "checkpoint_000002")
             history, final = res.history, res.final
         else:
-            done = {R.COMPLETED: epochs, R.STOPPED: 1, R.RUNNING: 2, R.FAILED: 2, R.PENDING: 0}[
-                status
-            ]
+            done = {COMPLETED: epochs, STOPPED: 1, RUNNING: 2, FAILED: 2, PENDING: 0}[status]
             rate = 30.0 / (1 + beta) + rng.uniform(0, 2)
             history = []
             for e in range(1, done + 1):
@@ -101,7 +107,7 @@ def make_study_folder(
                     {M.EPOCH: e, M.VAL_RATE: rate, M.VAL_DISTORTION: d, M.VAL_NEG_ELBO: rate + d}
                 )
             final = {}
-            if status == R.COMPLETED:
+            if status == COMPLETED:
                 d = history[-1][M.VAL_DISTORTION]
                 q = study.base.quantity  # grey-level Bernoulli here: ce_bound, not nll
                 final = {
@@ -117,7 +123,7 @@ def make_study_folder(
                     M.TEST_MARGINAL_KL: rate - min(rate, 6.0),
                     M.TEST_KL_PER_DIM: [rate / latent] * latent,
                 }
-            if status == R.FAILED:
+            if status == FAILED:
                 row[R.ERROR_KEY] = "training diverged: the loss is nan at epoch 2, batch 3"
         with open(layout.result_file(trial_id), "w") as f:
             for h in history:
@@ -271,8 +277,8 @@ class Hold:
         the next one to start then waits at ``epoch`` while the first completes."""
         if self.going is not None:
             return
-        done = table[table["status"] == R.COMPLETED]
-        there = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= epoch)]
+        done = table[table["status"] == COMPLETED]
+        there = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= epoch)]
         if done.empty and not there.empty:
             self.going = int(there["config_id"].iloc[0])
             self.at(epoch, configs=[c for c in range(n_configs) if c != self.going])
@@ -281,7 +287,7 @@ class Hold:
 def read_table(folder: Path):
     """The study's results.csv, or None while it is missing or being written."""
     try:
-        return R.read_results(folder / R.RESULTS_FILE)
+        return R.read_results(folder / RESULTS_FILE)
     except Exception:
         return None
 

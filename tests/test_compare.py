@@ -23,8 +23,9 @@ from vae_study.cli import main
 from vae_study.config.study import study_from_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.records import results as R
-from vae_study.records.folder import AGGREGATED, load_folder
-from vae_study.records.layout import StudyLayout
+from vae_study.records.configurations import AGGREGATED
+from vae_study.records.folder import load_folder
+from vae_study.records.layout import COMPLETED, FAILED, StudyLayout
 from vae_study.records.replicates import CONFIG_KEY, REPLICATE_KEY, read_configs, write_configs
 from vae_study.report import comparison_figure, figure_files, paper, rd_plane
 from vae_study.report.comparison import compare
@@ -96,9 +97,9 @@ def make_study(
         out = []
         for cid, k in configs.items():
             for r in range(SEEDS):
-                status = R.FAILED if bad == (cid, r) else R.COMPLETED
+                status = FAILED if bad == (cid, r) else COMPLETED
                 m = {CONFIG_KEY: cid, REPLICATE_KEY: r, "status": status, "train.k": k}
-                if status == R.COMPLETED:
+                if status == COMPLETED:
                     m.update(_member_metrics(quantity, k, r, shift + stage_shift))
                 else:
                     m[R.ERROR_KEY] = "training diverged: the loss is nan at epoch 1, batch 3"
@@ -328,7 +329,7 @@ def test_tables_tex_and_csv_match_configs_csv_with_no_mean_for_a_failed_configur
             assert got["quantity"] == "nll" and got["metric"] == M.TEST_NLL
             assert got["n"] == str(int(w["n_finished"])) and got["n_replicates"] == "3"
             assert got["train.k"] == str(int(w["train.k"]))
-            if w["status"] == R.COMPLETED:
+            if w["status"] == COMPLETED:
                 assert float(got["mean"]) == pytest.approx(w[M.TEST_NLL])
                 assert float(got["se"]) == pytest.approx(w[M.TEST_NLL + "_se"])
                 assert float(got["rate_mean"]) == pytest.approx(w[M.TEST_RATE])
@@ -336,7 +337,7 @@ def test_tables_tex_and_csv_match_configs_csv_with_no_mean_for_a_failed_configur
                 cell = f"{w[M.TEST_NLL]:.5g} $\\pm$ {w[M.TEST_NLL + '_se']:.3g}"
                 assert tex_rows[cid][4] == cell
             else:  # the failed configuration: 2 of 3 seeds, and no mean anywhere
-                assert (name, cid, w["status"]) == ("vae", "0", R.FAILED)
+                assert (name, cid, w["status"]) == ("vae", "0", FAILED)
                 assert got["mean"] == got["se"] == got["rate_mean"] == ""
                 assert tex_rows[cid][4:8] == ["", "", "", ""]
                 assert tex_rows[cid][-1] == "2 of 3"
@@ -527,7 +528,7 @@ def test_two_tiny_real_studies_compare_through_the_command_line(tmp_path):
     with open(out / paper.CSV_FILE, newline="") as f:
         rows = list(csv.DictReader(f))
     assert {(r["study"], r["train.k"], r["status"]) for r in rows} == {
-        (s, k, R.COMPLETED) for s in ("tiny_elbo", "tiny_iwae") for k in ("1", "2")
+        (s, k, COMPLETED) for s in ("tiny_elbo", "tiny_iwae") for k in ("1", "2")
     }
     # The paired difference at K=2, by hand from the two results.csv files.
     tables = [R.read_results(StudyLayout(f).results_file) for f in folders]

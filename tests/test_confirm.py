@@ -35,7 +35,15 @@ from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError
 from vae_study.records import results as R
 from vae_study.records.folder import load_folder
-from vae_study.records.layout import StudyLayout
+from vae_study.records.layout import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    RESULTS_FILE,
+    RUNNING,
+    STOPPED,
+    StudyLayout,
+)
 from vae_study.records.pareto import pareto_front, spread
 from vae_study.records.replicates import CONFIG_KEY, REPLICATE_KEY, SEED_KEY
 from vae_study.records.selection import select_configurations
@@ -75,7 +83,7 @@ def _members(design=DESIGN, *, failed=True) -> list[dict]:
                 {
                     CONFIG_KEY: cid,
                     REPLICATE_KEY: r,
-                    "status": R.COMPLETED,
+                    "status": COMPLETED,
                     "train.beta": beta,
                     "model.latent_dim": latent,
                     M.TEST_RATE: rate,
@@ -92,7 +100,7 @@ def _members(design=DESIGN, *, failed=True) -> list[dict]:
                 {
                     CONFIG_KEY: FAILED_CONFIG,
                     REPLICATE_KEY: r,
-                    "status": R.FAILED if r == 1 else R.COMPLETED,
+                    "status": FAILED if r == 1 else COMPLETED,
                     "train.beta": 1.0,
                     "model.latent_dim": 2,
                     M.TEST_RATE: 1.0,
@@ -163,7 +171,7 @@ def test_the_rd_plane_plots_configuration_means_with_standard_errors(tmp_path, f
     sf = load_folder(folder)
     assert len(sf.trials) == 18 and len(sf.configs) == 6  # members, configurations
     by_id = {c.trial_id: c for c in sf.configs}
-    assert by_id[str(FAILED_CONFIG)].status == R.FAILED  # one diverged seed: failed config
+    assert by_id[str(FAILED_CONFIG)].status == FAILED  # one diverged seed: failed config
     assert all(by_id[str(c)].n_seeds == 3 for c in DESIGN)
 
     build_report(folder, tmp_path / "rep")
@@ -303,7 +311,7 @@ def _paired_members() -> list[dict]:
         {
             CONFIG_KEY: cid,
             REPLICATE_KEY: r,
-            "status": R.COMPLETED,
+            "status": COMPLETED,
             "train.beta": beta,
             "model.latent_dim": latent,
             M.TEST_RATE: rate,
@@ -320,7 +328,7 @@ def _paired_members() -> list[dict]:
             {
                 CONFIG_KEY: 6,
                 REPLICATE_KEY: r,
-                "status": R.FAILED if r == 2 else R.COMPLETED,
+                "status": FAILED if r == 2 else COMPLETED,
                 "train.beta": 0.5,
                 "model.latent_dim": 4,
                 M.TEST_RATE: 500.0,
@@ -365,7 +373,7 @@ def test_the_differences_table_holds_the_paired_contrasts_of_knob_levels(tmp_pat
 # ---- The confirmation: selection (no Ray), config, headline -----------------------------
 
 
-def _config(cid, status=R.COMPLETED, **means):
+def _config(cid, status=COMPLETED, **means):
     return {CONFIG_KEY: cid, "status": status, **means}
 
 
@@ -374,8 +382,8 @@ def test_confirmation_selects_the_best_validation_means():
         _config(0, **{VAL: 101.0}),
         _config(1, **{VAL: 99.0}),
         _config(2, **{VAL: 99.0}),  # a tie with 1: the lower id first
-        _config(3, R.FAILED, **{VAL: 50.0}),  # a diverged seed: never a candidate
-        _config(4, R.STOPPED, **{VAL: 60.0}),  # stopped by ASHA
+        _config(3, FAILED, **{VAL: 50.0}),  # a diverged seed: never a candidate
+        _config(4, STOPPED, **{VAL: 60.0}),  # stopped by ASHA
         _config(5, **{VAL: math.nan}),
         _config(6, **{VAL: 100.5}),
     ]
@@ -405,7 +413,7 @@ def test_the_confirmation_asks_its_recorded_configurations_with_fresh_seeds(tmp_
     searcher over the same record (a resumed driver) suggests only what was not told."""
     import optuna
 
-    from vae_study.records import record
+    from vae_study.records.stage import SELECTED_ATTR, confirm_stage, storage
     from vae_study.study.confirm import planned_points
     from vae_study.study.searcher import StudySearcher
 
@@ -413,13 +421,13 @@ def test_the_confirmation_asks_its_recorded_configurations_with_fresh_seeds(tmp_
     study = study_from_dict(raw)
     folder = tmp_path / "runs" / "tiny"
     folder.mkdir(parents=True)
-    stage = record.confirm_stage(study, folder)
+    stage = confirm_stage(study, folder)
     selected = [
         {"config_id": 7, "params": {"train.beta": 0.5, "model.latent_dim": 4}},
         {"config_id": 2, "params": {"train.beta": 3.0, "model.latent_dim": 2}},
     ]
-    ot = optuna.create_study(study_name=stage.optuna_name, storage=record.storage(stage))
-    ot.set_user_attr(record.SELECTED_ATTR, selected)
+    ot = optuna.create_study(study_name=stage.optuna_name, storage=storage(stage))
+    ot.set_user_attr(SELECTED_ATTR, selected)
     points = planned_points(study, stage)  # the recorded selection, not a new one
     assert points == {7: selected[0]["params"], 2: selected[1]["params"]}
 
@@ -506,7 +514,7 @@ def test_the_headline_is_the_confirmed_test_mean_and_standard_error(tmp_path, fi
                 {
                     CONFIG_KEY: cid,
                     REPLICATE_KEY: r,
-                    "status": R.COMPLETED,
+                    "status": COMPLETED,
                     "train.beta": beta,
                     "model.latent_dim": latent,
                     TEST: t,
@@ -578,7 +586,7 @@ def test_a_failed_configuration_has_no_mean_in_the_tables_or_the_page(tmp_path):
     folder = _replicated_folder(tmp_path)
     sf = load_folder(folder)
     (failed,) = [c for c in sf.configs if c.trial_id == str(FAILED_CONFIG)]
-    assert failed.status == R.FAILED and failed.n_seeds == 2
+    assert failed.status == FAILED and failed.n_seeds == 2
     for metric in (M.TEST_RATE, M.TEST_DISTORTION, VAL):
         assert math.isnan(failed.value(metric)) and failed.error(metric) is None
     from vae_study.records.replicates import read_configs, write_configs
@@ -601,8 +609,8 @@ def test_a_confirmed_configuration_whose_fresh_seed_diverged_is_failed_and_unran
     folder = _replicated_folder(tmp_path, confirm={"top": 2, "replicates": 2})
     members = []
     for cid, seeds in {
-        1: [(R.COMPLETED, 96.0), (R.FAILED, None)],
-        0: [(R.COMPLETED, 100.5)] * 2,
+        1: [(COMPLETED, 96.0), (FAILED, None)],
+        0: [(COMPLETED, 100.5)] * 2,
     }.items():
         beta, latent = DESIGN[cid][:2]
         for r, (status, t) in enumerate(seeds):
@@ -649,10 +657,10 @@ def test_a_replicated_study_confirms_its_best_configuration(tmp_path, figures):
     )
     assert main(["run", str(write_study(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
-    search = R.read_results(folder / R.RESULTS_FILE)
-    assert len(search) == 4 and set(search["status"]) == {R.COMPLETED}
-    confirmed = R.read_results(StudyLayout(folder).confirm_dir / R.RESULTS_FILE)
-    assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
+    search = R.read_results(folder / RESULTS_FILE)
+    assert len(search) == 4 and set(search["status"]) == {COMPLETED}
+    confirmed = R.read_results(StudyLayout(folder).confirm_dir / RESULTS_FILE)
+    assert len(confirmed) == 2 and set(confirmed["status"]) == {COMPLETED}
     # The best configuration on the validation mean, with seeds never used in the search.
     sf = load_folder(folder)
     rows = [
@@ -705,7 +713,7 @@ def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again
         table = read_table(cdir)
         if table is None:
             return None
-        mid = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
+        mid = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 2)]
         return not mid.empty or None
 
     def search_files():
@@ -714,7 +722,7 @@ def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again
     proc, log = start_driver(tmp_path, path, "first.log", env)
     try:
         wait_for(proc, log, confirming, timeout=400, what=stop)
-        search_before = R.read_results(folder / R.RESULTS_FILE)
+        search_before = R.read_results(folder / RESULTS_FILE)
         files_before = search_files()
         if stop == "SIGKILL":
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
@@ -728,8 +736,8 @@ def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again
             proc.wait()
         log.close()
     if stop == "SIGINT":  # paused: the confirmation's running members are interrupted
-        paused = R.read_results(cdir / R.RESULTS_FILE)
-        assert R.INTERRUPTED in set(paused["status"]) and R.FAILED not in set(paused["status"])
+        paused = R.read_results(cdir / RESULTS_FILE)
+        assert INTERRUPTED in set(paused["status"]) and FAILED not in set(paused["status"])
 
     again = subprocess.run(
         [sys.executable, "-m", "vae_study", "run", str(path), "--no-report"],
@@ -742,7 +750,7 @@ def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert re.search(r"continuing configuration\(s\) \d+ .* in .*confirm", again.stdout)
     # The search is not run again: its table and every trial's reports are as they were.
-    search_after = R.read_results(folder / R.RESULTS_FILE)
+    search_after = R.read_results(folder / RESULTS_FILE)
     key = ["trial_id", "member", M.TEST_NLL]
 
     def numbers(table):
@@ -752,8 +760,8 @@ def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again
     assert search_files() == files_before
     assert optuna_states(folder, "tiny") == {"COMPLETE": 2}
     # The confirmation finished from its checkpoint, not from epoch 1.
-    confirmed = R.read_results(cdir / R.RESULTS_FILE)
-    assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
+    confirmed = R.read_results(cdir / RESULTS_FILE)
+    assert len(confirmed) == 2 and set(confirmed["status"]) == {COMPLETED}
     assert sorted(confirmed["seed"]) == [2, 3]
     (cid,) = set(confirmed["config_id"])
     for r in (0, 1):
@@ -763,7 +771,8 @@ def test_a_study_stopped_in_its_confirmation_resumes_it_and_never_searches_again
 
 def test_a_confirmation_can_be_added_to_a_study_until_it_has_run(tmp_path):
     from vae_study.errors import StudyError
-    from vae_study.records.folder import prepare_folder, release_folder
+    from vae_study.records.lock import release_folder
+    from vae_study.records.prepare import prepare_folder
 
     def prepare(**search):
         folder, resume = prepare_folder(study_from_dict(_tiny_raw(tmp_path, **search)), fresh=False)
@@ -806,8 +815,8 @@ def test_a_confirmation_added_to_a_finished_study_runs_alone(tmp_path):
     after = {p: p.read_bytes() for p in sorted((folder / "tune").glob("trial_*/result.json"))}
     assert after == files  # the search ran nothing again
     assert optuna_states(folder, "tiny") == {"COMPLETE": 2}
-    confirmed = R.read_results(StudyLayout(folder).confirm_dir / R.RESULTS_FILE)
-    assert len(confirmed) == 2 and set(confirmed["status"]) == {R.COMPLETED}
+    confirmed = R.read_results(StudyLayout(folder).confirm_dir / RESULTS_FILE)
+    assert len(confirmed) == 2 and set(confirmed["status"]) == {COMPLETED}
     assert sorted(confirmed[SEED_KEY]) == [2, 3]
 
 
@@ -819,7 +828,7 @@ def test_a_stopped_configuration_keeps_its_own_numbers_in_the_report(tmp_path):
         {
             CONFIG_KEY: 0,
             REPLICATE_KEY: 0,
-            "status": R.STOPPED,
+            "status": STOPPED,
             "train.beta": 2.0,
             "model.latent_dim": 2,
             M.VAL_NEG_ELBO: 123.5,
@@ -828,7 +837,7 @@ def test_a_stopped_configuration_keeps_its_own_numbers_in_the_report(tmp_path):
         {
             CONFIG_KEY: 1,
             REPLICATE_KEY: 0,
-            "status": R.COMPLETED,
+            "status": COMPLETED,
             "train.beta": 1.0,
             "model.latent_dim": 2,
             M.VAL_NEG_ELBO: 110.0,
@@ -839,6 +848,6 @@ def test_a_stopped_configuration_keeps_its_own_numbers_in_the_report(tmp_path):
     ]
     folder = _replicated_folder(tmp_path, members=members, replicates=1)
     configs = {c.metrics[CONFIG_KEY]: c for c in load_folder(folder).configs}
-    assert configs[0].status == R.STOPPED
+    assert configs[0].status == STOPPED
     assert configs[0].value(M.VAL_NEG_ELBO) == 123.5 and configs[0].value(M.VAL_RATE) == 3.25
     assert configs[1].value(M.VAL_NEG_ELBO) == 110.0

@@ -17,6 +17,7 @@ from vae_study.config.run import EvalConfig
 from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError
 from vae_study.records import results as R
+from vae_study.records.layout import COMPLETED, RESULTS_FILE
 
 
 @pytest.mark.parametrize(
@@ -114,8 +115,8 @@ def test_each_trial_trains_on_the_data_its_label_says(tmp_path):
     )
     assert main(["run", str(write_study(tmp_path, raw)), "--no-report"]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 4 and set(table["status"]) == {COMPLETED}
     labels = set(zip(table["data.train_subset"], table["data.binarize"], strict=True))
     assert labels == {(100, "static"), (100, "dynamic"), (300, "static"), (300, "dynamic")}
     assert (table[M.TRAIN_EXAMPLES] == table["data.train_subset"]).all()

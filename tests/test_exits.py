@@ -21,8 +21,10 @@ from vae_study.errors import CheckpointError, ConfigError, StudyFailed
 from vae_study.files import MAX_RECORD_JSON_BYTES, read_bounded
 from vae_study.records import record
 from vae_study.records import results as R
-from vae_study.records.folder import prepare_folder, release_folder
-from vae_study.records.layout import StudyLayout
+from vae_study.records.layout import COMPLETED, FAILED, RESULTS_FILE, STOPPED, StudyLayout
+from vae_study.records.lock import release_folder
+from vae_study.records.prepare import prepare_folder
+from vae_study.records.stage import search_stage
 from vae_study.study.outcome import check_not_all_failed
 
 
@@ -165,7 +167,7 @@ def _report_cases(tmp: Path, study: Path) -> dict[str, list[str]]:
     huge_table = tmp / "huge_table"
     huge_table.mkdir()
     (huge_table / "study.yaml").write_bytes((study / "study.yaml").read_bytes())
-    _sparse(huge_table / R.RESULTS_FILE, 2**28 + 1)
+    _sparse(huge_table / RESULTS_FILE, 2**28 + 1)
     fifo_study = tmp / "fifo_study"
     fifo_study.mkdir()
     _fifo(fifo_study / "study.yaml")
@@ -309,7 +311,7 @@ def _rows(statuses: list[str]) -> list[dict]:
             "config_id": i // 2,
             "replicate": i % 2,
             "status": s,
-            R.ERROR_KEY: "training diverged: the loss is nan" if s == R.FAILED else None,
+            R.ERROR_KEY: "training diverged: the loss is nan" if s == FAILED else None,
         }
         for i, s in enumerate(statuses)
     ]
@@ -317,16 +319,16 @@ def _rows(statuses: list[str]) -> list[dict]:
 
 def test_all_failed_is_every_configuration_failed_not_one(tmp_path):
     raw = tiny_study(tmp_path, **{"search.replicates": 2})
-    stage = record.search_stage(study_from_dict(raw), tmp_path / "runs" / "tiny")
+    stage = search_stage(study_from_dict(raw), tmp_path / "runs" / "tiny")
     with pytest.raises(StudyFailed) as exc:
-        check_not_all_failed(stage, _rows([R.FAILED, R.COMPLETED, R.FAILED, R.FAILED]))
+        check_not_all_failed(stage, _rows([FAILED, COMPLETED, FAILED, FAILED]))
     message = str(exc.value)
     assert "all 2 of the study's configurations failed" in message
-    assert "the first error: training diverged" in message and R.RESULTS_FILE in message
+    assert "the first error: training diverged" in message and RESULTS_FILE in message
     assert exc.value.exit_status == 1
     for survivors in (
-        [R.FAILED, R.FAILED, R.COMPLETED, R.COMPLETED],
-        [R.FAILED, R.FAILED, R.STOPPED, R.STOPPED],
+        [FAILED, FAILED, COMPLETED, COMPLETED],
+        [FAILED, FAILED, STOPPED, STOPPED],
         [],
     ):
         check_not_all_failed(stage, _rows(survivors))  # one configuration lived: no error
@@ -420,7 +422,7 @@ def test_a_record_file_that_is_a_fifo_or_too_big_is_refused_at_once(tmp_path):
     (tmp_path / "link.json").symlink_to(real)  # a link to a regular file: read
     assert record.read_info(tmp_path / "link.json") == {"a": 1}
     with pytest.raises(CheckpointError, match="not a regular file"):
-        R.read_results(_fifo(tmp_path / R.RESULTS_FILE))
+        R.read_results(_fifo(tmp_path / RESULTS_FILE))
 
 
 def test_a_checkpoint_that_is_a_fifo_is_refused_not_read(tmp_path):

@@ -37,6 +37,7 @@ from vae_study import files
 from vae_study.cli import main
 from vae_study.errors import CheckpointError
 from vae_study.records import results as R
+from vae_study.records.layout import COMPLETED, FAILED, RESULTS_FILE, RUNNING
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,8 +75,8 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
             return None
         if point == "mid_trial":
             hold.let_the_first_go(table, 3, n_configs=4)
-        done = table[table["status"] == R.COMPLETED]
-        running = table[table["status"] == R.RUNNING]
+        done = table[table["status"] == COMPLETED]
+        running = table[table["status"] == RUNNING]
         if point == "first_trial_starting":
             ok = len(table) >= 1
         elif point == "mid_trial":
@@ -102,9 +103,9 @@ def test_driver_sigkilled_at_several_points_then_rerun(tmp_path, point):
     assert token.is_file() and stat.S_IMODE(token.stat().st_mode) == 0o600
 
     _finish_again(tmp_path, path, env)
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     assert len(table) == 4 and table["config_id"].is_unique
-    assert set(table["status"]) == {R.COMPLETED}
+    assert set(table["status"]) == {COMPLETED}
     after = table.set_index("config_id")["test/nll"].to_dict()
     for cid, nll in done_before.items():  # finished configurations untouched, not re-run
         assert after[cid] == nll
@@ -132,7 +133,7 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
         table = read_table(folder)
         if table is None:
             return None
-        running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
+        running = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 3)]
         if running.empty:
             return None
         cid = int(running["config_id"].iloc[0])
@@ -149,8 +150,8 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {COMPLETED}
     starts = attempts(folder, cid)
     assert starts[0]["pid"] == pid and len(starts) == 2 and starts[1]["pid"] != pid
     assert starts[1]["from_epoch"] > 1  # Ray retried it; it continued from its checkpoint
@@ -176,8 +177,8 @@ def test_a_study_whose_every_configuration_diverged_exits_1_in_one_line(tmp_path
     assert len(err_lines) == 1, err_lines
     assert err_lines[0].startswith("vae-study: error: all 2 of the study's configurations failed")
     assert "the first error: training diverged" in err_lines[0]
-    table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
-    assert len(table) == 2 and set(table["status"]) == {R.FAILED}
+    table = R.read_results(tmp_path / "runs" / "tiny" / RESULTS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {FAILED}
     assert not (tmp_path / "reports").exists()  # nothing to report
 
 
@@ -198,12 +199,12 @@ def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tm
     )
     assert main(["run", str(write_study(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     assert len(table) == 3
     bad = table[table["train.lr"] == 1.0e8]
     good = table[table["train.lr"] == 0.001]
     assert len(bad) >= 1 and len(good) >= 1
-    assert set(bad["status"]) == {R.FAILED} and set(good["status"]) == {R.COMPLETED}
+    assert set(bad["status"]) == {FAILED} and set(good["status"]) == {COMPLETED}
     assert bad["error"].str.contains("training diverged").all()
     assert not bad["pareto"].any()
     for trial_id in bad["trial_id"]:  # not retried: one worker, one pass
@@ -257,7 +258,7 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
                 continue
             on_worker = table[
                 (table["node"] == worker.node_id)
-                & (table["status"] == R.RUNNING)
+                & (table["status"] == RUNNING)
                 & (table["epoch"].fillna(0) >= 2)
             ]
             if not on_worker.empty:
@@ -274,8 +275,8 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
         ray.shutdown()
         cluster.shutdown()
     assert removed, "no trial ever ran on the worker node"
-    table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
-    assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(tmp_path / "runs" / "tiny" / RESULTS_FILE)
+    assert len(table) == 4 and set(table["status"]) == {COMPLETED}
     moved = table.set_index("trial_id").loc[removed["trial"]]
     assert moved["node"] != worker.node_id and moved["epoch"] == 30
 
@@ -289,14 +290,14 @@ def test_rays_state_deleted_or_cut_short_changes_nothing_a_damaged_optuna_db_is_
     path = write_study(tmp_path, tiny_study(tmp_path, **{"search.num_trials": 2}))
     assert main(["run", str(path), "--no-report"]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     states = sorted((folder / "tune").glob("experiment_state-*.json"))
     states[-1].write_text(states[-1].read_text()[:100])
     assert main(["run", str(path), "--no-report"]) == 0
     for p in (folder / "tune").glob("experiment_state-*.json"):
         p.unlink()
     assert main(["run", str(path), "--no-report"]) == 0
-    again = R.read_results(folder / R.RESULTS_FILE)
+    again = R.read_results(folder / RESULTS_FILE)
     assert again[["config_id", "test/nll"]].equals(table[["config_id", "test/nll"]])
     for cid in table["config_id"]:
         assert len(attempts(folder, int(cid))) == 1  # nothing trained again

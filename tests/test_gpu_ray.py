@@ -10,6 +10,7 @@ import torch
 from study_factory import tiny_study
 from vae_study.config.study import study_from_dict
 from vae_study.records import results as R
+from vae_study.records.layout import COMPLETED, RESULTS_FILE
 from vae_study.study.driver import run_study
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def _run_on_a_cluster_with_gpus(study, num_gpus: float):
         folder = run_study(study, verbose=0)
     finally:
         ray.shutdown()
-    return R.read_results(folder / R.RESULTS_FILE)
+    return R.read_results(folder / RESULTS_FILE)
 
 
 def test_auto_packs_two_trials_on_one_gpu_and_each_uses_the_gpu_ray_gave(tmp_path):
@@ -45,7 +46,7 @@ def test_auto_packs_two_trials_on_one_gpu_and_each_uses_the_gpu_ray_gave(tmp_pat
         )
     )
     table = _run_on_a_cluster_with_gpus(study, num_gpus=1)
-    assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+    assert len(table) == 2 and set(table["status"]) == {COMPLETED}
     # Both trials held half of GPU 0 at once (auto: 1 GPU / 2 concurrent trials) ...
     assert set(table[R.GPU_IDS_KEY].astype(str)) == {"0"}
     # ... and trained on it where torch sees it; on this node Ray's GPU is only declared.
@@ -68,7 +69,7 @@ def test_a_trial_without_a_gpu_share_runs_on_the_cpu_on_a_gpu_node(tmp_path):
         )
     )
     table = _run_on_a_cluster_with_gpus(study, num_gpus=2)
-    assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+    assert len(table) == 2 and set(table["status"]) == {COMPLETED}
     assert set(table[R.DEVICE_KEY]) == {"cpu"}
     assert table[R.GPU_IDS_KEY].isna().all()  # no GPU given: an empty cell
 
@@ -88,4 +89,4 @@ def test_two_trials_share_a_real_gpu(tmp_path):
         )
     )
     table = _run_on_a_cluster_with_gpus(study, num_gpus=torch.cuda.device_count())
-    assert set(table["status"]) == {R.COMPLETED} and set(table[R.DEVICE_KEY]) == {"cuda"}
+    assert set(table["status"]) == {COMPLETED} and set(table[R.DEVICE_KEY]) == {"cuda"}

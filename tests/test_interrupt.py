@@ -29,7 +29,16 @@ from study_factory import (
 )
 from vae_study.config.study import study_from_dict
 from vae_study.records import results as R
-from vae_study.records.record import INTERRUPTED_ATTR
+from vae_study.records.layout import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    PENDING,
+    RESULTS_FILE,
+    RUNNING,
+    STOPPED,
+)
+from vae_study.records.stage import INTERRUPTED_ATTR
 
 
 @pytest.mark.slow
@@ -53,9 +62,9 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
         if table is None:
             return None
         hold.let_the_first_go(table, 2, n_configs=4)
-        done = table[table["status"] == R.COMPLETED]
-        mid = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
-        waiting = table[table["status"] == R.PENDING]
+        done = table[table["status"] == COMPLETED]
+        mid = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 2)]
+        waiting = table[table["status"] == PENDING]
         if len(done) >= 1 and not mid.empty and not waiting.empty:
             return [int(n) for n in mid["optuna_trial"]], [int(n) for n in waiting["optuna_trial"]]
         return None
@@ -87,19 +96,19 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
     assert not second or "the signal is ignored until it is saved" in out
 
     # The records call the paused trials interrupted or pending; none stopped or failed.
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     statuses = table.set_index("optuna_trial")["status"].to_dict()
-    assert not {R.STOPPED, R.FAILED} & set(statuses.values()), statuses
-    assert set(statuses.values()) <= {R.COMPLETED, R.INTERRUPTED, R.PENDING}, statuses
-    assert all(statuses[n] == R.INTERRUPTED for n in mid_way), statuses
-    assert all(statuses[n] == R.PENDING for n in waiting), statuses  # never started
+    assert not {STOPPED, FAILED} & set(statuses.values()), statuses
+    assert set(statuses.values()) <= {COMPLETED, INTERRUPTED, PENDING}, statuses
+    assert all(statuses[n] == INTERRUPTED for n in mid_way), statuses
+    assert all(statuses[n] == PENDING for n in waiting), statuses  # never started
     # The pause line's counts add up to the study's 4 trials.
     counted = re.search(r"paused: (\d+) of 4 trials finished.*?; (.*?); results in", out)
     assert counted, out[-3000:]
-    completed = sum(1 for s in statuses.values() if s == R.COMPLETED)
+    completed = sum(1 for s in statuses.values() if s == COMPLETED)
     assert int(counted.group(1)) == completed, out[-3000:]
     rest = dict((w, int(n)) for n, w in (x.split() for x in counted.group(2).split(", ")))
-    assert rest.get(R.INTERRUPTED) == len(mid_way), out[-3000:]
+    assert rest.get(INTERRUPTED) == len(mid_way), out[-3000:]
     assert completed + sum(rest.values()) == 4, out[-3000:]
 
     storage = f"sqlite:///{folder / 'optuna.db'}"
@@ -124,8 +133,8 @@ def test_ctrl_c_pauses_the_study_and_the_same_command_continues_it(tmp_path):
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "done: 4 of 4 trials finished (4 completed)" in again.stdout
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 4 and set(table["status"]) == {COMPLETED}
     for number in mid_way:
         starts = attempts(folder, number)
         assert len(starts) == 2, starts

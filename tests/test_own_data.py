@@ -589,6 +589,7 @@ def test_a_study_on_an_npy_folder_named_relative_to_its_file(tmp_path, monkeypat
     from study_factory import tiny_study, write_study
     from vae_study.cli import main
     from vae_study.records import results as R
+    from vae_study.records.layout import COMPLETED, RESULTS_FILE
 
     arrays = tmp_path / "arrays"
     arrays.mkdir()
@@ -609,8 +610,8 @@ def test_a_study_on_an_npy_folder_named_relative_to_its_file(tmp_path, monkeypat
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the path is the study file's, not the working directory's
     assert main(["run", str(study)]) == 0
-    table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
-    assert set(table["status"]) == {R.COMPLETED} and (table["data/train_examples"] == 250).all()
+    table = R.read_results(tmp_path / "runs" / "tiny" / RESULTS_FILE)
+    assert set(table["status"]) == {COMPLETED} and (table["data/train_examples"] == 250).all()
     assert list((tmp_path / "reports" / "tiny").glob("model_*.png"))
 
 

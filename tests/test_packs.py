@@ -36,7 +36,15 @@ from vae_study.config.run import replace_keys
 from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError
 from vae_study.records import results as R
-from vae_study.records.layout import StudyLayout
+from vae_study.records.layout import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    RESULTS_FILE,
+    RUNNING,
+    STOPPED,
+    StudyLayout,
+)
 from vae_study.records.replicates import read_configs
 from vae_study.study import trainable
 
@@ -189,11 +197,11 @@ class _Killed(Exception):
 
 
 def _stage(tmp_path, name, replicates):
-    from vae_study.records import record
+    from vae_study.records.stage import Stage
 
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
-    return record.Stage(folder, folder, name, replicates)
+    return Stage(folder, folder, name, replicates)
 
 
 def _ids(n, per_config):
@@ -308,11 +316,12 @@ def test_a_diverged_replicate_fails_its_configuration_and_its_pack_mates_go_on(
     )
     # What the searcher tells Optuna, and what results.csv and configs.csv say: from the
     # record the pack wrote (the diverged member's file holds its reason).
-    from vae_study.records import record
+    from vae_study.records import record, tables
+    from vae_study.records.stage import Stage
     from vae_study.study.searcher import StudySearcher
 
     study = study_from_dict(tiny_study(tmp_path, **{"search.replicates": 2}))
-    stage = record.Stage(rec.stage.folder, rec.stage.folder, study.name, 2)
+    stage = Stage(rec.stage.folder, rec.stage.folder, study.name, 2)
     assert "training diverged" in record.read_member(stage, 0, 1).error
     search = StudySearcher(
         study, stage, sampler=optuna.samplers.RandomSampler(0), num_configs=2, pack_size=2
@@ -325,12 +334,12 @@ def test_a_diverged_replicate_fails_its_configuration_and_its_pack_mates_go_on(
         (S.FAIL, None),
         (S.COMPLETE, pytest.approx(last[R.config_key(1, M.VAL_NLL)], rel=1e-12)),
     ]
-    rows = record.rebuild(study, stage)
+    rows = tables.rebuild(study, stage)
     table = R.read_results(stage.layout.results_file)
-    assert list(table["status"]) == [R.COMPLETED, R.FAILED, R.COMPLETED, R.COMPLETED]
+    assert list(table["status"]) == [COMPLETED, FAILED, COMPLETED, COMPLETED]
     assert "training diverged" in table["error"][1] and len(rows) == 4
     configs = read_configs(stage.layout.configs_file)
-    assert list(configs["status"]) == [R.FAILED, R.COMPLETED]
+    assert list(configs["status"]) == [FAILED, COMPLETED]
     assert list(configs["n_finished"]) == [1, 2]  # R - 1 of the failed one finished
 
 
@@ -355,6 +364,7 @@ def test_a_pack_killed_after_an_epoch_resumes_every_member_exactly(
 
 def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
     from vae_study.records import record
+    from vae_study.records.stage import search_stage
     from vae_study.study.searcher import make_searcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -379,7 +389,7 @@ def test_the_searcher_asks_packs_that_never_mix_shape_keys(tmp_path):
     study = study_from_dict(raw)
     folder = tmp_path / "s"
     folder.mkdir()
-    stage = record.search_stage(study, folder)
+    stage = search_stage(study, folder)
     _, search = make_searcher(study, stage, pack_size=configs_per_trial(study, gpu=False))
     packs = [search.suggest(f"t{i}") for i in range(5)]
     assert packs[4] == "FINISHED"  # 11 configurations: packs of 3, 3, 3 and 2
@@ -458,10 +468,11 @@ def _asked(stage, study, n):
 
 
 def test_results_have_a_row_per_member_and_configs_agree_with_numpy(tmp_path):
-    from vae_study.records import record
+    from vae_study.records import tables
+    from vae_study.records.stage import search_stage
 
     study = study_from_dict(tiny_study(tmp_path, **{"search.replicates": 3}))
-    stage = record.search_stage(study, tmp_path)
+    stage = search_stage(study, tmp_path)
     _asked(stage, study, 2)
     rng = np.random.default_rng(0)
     values = {}
@@ -471,8 +482,8 @@ def test_results_have_a_row_per_member_and_configs_agree_with_numpy(tmp_path):
             nll, rate = values[i][r]
             final = {M.VAL_NLL: nll, M.TEST_RATE: rate, M.TEST_NEG_ELBO: nll + 1}
             _record_member(stage, i, r, final)
-    record.rebuild(study, stage)
-    table = R.read_results(tmp_path / R.RESULTS_FILE)
+    tables.rebuild(study, stage)
+    table = R.read_results(tmp_path / RESULTS_FILE)
     assert len(table) == 6 and list(table["member"]) == [0, 1, 2] * 2
     assert list(table["replicate"]) == [0, 1, 2] * 2 and list(table["seed"]) == [0, 1, 2] * 2
     assert list(table["config_id"]) == [0] * 3 + [1] * 3
@@ -486,20 +497,21 @@ def test_results_have_a_row_per_member_and_configs_agree_with_numpy(tmp_path):
             x = values[i][:, col]
             assert row[metric] == pytest.approx(np.mean(x), rel=1e-12)
             assert row[f"{metric}_se"] == pytest.approx(np.std(x, ddof=1) / np.sqrt(3), rel=1e-9)
-        assert row["n_finished"] == 3 and row["status"] == R.COMPLETED
+        assert row["n_finished"] == 3 and row["status"] == COMPLETED
     best = int(np.argmin([np.mean(values[i][:, 0]) for i in range(2)]))
     assert list(table["pareto"]) == [i == best for i in range(2) for _ in range(3)]
 
 
 def test_one_replicate_keeps_one_row_per_trial_and_no_standard_error(tmp_path):
-    from vae_study.records import record
+    from vae_study.records import tables
+    from vae_study.records.stage import search_stage
 
     study = study_from_dict(tiny_study(tmp_path))
-    stage = record.search_stage(study, tmp_path)
+    stage = search_stage(study, tmp_path)
     _asked(stage, study, 4)
     _record_member(stage, 3, 0, {M.VAL_NLL: 88.0, M.TEST_NEG_ELBO: 91.0, M.TEST_RATE: 5.0})
-    record.rebuild(study, stage)
-    table = R.read_results(tmp_path / R.RESULTS_FILE)
+    tables.rebuild(study, stage)
+    table = R.read_results(tmp_path / RESULTS_FILE)
     assert len(table) == 4
     row = table.iloc[3]
     assert (row["member"], row["config_id"], row["replicate"], row["seed"]) == (0, 3, 0, 0)
@@ -544,8 +556,8 @@ def test_a_replicated_packed_study_holds_one_optuna_trial_per_configuration(tmp_
     )
     assert main(["run", str(write_study(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 10 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 10 and set(table["status"]) == {COMPLETED}
     assert set(table[R.FUSION_KEY]) == {"stacked"}  # MLP members: one batched model
     assert table.groupby("trial_id").size().sort_values().tolist() == [4, 6]  # packs of 2, 3
     for _, trial in table.groupby("trial_id"):  # packs never mix shape keys
@@ -581,8 +593,8 @@ def test_a_one_configuration_trial_reports_the_replicate_mean_at_the_top(tmp_pat
     raw = tiny_study(tmp_path, **{"search.replicates": 2, "search.num_trials": 2})
     assert main(["run", str(write_study(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 4 and set(table["status"]) == {COMPLETED}
     for trial_id in set(table["trial_id"]):
         lines = StudyLayout(folder).result_file(trial_id).read_text().splitlines()
         reports = [json.loads(line) for line in lines]
@@ -614,7 +626,7 @@ def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
     straight_dir.mkdir()
     raw = slow_trials(straight_dir, epochs=12, **over)
     assert main(["run", str(write_study(straight_dir, raw)), "--no-report"]) == 0
-    straight = R.read_results(straight_dir / "runs" / "tiny" / R.RESULTS_FILE)
+    straight = R.read_results(straight_dir / "runs" / "tiny" / RESULTS_FILE)
 
     path = write_study(tmp_path, slow_trials(tmp_path, epochs=12, **over))
     folder = tmp_path / "runs" / "tiny"
@@ -624,7 +636,7 @@ def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
         table = read_table(folder)
         if table is None:
             return None
-        running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
+        running = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 3)]
         return (int(running["config_id"].iloc[0]),) if len(running) else None  # 0 is an id
 
     hold = Hold(tmp_path)
@@ -639,8 +651,8 @@ def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
         log.close()
         hold.release()
     assert main(["run", str(path), "--no-report"]) == 0
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 4 and set(table["status"]) == {COMPLETED}
     # The killed configuration resumed from its checkpoints: its second start began past
     # epoch 1, and each member's curve has every epoch once.
     for r in (0, 1):
@@ -675,16 +687,16 @@ def test_asha_with_replicates_stops_whole_configurations_on_their_mean(tmp_path)
     )
     assert main(["run", str(write_study(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     assert len(table) == 12
     for _, config in table.groupby("config_id"):  # ASHA stops a configuration, not a seed
         assert len(config) == 2 and config["status"].nunique() == 1
         assert config["epoch"].nunique() == 1
     configs = read_configs(folder / "configs.csv")
-    stopped = configs[configs["status"] == R.STOPPED]
-    completed = configs[configs["status"] == R.COMPLETED]
+    stopped = configs[configs["status"] == STOPPED]
+    completed = configs[configs["status"] == COMPLETED]
     assert len(stopped) >= 1 and len(completed) >= 1 and len(stopped) + len(completed) == 6
-    assert table.loc[table["status"] == R.STOPPED, "epoch"].lt(6).all()
+    assert table.loc[table["status"] == STOPPED, "epoch"].lt(6).all()
     states = optuna_states(folder, "tiny")
     assert states == {"PRUNED": len(stopped), "COMPLETE": len(completed)}
     # ASHA saw each trial's mean: every report's scheduler metric is its members' mean.
@@ -697,7 +709,7 @@ def test_asha_with_replicates_stops_whole_configurations_on_their_mean(tmp_path)
 
 @pytest.mark.slow
 def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member(tmp_path):
-    from vae_study.records.record import INTERRUPTED_ATTR
+    from vae_study.records.stage import INTERRUPTED_ATTR
 
     over = {
         "search.replicates": 2,
@@ -713,7 +725,7 @@ def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member
         table = read_table(folder)
         if table is None:
             return None
-        running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
+        running = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 3)]
         return running["trial_id"].iloc[0] if len(running) else None
 
     proc, log = start_driver(tmp_path, path, "first.log", env)
@@ -725,9 +737,9 @@ def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     members = table[table["trial_id"] == paused]
-    assert len(members) == 4 and set(members["status"]) == {R.INTERRUPTED}
+    assert len(members) == 4 and set(members["status"]) == {INTERRUPTED}
     assert "paused:" in (tmp_path / "first.log").read_text()
     study = optuna.load_study(study_name="tiny", storage=StudyLayout(folder).storage_url)
     for number in set(members["config_id"]):  # each configuration waits, marked
@@ -737,8 +749,8 @@ def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member
     from vae_study.cli import main
 
     assert main(["run", str(path), "--no-report"]) == 0
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 8 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 8 and set(table["status"]) == {COMPLETED}
     for cid, r in zip(members["config_id"], members["replicate"], strict=True):
         starts = attempts(folder, cid, r)  # resumed from its checkpoint, not from epoch 1
         assert len(starts) == 2 and starts[1]["from_epoch"] > 1, starts
@@ -767,15 +779,15 @@ def test_a_diverged_configuration_in_a_pack_fails_while_its_pack_mate_completes(
     )
     assert main(["run", str(write_study(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     assert len(table) == 4 and table["trial_id"].nunique() == 1  # one pack of two
     bad, good = table[table["train.lr"] == 1.0e8], table[table["train.lr"] == 0.001]
-    assert set(bad["status"]) == {R.FAILED} and set(good["status"]) == {R.COMPLETED}
+    assert set(bad["status"]) == {FAILED} and set(good["status"]) == {COMPLETED}
     assert bad["error"].str.startswith("training diverged: the loss is").all()
     assert not table["pareto"][bad.index].any() and table["pareto"][good.index].all()
     configs = read_configs(folder / "configs.csv").set_index("config_id")
     bad_id, good_id = int(bad["config_id"].iloc[0]), int(good["config_id"].iloc[0])
-    assert configs.loc[bad_id, "status"] == R.FAILED and configs.loc[bad_id, "n_finished"] == 0
+    assert configs.loc[bad_id, "status"] == FAILED and configs.loc[bad_id, "n_finished"] == 0
     assert configs.loc[good_id, "n_finished"] == 2
     study = optuna.load_study(study_name="tiny", storage=StudyLayout(folder).storage_url)
     S = optuna.trial.TrialState
@@ -797,7 +809,7 @@ def test_a_packs_worker_killed_once_resumes_every_member_from_the_checkpoint(tmp
         table = read_table(folder)
         if table is None:
             return None
-        rows = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 3)]
+        rows = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 3)]
         if rows.empty:
             return None
         trial_id = rows["trial_id"].iloc[0]
@@ -818,8 +830,8 @@ def test_a_packs_worker_killed_once_resumes_every_member_from_the_checkpoint(tmp
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {COMPLETED}
     lines = [
         json.loads(x) for x in StudyLayout(folder).result_file(trial_id).read_text().splitlines()
     ]

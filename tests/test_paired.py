@@ -11,9 +11,9 @@ import pytest
 
 from vae_study import metrics as M
 from vae_study.config.space import Param
-from vae_study.records.folder import Trial
 from vae_study.records.layout import COMPLETED, FAILED
 from vae_study.records.replicates import REPLICATE_KEY, SEED_KEY, mean_se
+from vae_study.records.trial import Trial
 from vae_study.report import knob_matching, knobs, paired
 
 NLL = M.bound_key("test", M.QUANTITY_NLL)

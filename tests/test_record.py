@@ -19,9 +19,18 @@ import pytest
 from study_factory import tiny_study
 from vae_study import metrics as M
 from vae_study.config.study import study_from_dict
-from vae_study.records import record
+from vae_study.records import record, tables
 from vae_study.records import results as R
-from vae_study.records.layout import StudyLayout
+from vae_study.records.layout import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    PENDING,
+    RUNNING,
+    STOPPED,
+    StudyLayout,
+)
+from vae_study.records.stage import INTERRUPTED_ATTR, search_stage, storage
 from vae_study.study import legacy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,8 +81,8 @@ def _final(nll: float) -> dict:
 
 def test_every_status_comes_from_optuna_and_the_members_folders(tmp_path):
     study = _study(tmp_path, **{"search.replicates": 2})
-    stage = record.search_stage(study, _folder(tmp_path))
-    ot = optuna.create_study(study_name=study.name, storage=record.storage(stage))
+    stage = search_stage(study, _folder(tmp_path))
+    ot = optuna.create_study(study_name=study.name, storage=storage(stage))
     for _ in range(6):
         ot.ask({"train.beta": optuna.distributions.FloatDistribution(0.1, 10.0)})
     # 0: both seeds completed, told; 1: a seed diverged, told FAIL; 2: stopped by ASHA;
@@ -90,21 +99,21 @@ def test_every_status_comes_from_optuna_and_the_members_folders(tmp_path):
     for r in (0, 1):
         write_member(stage, 3, r, epochs=1)
         write_member(stage, 4, r, epochs=2)
-    rows = record.rebuild(study, stage, live={3})
+    rows = tables.rebuild(study, stage, live={3})
     got = {(r["config_id"], r["replicate"]): r["status"] for r in rows}
     assert got == {
-        (0, 0): R.COMPLETED,
-        (0, 1): R.COMPLETED,
-        (1, 0): R.COMPLETED,  # its own seed completed; the configuration is failed
-        (1, 1): R.FAILED,
-        (2, 0): R.STOPPED,
-        (2, 1): R.STOPPED,
-        (3, 0): R.RUNNING,
-        (3, 1): R.RUNNING,
-        (4, 0): R.INTERRUPTED,
-        (4, 1): R.INTERRUPTED,
-        (5, 0): R.PENDING,
-        (5, 1): R.PENDING,
+        (0, 0): COMPLETED,
+        (0, 1): COMPLETED,
+        (1, 0): COMPLETED,  # its own seed completed; the configuration is failed
+        (1, 1): FAILED,
+        (2, 0): STOPPED,
+        (2, 1): STOPPED,
+        (3, 0): RUNNING,
+        (3, 1): RUNNING,
+        (4, 0): INTERRUPTED,
+        (4, 1): INTERRUPTED,
+        (5, 0): PENDING,
+        (5, 1): PENDING,
     }
     by = {(r["config_id"], r["replicate"]): r for r in rows}
     assert by[(1, 1)][R.ERROR_KEY] == "training diverged: nan"
@@ -115,34 +124,34 @@ def test_every_status_comes_from_optuna_and_the_members_folders(tmp_path):
     from vae_study.records.replicates import read_configs  # the per-configuration view agrees
 
     per = read_configs(stage.layout.configs_file).set_index("config_id")
-    assert per.loc[0, "status"] == R.COMPLETED and per.loc[0, M.VAL_NLL] == 81.0
-    assert per.loc[1, "status"] == R.FAILED
+    assert per.loc[0, "status"] == COMPLETED and per.loc[0, M.VAL_NLL] == 81.0
+    assert per.loc[1, "status"] == FAILED
 
 
 def test_a_deleted_or_cut_short_table_is_rebuilt_whole(tmp_path):
     study = _study(tmp_path)
-    stage = record.search_stage(study, _folder(tmp_path))
-    ot = optuna.create_study(study_name=study.name, storage=record.storage(stage))
+    stage = search_stage(study, _folder(tmp_path))
+    ot = optuna.create_study(study_name=study.name, storage=storage(stage))
     for i in range(3):
         ot.ask({"train.beta": optuna.distributions.FloatDistribution(0.1, 10.0)})
         write_member(stage, i, 0, epochs=2, final=_final(80.0 + i))
         ot.tell(i, 80.0 + i)
-    record.rebuild(study, stage)
+    tables.rebuild(study, stage)
     whole = stage.layout.results_file.read_bytes()
     stage.layout.results_file.write_bytes(whole[: len(whole) // 2])  # a disk that filled up
     with pytest.raises(Exception, match="cut short"):
         R.read_results(stage.layout.results_file)
-    record.rebuild(study, stage)
+    tables.rebuild(study, stage)
     assert stage.layout.results_file.read_bytes() == whole
     stage.layout.results_file.unlink()
     stage.layout.configs_file.unlink()
-    record.rebuild(study, stage)
+    tables.rebuild(study, stage)
     assert stage.layout.results_file.read_bytes() == whole
 
 
 def test_the_outcome_of_a_configuration_is_the_mean_of_all_its_seeds_or_nothing(tmp_path):
     study = _study(tmp_path, **{"search.replicates": 3})
-    stage = record.search_stage(study, _folder(tmp_path))
+    stage = search_stage(study, _folder(tmp_path))
     for r, nll in enumerate((80.0, 81.0, 85.0)):
         write_member(stage, 0, r, epochs=2, final=_final(nll))
     assert record.outcome(stage, 0, [M.VAL_NLL]) == ("complete", [82.0], None)
@@ -194,7 +203,7 @@ def _searcher(study, stage, pause=None, pack_size=1):
 
 def test_the_searcher_tells_each_configuration_from_its_record(tmp_path):
     study = _study(tmp_path, **{"search.replicates": 2, "search.num_trials": 5})
-    stage = record.search_stage(study, _folder(tmp_path))
+    stage = search_stage(study, _folder(tmp_path))
     pause = _Pause()
     search = _searcher(study, stage, pause)
     configs = {name: search.suggest(name) for name in "abcde"}
@@ -210,7 +219,7 @@ def test_the_searcher_tells_each_configuration_from_its_record(tmp_path):
     pause.requested = True  # a pause: what has not finished stays open for the next run
     search.on_trial_complete("e")
     search.on_trial_complete("unknown")  # not asked by this searcher: nothing
-    ot = optuna.load_study(study_name=study.name, storage=record.storage(stage))
+    ot = optuna.load_study(study_name=study.name, storage=storage(stage))
     got = {t.number: (t.state, t.value) for t in ot.trials}
     n = {k: configs[k]["_optuna_trial"] for k in configs}
     assert got[n["a"]] == (S.COMPLETE, 82.0)
@@ -218,7 +227,7 @@ def test_the_searcher_tells_each_configuration_from_its_record(tmp_path):
     assert got[n["c"]] == (S.PRUNED, None)
     assert got[n["d"]] == (S.FAIL, None)
     assert got[n["e"]] == (S.RUNNING, None)
-    assert ot.trials[n["e"]].user_attrs[record.INTERRUPTED_ATTR] is True
+    assert ot.trials[n["e"]].user_attrs[INTERRUPTED_ATTR] is True
 
 
 def test_a_trial_that_ended_with_no_epoch_in_the_record_is_failed_not_stopped(tmp_path):
@@ -227,18 +236,18 @@ def test_a_trial_that_ended_with_no_epoch_in_the_record_is_failed_not_stopped(tm
     from vae_study.study.searcher import NO_RECORD
 
     study = _study(tmp_path, **{"search.replicates": 2, "search.num_trials": 2})
-    stage = record.search_stage(study, _folder(tmp_path))
+    stage = search_stage(study, _folder(tmp_path))
     search = _searcher(study, stage)
     lost, scheduled = search.suggest("lost"), search.suggest("scheduled")
     write_member(stage, scheduled["_config_id"], 0, epochs=1)  # ASHA stopped it after one
     search.on_trial_complete("lost")
     search.on_trial_complete("scheduled")
-    ot = optuna.load_study(study_name=study.name, storage=record.storage(stage))
+    ot = optuna.load_study(study_name=study.name, storage=storage(stage))
     assert ot.trials[lost["_optuna_trial"]].state == S.FAIL
     assert ot.trials[scheduled["_optuna_trial"]].state == S.PRUNED
-    rows = [r for r in record.rows(study, stage) if r["config_id"] == lost["_config_id"]]
+    rows = [r for r in tables.rows(study, stage) if r["config_id"] == lost["_config_id"]]
     assert len(rows) == 2
-    assert all(r["status"] == R.FAILED and r[R.ERROR_KEY] == NO_RECORD for r in rows)
+    assert all(r["status"] == FAILED and r[R.ERROR_KEY] == NO_RECORD for r in rows)
 
 
 def test_a_new_searcher_resumes_running_configurations_first_then_asks_to_num_trials(tmp_path):
@@ -249,7 +258,7 @@ def test_a_new_searcher_resumes_running_configurations_first_then_asks_to_num_tr
             "search.points_to_evaluate": [{"train.beta": 0.5, "model.latent_dim": 2}],
         },
     )
-    stage = record.search_stage(study, _folder(tmp_path))
+    stage = search_stage(study, _folder(tmp_path))
     first = _searcher(study, stage)
     a, b = first.suggest("a"), first.suggest("b")
     assert (a["train.beta"], a["model.latent_dim"]) == (0.5, 2)  # the point first
@@ -264,7 +273,7 @@ def test_a_new_searcher_resumes_running_configurations_first_then_asks_to_num_tr
     assert (c["train.beta"], c["model.latent_dim"]) != (0.5, 2)  # the point is not asked twice
     assert len({again["_optuna_trial"], c["_optuna_trial"], d["_optuna_trial"]}) == 3
     assert second.suggest("e") == "FINISHED"  # 4 configurations asked
-    ot = optuna.load_study(study_name=study.name, storage=record.storage(stage))
+    ot = optuna.load_study(study_name=study.name, storage=storage(stage))
     assert len(ot.trials) == 4
 
 
@@ -280,7 +289,7 @@ def test_a_resumed_search_draws_new_configurations_and_the_same_ones_each_time(t
         study = _study(tmp_path, **{"search.num_trials": 4, "name": folder_name})
         folder = tmp_path / "runs" / folder_name
         folder.mkdir(parents=True)
-        stage = record.search_stage(study, folder)
+        stage = search_stage(study, folder)
         first = make_searcher(study, stage)[1]
         a = first.suggest("a")
         write_member(stage, a["_config_id"], 0, epochs=2, final=_final(80.0))
@@ -306,7 +315,7 @@ def test_a_searcher_of_any_sampler_pickles_as_tune_pickles_it(tmp_path):
             "search.objectives": [{"metric": "val/rate"}, {"metric": "val/distortion"}],
         },
     )
-    stage = record.search_stage(study, _folder(tmp_path))
+    stage = search_stage(study, _folder(tmp_path))
     search = _searcher(study, stage)
     with pytest.raises(TypeError, match="lock"):  # why the searcher needs its own pickling
         pickle.dumps(search.study.sampler)
@@ -315,7 +324,7 @@ def test_a_searcher_of_any_sampler_pickles_as_tune_pickles_it(tmp_path):
     assert copy.asked == 1 and copy.assigned == {"a": [(first["_optuna_trial"], 0)]}
     second = copy.suggest("b")
     assert second["_optuna_trial"] == first["_optuna_trial"] + 1
-    ot = optuna.load_study(study_name=study.name, storage=record.storage(stage))
+    ot = optuna.load_study(study_name=study.name, storage=storage(stage))
     assert len(ot.trials) == 2
 
 
@@ -331,7 +340,7 @@ def test_a_resumed_pack_comes_back_with_one_shape(tmp_path):
             ],
         },
     )
-    stage = record.search_stage(study, _folder(tmp_path))
+    stage = search_stage(study, _folder(tmp_path))
     search = _searcher(study, stage, pack_size=3)
     packs = []
     for name in "abc":
@@ -358,13 +367,13 @@ def test_the_pause_line_counts_add_up(tmp_path):
     from vae_study.study.outcome import summary_line
 
     study = _study(tmp_path, **{"search.num_trials": 8})
-    stage = record.search_stage(study, _folder(tmp_path))
+    stage = search_stage(study, _folder(tmp_path))
     rows = [
-        {"config_id": 0, "replicate": 0, "status": R.COMPLETED},
-        {"config_id": 1, "replicate": 0, "status": R.STOPPED},
-        {"config_id": 2, "replicate": 0, "status": R.INTERRUPTED},
-        {"config_id": 3, "replicate": 0, "status": R.INTERRUPTED},
-        {"config_id": 4, "replicate": 0, "status": R.PENDING},
+        {"config_id": 0, "replicate": 0, "status": COMPLETED},
+        {"config_id": 1, "replicate": 0, "status": STOPPED},
+        {"config_id": 2, "replicate": 0, "status": INTERRUPTED},
+        {"config_id": 3, "replicate": 0, "status": INTERRUPTED},
+        {"config_id": 4, "replicate": 0, "status": PENDING},
     ]
     line = summary_line(study, stage, rows, paused=True)
     assert "paused: 2 of 8 trials finished (1 completed, 1 stopped)" in line
@@ -378,20 +387,20 @@ def test_the_pause_line_counts_add_up(tmp_path):
 def test_an_older_study_folder_is_imported_and_its_checkpoints_continue(tmp_path):
     study = _study(tmp_path)
     folder = _folder(tmp_path)
-    stage = record.search_stage(study, folder)
+    stage = search_stage(study, folder)
     layout = StudyLayout(folder)
     ckpt = layout.trial_dir("old1") / "checkpoint_000001"
     ckpt.mkdir(parents=True)
     (ckpt / "state.pt").write_bytes(b"weights")
     rows = [
-        {"trial_id": "old0", "optuna_trial": 0, "status": R.COMPLETED, "config_id": 0,
+        {"trial_id": "old0", "optuna_trial": 0, "status": COMPLETED, "config_id": 0,
          "replicate": 0, "seed": 0, "train.beta": 1.0, "model.latent_dim": 2, M.TEST_NLL: 88.5},
-        {"trial_id": "old1", "optuna_trial": 1, "status": R.INTERRUPTED, "config_id": 1,
+        {"trial_id": "old1", "optuna_trial": 1, "status": INTERRUPTED, "config_id": 1,
          "replicate": 0, "seed": 0, "train.beta": 2.0, "model.latent_dim": 2, "epoch": 1,
          "checkpoint": str(ckpt)},
     ]  # fmt: skip
     R.write_results(layout.results_file, rows, ["train.beta", "model.latent_dim"])
-    ot = optuna.create_study(study_name=study.name, storage=record.storage(stage))
+    ot = optuna.create_study(study_name=study.name, storage=storage(stage))
     for _ in (0, 1):
         ot.ask({"train.beta": optuna.distributions.FloatDistribution(0.1, 10.0)})
     ot.tell(0, 87.0)
@@ -401,11 +410,11 @@ def test_an_older_study_folder_is_imported_and_its_checkpoints_continue(tmp_path
     copied = layout.record_dir(1, 0) / "checkpoint" / "state.pt"
     assert copied.read_bytes() == b"weights"  # configuration 1 continues from epoch 1
     assert ckpt.is_dir()  # the old files are left where they were
-    table = record.rebuild(study, stage)
+    table = tables.rebuild(study, stage)
     by = {r["config_id"]: r for r in table}
-    assert by[0]["status"] == R.COMPLETED and by[0][M.TEST_NLL] == 88.5  # kept as it was
+    assert by[0]["status"] == COMPLETED and by[0][M.TEST_NLL] == 88.5  # kept as it was
     assert by[0]["trial_id"] == "old0"
-    assert by[1]["status"] == R.PENDING and by[1]["checkpoint"].endswith("replicate_0/checkpoint")
+    assert by[1]["status"] == PENDING and by[1]["checkpoint"].endswith("replicate_0/checkpoint")
 
 
 def test_an_older_folder_whose_table_is_damaged_is_refused_untouched(tmp_path):
@@ -413,7 +422,7 @@ def test_an_older_folder_whose_table_is_damaged_is_refused_untouched(tmp_path):
 
     study = _study(tmp_path)
     folder = _folder(tmp_path)
-    stage = record.search_stage(study, folder)
+    stage = search_stage(study, folder)
     (folder / "results.csv").write_text("trial_id,optuna_trial,status,pareto\na,0,comp")
     with pytest.raises(StudyError, match="older vae_study.*--fresh"):
         legacy.import_legacy(study, stage)
@@ -667,7 +676,7 @@ def test_a_member_killed_before_its_first_checkpoint_starts_over_in_a_clean_fold
     from vae_study.errors import ConfigError
 
     study = _study(tmp_path)
-    stage = record.search_stage(study, _folder(tmp_path))
+    stage = search_stage(study, _folder(tmp_path))
     half = stage.layout.record_dir(0, 0)
     half.mkdir(parents=True)
     (half / "config.yaml").write_text("model: {}\n")

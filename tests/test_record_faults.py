@@ -33,7 +33,8 @@ from study_factory import (
 from vae_study import metrics as M
 from vae_study.files import DRIVER_PID_ENV, FAULT_ENV
 from vae_study.records import results as R
-from vae_study.records.record import INTERRUPTED_ATTR
+from vae_study.records.layout import COMPLETED, FAILED, INTERRUPTED, RESULTS_FILE, RUNNING
+from vae_study.records.stage import INTERRUPTED_ATTR
 
 POINTS = [
     {"train.beta": 0.5, "model.latent_dim": 2},
@@ -116,19 +117,19 @@ def _reap(driver_pid: int, grace: float = 20.0) -> None:
 
 
 def _members(folder: Path):
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     return table.set_index(KEY).sort_index()
 
 
 def _optuna_equals_results(folder: Path, name: str = "tiny") -> None:
     """optuna.db agrees with results.csv configuration by configuration: its value is the
     mean of the members' val/nll, its parameters theirs."""
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     ot = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
     assert {t.state for t in ot.trials} == {optuna.trial.TrialState.COMPLETE}
     for t in ot.trials:
         rows = table[table["config_id"] == t.number]
-        assert len(rows) == 2 and set(rows["status"]) == {R.COMPLETED}
+        assert len(rows) == 2 and set(rows["status"]) == {COMPLETED}
         assert t.value == pytest.approx(rows[M.VAL_NLL].mean(), rel=1e-12, abs=0)
         assert t.params["train.beta"] == rows["train.beta"].iloc[0]
 
@@ -172,8 +173,8 @@ def test_a_driver_killed_at_twenty_instants_resumes_every_member_exactly(tmp_pat
     assert len(kills) >= 20, kills
     code, out = _run(tmp_path, path)
     assert code == 0, out[-3000:]
-    table = R.read_results(folder / R.RESULTS_FILE)
-    errors = table[table["status"] != R.COMPLETED][["config_id", "replicate", "error"]]
+    table = R.read_results(folder / RESULTS_FILE)
+    errors = table[table["status"] != COMPLETED][["config_id", "replicate", "error"]]
     assert "done: 4 of 4 configurations finished (4 completed)" in out, errors.to_string()
 
     resumed = _members(folder)
@@ -235,8 +236,8 @@ def test_a_full_disk_mid_study_is_one_line_and_the_same_command_finishes_it(tmp_
             table = read_table(folder)
             if table is None:
                 return None
-            done = table[table["status"] == R.COMPLETED]
-            running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
+            done = table[table["status"] == COMPLETED]
+            running = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 2)]
             if len(done) and len(running):
                 return done.set_index("config_id")[M.TEST_NLL].to_dict()
             return None
@@ -263,8 +264,8 @@ def test_a_full_disk_mid_study_is_one_line_and_the_same_command_finishes_it(tmp_
         ballast.unlink()
         code, out = _run(tmp_path, path, env)
         assert code == 0, out[-3000:]
-        table = R.read_results(folder / R.RESULTS_FILE)
-        assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+        table = R.read_results(folder / RESULTS_FILE)
+        assert len(table) == 4 and set(table["status"]) == {COMPLETED}
         after = table.set_index("config_id")[M.TEST_NLL].to_dict()
         for cid, nll in done.items():  # every finished trial kept, not trained again
             assert after[cid] == nll
@@ -292,7 +293,7 @@ def test_sigterm_and_sighup_pause_the_study_as_ctrl_c_does(tmp_path, signum, to_
         table = read_table(folder)
         if table is None:
             return None
-        running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
+        running = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 2)]
         return [int(c) for c in running["config_id"]] or None
 
     proc, log = start_driver(tmp_path, path, "first.log", env)
@@ -322,13 +323,13 @@ def test_sigterm_and_sighup_pause_the_study_as_ctrl_c_does(tmp_path, signum, to_
     for cid in running:
         assert states[cid].state == optuna.trial.TrialState.RUNNING
         assert states[cid].user_attrs.get(INTERRUPTED_ATTR) is True
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert set(table.set_index("config_id").loc[running, "status"]) == {R.INTERRUPTED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert set(table.set_index("config_id").loc[running, "status"]) == {INTERRUPTED}
 
     code, out = _run(tmp_path, path, env)
     assert code == 0, out[-3000:]
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 4 and set(table["status"]) == {COMPLETED}
     for cid in running:
         starts = attempts(folder, cid)
         assert len(starts) == 2 and starts[1]["from_epoch"] > 1, starts
@@ -344,7 +345,7 @@ def test_a_truncated_checkpoint_fails_its_configuration_naming_it_while_others_f
         table = read_table(folder)
         if table is None:
             return None
-        running = table[(table["status"] == R.RUNNING) & (table["epoch"].fillna(0) >= 2)]
+        running = table[(table["status"] == RUNNING) & (table["epoch"].fillna(0) >= 2)]
         return (int(running["config_id"].iloc[0]),) if len(running) else None  # 0 is an id
 
     hold = Hold(tmp_path)
@@ -363,11 +364,11 @@ def test_a_truncated_checkpoint_fails_its_configuration_naming_it_while_others_f
     state.write_bytes(state.read_bytes()[:1000])  # a disk that lost the end of the file
     code, out = _run(tmp_path, path, env)
     assert code == 0, out[-3000:]
-    table = R.read_results(folder / R.RESULTS_FILE).set_index("config_id")
-    assert table.loc[cid, "status"] == R.FAILED
+    table = R.read_results(folder / RESULTS_FILE).set_index("config_id")
+    assert table.loc[cid, "status"] == FAILED
     assert str(state) in table.loc[cid, "error"], table.loc[cid, "error"]
     others = table.drop(index=cid)
-    assert len(others) == 1 and set(others["status"]) == {R.COMPLETED}
+    assert len(others) == 1 and set(others["status"]) == {COMPLETED}
     assert optuna_states(folder, "tiny") == {"FAIL": 1, "COMPLETE": 1}
 
 
@@ -394,7 +395,7 @@ def test_two_studies_in_one_output_dir_both_finish_a_report_reads_one_while_it_r
 
     def running():
         table = read_table(first)
-        return table is not None and (table["status"] == R.RUNNING).any() or None
+        return table is not None and (table["status"] == RUNNING).any() or None
 
     try:
         wait_for(*procs[0], running, timeout=300, what="a report")
@@ -413,8 +414,8 @@ def test_two_studies_in_one_output_dir_both_finish_a_report_reads_one_while_it_r
         (tmp_path / f"{n}.log").read_text()[-2000:] for n in ("first", "second")
     ]
     for name in ("first", "second"):
-        table = R.read_results(tmp_path / "runs" / name / R.RESULTS_FILE)
-        assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+        table = R.read_results(tmp_path / "runs" / name / RESULTS_FILE)
+        assert len(table) == 2 and set(table["status"]) == {COMPLETED}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_study_processes(p.pid) for p, _ in procs):
         time.sleep(0.2)
@@ -471,7 +472,7 @@ def test_a_folder_of_an_older_vae_study_resumes_and_finishes(tmp_path, capsys):
             "replicate": 0,
             "member": 0,
             "seed": 0,
-            "status": R.INTERRUPTED if stop else R.COMPLETED,
+            "status": INTERRUPTED if stop else COMPLETED,
             "train.beta": beta,
             "model.latent_dim": 2,
             "epoch": 1 if stop else 2,
@@ -487,7 +488,7 @@ def test_a_folder_of_an_older_vae_study_resumes_and_finishes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "written by an older vae_study" in out
     table = R.read_results(layout.results_file).set_index("config_id")
-    assert len(table) == 3 and set(table["status"]) == {R.COMPLETED}
+    assert len(table) == 3 and set(table["status"]) == {COMPLETED}
     assert table.loc[0, "trial_id"] == "old0"  # kept as it was, not trained again
     assert table.loc[0, M.TEST_NLL] == rows[0][M.TEST_NLL]
     assert [a["from_epoch"] for a in attempts(layout.folder, 1)] == [1]  # from its checkpoint

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import write_mnist
 from study_factory import make_study_folder
 from vae_study.cli import main
-from vae_study.records import results as R
+from vae_study.records.layout import COMPLETED, FAILED, PENDING, RUNNING, STOPPED
 from vae_study.records.pareto import dominates, pareto_front
 from vae_study.report.page import build_report
 
@@ -55,14 +55,14 @@ def _check_report(out):
 def test_report_of_a_study_with_every_kind_of_trial(tmp_path):
     root = write_mnist(tmp_path / "data", n_train=300, n_test=100)
     statuses = [
-        R.COMPLETED,
-        R.COMPLETED,
-        R.COMPLETED,
-        R.FAILED,
-        R.FAILED,
-        R.STOPPED,
-        R.RUNNING,
-        R.COMPLETED,
+        COMPLETED,
+        COMPLETED,
+        COMPLETED,
+        FAILED,
+        FAILED,
+        STOPPED,
+        RUNNING,
+        COMPLETED,
     ]
     folder = make_study_folder(tmp_path, root, n_trials=8, checkpoints=2, statuses=statuses)
     assert main(["report", str(folder), "--out", str(tmp_path / "rep")]) == 0
@@ -82,7 +82,7 @@ def test_report_of_a_single_trial_and_of_a_study_not_started(tmp_path):
     one = make_study_folder(tmp_path / "a", root, n_trials=1, checkpoints=1)
     pngs, _ = _check_report(build_report(one, tmp_path / "rep1"))
     assert "rate_distortion.png" in pngs and any(p.startswith("model_") for p in pngs)
-    empty = make_study_folder(tmp_path / "b", root, n_trials=1, statuses=[R.PENDING])
+    empty = make_study_folder(tmp_path / "b", root, n_trials=1, statuses=[PENDING])
     out = build_report(empty, tmp_path / "rep0")
     pngs, _ = _check_report(out)
     assert not pngs

@@ -14,7 +14,9 @@ from study_factory import make_study_folder
 from vae_study import metrics as M
 from vae_study.config.space import Param
 from vae_study.records import results as R
-from vae_study.records.folder import Trial, load_folder
+from vae_study.records.folder import load_folder
+from vae_study.records.layout import COMPLETED, FAILED, RESULTS_FILE
+from vae_study.records.trial import Trial
 from vae_study.report import figure_files, knob_matching, knob_plots, knobs
 from vae_study.report.headline import rd_front, study_front
 from vae_study.report.page import build_report
@@ -27,7 +29,7 @@ NLL = M.bound_key("test", M.QUANTITY_NLL)
 
 
 def _trial(
-    tid: str, beta: float, latent: int, k: int, status: str = R.COMPLETED, **metrics: float
+    tid: str, beta: float, latent: int, k: int, status: str = COMPLETED, **metrics: float
 ) -> Trial:
     return Trial(
         tid,
@@ -89,7 +91,7 @@ def test_k_is_compared_only_at_matched_latent_size_and_beta_bin():
     trials = _confounded() + [
         _trial("m1", 0.45, 8, 1, **{NLL: 104.0}),  # pairs with c2 (K=5, latent 8, beta .5)
         _trial("m2", 0.41, 8, 5, **{NLL: 98.0}),  # a second K=5 trial in that cell
-        _trial("m3", 0.42, 8, 1, status=R.FAILED, **{NLL: 1.0}),  # never plotted
+        _trial("m3", 0.42, 8, 1, status=FAILED, **{NLL: 1.0}),  # never plotted
         _trial("m4", 0.48, 8, 1, **{NLL: math.nan}),  # no value: not counted in n
         _trial("m5", 0.6, 8, 1, **{NLL: 90.0}),  # the next bin: never beside beta 0.5
     ]
@@ -212,7 +214,7 @@ def _folder(tmp_path, **study_changes):
         raw = yaml.safe_load((folder / "study.yaml").read_text())
         raw["search"].update(study_changes)
         (folder / "study.yaml").write_text(yaml.safe_dump(raw))
-    return folder, pd.read_csv(folder / R.RESULTS_FILE, dtype={"trial_id": str})
+    return folder, pd.read_csv(folder / RESULTS_FILE, dtype={"trial_id": str})
 
 
 def _rewrite(folder, table, objectives):
@@ -220,7 +222,7 @@ def _rewrite(folder, table, objectives):
         {k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
         for r in table.to_dict("records")
     ]
-    R.write_results(folder / R.RESULTS_FILE, rows, ["train.beta", "model.latent_dim"], objectives)
+    R.write_results(folder / RESULTS_FILE, rows, ["train.beta", "model.latent_dim"], objectives)
 
 
 def test_the_selected_trial_is_chosen_on_validation_and_shown_with_both(tmp_path):

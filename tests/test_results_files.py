@@ -14,6 +14,7 @@ from study_factory import make_study_folder
 from vae_study import metrics as M
 from vae_study.errors import CheckpointError
 from vae_study.records import results as R
+from vae_study.records.layout import COMPLETED, FAILED, INTERRUPTED, RESULTS_FILE, RUNNING
 from vae_study.report.model_figures import model_figure_name
 from vae_study.report.page import build_report
 
@@ -25,7 +26,7 @@ def _rows() -> list[dict]:
         {
             "trial_id": "a1",
             "optuna_trial": 0,
-            "status": R.COMPLETED,
+            "status": COMPLETED,
             "train.beta": 0.5,
             "model.latent_dim": 2,
             M.EPOCH: 3,
@@ -37,7 +38,7 @@ def _rows() -> list[dict]:
         {
             "trial_id": "b2",
             "optuna_trial": 1,
-            "status": R.FAILED,
+            "status": FAILED,
             "train.beta": 4.0,
             "model.latent_dim": 4,
             M.EPOCH: 2,
@@ -46,7 +47,7 @@ def _rows() -> list[dict]:
         {
             "trial_id": "c3",
             "optuna_trial": 2,
-            "status": R.RUNNING,
+            "status": RUNNING,
             "train.beta": 1.0,
             "model.latent_dim": 2,
             M.EPOCH: 1,
@@ -56,7 +57,7 @@ def _rows() -> list[dict]:
 
 @pytest.fixture
 def table(tmp_path):
-    path = tmp_path / R.RESULTS_FILE
+    path = tmp_path / RESULTS_FILE
     R.write_results(path, _rows(), PARAMS, [(M.TEST_NLL, "min")])
     return path
 
@@ -64,7 +65,7 @@ def table(tmp_path):
 def test_a_whole_table_reads_back_with_every_value(table):
     frame = R.read_results(table)
     assert list(frame["trial_id"]) == ["a1", "b2", "c3"]
-    assert list(frame["status"]) == [R.COMPLETED, R.FAILED, R.RUNNING]
+    assert list(frame["status"]) == [COMPLETED, FAILED, RUNNING]
     assert frame[R.ERROR_KEY][1] == "training diverged | loss nan\nat epoch 2, batch 3"
     assert frame[M.TEST_NLL][0] == 101.25
     assert R.parse_kl_per_dim(frame[M.TEST_KL_PER_DIM][0]) == [10.0, 10.5]
@@ -105,7 +106,7 @@ def test_a_table_cut_anywhere_but_between_rows_is_refused_naming_the_file(table)
         (lambda t: "trial_id,optuna_trial,sta\n", "header"),
         (lambda t: t.replace("trial_id,optuna_trial", "trial_id,optuna_tr", 1), "header"),
         (lambda t: t[: t.rindex(",")] + "\n", "fields"),
-        (lambda t: t.replace(R.COMPLETED, "complet", 1), "status"),
+        (lambda t: t.replace(COMPLETED, "complet", 1), "status"),
         (lambda t: t.replace(",", ",,", 1), "fields"),
         (lambda t: "", "empty"),
     ],
@@ -117,7 +118,7 @@ def test_damaged_tables_are_refused(table, edit, why):
 
 
 def test_a_header_cut_short_is_not_a_study_of_no_trials(tmp_path):
-    path = tmp_path / R.RESULTS_FILE
+    path = tmp_path / RESULTS_FILE
     R.write_results(path, [], PARAMS)  # a study with no trial yet: the header alone
     assert len(R.read_results(path)) == 0
     header = path.read_text()
@@ -147,9 +148,9 @@ def test_the_report_escapes_study_strings_and_names_files_safely(tmp_path):
         n_trials=4,
         epochs=2,
         checkpoints=2,
-        statuses=[R.COMPLETED, R.COMPLETED, R.FAILED, R.COMPLETED],
+        statuses=[COMPLETED, COMPLETED, FAILED, COMPLETED],
     )
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     error = "diverged | loss `nan`\n<b>at</b> epoch 2 [see](x)"
     ids = {"00000000": "sweep/a|1", "00000001": "../b", "00000002": "c/d", "00000003": "e`*"}
     table = table.astype({"checkpoint": object, R.ERROR_KEY: object})  # empty: read as NaN
@@ -158,9 +159,9 @@ def test_the_report_escapes_study_strings_and_names_files_safely(tmp_path):
         found = sorted((folder / "tune" / f"trial_{old}").glob("checkpoint_*"))
         if found:
             table.loc[table.trial_id == old, "checkpoint"] = str(found[0])
-    table.loc[table.status == R.FAILED, R.ERROR_KEY] = error
+    table.loc[table.status == FAILED, R.ERROR_KEY] = error
     table["trial_id"] = table["trial_id"].map(ids)
-    table.to_csv(folder / R.RESULTS_FILE, index=False)
+    table.to_csv(folder / RESULTS_FILE, index=False)
 
     out = build_report(folder, tmp_path / "report")
     summary = (out / "summary.md").read_text()
@@ -198,7 +199,7 @@ def test_every_status_word_the_driver_writes_reads_back(tmp_path):
     table damaged (the driver would then rebuild it and lose the word)."""
     from vae_study.records.layout import STATUSES
 
-    assert R.INTERRUPTED in STATUSES
+    assert INTERRUPTED in STATUSES
     rows = [{"trial_id": f"t{i}", "optuna_trial": i, "status": s} for i, s in enumerate(STATUSES)]
     path = tmp_path / "results.csv"
     R.write_results(path, rows, [])

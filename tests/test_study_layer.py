@@ -19,8 +19,9 @@ from vae_study.config.search import SearchConfig
 from vae_study.config.study import study_from_dict
 from vae_study.errors import ConfigError, StudyError
 from vae_study.records import results as R
-from vae_study.records.folder import StudyFolder, Trial
-from vae_study.records.layout import StudyLayout
+from vae_study.records.folder import StudyFolder
+from vae_study.records.layout import COMPLETED, STOPPED, StudyLayout
+from vae_study.records.trial import Trial
 
 
 @pytest.fixture
@@ -172,11 +173,11 @@ def test_best_trial_in_max_mode(tmp_path):
     trials = [
         Trial(i, status, {}, {M.VAL_RATE: v})
         for i, status, v in [
-            ("low", R.COMPLETED, 2.0),
-            ("high", R.COMPLETED, 9.0),
-            ("nan", R.COMPLETED, math.nan),
-            ("stopped", R.STOPPED, 50.0),
-            ("mid", R.COMPLETED, 5.0),
+            ("low", COMPLETED, 2.0),
+            ("high", COMPLETED, 9.0),
+            ("nan", COMPLETED, math.nan),
+            ("stopped", STOPPED, 50.0),
+            ("mid", COMPLETED, 5.0),
         ]
     ]
     assert best_trial(StudyFolder(tmp_path, study, trials)).trial_id == "high"
@@ -277,7 +278,7 @@ def test_an_old_study_folder_opens_through_the_layout(tmp_path):
     write_yaml(folder / "study.yaml", study_from_dict(raw).to_dict())
     R.write_results(
         folder / "results.csv",
-        [{"trial_id": "t1", "status": R.COMPLETED, "train.beta": 1.0, "model.latent_dim": 2}],
+        [{"trial_id": "t1", "status": COMPLETED, "train.beta": 1.0, "model.latent_dim": 2}],
         ["train.beta", "model.latent_dim"],
     )
     sf = load_folder(folder)

@@ -18,8 +18,8 @@ from vae_study.cli import main
 from vae_study.config.study import study_from_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.errors import StudyError
-from vae_study.records.folder import lock_folder, release_folder
 from vae_study.records.layout import LOCK_FILE
+from vae_study.records.lock import lock_folder, release_folder
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
@@ -27,7 +27,7 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from vae_study.records.folder import lock_folder
+        from vae_study.records.lock import lock_folder
         lock_folder(Path({str(folder)!r}))
         print("locked", flush=True)
         time.sleep(120)

@@ -17,6 +17,7 @@ from study_factory import write_study as _write
 from vae_study.cli import main
 from vae_study.config.study import study_from_dict
 from vae_study.records import results as R
+from vae_study.records.layout import COMPLETED, RESULTS_FILE, STOPPED
 from vae_study.records.pareto import pareto_front
 
 pytestmark = pytest.mark.slow
@@ -34,9 +35,9 @@ def test_study_runs_end_to_end(tmp_path, capsys):
     folder = tmp_path / "runs" / "tiny"
     report = tmp_path / "reports" / "tiny"
     assert {"index.html", "rate_distortion.png", "search.png"} <= {p.name for p in report.iterdir()}
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     assert len(table) == 4 and table["trial_id"].is_unique
-    assert set(table["status"]) == {R.COMPLETED}
+    assert set(table["status"]) == {COMPLETED}
     assert table["test/nll"].map(math.isfinite).all() and (table["epoch"] == 2).all()
     assert table["train.beta"].between(0.1, 10.0).all()
     assert set(table["model.latent_dim"]) <= {2, 4}
@@ -57,7 +58,7 @@ def test_study_runs_end_to_end(tmp_path, capsys):
     # The same command again: everything is finished, nothing is re-run.
     before = table.set_index("trial_id")["test/nll"].to_dict()
     assert main(["run", str(path), "--no-report"]) == 0
-    again = R.read_results(folder / R.RESULTS_FILE)
+    again = R.read_results(folder / RESULTS_FILE)
     assert again.set_index("trial_id")["test/nll"].to_dict() == pytest.approx(before)
     assert _optuna_states(folder, "tiny") == {"COMPLETE": 4}
 
@@ -79,8 +80,8 @@ def test_a_relative_output_dir_is_the_driver_s_not_the_trial_s(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(path), "--no-report"]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 2 and set(table["status"]) == {R.COMPLETED}
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 2 and set(table["status"]) == {COMPLETED}
     assert table["test/nll"].map(math.isfinite).all()
     finals = sorted(folder.glob("trials/*/replicate_0/final.json"))
     assert len(finals) == 2
@@ -98,7 +99,7 @@ def test_multi_objective_study_returns_its_pareto_set(tmp_path):
     )
     assert main(["run", str(_write(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "rd"
-    table = R.read_results(folder / R.RESULTS_FILE)
+    table = R.read_results(folder / RESULTS_FILE)
     assert len(table) == 5
     points = table[["val/rate", "val/distortion"]].values.tolist()
     ours = {int(table["optuna_trial"][i]) for i in pareto_front(points, ["min", "min"])}
@@ -119,8 +120,8 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
     try:
         raw = _study(tmp_path, **{"ray.address": cluster.address, "train.epochs": 3})
         assert main(["run", str(_write(tmp_path, raw))]) == 0
-        table = R.read_results(tmp_path / "runs" / "tiny" / R.RESULTS_FILE)
-        assert len(table) == 4 and set(table["status"]) == {R.COMPLETED}
+        table = R.read_results(tmp_path / "runs" / "tiny" / RESULTS_FILE)
+        assert len(table) == 4 and set(table["status"]) == {COMPLETED}
         # The study's driver has left the cluster; ask it again which nodes it has.
         ray.init(address=cluster.address, include_dashboard=False)
         node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
@@ -147,7 +148,7 @@ def test_gpus_on_a_cluster_without_gpus_stop_at_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gpus_per_trial=0.5" in err and "no GPU" in err
     assert time.monotonic() - t0 < 120
-    assert not (tmp_path / "runs" / "tiny" / R.RESULTS_FILE).exists()
+    assert not (tmp_path / "runs" / "tiny" / RESULTS_FILE).exists()
 
 
 def test_resolved_study_file_round_trips(tmp_path):
@@ -170,10 +171,10 @@ def test_asha_stops_weak_trials_and_they_are_recorded_as_stopped(tmp_path):
     )
     assert main(["run", str(_write(tmp_path, raw))]) == 0
     folder = tmp_path / "runs" / "tiny"
-    table = R.read_results(folder / R.RESULTS_FILE)
-    assert len(table) == 6 and set(table["status"]) <= {R.COMPLETED, R.STOPPED}
-    stopped = table[table["status"] == R.STOPPED]
-    completed = table[table["status"] == R.COMPLETED]
+    table = R.read_results(folder / RESULTS_FILE)
+    assert len(table) == 6 and set(table["status"]) <= {COMPLETED, STOPPED}
+    stopped = table[table["status"] == STOPPED]
+    completed = table[table["status"] == COMPLETED]
     assert len(stopped) >= 1 and len(completed) >= 1
     assert (stopped["epoch"] < 6).all() and (completed["epoch"] == 6).all()
     assert completed["test/nll"].notna().all() and stopped["test/nll"].isna().all()

@@ -1,6 +1,8 @@
-"""The study folder on disk, the study's own record: its layout, the members' files and
-optuna.db, the tables rebuilt from them (results.csv, configs.csv), reading a folder and its
-lock. No Ray and no torch: a report reads a study folder through here alone."""
+"""The study folder on disk, the study's own record: its layout (``layout``), the stages'
+Optuna studies in optuna.db (``stage``), the members' files (``record``), the tables rebuilt
+from them (``tables``: results.csv, configs.csv), reading a folder (``folder``), preparing
+and locking it for a driver (``prepare``, ``lock``). No Ray and no torch: a report reads a
+study folder through here alone."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import importlib
 _EXPORTS = {
     "StudyFolder": "folder",
     "StudyLayout": "layout",
-    "Trial": "folder",
+    "Trial": "trial",
     "aggregate": "replicates",
     "load_folder": "folder",
     "pareto_front": "pareto",

@@ -1,6 +1,6 @@
 """The results table of a study: ``results.csv``, one row per member, written atomically.
 
-A view of the study's record (``record.rebuild`` writes it), read by the report without Ray.
+A view of the study's record (``tables.rebuild`` writes it), read by the report without Ray.
 """
 
 from __future__ import annotations
@@ -14,23 +14,7 @@ from typing import Any
 from vae_study import metrics as M
 from vae_study.errors import CheckpointError
 from vae_study.files import MAX_TABLE_BYTES, atomic_write_text, read_bounded
-
-# The file's name and the status words belong to the study folder's layout (layout.py);
-# re-exported for the modules that read and write the table.
-from vae_study.records.layout import (  # noqa: F401
-    COMPLETED,
-    CONFIGS_FILE,
-    FAILED,
-    FINISHED,
-    INTERRUPTED,
-    PENDING,
-    RESULTS_FILE,
-    RUNNING,
-    STATUSES,
-    STOPPED,
-    as_number,
-    member_checkpoint,
-)
+from vae_study.records.layout import COMPLETED, STATUSES, as_number
 from vae_study.records.replicates import (
     CONFIG_KEY,
     MEMBER_KEY,

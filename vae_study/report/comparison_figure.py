@@ -11,7 +11,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from vae_study.records.folder import Trial
+from vae_study.records.trial import Trial
 from vae_study.report import figure_files
 from vae_study.report.knob_matching import knob_name
 from vae_study.report.rd_plane import RD_ERRORBAR_LABEL, rd_points, se_bars, staircase

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vae_study import metrics as M
-from vae_study.records.folder import StudyFolder, Trial
+from vae_study.records.folder import StudyFolder
+from vae_study.records.trial import Trial
 from vae_study.report import paper
 from vae_study.report.comparable import Study, evaluation
 from vae_study.report.headline import best_trial, selection_words

@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 from matplotlib.colors import LogNorm, Normalize
 
-from vae_study.records.folder import Trial
+from vae_study.records.trial import Trial
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 

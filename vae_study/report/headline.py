@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 
 from vae_study import metrics as M
-from vae_study.records.folder import StudyFolder, Trial
+from vae_study.records.folder import StudyFolder
 from vae_study.records.pareto import pareto_front
+from vae_study.records.trial import Trial
 from vae_study.report.trial_tables import unit
 
 

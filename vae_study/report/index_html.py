@@ -6,8 +6,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from vae_study.records import results as R
-from vae_study.records.folder import StudyFolder, Trial
+from vae_study.records.folder import StudyFolder
+from vae_study.records.layout import RESULTS_FILE
+from vae_study.records.trial import Trial
 from vae_study.report import paper
 from vae_study.report.differences import differences_sections
 from vae_study.report.figure_files import VECTOR_SUFFIXES
@@ -62,7 +63,7 @@ def index_html(
         f"<h1>Study {esc(sf.study.name)}</h1>",
         f"<p>{esc(count_words(sf))}; nats per example "
         "(bits/dim where a column says so). Files: "
-        f'<a href="{R.RESULTS_FILE}">{R.RESULTS_FILE}</a>, '
+        f'<a href="{RESULTS_FILE}">{RESULTS_FILE}</a>, '
         '<a href="summary.md">summary.md</a>, '
         f'<a href="{paper.TEX_FILE}">{paper.TEX_FILE}</a>, '
         f'<a href="{paper.CSV_FILE}">{paper.CSV_FILE}</a>.</p>',

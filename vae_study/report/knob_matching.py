@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vae_study.config.space import Param
-from vae_study.records.folder import Trial
+from vae_study.records.trial import Trial
 
 KNOB_NAMES = {
     "train.beta": "beta",

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from vae_study import metrics as M
 from vae_study.config.space import Param
-from vae_study.records.folder import Trial
+from vae_study.records.trial import Trial
 from vae_study.report import figure_files
 from vae_study.report.figure_style import MARKERS
 from vae_study.report.knob_matching import knob_name, matching_text

@@ -16,7 +16,7 @@ import numpy as np
 
 from vae_study import metrics as M
 from vae_study.config.space import Param
-from vae_study.records.folder import Trial
+from vae_study.records.trial import Trial
 from vae_study.report.knob_matching import (
     bin_edges,
     knob_name,

@@ -10,8 +10,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
 from vae_study import metrics as M
-from vae_study.records.folder import Trial
 from vae_study.records.layout import COMPLETED, FAILED, PENDING, RUNNING, STOPPED
+from vae_study.records.trial import Trial
 from vae_study.report import figure_files
 from vae_study.report.figure_style import beta_colour
 

@@ -15,9 +15,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vae_study import metrics as M
-from vae_study.records.folder import StudyFolder, Trial
+from vae_study.records.folder import StudyFolder
 from vae_study.records.pareto import spread
 from vae_study.records.replicates import REPLICATE_KEY, SEED_KEY
+from vae_study.records.trial import Trial
 from vae_study.report import figure_files
 from vae_study.report.headline import selection_words
 from vae_study.report.trial_tables import fmt

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from vae_study import marker
 from vae_study.files import atomic_write_text
-from vae_study.records import results as R
 from vae_study.records.folder import StudyFolder, load_folder
+from vae_study.records.layout import RESULTS_FILE
 from vae_study.report import knob_matching, knob_plots, knobs, paper
 from vae_study.report.differences import differences_sections
 from vae_study.report.headline import (
@@ -53,8 +53,8 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     notes: list[str] = []
     figures: list[tuple[str, str]] = []  # (file name, caption)
 
-    if (sf.folder / R.RESULTS_FILE).is_file():
-        shutil.copyfile(sf.folder / R.RESULTS_FILE, out / R.RESULTS_FILE)
+    if (sf.folder / RESULTS_FILE).is_file():
+        shutil.copyfile(sf.folder / RESULTS_FILE, out / RESULTS_FILE)
     if sf.study.search.confirm is not None and not sf.confirmed:
         notes.append(
             "search.confirm is set but the confirmation has no results yet (it runs once the "

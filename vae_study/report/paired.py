@@ -23,8 +23,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vae_study.records.folder import Trial
 from vae_study.records.replicates import REPLICATE_KEY, SEED_KEY
+from vae_study.records.trial import Trial
 
 CONFIDENCE = 0.95  # of every interval a contrast states
 

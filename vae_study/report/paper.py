@@ -19,7 +19,8 @@ from typing import Any
 
 from vae_study import metrics as M
 from vae_study.files import atomic_write_text
-from vae_study.records.folder import StudyFolder, Trial
+from vae_study.records.folder import StudyFolder
+from vae_study.records.trial import Trial
 
 TEX_FILE = "tables.tex"
 CSV_FILE = "tables.csv"

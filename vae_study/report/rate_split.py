@@ -12,7 +12,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
 from vae_study import metrics as M
-from vae_study.records.folder import Trial
+from vae_study.records.trial import Trial
 from vae_study.report import figure_files
 from vae_study.report.figure_style import beta_colour
 

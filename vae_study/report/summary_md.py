@@ -10,8 +10,10 @@ import re
 from typing import Any
 
 from vae_study.records import results as R
-from vae_study.records.folder import StudyFolder, Trial
+from vae_study.records.folder import StudyFolder
+from vae_study.records.layout import FAILED
 from vae_study.records.replicates import CONFIG_KEY, REPLICATE_KEY
+from vae_study.records.trial import Trial
 from vae_study.report.differences import differences_sections
 from vae_study.report.headline import (
     RD_FRONT_WORDS,
@@ -115,8 +117,8 @@ def summary_md(
         parts += [f"## {heading}", "", _md(words), ""]
         if d_rows:
             parts += [_table_md(d_rows, d_head), ""]
-    bad = [(t, "") for t in sf.trials if t.status == R.FAILED]
-    bad += [(t, ", confirmation") for t in sf.confirm_trials if t.status == R.FAILED]
+    bad = [(t, "") for t in sf.trials if t.status == FAILED]
+    bad += [(t, ", confirmation") for t in sf.confirm_trials if t.status == FAILED]
     if bad:
         parts += ["## Failed trials (diverged or crashed)", ""]
         parts += [

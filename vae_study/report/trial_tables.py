@@ -9,7 +9,9 @@ from typing import Any
 
 from vae_study import metrics as M
 from vae_study.records import results as R
-from vae_study.records.folder import StudyFolder, Trial
+from vae_study.records.folder import StudyFolder
+from vae_study.records.layout import FAILED
+from vae_study.records.trial import Trial
 
 
 def fmt(v: Any) -> str:
@@ -127,7 +129,7 @@ def confirmation_table(sf: StudyFolder) -> tuple[list[str], list[list[str]]]:
     rows = []
 
     def order(c: Trial) -> tuple[bool, int]:  # a failed one last: out of the ranking
-        return (c.status == R.FAILED, int(c.trial_id) if c.trial_id.isdigit() else 0)
+        return (c.status == FAILED, int(c.trial_id) if c.trial_id.isdigit() else 0)
 
     for c in sorted(sf.confirmed, key=order):
         found = searched.get(c.trial_id)
@@ -147,11 +149,11 @@ def confirmation_table(sf: StudyFolder) -> tuple[list[str], list[list[str]]]:
 def _status_words(c: Trial) -> str:
     """A configuration's status; a failed one's with its first member's error (a seed that
     diverged): it has no mean, and the reader sees why."""
-    if c.status != R.FAILED:
+    if c.status != FAILED:
         return c.status
     errors = [
         str(m.metrics[R.ERROR_KEY])
         for m in c.members
-        if m.status == R.FAILED and isinstance(m.metrics.get(R.ERROR_KEY), str)
+        if m.status == FAILED and isinstance(m.metrics.get(R.ERROR_KEY), str)
     ]
     return f"{c.status}: {errors[0]}" if errors else c.status

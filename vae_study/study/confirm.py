@@ -13,10 +13,10 @@ headline is their test mean +- standard error.
 - **Which seeds.** ``replicates.replicate_seed(train.seed, r, offset=search.replicates)``:
   replicate r of the confirmation has a seed no replicate of the search used, and the same
   seed in every confirmed configuration (paired, as in the search).
-- **Where.** Its own record (``record.confirm_stage``): an Optuna study of its own in the
-  study's ``optuna.db`` (``<name>:confirm``), whose user attribute ``record.SELECTED_ATTR``
+- **Where.** Its own record (``stage.confirm_stage``): an Optuna study of its own in the
+  study's ``optuna.db`` (``<name>:confirm``), whose user attribute ``stage.SELECTED_ATTR``
   holds the chosen configurations once they are chosen, one Optuna trial per configuration
-  (``record.CONFIG_ID_ATTR``: the search configuration it confirms), and each member's fit
+  (``stage.CONFIG_ID_ATTR``: the search configuration it confirms), and each member's fit
   folder under ``confirm/trials/``; its tables are ``confirm/results.csv`` and
   ``configs.csv``. It runs the search's trainable, one Ray trial per configuration, with no
   scheduler: the trial config is the configuration's searched keys (as Optuna asked them)
@@ -33,11 +33,12 @@ from typing import Any
 
 from vae_study.config.study import StudyConfig
 from vae_study.errors import StudyError
-from vae_study.records import record
 from vae_study.records import results as R
+from vae_study.records import tables
 from vae_study.records.layout import StudyLayout
 from vae_study.records.replicates import CONFIG_KEY
 from vae_study.records.selection import how_confirmed, search_replicates, select_configurations
+from vae_study.records.stage import SELECTED_ATTR, Stage, storage
 
 # The Ray trial config keys the trainable reads, named in results.
 CONFIG_ID, REPLICATES, SEED_OFFSET = R.CONFIG_ID_KEY, R.TRIAL_REPLICATES_KEY, R.SEED_OFFSET_KEY
@@ -94,28 +95,28 @@ def confirmation_points(study: StudyConfig, folder: Path) -> dict[int, dict[str,
     return points
 
 
-def planned_points(study: StudyConfig, stage: record.Stage) -> dict[int, dict[str, Any]]:
+def planned_points(study: StudyConfig, stage: Stage) -> dict[int, dict[str, Any]]:
     """configuration id -> its searched keys (as Optuna encodes them): the selection the
     confirmation's Optuna study records, made and recorded now if it holds none."""
     import optuna
 
     ot_study = optuna.create_study(
         study_name=stage.optuna_name,
-        storage=record.storage(stage),
+        storage=storage(stage),
         directions=["minimize" if o.mode == "min" else "maximize" for o in study.search.objectives],
         load_if_exists=True,
     )
-    saved = ot_study.user_attrs.get(record.SELECTED_ATTR)
+    saved = ot_study.user_attrs.get(SELECTED_ATTR)
     if saved is None:
         points = confirmation_points(study, stage.root)
         saved = [{"config_id": cid, "params": params} for cid, params in sorted(points.items())]
-        ot_study.set_user_attr(record.SELECTED_ATTR, saved)  # one transaction
+        ot_study.set_user_attr(SELECTED_ATTR, saved)  # one transaction
     return {int(p["config_id"]): dict(p["params"]) for p in saved}
 
 
 def run_confirmation(
     study: StudyConfig,
-    stage: record.Stage,
+    stage: Stage,
     source: Any,
     resources: dict[str, float],
     *,
@@ -169,7 +170,7 @@ def run_confirmation(
         )
     if pause.requested:
         searcher.mark_interrupted()
-    rows = record.rebuild(study, stage)
+    rows = tables.rebuild(study, stage)
     print(summary_line(study, stage, rows, paused=pause.requested), flush=True)
     if not pause.requested:
         check_not_all_failed(stage, rows)

@@ -30,8 +30,10 @@ from vae_study.config.study import StudyConfig
 from vae_study.core.splits import Source
 from vae_study.errors import disk_full, disk_full_error
 from vae_study.files import DRIVER_PID_ENV
-from vae_study.records import record
-from vae_study.records.folder import prepare_folder, release_folder
+from vae_study.records import tables
+from vae_study.records.lock import release_folder
+from vae_study.records.prepare import prepare_folder
+from vae_study.records.stage import Stage, confirm_stage, search_stage
 from vae_study.study import legacy
 from vae_study.study.cluster import environment, start_ray
 from vae_study.study.node_checks import check_arch_on_nodes, check_shared_storage
@@ -65,13 +67,13 @@ def _run_locked(
     study: StudyConfig, folder: Path, source: Source, resume: bool, verbose: int
 ) -> None:
     check_optuna_db(folder, study.name)
-    stages = [record.search_stage(study, folder)]
+    stages = [search_stage(study, folder)]
     if study.search.confirm is not None:
-        stages.append(record.confirm_stage(study, folder))
+        stages.append(confirm_stage(study, folder))
     for stage in stages:
         if legacy.is_legacy(stage):
             n = legacy.import_legacy(study, stage)
-            print(f"vae_study run: {stage.folder} was {record.LEGACY_WORDS} ({n} members)")
+            print(f"vae_study run: {stage.folder} was {tables.LEGACY_WORDS} ({n} members)")
     print(
         f"vae_study run: study {study.name!r} in {folder}" + (" (continuing)" if resume else ""),
         flush=True,
@@ -94,7 +96,7 @@ def _run_locked(
 
 
 def _run_stages(
-    study: StudyConfig, stages: list[record.Stage], source: Source, verbose: int, pause: Pause
+    study: StudyConfig, stages: list[Stage], source: Source, verbose: int, pause: Pause
 ) -> None:
     search = stages[0]
     started_here = not ray.is_initialized()
@@ -106,7 +108,7 @@ def _run_stages(
         for arch in sorted({c.model.arch for c in model_variants(study.base, study.search.space)}):
             if is_import_path(arch):
                 check_arch_on_nodes(arch)  # a user model imports on every node
-        record.rebuild(study, search)  # a table deleted or cut short comes back first
+        tables.rebuild(study, search)  # a table deleted or cut short comes back first
         limiter, searcher = make_searcher(
             study,
             search,
@@ -133,7 +135,7 @@ def _run_stages(
         pause.phase = Pause.SAVING
         if pause.requested:
             searcher.mark_interrupted()
-        rows = record.rebuild(study, search)
+        rows = tables.rebuild(study, search)
         print(summary_line(study, search, rows, paused=pause.requested), flush=True)
         if not pause.requested:
             check_not_all_failed(search, rows)
@@ -146,14 +148,14 @@ def _run_stages(
             ray.shutdown()
 
 
-def _pause_now(study: StudyConfig, stages: list[record.Stage], signum: int) -> None:
+def _pause_now(study: StudyConfig, stages: list[Stage], signum: int) -> None:
     """The pause's deadline passed (a cluster that does not answer): the record already
     holds every finished epoch and optuna.db every told configuration, so write the tables,
     say how to continue and end the process with the pause's status."""
     try:
         for stage in stages:
             if stage.folder.is_dir():
-                rows = record.rebuild(study, stage)
+                rows = tables.rebuild(study, stage)
                 print(summary_line(study, stage, rows, paused=True), flush=True)
     finally:
         print(

@@ -16,16 +16,11 @@ from vae_study import metrics as M
 from vae_study.errors import CheckpointError, StudyError
 from vae_study.files import write_json
 from vae_study.records import results as R
-from vae_study.records.layout import holds_state
-from vae_study.records.record import (
-    INFO_LEGACY,
-    INFO_TRIAL,
-    LEGACY_TABLE,
-    Stage,
-    int_or_none,
-    is_missing,
-)
+from vae_study.records.layout import FINISHED, holds_state
+from vae_study.records.record import INFO_LEGACY, INFO_TRIAL
 from vae_study.records.replicates import CONFIG_KEY, REPLICATE_KEY
+from vae_study.records.stage import Stage
+from vae_study.records.tables import LEGACY_TABLE, int_or_none, is_missing
 from vae_study.run_files import CHECKPOINT_DIR, METRICS_FILE
 
 
@@ -63,7 +58,7 @@ def import_legacy(study: Any, stage: Stage) -> int:
         rel_file = layout.record_file(cid, r).relative_to(layout.trials_dir)
         clean = {k: v for k, v in row.items() if not is_missing(v)}
         fields: dict[str, Any] = {INFO_TRIAL: clean.get("trial_id")}
-        if row.get("status") in R.FINISHED:
+        if row.get("status") in FINISHED:
             fields[INFO_LEGACY] = clean
         ckpt = clean.get("checkpoint")  # finished or not: a configuration run again needs it
         if isinstance(ckpt, str) and holds_state(Path(ckpt)):

@@ -7,10 +7,10 @@ from typing import Any
 
 from vae_study.config.study import StudyConfig
 from vae_study.errors import StudyFailed
-from vae_study.records import record
 from vae_study.records import results as R
 from vae_study.records.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, STOPPED
 from vae_study.records.replicates import CONFIG_KEY, aggregate
+from vae_study.records.stage import Stage
 
 
 def all_finished(rows: list[dict[str, Any]]) -> bool:
@@ -19,7 +19,7 @@ def all_finished(rows: list[dict[str, Any]]) -> bool:
 
 
 def summary_line(
-    study: StudyConfig, stage: record.Stage, rows: list[dict[str, Any]], *, paused: bool
+    study: StudyConfig, stage: Stage, rows: list[dict[str, Any]], *, paused: bool
 ) -> str:
     """Where a stage stands, in configurations (each with its replicates); the counts add up
     to its total: finished (completed, stopped, failed) + interrupted + pending."""
@@ -51,7 +51,7 @@ def summary_line(
     )
 
 
-def check_not_all_failed(stage: record.Stage, rows: list[dict[str, Any]]) -> None:
+def check_not_all_failed(stage: Stage, rows: list[dict[str, Any]]) -> None:
     """A stage that ran to its end with every configuration failed ends the study with
     ``StudyFailed`` (exit status 1), naming the first configuration's error."""
     configs = aggregate(rows, param_keys=[], metrics=[], replicates=stage.replicates)

@@ -15,7 +15,7 @@ With ``pack_size`` P > 1 a Ray trial trains up to P configurations (``results.PA
 first from the study's sampler, the others with its searched shape keys (``shape_keys``:
 those fused members must share) fixed by Optuna's ``PartialFixedSampler``. Points to evaluate
 are configurations too, asked with their values fixed the same way and marked with
-``record.POINT_ATTR`` (never enqueued: a waiting trial would be popped by the next ask,
+``stage.POINT_ATTR`` (never enqueued: a waiting trial would be popped by the next ask,
 whatever its shape), so a resumed study asks each point once.
 """
 
@@ -38,6 +38,14 @@ from vae_study.errors import StudyError, disk_full_error
 from vae_study.records import record
 from vae_study.records import results as R
 from vae_study.records.layout import TRIALS_DIR
+from vae_study.records.stage import (
+    CONFIG_ID_ATTR,
+    INTERRUPTED_ATTR,
+    POINT_ATTR,
+    Stage,
+    config_id,
+    storage,
+)
 
 log = logging.getLogger("vae_study")
 
@@ -51,7 +59,7 @@ NO_RECORD = (
 
 
 class StudySearcher(Searcher):
-    """Ray Tune's ``Searcher`` over one stage of a study (``record.Stage``).
+    """Ray Tune's ``Searcher`` over one stage of a study (``stage.Stage``).
 
     points: configurations to ask for first, as Optuna encodes them; each may carry
     ``R.CONFIG_ID_KEY`` (a confirmation's: the search configuration it trains again).
@@ -62,7 +70,7 @@ class StudySearcher(Searcher):
     def __init__(
         self,
         study: StudyConfig,
-        stage: record.Stage,
+        stage: Stage,
         *,
         sampler: Any,
         num_configs: int,
@@ -81,7 +89,7 @@ class StudySearcher(Searcher):
         self.shape_keys = tuple(shape_keys)
         self.extra = dict(extra or {})
         self.pause = pause
-        self.storage = record.storage(stage)
+        self.storage = storage(stage)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per ask and tell
         self.study = optuna.create_study(
             study_name=stage.optuna_name,
@@ -91,7 +99,7 @@ class StudySearcher(Searcher):
             load_if_exists=True,
         )
         trials = self.study.get_trials(deepcopy=False)
-        asked_points = {t.user_attrs.get(record.POINT_ATTR) for t in trials}
+        asked_points = {t.user_attrs.get(POINT_ATTR) for t in trials}
         self.points = [(i, dict(p)) for i, p in enumerate(points) if i not in asked_points]
         # Configurations asked by an earlier driver and never told: trained first.
         self.resume = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
@@ -111,7 +119,7 @@ class StudySearcher(Searcher):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Reopen the stage's Optuna study from the record (with Optuna's default sampler)."""
         self.__dict__.update(state)
-        self.storage = record.storage(self.stage)
+        self.storage = storage(self.stage)
         self.study = optuna.load_study(study_name=self.stage.optuna_name, storage=self.storage)
 
     @property
@@ -169,7 +177,7 @@ class StudySearcher(Searcher):
             if state == "complete":
                 tell(self.study, number, optuna.trial.TrialState.COMPLETE, values)
             elif self.pause is not None and self.pause.requested:
-                self.storage.set_trial_user_attr(self._id(number), record.INTERRUPTED_ATTR, True)
+                self.storage.set_trial_user_attr(self._id(number), INTERRUPTED_ATTR, True)
             elif state == "fail" or error:
                 tell(self.study, number, optuna.trial.TrialState.FAIL, None)
             elif not any(m.history for m in record.members(self.stage, cid)):
@@ -188,7 +196,7 @@ class StudySearcher(Searcher):
         pause: Tune does not tell the searcher of every trial it stops); returns them."""
         running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for t in running:
-            self.storage.set_trial_user_attr(self._id(t.number), record.INTERRUPTED_ATTR, True)
+            self.storage.set_trial_user_attr(self._id(t.number), INTERRUPTED_ATTR, True)
         return [t.number for t in running]
 
     def save(self, checkpoint_path: str) -> None:
@@ -213,7 +221,7 @@ class StudySearcher(Searcher):
             trial = self.resume.pop(i)
             if shape is None:
                 shape = self._shape(trial.params)
-            entries.append((trial, record.config_id(self.stage, trial)))
+            entries.append((trial, config_id(self.stage, trial)))
         while len(entries) < self.pack_size and self.asked < self.num_configs:
             trial = self._ask(shape or {})
             if trial is None:
@@ -239,7 +247,7 @@ class StudySearcher(Searcher):
 
     def _config_id(self, trial: Any) -> int:
         if self.stage.is_confirmation:
-            return int(trial.user_attrs[record.CONFIG_ID_ATTR])
+            return int(trial.user_attrs[CONFIG_ID_ATTR])
         return int(trial.number)
 
     def _ask(self, shape: dict[str, Any]) -> Any:
@@ -266,9 +274,9 @@ class StudySearcher(Searcher):
         finally:
             self.study.sampler = base
         if index is not None:
-            trial.set_user_attr(record.POINT_ATTR, index)
+            trial.set_user_attr(POINT_ATTR, index)
         if cid is not None:
-            trial.set_user_attr(record.CONFIG_ID_ATTR, int(cid))
+            trial.set_user_attr(CONFIG_ID_ATTR, int(cid))
         self.asked += 1
         return self.storage.get_trial(self._id(trial.number))  # as stored: params, attrs
 
@@ -291,7 +299,7 @@ def tell(study: Any, number: int, state: Any, values: Any) -> None:
 
 
 def make_searcher(
-    study: StudyConfig, stage: record.Stage, *, pack_size: int = 1, pause: Any = None
+    study: StudyConfig, stage: Stage, *, pack_size: int = 1, pause: Any = None
 ) -> tuple[ConcurrencyLimiter, StudySearcher]:
     """The search's searcher (limited to ``search.max_concurrent`` Ray trials at once)."""
     searcher = StudySearcher(

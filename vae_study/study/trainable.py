@@ -28,10 +28,11 @@ from vae_study.errors import TrainingDiverged, disk_full
 from vae_study.records import record
 from vae_study.records import results as R
 from vae_study.records.replicates import replicate_seed
+from vae_study.records.stage import Stage
 
 
 def train_trial(
-    config: dict[str, Any], *, study: StudyConfig, source: Source, stage: record.Stage
+    config: dict[str, Any], *, study: StudyConfig, source: Source, stage: Stage
 ) -> None:
     """Ray Tune function trainable: fit the trial's configuration, report every epoch.
 
@@ -105,7 +106,7 @@ def train_trial(
 def _train_one(
     run: RunConfig,
     data: Any,
-    stage: record.Stage,
+    stage: Stage,
     ids: tuple[int, int],
     used: dict[str, Any],
     trial_id: str,
@@ -140,7 +141,7 @@ class _Clock:
     """Each member's file in the record: its attempts (pid, first epoch), the Ray trial and
     node that train it, and the seconds its Ray trials have run, all attempts together."""
 
-    def __init__(self, stage: record.Stage, ids: list[tuple[int, int]]) -> None:
+    def __init__(self, stage: Stage, ids: list[tuple[int, int]]) -> None:
         self.paths = [stage.layout.record_file(c, r) for c, r in ids]
         self.before = [float(record.read_info(p).get(record.INFO_WALL) or 0.0) for p in self.paths]
         self.t0 = time.monotonic()
@@ -197,7 +198,7 @@ def train_pack(
     members: list[RunConfig],
     per_config: int,
     data: Any,
-    stage: record.Stage,
+    stage: Stage,
     ids: list[tuple[int, int]],
     used: dict[str, Any],
     trial_id: str,

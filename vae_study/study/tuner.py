@@ -20,9 +20,10 @@ from vae_study import timing
 from vae_study.config.study import StudyConfig
 from vae_study.core.splits import Source
 from vae_study.errors import disk_full, disk_full_error
-from vae_study.records import record
+from vae_study.records import record, tables
 from vae_study.records import results as R
 from vae_study.records.layout import trial_dirname
+from vae_study.records.stage import Stage
 from vae_study.study.pause import Pause
 from vae_study.study.trainable import member_ids, train_trial
 
@@ -33,7 +34,7 @@ TUNE_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 
 
 def make_trainable(
-    study: StudyConfig, source: Source, stage: record.Stage, resources: dict[str, float]
+    study: StudyConfig, source: Source, stage: Stage, resources: dict[str, float]
 ) -> Any:
     """``train_trial`` with the study, the dataset (once, through Ray's object store), the
     stage whose record it trains into, and each trial's CPUs and GPUs."""
@@ -61,7 +62,7 @@ def scheduler(study: StudyConfig) -> Any:
 
 def run_stage(
     study: StudyConfig,
-    stage: record.Stage,
+    stage: Stage,
     trainable: Any,
     search_alg: Any,
     *,
@@ -147,7 +148,7 @@ class RecordTables(Callback):
     error of a trial Ray gave up on in its members' files (unless the study is pausing: then
     the trial was stopped, not failed)."""
 
-    def __init__(self, study: StudyConfig, stage: record.Stage, pause: Pause) -> None:
+    def __init__(self, study: StudyConfig, stage: Stage, pause: Pause) -> None:
         self.study = study
         self.stage = stage
         self.pause = pause
@@ -175,7 +176,7 @@ class RecordTables(Callback):
         the tables are views, written again by the next run)."""
         try:
             with timing.phase("tables"):
-                record.rebuild(self.study, self.stage, live or ())
+                tables.rebuild(self.study, self.stage, live or ())
         except OSError as exc:
             if not disk_full(exc):
                 raise
