@@ -22,9 +22,7 @@ whatever its shape), so a resumed study asks each point once.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,8 +44,7 @@ from vae_study.records.stage import (
     config_id,
     storage,
 )
-
-log = logging.getLogger("vae_study")
+from vae_study.study.ask_tell import ask_fixed, tell
 
 _DIRECTION = {"min": "minimize", "max": "maximize"}
 
@@ -233,7 +230,7 @@ class StudySearcher(Searcher):
                     f"optuna trial {trial.number} got {trial.params}, not the shape keys "
                     f"{shape} of its pack (vae_study/study/searcher.py)"
                 )
-            entries.append((trial, self._config_id(trial)))
+            entries.append((trial, config_id(self.stage, trial)))
         return entries
 
     def _find(self, shape: dict[str, Any]) -> int | None:
@@ -244,11 +241,6 @@ class StudySearcher(Searcher):
 
     def _shape(self, params: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in params.items() if k in self.shape_keys}
-
-    def _config_id(self, trial: Any) -> int:
-        if self.stage.is_confirmation:
-            return int(trial.user_attrs[CONFIG_ID_ATTR])
-        return int(trial.number)
 
     def _ask(self, shape: dict[str, Any]) -> Any:
         """A new Optuna trial: the first point to evaluate that fits ``shape``, else one of
@@ -262,17 +254,7 @@ class StudySearcher(Searcher):
         if index is None and self.stage.is_confirmation:
             return None  # a confirmation trains its points and nothing else
         cid = point.pop(R.CONFIG_ID_KEY, None)
-        fixed = {**point, **shape}
-        base = self.study.sampler
-        if fixed:
-            with warnings.catch_warnings():  # experimental since Optuna 2.4
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.study.sampler = optuna.samplers.PartialFixedSampler(fixed, base)
-        try:
-            trial = self.study.ask()
-            self.space(trial)
-        finally:
-            self.study.sampler = base
+        trial = ask_fixed(self.study, self.space, {**point, **shape})
         if index is not None:
             trial.set_user_attr(POINT_ATTR, index)
         if cid is not None:
@@ -283,19 +265,6 @@ class StudySearcher(Searcher):
     def _id(self, number: int) -> int:
         """The storage's id of the stage's trial ``number`` (what its setters take)."""
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-
-
-def tell(study: Any, number: int, state: Any, values: Any) -> None:
-    """Tell Optuna how a configuration ended; one told before keeps that record."""
-    try:
-        study.tell(number, values, state=state)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # told before (by a driver killed after telling it)
-    except RuntimeError as exc:
-        # The grid sampler stops the study when its last point is told; outside
-        # study.optimize that is an error, after the trial is recorded. Nothing to do.
-        if "Study.stop" not in str(exc):
-            log.warning("optuna: %s", exc)
 
 
 def make_searcher(
