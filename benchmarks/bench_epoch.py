@@ -35,15 +35,11 @@ from vae_study.config.run import RunConfig, replace_keys
 from vae_study.core.batches import Batches
 from vae_study.core.data import load_datasets
 from vae_study.core.data_root import resolve_root
+from vae_study.core.epoch import train_epoch
 from vae_study.core.likelihoods import bernoulli_nll
+from vae_study.core.optimizer import make_optimizer
 from vae_study.core.public_datasets import torchvision_root
-from vae_study.core.train import (
-    configure_backends,
-    make_model,
-    make_optimizer,
-    resolve_device,
-    train_epoch,
-)
+from vae_study.core.train import configure_backends, make_model, resolve_device
 
 
 class NotebookVAE(nn.Module):

@@ -13,7 +13,8 @@ from vae_study import metrics as M
 from vae_study.config.run import RunConfig, replace_keys
 from vae_study.core import checkpoint as ckpt
 from vae_study.core.fused import check_packable, fit_pack, fusion_mode
-from vae_study.core.train import FitResult, fit, make_model, make_optimizer
+from vae_study.core.optimizer import make_optimizer
+from vae_study.core.train import FitResult, fit, make_model
 from vae_study.errors import ConfigError, TrainingDiverged
 
 RTOL = 1e-5  # a batched matmul is not bit-for-bit the single one; a few steps stay this close

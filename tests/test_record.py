@@ -672,7 +672,7 @@ def test_a_member_killed_before_its_first_checkpoint_starts_over_in_a_clean_fold
     """A kill between fit's first two writes leaves config.yaml without metrics.jsonl (and
     a temp file): fit refuses such a folder as not its own, so the record empties it; a
     folder with a checkpoint is kept whole."""
-    from vae_study.core.train import check_output_folder
+    from vae_study.core.run_state import check_output_folder
     from vae_study.errors import ConfigError
 
     study = _study(tmp_path)

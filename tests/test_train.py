@@ -15,8 +15,9 @@ from vae_study.config.run import RunConfig, replace_keys
 from vae_study.core import checkpoint as ckpt
 from vae_study.core.data import load_datasets
 from vae_study.core.evaluate import elbo_terms
+from vae_study.core.optimizer import make_optimizer, scheduled_lr
 from vae_study.core.splits import Datasets, Split
-from vae_study.core.train import fit, make_optimizer, scheduled_lr
+from vae_study.core.train import fit
 from vae_study.errors import CheckpointError, TrainingDiverged
 
 

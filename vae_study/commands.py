@@ -68,7 +68,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from vae_study import metrics as M
     from vae_study.config.run import load_run_config
     from vae_study.config.study import STUDY_SECTIONS
-    from vae_study.core.train import FINAL_FILE, check_output_folder, fit
+    from vae_study.core.run_state import check_output_folder
+    from vae_study.core.train import fit
+    from vae_study.run_files import FINAL_FILE
 
     config = load_run_config(args.config, args.set, extra_sections=STUDY_SECTIONS)
     out = _out_folder(args.out, Path(RUNS_DIR) / Path(args.config).stem)
@@ -135,7 +137,7 @@ def _how_to_continue(args: argparse.Namespace, out: Path) -> str:
     import shlex
 
     from vae_study.core import checkpoint as ckpt
-    from vae_study.core.train import CHECKPOINT_DIR
+    from vae_study.run_files import CHECKPOINT_DIR
 
     command = shlex.join(
         [

@@ -3,6 +3,7 @@
 ``state.pt`` holds the weights, the optimizer state, the epoch, the RNG states, the metric
 history and the resolved config; it is read with ``torch.load(weights_only=True)`` so a
 checkpoint can never run code. Every file is written atomically (temporary file + rename).
+``check_resumable`` and ``check_shape`` say whether a run may continue one.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from typing import Any
 import torch
 
 from vae_study import timing
+from vae_study.config.run import RunConfig, to_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.errors import CheckpointError
 from vae_study.files import atomic_write_bytes
 from vae_study.run_files import CONFIG_FILE, STATE_FILE
+
+# Keys that may change between a checkpoint and the run that resumes it: they do not change
+# what was trained so far (more epochs, another device, another evaluation).
+RESUMABLE_CHANGES = ("train.epochs", "train.device", "data.root", "eval.")
 
 
 @dataclass
@@ -137,3 +143,51 @@ def _to(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_to(v, device) for v in obj)
     return obj
+
+
+def check_resumable(saved: dict[str, Any], config: RunConfig, where: Path) -> None:
+    """Refuse to continue a checkpoint trained under a different configuration."""
+    now = flatten_keys(to_dict(config))
+    # A key the checkpoint lacks is newer than it: the run was trained with its default.
+    before = {**flatten_keys(to_dict(RunConfig())), **flatten_keys(saved)}
+    # A scheduled learning rate is a function of the whole run's length: more epochs would
+    # have given the epochs done other rates.
+    free = tuple(
+        c
+        for c in RESUMABLE_CHANGES
+        if c != "train.epochs" or now.get("train.lr_schedule") == "constant"
+    )
+    changed = [
+        k
+        for k in sorted(set(now) | set(before))
+        if now.get(k) != before.get(k)
+        and not any(k == c or (c.endswith(".") and k.startswith(c)) for c in free)
+    ]
+    if changed:
+        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise CheckpointError(
+            f"the checkpoint in {where} was trained with another "
+            f"configuration ({diffs}); use another output folder or "
+            "--fresh to start over"
+        )
+
+
+def check_shape(saved: tuple[int, ...], now: tuple[int, ...], where: Path) -> None:
+    """Refuse to continue a checkpoint made for examples of another (C, H, W)."""
+    if tuple(saved) != tuple(now):
+        raise CheckpointError(
+            f"the checkpoint in {where} was trained on examples of shape (C, H, W) = "
+            f"{tuple(saved)}, but the data are {tuple(now)}; use the data it was trained "
+            "on, another output folder, or --fresh to start over"
+        )
+
+
+def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys (``{"train.lr": ...}``), tuples as lists."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(flatten_keys(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return flat
