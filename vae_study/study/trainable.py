@@ -6,6 +6,7 @@ Ray trial, driver or node trained it before."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from vae_study.records import record
 from vae_study.records import results as R
 from vae_study.records.replicates import replicate_seed
 from vae_study.records.stage import Stage
+from vae_study.study.trial_reports import PackReports, reportable
 
 
 def train_trial(
@@ -52,7 +54,7 @@ def train_trial(
     """
     import torch
 
-    from vae_study.core.train import resolve_device
+    from vae_study.core.device import resolve_device
 
     trial_id = tune.get_context().get_trial_id()
     timing.bind(trial=trial_id)
@@ -121,13 +123,10 @@ def _train_one(
     clock = _Clock(stage, [ids])
     clock.start(trial_id, used, [before.epoch], None)
 
-    def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
-        clock.tick()
-        with timing.phase("report"):
-            tune.report({**_reportable(row), **used})
-        hold_point([cid], int(row[M.EPOCH]))
-
     from vae_study.core.train import fit
+
+    def report(row: dict[str, Any], ckpt_dir: Path | None) -> None:
+        _send(clock, [cid], {**reportable(row), **used})
 
     try:
         fit(run, out_dir=out, data=data, on_epoch=report)
@@ -205,8 +204,8 @@ def train_pack(
 ) -> None:
     """Train the members as one pack and report once per epoch, when every live member has
     finished it: each member's metrics as ``member_<j>/...`` and each configuration's
-    replicate means (``config_summary``). Member j trains in the record's folder of
-    ``ids[j]`` and continues from its checkpoint there.
+    replicate means (``trial_reports.PackReports``). Member j trains in the record's folder
+    of ``ids[j]`` and continues from its checkpoint there.
 
     A member that diverges is masked by ``fit_pack``, reported ``member_<j>/diverged`` and
     recorded failed with its reason (so a later run does not train it again); its
@@ -220,80 +219,41 @@ def train_pack(
         data = load_datasets(first.data, dequantize=first.dequantized)
     # Which way the members train (stacked, vmap, sequential), in every report and row.
     mode = fusion_mode(members, data.shape)[0]
-    sequential = mode == SEQUENTIAL
     used = {**used, R.FUSION_KEY: mode}
-
-    outs = [stage.layout.record_dir(c, r) for c, r in ids]
     before = [record.read_member(stage, c, r) for c, r in ids]
-    failed: dict[int, str] = {j: m.error for j, m in enumerate(before) if m.error}
-    live = [j for j in range(len(members)) if j not in failed]
-    for j in live:
-        record.clear_unstarted(stage, *ids[j])
+    failed = {j: m.error for j, m in enumerate(before) if m.error}
+    for j, ids_j in enumerate(ids):
+        if j not in failed:
+            record.clear_unstarted(stage, *ids_j)
     clock = _Clock(stage, ids)
     clock.start(trial_id, used, [m.epoch for m in before], mode)
-    rows: dict[int, dict[str, Any]] = {}  # member -> its latest row (an epoch, then final)
-    epochs = members[0].train.epochs
-    state = {"reported": 0}
-
-    def report(epoch: int) -> None:
-        n_configs = len(members) // per_config
-        result = {M.EPOCH: epoch, **used}
-        for j in range(len(members)):
-            row = rows.get(j)
-            if row is not None:
-                result.update({R.member_key(j, k): v for k, v in _reportable(row).items()})
-            if j in failed or j not in live:
-                result[R.member_key(j, R.DIVERGED_KEY)] = 1
-                if j in failed:
-                    result[R.member_key(j, R.ERROR_KEY)] = failed[j]
-        for i in range(n_configs):
-            group = range(i * per_config, (i + 1) * per_config)
-            summary: dict[str, Any] = {}  # no mean while a replicate is not at this epoch:
-            if not any(off_epoch(j, epoch) for j in group):  # (sequential) or masked
-                summary = config_summary([R.sub_result(result, R.member_key(j, "")) for j in group])
-            if n_configs == 1:
-                result.update(summary)
-            else:
-                result.update({R.config_key(i, k): v for k, v in summary.items()})
-        state["reported"] = epoch
-        clock.tick()
-        with timing.phase("report"):
-            tune.report(result)
-        hold_point(sorted({c for c, _ in ids}), epoch)
-
-    def off_epoch(j: int, epoch: int) -> bool:
-        """A live member not at ``epoch``: not trained that far yet, or already past it
-        (members that train one after another), or masked after diverging (its reason comes
-        when fit_pack returns). A mean over replicates is taken at one epoch only."""
-        row = rows.get(j)
-        return j in live and j not in failed and (row is None or int(row[M.EPOCH]) != epoch)
-
-    def on_epoch(k: int, row: dict[str, Any], folder: Path | None) -> None:
-        j = live[k]
-        rows[j] = row
-        epoch = int(row[M.EPOCH])
-        if sequential:  # one member at a time: every member epoch reported
-            report(min(int(rows[m][M.EPOCH]) if m in rows else 0 for m in live))
-            return
-        if epoch >= epochs or epoch <= state["reported"]:
-            return  # the last epoch is reported when fit_pack returns; a lagging member waits
-        # Members are called in order; a later one that wrote this epoch will be called too.
-        if not any(_last_epoch(outs[m]) == epoch for m in live[k + 1 :]):
-            report(epoch)
-
-    results = fit_pack(
-        [members[j] for j in live], out_dirs=[outs[j] for j in live], data=data, on_epoch=on_epoch
+    reports = PackReports(
+        [stage.layout.record_dir(c, r) for c, r in ids],
+        per_config,
+        members[0].train.epochs,
+        failed=failed,
+        sequential=mode == SEQUENTIAL,
+        used=used,
+        send=functools.partial(_send, clock, sorted({c for c, _ in ids})),
     )
-    last = state["reported"]
-    for j, res in zip(live, results, strict=True):
-        if isinstance(res, TrainingDiverged):
-            failed[j] = str(res)
-            record.update_info(stage.layout.record_file(*ids[j]), **{record.INFO_ERROR: str(res)})
-            rows.setdefault(j, {M.EPOCH: res.epoch - 1})
-        elif res.history:
-            rows[j] = {**res.history[-1], **res.final}
-        last = max(last, int(rows[j][M.EPOCH]))
-    report(last)
+    results = fit_pack(
+        [members[j] for j in reports.live],
+        out_dirs=[reports.outs[j] for j in reports.live],
+        data=data,
+        on_epoch=reports.on_epoch,
+    )
+    for j, reason in reports.diverged(results).items():
+        record.update_info(stage.layout.record_file(*ids[j]), **{record.INFO_ERROR: reason})
+    reports.finish()
+
+
+def _send(clock: _Clock, config_ids: list[int], result: dict[str, Any]) -> None:
+    """One report of the trial's configurations ``config_ids`` to Ray Tune, after the
+    members' clocks; then the tests' hold point at its epoch."""
+    clock.tick()
+    with timing.phase("report"):
+        tune.report(result)
+    hold_point(config_ids, int(result[M.EPOCH]))
 
 
 # A deterministic pause for tests: with ``HOLD_ENV`` naming a file, a trial that has just
@@ -323,33 +283,6 @@ def hold_point(config_ids: list[int], epoch: int) -> None:
         time.sleep(HOLD_POLL_S)
 
 
-def config_summary(member_results: list[dict[str, Any]]) -> dict[str, Any]:
-    """A configuration's report from its members' (replicates') reports: ``diverged`` and the
-    first reason if one diverged (then no metric: the configuration has no objective), else
-    the mean of each number every replicate reports."""
-    bad = [r for r in member_results if r.get(R.DIVERGED_KEY)]
-    if bad:
-        reason = next((r[R.ERROR_KEY] for r in bad if r.get(R.ERROR_KEY)), None)
-        return {R.DIVERGED_KEY: 1, **({R.ERROR_KEY: reason} if reason else {})}
-    out: dict[str, Any] = {}
-    for key in member_results[0]:
-        values = [r.get(key) for r in member_results]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            out[key] = sum(values) / len(values)
-    return out
-
-
-def _last_epoch(out: Path) -> int:
-    """The last epoch in a member's metrics.jsonl (0: none): written with its checkpoint."""
-    from vae_study.run_files import METRICS_FILE
-
-    try:
-        lines = (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()
-        return int(json.loads(lines[-1])[M.EPOCH]) if lines else 0
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def trial_device(device: str, gpu_ids: list[str], cuda_available: bool) -> str:
     """The ``train.device`` a trial runs with, from its study's and the GPUs Ray gave it.
 
@@ -364,11 +297,3 @@ def trial_device(device: str, gpu_ids: list[str], cuda_available: bool) -> str:
     if device == "auto":
         return "cuda" if cuda_available else "cpu"
     return device
-
-
-def _reportable(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray wants flat scalars; the per-dimension KL list travels as text."""
-    out = {}
-    for k, v in row.items():
-        out[k] = " ".join(f"{x:.5g}" for x in v) if isinstance(v, list) else v
-    return out
