@@ -6,7 +6,7 @@
                permutation: the compute alone, no framework around it;
 3. bare_fast:  as bare, with the two kernels vae_study uses instead of torch's defaults
                (``bernoulli_nll`` from logits, fused Adam): the compute vae_study does;
-4. vae_study:  ``vae_study.core.train.train_epoch`` on ``load_datasets`` tensors (``fit``);
+4. vae_study:  ``vae_study.core.epoch.train_epoch`` on ``load_datasets`` tensors (``fit``);
 5. matmuls:    the seed model's eleven matrix products of a training step (forward, and the
                backward ones autograd runs), nothing else: the float32 floor of any trainer;
 6. vae_study_bf16: the same as 4 with ``train.precision: bfloat16`` (mixed precision: encoder and

@@ -5,7 +5,7 @@ studies/seed.yaml, M members differing in seed, lr and beta are trained for a fi
 of batches (``--batches``, default one epoch) two ways, timed in the same run:
 
 1. one at a time: ``train.fit`` of each member in turn (today's trainer);
-2. fused: ``fused.fit_pack`` of all M at once (M = 1 is ``train.train_epoch``'s path, so
+2. fused: ``fused.fit_pack`` of all M at once (M = 1 is ``epoch.train_epoch``'s path, so
    fused M=1 against one at a time measures only fit_pack's bookkeeping).
 
 Rows also: the seed model's float32 matrix products alone (``bench_epoch.epoch_matmuls``,
@@ -110,7 +110,7 @@ def fused(model: str, m: int, data: Datasets) -> float:
 
 def stacked_matmuls(model: str, m: int, batches: int) -> float:
     """The float32 matrix products of ``batches`` steps of M stacked members of ``model``
-    (``bmm`` over the members as ``fused.BatchedLinear`` runs them; M=1 plain ``mm``), on
+    (``bmm`` over the members as ``stacked.BatchedLinear`` runs them; M=1 plain ``mm``), on
     random operands: the floor of a fused step, and so, against one member trained alone,
     the ceiling of what fusing can gain on this machine."""
     hidden, latent = MODELS[model]["model.hidden"][0], MODELS[model]["model.latent_dim"]
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke check: 4 batches, M in {1, 8}, one repeat"
     )
-    # M=1 is fit's own path (train.train_epoch); a pack of two or more the stacked model.
+    # M=1 is fit's own path (epoch.train_epoch); a pack of two or more the stacked model.
     args = parser.parse_args()
     if args.quick:
         args.batches, args.members, args.repeats = 4, "1,8", 1

@@ -25,7 +25,7 @@ SEARCHED = (BETA, LATENT, K)
 
 def _config(cid, values, *, status=COMPLETED, beta=1.0, latent=2, k=1) -> Trial:
     """A configuration of len(values) seeds (seed 7 + r) with ``NLL`` = values[r]; a failed
-    one has its second member failed and no mean, as ``study_folder.configurations``
+    one has its second member failed and no mean, as ``records.configurations``
     makes it."""
     params = {"train.beta": beta, "model.latent_dim": latent, "train.k": k}
     params["train.objective"] = "elbo"

@@ -75,10 +75,9 @@ class ResourcesConfig(Section):
     # (vae_study.core.fused.fit_pack); each with its search.replicates seeds, so a trial trains
     # configs_per_trial x replicates members. The searcher holds the shape keys (everything
     # but train.beta, train.lr, train.seed, model.gaussian_std and eval.*) equal in a trial.
-    # auto: 1 on a CPU trial (benchmarks/bench_fused.py on this project's 2-core CPU: fused
-    # members ran at most 1.15x faster than one at a time, so separate trials on separate
-    # cores win), and on a GPU trial enough configurations for about 32 members,
-    # max(1, 32 // replicates) for MLPs: the GPU goal, not yet measured on a GPU.
+    # auto: 1 on a CPU trial (on a CPU fused members gain little over one at a time, so
+    # separate trials on separate cores win: benchmarks/bench_fused.py), and on a GPU trial
+    # enough configurations for about 32 members, max(1, 32 // replicates) for MLPs.
     # auto is 1 where packs are refused (ASHA, grid, no per-member key searched) and for conv
     # and user models (fused by torch.func.vmap, or one after another: fused.fusion_mode).
     configs_per_trial: int | Literal["auto"] = rule(

@@ -1,7 +1,7 @@
 """The driver of a study: the study's steps, in order.
 
 1. Pre-flight, before the folder exists or Ray starts: the data, the models, the scheduler.
-2. The folder (``study_folder.prepare_folder``: checked and locked); one made by an older
+2. The folder (``records.prepare.prepare_folder``: checked and locked); one made by an older
    vae_study is imported into the record (``legacy.import_legacy``).
 3. Ray (``cluster``), then the search (``searcher`` over ``optuna.db``, ``tuner``): the
    configurations optuna.db holds as RUNNING first, then new ones to ``search.num_trials``.
