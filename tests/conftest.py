@@ -95,11 +95,11 @@ def write_amat(root: Path, *, n: tuple[int, int, int] = (200, 60, 60), gz: bool 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    """No test reads the user's cache or $VAE_STUDY_DATA, or uses more than 2 threads."""
+    """No test reads the user's cache or $VAE_STUDY_DATA, or uses more than one thread."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.delenv("VAE_STUDY_DATA", raising=False)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
