@@ -3,12 +3,18 @@ results.csv, Ray's per-trial result.json and (for some trials) real checkpoints.
 
 from __future__ import annotations
 
+import atexit
+import copy
+import gzip
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +25,7 @@ import yaml
 
 from conftest import write_mnist
 from vae_study import metrics as M
-from vae_study.config.run import RunConfig, replace_keys
+from vae_study.config.run import DATA_PATH_KEYS, RunConfig, replace_keys, to_dict
 from vae_study.config.study import study_from_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.core.train import fit
@@ -94,9 +100,8 @@ def make_study_folder(
         if status == COMPLETED and trained < checkpoints:
             trained += 1
             cfg = study.trial_config({"train.beta": beta, "model.latent_dim": latent})
-            res = fit(cfg, out_dir=trial_dir / "work")
+            history, final = fit_once(cfg, trial_dir / "work")
             (trial_dir / "work" / "checkpoint").rename(trial_dir / "checkpoint_000002")
-            history, final = res.history, res.final
         else:
             done = {COMPLETED: epochs, STOPPED: 1, RUNNING: 2, FAILED: 2, PENDING: 0}[status]
             rate = 30.0 / (1 + beta) + rng.uniform(0, 2)
@@ -141,6 +146,65 @@ def make_study_folder(
         [(o.metric, o.mode) for o in study.search.objectives],
     )
     return folder
+
+
+# ---------------------------------------------------------------------------------------
+# One training per configuration per test session.
+
+_TRAINED: dict[str, tuple[Path, list[dict], dict]] = {}  # key -> (fit folder, history, final)
+_TRAINED_DIR: list[Path] = []  # where those fit folders are (made at the first training)
+
+
+def fit_once(config: RunConfig, out_dir: Path) -> tuple[list[dict], dict]:
+    """What ``fit(config, out_dir=out_dir)`` leaves in the new folder ``out_dir``, and its
+    (history, final), training each configuration once per test session.
+
+    A configuration trained before in the session (the same run configuration but for its
+    paths, and data files of the same contents: ``fit_key``) is copied from that training,
+    with the paths in its files (``config.yaml``, the checkpoint's state and config) set to
+    ``config``'s, as fit writes them: the same weights, optimizer state, histories and
+    numbers, and the same bytes but for ``state.pt``'s (saved again with its new paths,
+    as every ``torch.save`` does it draws a new serialization id)."""
+    key = fit_key(config)
+    if key not in _TRAINED:
+        if not _TRAINED_DIR:
+            _TRAINED_DIR.append(Path(tempfile.mkdtemp(prefix="vae_study_fit_once_")))
+            atexit.register(shutil.rmtree, _TRAINED_DIR[0], True)
+        folder = _TRAINED_DIR[0] / key
+        res = fit(config, out_dir=folder)
+        _TRAINED[key] = (folder, copy.deepcopy(res.history), copy.deepcopy(res.final))
+    folder, history, final = _TRAINED[key]
+    shutil.copytree(folder, out_dir)
+    with_paths_of(config, out_dir)
+    return copy.deepcopy(history), copy.deepcopy(final)
+
+
+def with_paths_of(config: RunConfig, out_dir: Path) -> None:
+    """Write ``config`` (its paths) into the fit folder ``out_dir`` where fit writes it: its
+    ``config.yaml`` and its checkpoint (``state.pt`` and the checkpoint's ``config.yaml``)."""
+    from vae_study.core import checkpoint as ckpt
+    from vae_study.run_files import CHECKPOINT_DIR, CONFIG_FILE
+
+    write_yaml(out_dir / CONFIG_FILE, to_dict(config))
+    if ckpt.exists(out_dir / CHECKPOINT_DIR):
+        state = ckpt.load(out_dir / CHECKPOINT_DIR)
+        if state.config != to_dict(config):  # saved again: torch.save draws a new file id
+            state.config = to_dict(config)
+            ckpt.save(out_dir / CHECKPOINT_DIR, state)
+
+
+def fit_key(config: RunConfig) -> str:
+    """What determines the bytes ``fit`` trains from ``config``: the configuration without
+    its paths, and the contents of the data files they name (a gzip file's data, not its
+    header's time stamp)."""
+    data = to_dict(config)["data"]
+    paths = [data.pop(k) for k in ("root", *DATA_PATH_KEYS) if data.get(k) is not None]
+    digest = hashlib.sha256(json.dumps({**to_dict(config), "data": data}, sort_keys=True).encode())
+    for path in map(Path, paths):
+        for f in sorted(p for p in [path, *path.rglob("*")] if p.is_file()):
+            digest.update(str(f.relative_to(path) if f != path else f.name).encode())
+            digest.update(gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes())
+    return digest.hexdigest()[:24]
 
 
 def tiny_study(tmp_path: Path, **over) -> dict:
