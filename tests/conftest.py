@@ -136,3 +136,53 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# ---------------------------------------------------------------------------------------
+# One Ray per module for the slow tests that run studies in this process.
+
+
+@pytest.fixture(scope="module")
+def _module_ray():
+    """Shuts down, at the end of the module, a Ray that ``shared_ray`` started in it."""
+    started: list[bool] = []
+    yield started
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+@pytest.fixture
+def shared_ray(_module_ray):
+    """A local Ray shared by the tests of a module that ask for it (as Ray's testing guide
+    advises: a start and a stop cost seconds), started as a study starts its own
+    (``cluster.start_ray``: loopback only, the owner-only token, SIGTERM and SIGHUP blocked
+    in its processes). A driver run in the test finds it running, uses it and leaves it up
+    (``driver._run_stages``). For tests whose trials need nothing from the test's own
+    environment: Ray's processes were started before it (no variable set in the test
+    reaches the trials)."""
+    import ray
+
+    if not ray.is_initialized():
+        from vae_study.config.study import study_from_dict
+        from vae_study.study.cluster import start_ray
+
+        space = {"train.beta": {"choice": [1.0]}}
+        study = study_from_dict(
+            {"name": "shared", "ray": {"dashboard": False}, "search": {"space": space}}
+        )
+        start_ray(study)
+        _module_ray.append(True)
+    yield
+
+
+@pytest.fixture
+def own_ray():
+    """For a test that starts a Ray or a cluster of its own: the module's shared Ray, if
+    one is up, is shut down first (``shared_ray`` starts it again when next asked)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield

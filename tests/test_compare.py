@@ -493,6 +493,7 @@ def test_headless_chromium_shows_every_studys_curve(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_two_tiny_real_studies_compare_through_the_command_line(tmp_path):
     """Two real studies (Ray, Optuna, training on tiny data), VAE and IWAE over K in {1, 2}
     with 2 seeds, then ``python -m vae_study compare`` in a process of its own."""

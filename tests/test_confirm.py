@@ -642,6 +642,7 @@ def test_a_confirmed_configuration_whose_fresh_seed_diverged_is_failed_and_unran
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_replicated_study_confirms_its_best_configuration(tmp_path, figures):
     raw = tiny_study(
         tmp_path,
@@ -799,6 +800,7 @@ def test_a_confirmation_can_be_added_to_a_study_until_it_has_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_confirmation_added_to_a_finished_study_runs_alone(tmp_path):
     over = {
         "search.num_trials": 2,

@@ -159,6 +159,7 @@ def test_a_trials_worker_killed_once_resumes_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_study_whose_every_configuration_diverged_exits_1_in_one_line(tmp_path, capfd):
     raw = tiny_study(
         tmp_path,
@@ -183,6 +184,7 @@ def test_a_study_whose_every_configuration_diverged_exits_1_in_one_line(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tmp_path):
     raw = tiny_study(
         tmp_path,
@@ -235,6 +237,7 @@ def test_a_diverging_trial_fails_once_is_told_to_optuna_and_the_study_goes_on(tm
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("own_ray")
 def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
@@ -282,6 +285,7 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_on_the_other(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_rays_state_deleted_or_cut_short_changes_nothing_a_damaged_optuna_db_is_refused(
     tmp_path, capsys
 ):

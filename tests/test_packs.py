@@ -536,6 +536,7 @@ def _member_history(folder: Path, config_id: int, replicate: int) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_replicated_packed_study_holds_one_optuna_trial_per_configuration(tmp_path):
     from vae_study.cli import main
     from vae_study.core import checkpoint as ckpt
@@ -587,6 +588,7 @@ def test_a_replicated_packed_study_holds_one_optuna_trial_per_configuration(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_one_configuration_trial_reports_the_replicate_mean_at_the_top(tmp_path):
     from vae_study.cli import main
 
@@ -607,6 +609,7 @@ def test_a_one_configuration_trial_reports_the_replicate_mean_at_the_top(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
     """Two configurations (points to evaluate) x two replicates, SIGKILL mid-trial, the same
     command again: every member's numbers equal those of an uninterrupted run."""
@@ -670,6 +673,7 @@ def test_a_driver_killed_mid_study_resumes_every_member_exactly(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_asha_with_replicates_stops_whole_configurations_on_their_mean(tmp_path):
     from vae_study.cli import main
 
@@ -762,6 +766,7 @@ def test_ctrl_c_pauses_a_packed_study_and_the_same_command_finishes_every_member
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_diverged_configuration_in_a_pack_fails_while_its_pack_mate_completes(tmp_path):
     from vae_study.cli import main
 

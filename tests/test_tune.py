@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_study_runs_end_to_end(tmp_path, capsys):
     ray_results = Path.home() / "ray_results"
     existed = ray_results.exists()
@@ -71,6 +72,7 @@ def test_study_runs_end_to_end(tmp_path, capsys):
     assert "another search section" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_a_relative_output_dir_is_the_driver_s_not_the_trial_s(tmp_path, monkeypatch):
     # output.dir "runs" (the default) from the folder the command is typed in: Ray runs each
     # trial in a working directory of its own, and the fit folders must still land in the
@@ -87,6 +89,7 @@ def test_a_relative_output_dir_is_the_driver_s_not_the_trial_s(tmp_path, monkeyp
     assert len(finals) == 2
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_multi_objective_study_returns_its_pareto_set(tmp_path):
     raw = _study(
         tmp_path,
@@ -108,6 +111,7 @@ def test_multi_objective_study_returns_its_pareto_set(tmp_path):
     assert set(table.loc[table["pareto"], "optuna_trial"].astype(int)) == ours
 
 
+@pytest.mark.usefixtures("own_ray")
 def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
@@ -132,6 +136,7 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
         cluster.shutdown()
 
 
+@pytest.mark.usefixtures("own_ray")
 def test_gpus_on_a_cluster_without_gpus_stop_at_once(tmp_path, capsys):
     import ray
 
@@ -157,6 +162,7 @@ def test_resolved_study_file_round_trips(tmp_path):
     assert study_from_dict(yaml.safe_load(text)) == study
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_asha_stops_weak_trials_and_they_are_recorded_as_stopped(tmp_path):
     raw = _study(
         tmp_path,
