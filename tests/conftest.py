@@ -127,6 +127,21 @@ def _isolated(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def quick_figures(monkeypatch):
+    """The report's figures saved as their PNG alone, at the report's resolution without a
+    tight bounding box: for tests that read the report's words, not its files. The PDF and
+    SVG written beside each PNG (``plots._save``), with their fonts, are tested in
+    test_compare."""
+    from vae_study.report import plots
+
+    def save(fig, path: Path) -> Path:
+        fig.savefig(path, dpi=plots.DPI)
+        return path
+
+    monkeypatch.setattr(plots, "_save", save)
+
+
+@pytest.fixture
 def mnist_root(tmp_path) -> Path:
     return write_mnist(tmp_path / "data")
 

@@ -239,6 +239,7 @@ def test_a_study_of_one_seed_per_configuration_draws_no_error_bar(tmp_path, figu
     assert len(load_folder(old).configs) == 5  # each row its own configuration
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_tables_show_mean_and_standard_error_with_the_seeds(tmp_path):
     folder = _replicated_folder(tmp_path)
     out = build_report(folder, tmp_path / "rep")
@@ -339,6 +340,7 @@ def _paired_members() -> list[dict]:
     return out
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_the_differences_table_holds_the_paired_contrasts_of_knob_levels(tmp_path):
     folder = _replicated_folder(tmp_path, members=_paired_members())
     out = build_report(folder, tmp_path / "rep")
@@ -580,6 +582,7 @@ def _md_rows(summary: str, heading_start: str) -> tuple[list[str], list[dict[str
     return head, rows
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_a_failed_configuration_has_no_mean_in_the_tables_or_the_page(tmp_path):
     """Configuration 4 has two completed seeds (test rate 1, distortion 1, val 1) and one
     diverged: failed, 2 of 3, and no number of its survivors anywhere."""
@@ -605,6 +608,7 @@ def test_a_failed_configuration_has_no_mean_in_the_tables_or_the_page(tmp_path):
     assert not any(re.fullmatch(r"[0-9.]+( ± [0-9.e-]+)?", c) for c in cells[4:]), cells
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_a_confirmed_configuration_whose_fresh_seed_diverged_is_failed_and_unranked(tmp_path):
     folder = _replicated_folder(tmp_path, confirm={"top": 2, "replicates": 2})
     members = []

@@ -163,6 +163,7 @@ def test_report_refuses_the_study_folder_itself(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_report_rebuilds_its_own_folder_and_marks_an_older_one(tmp_path, capsys):
     folder = _one_trial_study(tmp_path)
     out = tmp_path / "rep"

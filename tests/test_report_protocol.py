@@ -225,6 +225,7 @@ def _rewrite(folder, table, objectives):
     R.write_results(folder / RESULTS_FILE, rows, ["train.beta", "model.latent_dim"], objectives)
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_the_selected_trial_is_chosen_on_validation_and_shown_with_both(tmp_path):
     folder, table = _folder(tmp_path)
     # Trial 3 is best on test but not on validation; trial 5 is best on validation.
@@ -268,6 +269,7 @@ def test_the_selected_trial_is_chosen_on_validation_and_shown_with_both(tmp_path
     assert "<th>val CE bound</th>" in page and "<th>test CE bound</th>" in page
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_a_study_that_selects_on_test_says_so_with_a_warning(tmp_path):
     folder, _ = _folder(
         tmp_path, objectives=[{"metric": M.TEST_CE_BOUND, "mode": "min"}], select_on_test=True
@@ -312,6 +314,7 @@ def test_a_multi_objective_report_shows_the_validation_front_and_the_test_front(
     assert "Pareto front of the test (rate, distortion) shown" in legend and words in legend
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_a_density_likelihood_reports_an_nll_with_bits_per_dim(tmp_path):
     folder, table = _folder(tmp_path)
     raw = yaml.safe_load((folder / "study.yaml").read_text())

@@ -140,6 +140,7 @@ def _cells(line: str) -> int:
     return len(re.split(r"(?<!\\)\|", line.strip())) - 2
 
 
+@pytest.mark.usefixtures("quick_figures")
 def test_the_report_escapes_study_strings_and_names_files_safely(tmp_path):
     data = write_mnist(tmp_path / "data")
     folder = make_study_folder(
