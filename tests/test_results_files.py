@@ -147,7 +147,6 @@ def test_the_report_escapes_study_strings_and_names_files_safely(tmp_path):
         tmp_path,
         data,
         n_trials=4,
-        epochs=2,
         checkpoints=2,
         statuses=[COMPLETED, COMPLETED, FAILED, COMPLETED],
     )
