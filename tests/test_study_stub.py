@@ -21,9 +21,9 @@ from study_factory import attempts, tiny_study
 from vae_study import metrics as M
 from vae_study.config.study import study_from_dict
 from vae_study.errors import StudyFailed
-from vae_study.records import record
 from vae_study.records import results as R
-from vae_study.records.layout import StudyLayout
+from vae_study.records import stage
+from vae_study.records.layout import COMPLETED, FAILED, INTERRUPTED, RUNNING, STOPPED, StudyLayout
 from vae_study.records.replicates import read_configs
 from vae_study.study.pause import StudyPaused, exit_status
 
@@ -94,7 +94,7 @@ def test_a_study_records_every_member_and_tells_optuna_each_configurations_mean(
     folder = _run(study)
     table = _table(folder)
     assert len(table) == 4 * 2
-    assert set(table["status"]) == {R.COMPLETED}
+    assert set(table["status"]) == {COMPLETED}
     assert list(zip(table.config_id, table.replicate, strict=True)) == [
         (c, r) for c in range(4) for r in range(2)
     ]
@@ -120,7 +120,7 @@ def test_a_study_records_every_member_and_tells_optuna_each_configurations_mean(
     for cid, t in trials.items():
         mean = table[table.config_id == cid][M.VAL_NLL].mean()
         assert configs.loc[cid, M.VAL_NLL] == pytest.approx(mean, rel=1e-12)
-        assert configs.loc[cid, "status"] == R.COMPLETED and configs.loc[cid, "n_finished"] == 2
+        assert configs.loc[cid, "status"] == COMPLETED and configs.loc[cid, "n_finished"] == 2
         assert t.state == S.COMPLETE and t.value == pytest.approx(mean, rel=1e-12)
         assert (t.params["train.beta"], t.params["model.latent_dim"]) == (
             POINTS[cid]["train.beta"],
@@ -136,15 +136,7 @@ def test_a_study_records_every_member_and_tells_optuna_each_configurations_mean(
     "replicates",
     [
         1,
-        pytest.param(
-            2,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="trainable.config_summary averages the epoch too (3.0, a float), and "
-                "StudySearcher.on_trial_result takes an int step only: a replicated study "
-                "records no intermediate value",
-            ),
-        ),
+        2,
     ],
 )
 def test_one_objective_per_epoch_is_optunas_intermediate_value_of_the_mean(
@@ -188,8 +180,8 @@ def test_the_tables_show_running_members_at_their_last_epoch_while_the_study_run
     _run(study)
     # Configurations 0 and 1 train side by side (max_concurrent 2); 2 waits for a slot and
     # is not asked yet: the table holds what optuna.db holds.
-    assert seen == {0: (R.RUNNING, 2), 1: (R.RUNNING, 2)}
-    assert set(_table(folder)["status"]) == {R.COMPLETED}
+    assert seen == {0: (RUNNING, 2), 1: (RUNNING, 2)}
+    assert set(_table(folder)["status"]) == {COMPLETED}
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,11 +200,11 @@ def test_a_pause_leaves_its_configurations_open_and_the_same_command_finishes_th
     # Configurations 0 and 1 were at epoch 2 (side by side); 2 and 3 never asked.
     table = _table(folder)
     assert [(r.config_id, r.status, r.epoch) for r in table.itertuples()] == [
-        (0, R.INTERRUPTED, 2),
-        (1, R.INTERRUPTED, 2),
+        (0, INTERRUPTED, 2),
+        (1, INTERRUPTED, 2),
     ]
     trials = _optuna(folder, study.name)
-    assert [(t.state, t.user_attrs.get(record.INTERRUPTED_ATTR)) for t in trials.values()] == [
+    assert [(t.state, t.user_attrs.get(stage.INTERRUPTED_ATTR)) for t in trials.values()] == [
         (S.RUNNING, True),
         (S.RUNNING, True),
     ]
@@ -228,7 +220,7 @@ def test_a_pause_leaves_its_configurations_open_and_the_same_command_finishes_th
     for cid in (2, 3):
         assert [a["from_epoch"] for a in attempts(folder, cid)] == [0]
     table = _table(folder)
-    assert set(table["status"]) == {R.COMPLETED} and len(table) == 4
+    assert set(table["status"]) == {COMPLETED} and len(table) == 4
     trials = _optuna(folder, study.name)
     assert [t.state for t in trials.values()] == [S.COMPLETE] * 4  # no trial asked twice
     for row in table.to_dict("records"):
@@ -257,13 +249,13 @@ def test_a_diverged_configuration_fails_once_is_told_fail_and_is_not_trained_aga
     # Configuration 1's second seed diverges at epoch 2; its first seed completes.
     script.diverge = lambda c: 2 if (c.train.beta, c.train.seed) == (4.0, 1) else None
     folder = _run(study)
-    assert _statuses(folder)[(1, 0)] == R.COMPLETED and _statuses(folder)[(1, 1)] == R.FAILED
-    assert {s for k, s in _statuses(folder).items() if k[0] != 1} == {R.COMPLETED}
+    assert _statuses(folder)[(1, 0)] == COMPLETED and _statuses(folder)[(1, 1)] == FAILED
+    assert {s for k, s in _statuses(folder).items() if k[0] != 1} == {COMPLETED}
     row = _table(folder).set_index(["config_id", "replicate"]).loc[(1, 1)]
     assert row[R.ERROR_KEY].startswith("training diverged: the loss is nan at epoch 2, batch 3")
     assert row[M.EPOCH] == 1  # its last good epoch
     configs = read_configs(StudyLayout(folder).configs_file).set_index("config_id")
-    assert configs.loc[1, "status"] == R.FAILED and configs.loc[1, "n_finished"] == 1
+    assert configs.loc[1, "status"] == FAILED and configs.loc[1, "n_finished"] == 1
     assert math.isnan(configs.loc[1, M.VAL_NLL])  # no mean of the survivors
     trials = _optuna(folder, study.name)
     assert trials[1].state == S.FAIL and trials[1].value is None
@@ -294,7 +286,7 @@ def test_a_worker_killed_once_continues_its_members_from_their_checkpoints(tmp_p
         assert [a["from_epoch"] for a in attempts(folder, 0, r)] == [0, 2]
         lines = (StudyLayout(folder).record_dir(0, r) / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(x)[M.EPOCH] for x in lines] == [1, 2, 3]
-    assert set(_table(folder)["status"]) == {R.COMPLETED}
+    assert set(_table(folder)["status"]) == {COMPLETED}
     assert [t.state for t in _optuna(folder, study.name).values()] == [S.COMPLETE] * 2
 
 
@@ -303,7 +295,7 @@ def test_a_trial_that_fails_past_its_retries_is_failed_with_its_errors_last_line
     script.kill_at = {(0, 1), (0, 2), (0, 3)}  # three deaths: one more than max_failures
     folder = _run(study)
     row = _table(folder).set_index("config_id").loc[0]
-    assert row["status"] == R.FAILED and row[M.EPOCH] == 3
+    assert row["status"] == FAILED and row[M.EPOCH] == 3
     assert row[R.ERROR_KEY] == "RuntimeError: the trial's worker died (SIGKILL)"
     assert [a["from_epoch"] for a in attempts(folder, 0)] == [0, 1, 2]
     trials = _optuna(folder, study.name)
@@ -318,7 +310,7 @@ def test_a_trial_the_scheduler_stops_is_stopped_and_pruned(tmp_path, script):
     for cid, epoch in ((1, 1), (3, 2)):
         for r in (0, 1):
             assert (table.loc[(cid, r), "status"], table.loc[(cid, r), M.EPOCH]) == (
-                R.STOPPED,
+                STOPPED,
                 epoch,
             )
     trials = _optuna(folder, study.name)
@@ -340,9 +332,9 @@ def test_asha_stops_the_configurations_worse_than_the_first_at_its_rung(tmp_path
     folder = _run(study)
     table = _table(folder).set_index("config_id")
     assert [(table.loc[c, "status"], table.loc[c, M.EPOCH]) for c in range(3)] == [
-        (R.COMPLETED, 4),
-        (R.STOPPED, 1),
-        (R.STOPPED, 1),
+        (COMPLETED, 4),
+        (STOPPED, 1),
+        (STOPPED, 1),
     ]
     trials = _optuna(folder, study.name)
     assert [trials[c].state for c in range(3)] == [S.COMPLETE, S.PRUNED, S.PRUNED]
@@ -374,13 +366,13 @@ def test_the_confirmation_retrains_the_best_validation_means_with_fresh_seeds(
     assert list(zip(table.config_id, table.replicate, table.seed, strict=True)) == [
         (1, 0, 2), (1, 1, 3), (2, 0, 2), (2, 1, 3),
     ]  # fmt: skip
-    assert set(table["status"]) == {R.COMPLETED}
+    assert set(table["status"]) == {COMPLETED}
     for row in table.to_dict("records"):
         assert row[M.TEST_NLL] == pytest.approx(_member_numbers(study, row)[M.TEST_NLL])
     ot = optuna.load_study(
         study_name=f"{study.name}:confirm", storage=StudyLayout(folder).storage_url
     )
-    assert [p["config_id"] for p in ot.user_attrs[record.SELECTED_ATTR]] == [1, 2]
+    assert [p["config_id"] for p in ot.user_attrs[stage.SELECTED_ATTR]] == [1, 2]
     assert [t.state for t in ot.trials] == [S.COMPLETE] * 2
     search = _optuna(folder, study.name)
     assert search[0].state == S.FAIL and len(search) == 4
@@ -395,15 +387,15 @@ def test_a_study_paused_in_its_confirmation_continues_it_and_never_searches_agai
     _paused(study)
     folder = StudyLayout.of(study.output.dir, study.name).folder
     confirm = StudyLayout(folder).confirm_dir
-    assert set(_table(folder)["status"]) == {R.COMPLETED}
-    assert set(_table(confirm)["status"]) == {R.INTERRUPTED}
+    assert set(_table(folder)["status"]) == {COMPLETED}
+    assert set(_table(confirm)["status"]) == {INTERRUPTED}
     searched = len(script.starts)
     search_before = {c: attempts(folder, c) for c in range(4)}
     _run(study)
     assert [cids for _, cids in script.starts[searched:]] == [[0], [2]]  # confirmation only
     assert {c: attempts(folder, c) for c in range(4)} == search_before
     assert [a["from_epoch"] for a in attempts(confirm, 2, 1)] == [0, 2]
-    assert set(_table(confirm)["status"]) == {R.COMPLETED}
+    assert set(_table(confirm)["status"]) == {COMPLETED}
     assert len(_optuna(folder, study.name)) == 4
 
 
@@ -431,7 +423,7 @@ def test_a_pack_holds_one_shape_reports_every_member_and_each_configuration_is_t
         assert set(pack["fusion"]) == {"stacked"}
     assert [cids for _, cids in script.starts] == [[0, 1], [2, 3]]
     statuses = _statuses(folder)
-    assert statuses.pop((3, 0)) == R.FAILED and set(statuses.values()) == {R.COMPLETED}
+    assert statuses.pop((3, 0)) == FAILED and set(statuses.values()) == {COMPLETED}
     trials = _optuna(folder, study.name)
     assert [trials[c].state for c in range(4)] == [S.COMPLETE] * 3 + [S.FAIL]
     for cid in range(3):
@@ -449,11 +441,11 @@ def test_a_pack_paused_or_killed_resumes_every_member_from_its_checkpoint(tmp_pa
     _paused(study)
     folder = StudyLayout.of(study.output.dir, study.name).folder
     statuses = _statuses(folder)
-    assert {statuses[(c, r)] for c in (0, 1) for r in (0, 1)} == {R.COMPLETED}
-    assert {statuses[(c, r)] for c in (2, 3) for r in (0, 1)} == {R.INTERRUPTED}
+    assert {statuses[(c, r)] for c in (0, 1) for r in (0, 1)} == {COMPLETED}
+    assert {statuses[(c, r)] for c in (2, 3) for r in (0, 1)} == {INTERRUPTED}
     _run(study)
     for c, r in statuses:
         froms = [a["from_epoch"] for a in attempts(folder, c, r)]
         assert froms == ([0, 1] if c < 2 else [0, 2]), (c, r)
-    assert set(_table(folder)["status"]) == {R.COMPLETED}
+    assert set(_table(folder)["status"]) == {COMPLETED}
     assert [t.state for t in _optuna(folder, study.name).values()] == [S.COMPLETE] * 4

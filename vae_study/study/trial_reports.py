@@ -130,6 +130,8 @@ def config_summary(member_results: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r.get(key) for r in member_results]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             out[key] = sum(values) / len(values)
+    if isinstance(out.get(M.EPOCH), float) and out[M.EPOCH].is_integer():
+        out[M.EPOCH] = int(out[M.EPOCH])  # the replicates' common epoch: Optuna's step
     return out
 
 
