@@ -130,15 +130,15 @@ def _isolated(tmp_path_factory, monkeypatch):
 def quick_figures(monkeypatch):
     """The report's figures saved as their PNG alone, at the report's resolution without a
     tight bounding box: for tests that read the report's words, not its files. The PDF and
-    SVG written beside each PNG (``plots._save``), with their fonts, are tested in
-    test_compare."""
-    from vae_study.report import plots
+    SVG written beside each PNG (``figure_files.save_figure``), with their fonts, are tested
+    in test_compare."""
+    from vae_study.report import figure_files
 
     def save(fig, path: Path) -> Path:
-        fig.savefig(path, dpi=plots.DPI)
+        fig.savefig(path, dpi=figure_files.DPI)
         return path
 
-    monkeypatch.setattr(plots, "_save", save)
+    monkeypatch.setattr(figure_files, "save_figure", save)
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from typing import Any
 
 from vae_study import files, marker
 from vae_study import metrics as M
-from vae_study.config.run import RunConfig, to_dict
+from vae_study.config.run import RunConfig
+from vae_study.config.schema import to_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.errors import TrainingDiverged
 from vae_study.run_files import CHECKPOINT_DIR, CONFIG_FILE, FINAL_FILE, METRICS_FILE, STATE_FILE
@@ -77,7 +78,7 @@ class StubRun:
     with synthetic numbers; continues from its checkpoint as ``fit`` does."""
 
     def __init__(self, config: RunConfig, out: Path | None, diverge: Diverge = never) -> None:
-        from vae_study.core.train import check_output_folder, rewrite_metrics
+        from vae_study.core.run_state import check_output_folder, rewrite_metrics
 
         self.config, self.out, self.diverge = config, out, diverge
         self.history: list[dict[str, Any]] = []

@@ -25,7 +25,9 @@ import yaml
 
 from conftest import write_mnist
 from vae_study import metrics as M
-from vae_study.config.run import DATA_PATH_KEYS, RunConfig, replace_keys, to_dict
+from vae_study.config.data import DATA_PATH_KEYS
+from vae_study.config.run import RunConfig, replace_keys
+from vae_study.config.schema import to_dict
 from vae_study.config.study import study_from_dict
 from vae_study.config.yaml_file import write_yaml
 from vae_study.core.train import fit
