@@ -14,6 +14,19 @@ import torch
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+FAST_SET = "not slow"  # pyproject's -m: the default run
+
+
+def pytest_configure(config):
+    """Two xdist workers (pyproject's ``-n 2``) for the fast set alone. A run that selects
+    slow tests (``-m slow``, or any other -m) runs in this one process: their real Ray
+    clusters take both cores, and a module's tests share the Ray that ``shared_ray`` starts.
+    Before xdist's own pytest_configure (trylast), which starts the workers."""
+    if getattr(config.option, "numprocesses", None) and config.option.markexpr != FAST_SET:
+        config.option.numprocesses = 0
+        config.option.dist = "no"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _ctrl_c_reaches_the_tests():
     """The Ctrl-C tests send SIGINT to this process and to the commands it starts; a suite
