@@ -9,7 +9,7 @@ import torch
 
 from conftest import tiny_images, write_amat, write_mnist
 from vae_study.config.data import DataConfig
-from vae_study.core.batches import NOISE_BERNOULLI, NOISE_UNIFORM, Batches
+from vae_study.core.batches import NOISE_BERNOULLI, NOISE_UNIFORM, Batches, dynamic_binarize
 from vae_study.core.data import load_datasets
 from vae_study.core.data_root import resolve_root
 from vae_study.core.public_datasets import read_amat
@@ -115,6 +115,26 @@ def test_dynamic_binarization_redraws_training_batches_only(tmp_path):
     # E[bernoulli(p)] = p: the mean of many draws approaches the grey levels.
     draws = torch.stack([next(iter(batches)) for _ in range(400)]).mean(0)
     assert (draws - dyn.train.x[:90]).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(128, 784), (37, 784), (3, 5, 7), (1,), (0, 784)])
+def test_the_cpu_binarization_is_torch_bernoulli_bit_for_bit(shape, dtype):
+    """dynamic_binarize draws rand < x on the CPU: the same values as torch.bernoulli on the
+    same generator, and the generator left in the same state (the next draw agrees too), so
+    runs, checkpoints and the seed anchor are unchanged. Grey levels include 0, 1 and values
+    a float's 24 random bits sit next to."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(shape, generator=g, dtype=dtype)
+    flat = x.view(-1)
+    edges = torch.tensor([0.0, 1.0, 2.0**-24, 1 - 2.0**-24, 0.5], dtype=dtype)
+    flat[: min(5, flat.numel())] = edges[: min(5, flat.numel())]
+    ours, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(3):
+        got, want = dynamic_binarize(x, ours), torch.bernoulli(x, generator=theirs)
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        assert torch.equal(got, want)
+    assert torch.equal(ours.get_state(), theirs.get_state())
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,13 @@ import torch
 
 from vae_study.config.data import DataConfig
 from vae_study.core.array_files import read_array_files
-from vae_study.core.batches import NOISE_BERNOULLI, NOISE_NONE, NOISE_UNIFORM, uniform_dequantize
+from vae_study.core.batches import (
+    NOISE_BERNOULLI,
+    NOISE_NONE,
+    NOISE_UNIFORM,
+    dynamic_binarize,
+    uniform_dequantize,
+)
 from vae_study.core.data_root import resolve_root
 from vae_study.core.image_folders import read_image_folders
 from vae_study.core.public_datasets import (
@@ -107,7 +113,7 @@ def prepare(
             "floats in [0, 1] that are not multiples of 1/255; store the images as uint8 "
             "levels 0-255 (or as k/255 floats), or use model.likelihood: bernoulli"
         )
-    draw = uniform_dequantize if dequantize else torch.bernoulli
+    draw = uniform_dequantize if dequantize else dynamic_binarize
     drawn = dequantize or cfg.binarize != "none"
     if source.valid is not None:  # the dataset's own validation split (binarized_mnist ...)
         if cfg.val_size > len(source.valid):
