@@ -78,6 +78,27 @@ def test_iwae_nll_is_exact_with_the_true_posterior():
     assert torch.allclose(nll, truth, rtol=0, atol=0.1)  # float32 sums of 784 terms
 
 
+def test_decoding_a_chunk_in_pieces_changes_no_draw_and_no_value_beyond_rounding(monkeypatch):
+    """On the CPU iwae_nll decodes a chunk's z in pieces of CPU_DECODE_ROWS rows: the same
+    draws of z, the same decoder rows, so -L_K agrees with decoding the chunk whole to float
+    rounding, and the generator ends where it did."""
+    from vae_study.core import evaluate
+
+    model = VAE(ModelConfig(latent_dim=8, hidden=[64])).eval()
+    x = (torch.rand(20, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    results = {}
+    for rows in (10**9, 96, 1):  # whole, pieces of a few samples, one sample at a time
+        monkeypatch.setattr(evaluate, "CPU_DECODE_ROWS", rows)
+        g = torch.Generator().manual_seed(4)
+        results[rows] = (iwae_nll(model, x, 300, chunk_size=2400, generator=g), g.get_state())
+    whole, whole_state = results[10**9]
+    for rows in (96, 1):
+        pieces, state = results[rows]
+        assert torch.equal(state, whole_state)
+        assert torch.allclose(pieces, whole, rtol=1e-6, atol=0)
+        assert not torch.equal(pieces, torch.roll(whole, 1))  # not a constant
+
+
 def test_iwae_nll_tightens_towards_the_true_nll_and_is_chunk_invariant():
     model = LinearGaussianVAE(exact=False)
     x = _lg_data(model, 50)
