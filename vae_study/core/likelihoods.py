@@ -49,7 +49,7 @@ class BernoulliNLL(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         logits, x = ctx.saved_tensors
         g = grad.unsqueeze(-1)
-        grad_logits = (torch.sigmoid(logits) - x) * g if ctx.needs_input_grad[0] else None
+        grad_logits = torch.sigmoid(logits).sub_(x).mul_(g) if ctx.needs_input_grad[0] else None
         grad_x = (-logits * g).sum_to_size(x.shape) if ctx.needs_input_grad[1] else None
         return grad_logits, grad_x
 
