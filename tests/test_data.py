@@ -118,17 +118,23 @@ def test_dynamic_binarization_redraws_training_batches_only(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(128, 784), (37, 784), (3, 5, 7), (1,), (0, 784)])
+@pytest.mark.parametrize(
+    "shape", [(128, 784), (37, 784), (3, 5, 7), (1,), (0, 784), "transposed", "strided"]
+)
 def test_the_cpu_binarization_is_torch_bernoulli_bit_for_bit(shape, dtype):
     """dynamic_binarize draws rand < x on the CPU: the same values as torch.bernoulli on the
     same generator, and the generator left in the same state (the next draw agrees too), so
     runs, checkpoints and the seed anchor are unchanged. Grey levels include 0, 1 and values
     a float's 24 random bits sit next to."""
     g = torch.Generator().manual_seed(7)
-    x = torch.rand(shape, generator=g, dtype=dtype)
+    x = torch.rand((40, 30) if isinstance(shape, str) else shape, generator=g, dtype=dtype)
     flat = x.view(-1)
     edges = torch.tensor([0.0, 1.0, 2.0**-24, 1 - 2.0**-24, 0.5], dtype=dtype)
     flat[: min(5, flat.numel())] = edges[: min(5, flat.numel())]
+    if shape == "transposed":  # views of other layouts
+        x = x.t()
+    elif shape == "strided":
+        x = x[:, ::3]
     ours, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     for _ in range(3):
         got, want = dynamic_binarize(x, ours), torch.bernoulli(x, generator=theirs)

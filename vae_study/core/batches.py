@@ -21,10 +21,11 @@ PIXEL_LEVELS = 256  # 8-bit images: the bins of uniform dequantisation
 def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A fresh Bernoulli draw of the grey levels x: ``torch.bernoulli(x, generator)``.
 
-    On the CPU it is drawn as ``rand < x``, which is the same draw bit for bit, leaving the
-    generator in the same state (torch's CPU Bernoulli compares one uniform float of the
-    same 24 random bits per value, in the same order: ``tests/test_batches``), at a quarter
-    of the cost: torch's CPU Bernoulli kernel builds a distribution object per value.
+    On the CPU it is drawn as ``rand < x``: the same draw bit for bit, leaving the generator
+    in the same state (torch's CPU Bernoulli draws into a new contiguous tensor, comparing
+    one uniform float of the same 24 random bits per value, in x's logical order:
+    ``tests/test_data``, with transposed and strided x too), at a quarter of the cost:
+    torch's CPU Bernoulli kernel builds a distribution object per value.
     """
     if x.device.type != "cpu":
         return torch.bernoulli(x, generator=generator)
