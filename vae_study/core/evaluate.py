@@ -114,8 +114,7 @@ def _log_likelihood(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tenso
     step = max(1, CPU_DECODE_ROWS // max(1, z.shape[1]))
     if z.device.type != "cpu" or step >= z.shape[0]:
         return model.log_likelihood(x, model.decode(z))
-    parts = [model.log_likelihood(x, model.decode(z[i : i + step])) for i in range(0, len(z), step)]
-    return torch.cat(parts)
+    return torch.cat([model.log_likelihood(x, model.decode(zs)) for zs in _chunks(z, step)])
 
 
 def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:

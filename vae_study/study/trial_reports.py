@@ -120,7 +120,8 @@ class PackReports:
 def config_summary(member_results: list[dict[str, Any]]) -> dict[str, Any]:
     """A configuration's report from its members' (replicates') reports: ``diverged`` and the
     first reason if one diverged (then no metric: the configuration has no objective), else
-    the mean of each number every replicate reports."""
+    the mean of each number every replicate reports (a number they all report alike, such as
+    their common epoch, Optuna's step, as it is)."""
     bad = [r for r in member_results if r.get(R.DIVERGED_KEY)]
     if bad:
         reason = next((r[R.ERROR_KEY] for r in bad if r.get(R.ERROR_KEY)), None)
@@ -129,9 +130,8 @@ def config_summary(member_results: list[dict[str, Any]]) -> dict[str, Any]:
     for key in member_results[0]:
         values = [r.get(key) for r in member_results]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            out[key] = sum(values) / len(values)
-    if isinstance(out.get(M.EPOCH), float) and out[M.EPOCH].is_integer():
-        out[M.EPOCH] = int(out[M.EPOCH])  # the replicates' common epoch: Optuna's step
+            same = all(v == values[0] for v in values)
+            out[key] = values[0] if same else sum(values) / len(values)
     return out
 
 
