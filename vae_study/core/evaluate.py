@@ -30,9 +30,10 @@ from vae_study.core.objectives import (
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 # Decoder rows decoded and scored at a time on the CPU, within a chunk's one draw of z: the
-# decoder's outputs (2048 x 784 floats, 6 MB) are scored while still in cache, and glibc
-# reuses their memory instead of mapping fresh pages for each chunk's 25 MB.
-CPU_DECODE_ROWS = 2048
+# decoder's outputs (1024 x 784 floats, 3 MB) are scored while still in cache, and glibc
+# reuses their memory instead of mapping fresh pages for each chunk's 25 MB. The rows change
+# no value (``tests/test_evaluate``); their speed is in ``benchmarks/README.md``.
+CPU_DECODE_ROWS = 1024
 
 
 def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:

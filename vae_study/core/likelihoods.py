@@ -54,7 +54,7 @@ class BernoulliNLL(torch.autograd.Function):
         return grad_logits, grad_x
 
 
-_BLOCK_VALUES = 1 << 18  # values per block of _bernoulli_nll_values: 1 MB temporaries
+_BLOCK_VALUES = 1 << 16  # values per block of _bernoulli_nll_values: 256 kB temporaries, in L2
 
 
 def _bernoulli_nll_values(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
