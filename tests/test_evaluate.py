@@ -166,6 +166,20 @@ def test_elbo_surgery_splits_the_rate_and_bounds_the_information():
     )
 
 
+def test_elbo_surgery_is_the_same_whatever_rows_it_takes_at_a_time():
+    """The surgery's rows at a time (``SURGERY_ROWS``) change how much of log q(z_i | x_m) is
+    alive, not the draw of z nor any value."""
+    g = torch.Generator().manual_seed(5)
+    mu, logvar = torch.randn(700, 5, generator=g), torch.randn(700, 5, generator=g) - 1
+    results = {
+        rows: elbo_surgery(mu, logvar, generator=torch.Generator().manual_seed(6), rows=rows)
+        for rows in (700, 64, 9, 1)
+    }
+    assert results[64] == results[700] and results[9] == results[700]
+    assert results[1] == pytest.approx(results[700], rel=1e-12)
+    assert results[700][0] > 0.5  # the encoder carries information: not a constant
+
+
 def test_elbo_surgery_of_a_real_encoder_sums_to_its_rate():
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_dim=6, hidden=(32,)))
