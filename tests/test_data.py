@@ -276,3 +276,81 @@ def test_gz_amat_reader_handles_windows_line_endings(tmp_path):
         f.write(("0 " * 783 + "1\r\n") * 3)
     x = read_amat(path)
     assert x.shape == (3, 784) and x[:, -1].sum() == 3
+
+
+def _reference_prepare(source, cfg, dequantize):
+    """What prepare presents, by its definition: each split drawn whole by its stream, then
+    indexed (the pieces and the rows kept are prepare's business)."""
+    from vae_study.core import data as D
+
+    draw = D.uniform_dequantize if dequantize else D.dynamic_binarize
+    drawn = dequantize or cfg.binarize != "none"
+
+    def whole(split, seed):
+        x = split.x.float().div_(255.0) if split.x.dtype == torch.uint8 else split.x
+        return x if not drawn else draw(x, generator=torch.Generator().manual_seed(seed))
+
+    def floats(x):
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+    if source.valid is not None:
+        redraw = drawn and source.pixels != D.PIXELS_BINARY
+        val = whole(source.valid, D.VAL_DRAW_SEED) if redraw else floats(source.valid.x)
+        val, val_labels = val[: cfg.val_size], source.valid.labels[: cfg.val_size]
+        pool = whole(source.train, D.TRAIN_POOL_DRAW_SEED) if redraw else floats(source.train.x)
+        stored = floats(source.train.x)
+        test = whole(source.test, D.TEST_DRAW_SEED) if redraw else floats(source.test.x)
+    else:
+        train_idx, val_idx = D._hold_out_index(len(source.train), cfg.val_size)
+        pool = whole(source.train, D.TRAIN_POOL_DRAW_SEED)
+        val, pool = pool[val_idx], pool[train_idx]
+        val_labels = source.train.labels[val_idx]
+        stored = floats(source.train.x)[train_idx]
+        test = whole(source.test, D.TEST_DRAW_SEED)
+    fresh = dequantize or cfg.binarize == "dynamic"
+    train = stored if fresh else pool
+    if cfg.train_subset is not None:
+        train = train[: cfg.train_subset]
+    return train, val, test, val_labels
+
+
+@pytest.mark.parametrize("own_valid", [False, True])
+@pytest.mark.parametrize(
+    "binarize, dequantize, pixels",
+    [
+        ("dynamic", False, "8-bit"),
+        ("static", False, "8-bit"),
+        ("none", True, "8-bit"),
+        ("none", False, "8-bit"),
+        ("dynamic", False, "binary"),
+        ("static", False, "binary"),
+    ],
+)
+def test_prepare_draws_in_pieces_what_one_whole_draw_gives(
+    monkeypatch, own_valid, binarize, dequantize, pixels
+):
+    """prepare draws a split a few rows at a time and keeps only the rows it presents: the
+    same tensors, bit for bit, as drawing each split whole and indexing it."""
+    from vae_study.core import data as D
+    from vae_study.core.splits import Source, Split
+
+    monkeypatch.setattr(D, "DRAW_ROWS", 7)  # many pieces, the last one short
+    g = torch.Generator().manual_seed(9)
+
+    def split(n):
+        x = torch.randint(0, 256, (n, 784), generator=g, dtype=torch.uint8)
+        if pixels == "binary":
+            x = (x > 127).float()
+        return Split(x, torch.randint(0, 10, (n,), generator=g))
+
+    source = Source(split(60), split(25), split(40) if own_valid else None, pixels=pixels)
+    for val_size, subset in ((13, None), (0, 9), (30, 20)):
+        cfg = DataConfig(binarize=binarize, val_size=val_size, train_subset=subset)
+        got = D.prepare(source, cfg, dequantize=dequantize)
+        *want, val_labels = _reference_prepare(source, cfg, dequantize)
+        assert torch.equal(got.val.labels, val_labels)
+        for mine, ref in zip((got.train, got.val, got.test), want, strict=True):
+            assert mine.x.dtype == torch.float32 and torch.equal(mine.x, ref)
+        assert len(got.val) == val_size
+        if binarize != "none" and pixels == "8-bit":
+            assert not torch.equal(got.test.x, source.test.x.float() / 255)  # really drawn

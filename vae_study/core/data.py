@@ -42,6 +42,7 @@ HOLD_OUT_SEED = 0  # which training examples are held out for validation
 TRAIN_POOL_DRAW_SEED = 1  # the one binarization / dequantisation of the training split
 TEST_DRAW_SEED = 2  # the one binarization / dequantisation of the test split
 VAL_DRAW_SEED = 3  # ... of a validation split the dataset comes with (file datasets)
+DRAW_ROWS = 4096  # rows of a split drawn at a time by _drawn
 
 
 def read_source(data: DataConfig | str, root: str | None = None) -> Source:
@@ -115,6 +116,7 @@ def prepare(
         )
     draw = uniform_dequantize if dequantize else dynamic_binarize
     drawn = dequantize or cfg.binarize != "none"
+    fresh = dequantize or cfg.binarize == "dynamic"  # training noise drawn per batch
     if source.valid is not None:  # the dataset's own validation split (binarized_mnist ...)
         if cfg.val_size > len(source.valid):
             raise DataError(
@@ -122,30 +124,31 @@ def prepare(
                 f"validation split has {len(source.valid)} examples; set data.val_size to "
                 f"at most {len(source.valid)}"
             )
-        valid = source.valid
+        stored = source.train
+        val_rows = torch.arange(cfg.val_size)
         if drawn and source.pixels != PIXELS_BINARY:  # binary data: a draw changes nothing
-            valid = _drawn(valid, draw, VAL_DRAW_SEED)  # whole: the same whatever val_size
-            pool = _drawn(source.train, draw, TRAIN_POOL_DRAW_SEED)
+            # The first rows of one draw of the whole split: the same whatever val_size.
+            val = _drawn(source.valid, draw, VAL_DRAW_SEED, rows=val_rows)
+            train = stored if fresh else _drawn(source.train, draw, TRAIN_POOL_DRAW_SEED)
             test = _drawn(source.test, draw, TEST_DRAW_SEED)
         else:
-            pool, test = source.train, source.test
-        val = _index(valid, torch.arange(cfg.val_size))
-        stored = source.train
+            val, train, test = _index(source.valid, val_rows), stored, source.test
     else:
         train_idx, val_idx = _hold_out_index(len(source.train), cfg.val_size)
+        stored = _index(source.train, train_idx)
         # One draw over the whole training split, before validation is held out or a
         # subset taken: the same pixels for an example whatever val_size and train_subset.
-        pool = _drawn(source.train, draw, TRAIN_POOL_DRAW_SEED) if drawn else source.train
-        val = _index(pool, val_idx)
-        stored, pool = _index(source.train, train_idx), _index(pool, train_idx)
+        # With fresh training noise only validation keeps that draw's rows.
+        if fresh:
+            train = stored
+            val = _drawn(source.train, draw, TRAIN_POOL_DRAW_SEED, rows=val_idx)
+        elif drawn:
+            pool = _drawn(source.train, draw, TRAIN_POOL_DRAW_SEED)
+            train, val = _index(pool, train_idx), _index(pool, val_idx)
+        else:
+            train, val = stored, _index(source.train, val_idx)
         test = _drawn(source.test, draw, TEST_DRAW_SEED) if drawn else source.test
-    noise = NOISE_NONE
-    if dequantize:
-        train, noise = stored, NOISE_UNIFORM  # grey levels, dequantised afresh per batch
-    elif cfg.binarize == "dynamic":
-        train, noise = stored, NOISE_BERNOULLI  # grey levels, binarized afresh per batch
-    else:
-        train = pool  # the static draw, or grey levels as they are
+    noise = NOISE_UNIFORM if dequantize else NOISE_BERNOULLI if fresh else NOISE_NONE
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
             raise DataError(
@@ -177,10 +180,25 @@ def _floats(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
-def _drawn(split: Split, draw: Any, seed: int) -> Split:
-    """One draw of ``split`` (floats) by the CPU stream ``seed``: the same on every device."""
-    x = _floats(split.x)
-    return Split(draw(x, generator=torch.Generator().manual_seed(seed)), split.labels)
+def _drawn(split: Split, draw: Any, seed: int, rows: torch.Tensor | None = None) -> Split:
+    """One draw of ``split`` (floats) by the CPU stream ``seed``: the same on every device.
+
+    rows (sorted indices): only these rows of that draw. The split is drawn ``DRAW_ROWS``
+    rows at a time, each value taking the stream's next uniform in order, so the pieces are
+    the one draw (``tests/test_data``); only the rows kept are held as floats, and the draw
+    stops after the last of them.
+    """
+    keep = torch.arange(len(split)) if rows is None else rows
+    dtype = torch.float32 if split.x.dtype == torch.uint8 else split.x.dtype
+    out = torch.empty((len(keep), *split.x.shape[1:]), dtype=dtype)
+    g = torch.Generator().manual_seed(seed)
+    done = 0
+    for start in range(0, int(keep[-1]) + 1 if len(keep) else 0, DRAW_ROWS):
+        piece = draw(_floats(split.x[start : start + DRAW_ROWS]), generator=g)
+        mine = keep[done:][keep[done:] < start + DRAW_ROWS]
+        out[done : done + len(mine)] = piece[mine - start]
+        done += len(mine)
+    return Split(out, None if split.labels is None else split.labels[keep])
 
 
 def _hold_out_index(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
