@@ -42,7 +42,8 @@ HOLD_OUT_SEED = 0  # which training examples are held out for validation
 TRAIN_POOL_DRAW_SEED = 1  # the one binarization / dequantisation of the training split
 TEST_DRAW_SEED = 2  # the one binarization / dequantisation of the test split
 VAL_DRAW_SEED = 3  # ... of a validation split the dataset comes with (file datasets)
-DRAW_ROWS = 4096  # rows of a split drawn at a time by _drawn
+
+DRAW_ROWS = 4096  # rows of a split drawn at a time by _drawn (memory, not the draw)
 
 
 def read_source(data: DataConfig | str, root: str | None = None) -> Source:
@@ -183,12 +184,14 @@ def _floats(x: torch.Tensor) -> torch.Tensor:
 def _drawn(split: Split, draw: Any, seed: int, rows: torch.Tensor | None = None) -> Split:
     """One draw of ``split`` (floats) by the CPU stream ``seed``: the same on every device.
 
-    rows (sorted indices): only these rows of that draw. The split is drawn ``DRAW_ROWS``
-    rows at a time, each value taking the stream's next uniform in order, so the pieces are
-    the one draw (``tests/test_data``); only the rows kept are held as floats, and the draw
-    stops after the last of them.
+    rows (ascending indices): only these rows of that draw. The split is drawn
+    ``DRAW_ROWS`` rows at a time, each value taking the stream's next uniform in order, so
+    the pieces are the one draw (``tests/test_data``); the rows kept and one piece are held
+    as floats, and the draw stops after the last row kept.
     """
     keep = torch.arange(len(split)) if rows is None else rows
+    if len(keep) > 1 and not bool((keep[1:] > keep[:-1]).all()):
+        raise ValueError("_drawn: rows must be ascending")
     dtype = torch.float32 if split.x.dtype == torch.uint8 else split.x.dtype
     out = torch.empty((len(keep), *split.x.shape[1:]), dtype=dtype)
     g = torch.Generator().manual_seed(seed)

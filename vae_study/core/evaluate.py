@@ -32,10 +32,12 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 # Decoder rows decoded and scored at a time on the CPU, within a chunk's one draw of z: the
 # decoder's outputs (1024 x 784 floats, 3 MB) are scored while still in cache, and glibc
 # reuses their memory instead of mapping fresh pages for each chunk's 25 MB. The rows change
-# no value (``tests/test_evaluate``); their speed is in ``benchmarks/README.md``.
+# no value beyond float rounding (``tests/test_evaluate``); their speed is in
+# ``benchmarks/README.md``.
 CPU_DECODE_ROWS = 1024
-# Rows of the surgery's (rows, N) float64 log q(z_i | x_m) at a time: 2.5 MB for N = 5000,
-# in cache, where 1024 rows (41 MB) are fresh pages each time. The rows change no value.
+# Rows of the surgery's (rows, N) float64 log q(z_i | x_m) at a time: 5 MB for N = 10000
+# (eval.surgery_examples' default), where 1024 rows (82 MB) are fresh pages each time. The
+# rows change no value beyond float rounding (``tests/test_evaluate``).
 SURGERY_ROWS = 64
 
 

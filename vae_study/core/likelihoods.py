@@ -54,7 +54,8 @@ class BernoulliNLL(torch.autograd.Function):
         return grad_logits, grad_x
 
 
-_BLOCK_VALUES = 1 << 16  # values per block of _bernoulli_nll_values: 256 kB temporaries, in L2
+# Values per block of _bernoulli_nll_values: its two temporaries are 256 kB each in float32.
+_BLOCK_VALUES = 1 << 16
 
 
 def _bernoulli_nll_values(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
