@@ -280,38 +280,42 @@ def test_gz_amat_reader_handles_windows_line_endings(tmp_path):
 
 def _reference_prepare(source, cfg, dequantize):
     """What prepare presents, by its definition: each split drawn whole by its stream, then
-    indexed (the pieces and the rows kept are prepare's business)."""
+    indexed (the pieces and the rows kept are prepare's business). Returns the (x, labels)
+    of train, val and test, and the training noise."""
     from vae_study.core import data as D
 
     draw = D.uniform_dequantize if dequantize else D.dynamic_binarize
     drawn = dequantize or cfg.binarize != "none"
 
-    def whole(split, seed):
-        x = split.x.float().div_(255.0) if split.x.dtype == torch.uint8 else split.x
-        return x if not drawn else draw(x, generator=torch.Generator().manual_seed(seed))
-
     def floats(x):
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
+    def whole(split, seed, redraw=drawn):
+        x = floats(split.x)
+        return draw(x, generator=torch.Generator().manual_seed(seed)) if redraw else x
+
+    train_labels = source.train.labels
     if source.valid is not None:
         redraw = drawn and source.pixels != D.PIXELS_BINARY
-        val = whole(source.valid, D.VAL_DRAW_SEED) if redraw else floats(source.valid.x)
-        val, val_labels = val[: cfg.val_size], source.valid.labels[: cfg.val_size]
-        pool = whole(source.train, D.TRAIN_POOL_DRAW_SEED) if redraw else floats(source.train.x)
+        val = whole(source.valid, D.VAL_DRAW_SEED, redraw)[: cfg.val_size]
+        val_labels = source.valid.labels[: cfg.val_size]
+        pool = whole(source.train, D.TRAIN_POOL_DRAW_SEED, redraw)
         stored = floats(source.train.x)
-        test = whole(source.test, D.TEST_DRAW_SEED) if redraw else floats(source.test.x)
+        test = whole(source.test, D.TEST_DRAW_SEED, redraw)
     else:
         train_idx, val_idx = D._hold_out_index(len(source.train), cfg.val_size)
         pool = whole(source.train, D.TRAIN_POOL_DRAW_SEED)
         val, pool = pool[val_idx], pool[train_idx]
-        val_labels = source.train.labels[val_idx]
+        val_labels, train_labels = train_labels[val_idx], train_labels[train_idx]
         stored = floats(source.train.x)[train_idx]
         test = whole(source.test, D.TEST_DRAW_SEED)
     fresh = dequantize or cfg.binarize == "dynamic"
     train = stored if fresh else pool
     if cfg.train_subset is not None:
-        train = train[: cfg.train_subset]
-    return train, val, test, val_labels
+        train, train_labels = train[: cfg.train_subset], train_labels[: cfg.train_subset]
+    noise = "uniform" if dequantize else "bernoulli" if fresh else "none"
+    splits = ((train, train_labels), (val, val_labels), (test, source.test.labels))
+    return splits, noise
 
 
 @pytest.mark.parametrize("own_valid", [False, True])
@@ -324,13 +328,16 @@ def _reference_prepare(source, cfg, dequantize):
         ("none", False, "8-bit"),
         ("dynamic", False, "binary"),
         ("static", False, "binary"),
+        ("dynamic", False, "continuous"),
+        ("static", False, "continuous"),
     ],
 )
 def test_prepare_draws_in_pieces_what_one_whole_draw_gives(
     monkeypatch, own_valid, binarize, dequantize, pixels
 ):
     """prepare draws a split a few rows at a time and keeps only the rows it presents: the
-    same tensors, bit for bit, as drawing each split whole and indexing it."""
+    same tensors (values, labels, dtype) and noise as drawing each split whole and indexing
+    it."""
     from vae_study.core import data as D
     from vae_study.core.splits import Source, Split
 
@@ -341,16 +348,33 @@ def test_prepare_draws_in_pieces_what_one_whole_draw_gives(
         x = torch.randint(0, 256, (n, 784), generator=g, dtype=torch.uint8)
         if pixels == "binary":
             x = (x > 127).float()
+        elif pixels == "continuous":  # floats in [0, 1], not k/255, in double precision
+            x = torch.rand(n, 784, generator=g, dtype=torch.float64)
         return Split(x, torch.randint(0, 10, (n,), generator=g))
 
     source = Source(split(60), split(25), split(40) if own_valid else None, pixels=pixels)
     for val_size, subset in ((13, None), (0, 9), (30, 20)):
         cfg = DataConfig(binarize=binarize, val_size=val_size, train_subset=subset)
         got = D.prepare(source, cfg, dequantize=dequantize)
-        *want, val_labels = _reference_prepare(source, cfg, dequantize)
-        assert torch.equal(got.val.labels, val_labels)
-        for mine, ref in zip((got.train, got.val, got.test), want, strict=True):
-            assert mine.x.dtype == torch.float32 and torch.equal(mine.x, ref)
+        want, noise = _reference_prepare(source, cfg, dequantize)
+        assert got.train_noise == noise
+        for mine, (x, labels) in zip((got.train, got.val, got.test), want, strict=True):
+            assert mine.x.dtype == x.dtype and torch.equal(mine.x, x)
+            assert torch.equal(mine.labels, labels)
         assert len(got.val) == val_size
-        if binarize != "none" and pixels == "8-bit":
-            assert not torch.equal(got.test.x, source.test.x.float() / 255)  # really drawn
+        if pixels != "binary" and (binarize != "none" or dequantize):  # really drawn
+            stored = source.test.x.float() / 255 if pixels == "8-bit" else source.test.x
+            assert not torch.equal(got.test.x, stored)
+
+
+def test_drawing_chosen_rows_refuses_rows_out_of_order():
+    from vae_study.core.data import _drawn
+    from vae_study.core.splits import Split
+
+    split = Split(torch.rand(10, 4), None)
+    assert torch.equal(
+        _drawn(split, dynamic_binarize, 1, rows=torch.tensor([2, 7])).x,
+        _drawn(split, dynamic_binarize, 1).x[[2, 7]],
+    )
+    with pytest.raises(ValueError, match="ascending"):
+        _drawn(split, dynamic_binarize, 1, rows=torch.tensor([7, 2]))
