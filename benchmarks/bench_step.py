@@ -70,7 +70,8 @@ def time_steps(run: RunConfig, train: Split, noise: str, steps: int) -> dict[str
     model = VAE(run.model)
     opt = make_optimizer(model, run.train)
     g = torch.Generator().manual_seed(run.train.seed)
-    batches = iter(Batches(train, run.train.batch_size, shuffle=True, noise=noise, generator=g))
+    epoch = Batches(train, run.train.batch_size, shuffle=True, noise=noise, generator=g)
+    batches = (x for _ in iter(int, 1) for x in epoch)  # epoch after epoch
     spent = dict.fromkeys(PARTS, 0.0)
     for i in range(steps + 20):
         t0 = time.perf_counter()
@@ -169,7 +170,7 @@ def main() -> None:
         }
         unavoidable = alone["the products alone"] + step["adam"] + step["batch"]
         print(
-            f"\nK={k}, latent {run.model.latent_dim}, batch {run.train.batch_size}: "
+            f"\nK={run.train.k}, latent {run.model.latent_dim}, batch {run.train.batch_size}: "
             f"{flops / 1e6:.0f} MFLOP of products a step, floor {floor * 1e3:.2f} ms"
         )
         print(f"  {'per step':42s} {'ms':>7s} {'/ floor':>8s}")
