@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_trial import ROOT, gemm_rate, layer_widths, product_flops
+from bench_trial import BASE_VALUES, ROOT, gemm_rate, layer_widths, product_flops
 
 from vae_study.config.run import RunConfig, replace_keys
 from vae_study.config.schema import to_dict
@@ -48,6 +48,7 @@ from vae_study.core.model import VAE
 from vae_study.core.objectives import compute_terms
 from vae_study.core.optimizer import make_optimizer
 from vae_study.core.splits import Split
+from vae_study.errors import DataError
 
 PARTS = ("batch", "forward", "backward", "adam")
 
@@ -59,7 +60,7 @@ def training_data(run: RunConfig) -> tuple[Split, str]:
 
         data = load_datasets(run.data, dequantize=run.dequantized)
         return data.train, data.train_noise
-    except Exception as exc:  # no dataset here: the timing does not need real images
+    except DataError as exc:  # no dataset here: the timing does not need real images
         print(f"(the study's data is not here: {exc}; random grey levels instead)")
         return Split(torch.rand(60000, 784), None), NOISE_BERNOULLI
 
@@ -135,7 +136,7 @@ def main() -> None:
     ap.add_argument("--study", default=str(ROOT / "studies" / "beta_sweep.yaml"))
     ap.add_argument(
         "--base",
-        default='{"train.beta": 1.0, "model.latent_dim": 32}',
+        default=BASE_VALUES,
         help="the base configuration's searched values (JSON), as bench_trial's",
     )
     ap.add_argument("--k", default="1,5", help="the sample counts K to time")
