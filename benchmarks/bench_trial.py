@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         changes["train.epochs"] = args.epochs
     if not os.environ.get("VAE_STUDY_DATA") and (ROOT.parent / "shared" / "data").is_dir():
         os.environ["VAE_STUDY_DATA"] = str(ROOT.parent / "shared" / "data")
+    if os.environ.get("VAE_STUDY_DATA"):  # the studies run in a folder of their own
+        data = Path(os.environ["VAE_STUDY_DATA"]).expanduser()
+        os.environ["VAE_STUDY_DATA"] = str(data.resolve())
     base = {**json.loads(args.base)}
     study = Path(args.study).resolve()
     cores = os.cpu_count() or 1

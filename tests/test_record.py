@@ -611,6 +611,26 @@ def test_a_pause_that_does_not_end_in_time_calls_its_deadline():
     assert got == [signal.SIGTERM]
 
 
+def test_a_signal_after_the_study_is_done_pauses_nothing_and_ends_in_time(capsys):
+    import threading
+
+    from vae_study.study.pause import Pause
+
+    called = threading.Event()
+    got = []
+    stopped = []
+    with Pause(deadline_s=0.05, on_deadline=lambda s: (got.append(s), called.set())) as pause:
+        pause.phase = Pause.DONE
+        signal.signal(signal.SIGUSR1, lambda s, f: stopped.append(s))
+        signal.raise_signal(signal.SIGINT)  # no StudyPaused, no stop asked of Tune
+        signal.raise_signal(signal.SIGINT)
+        assert not pause.requested and pause.signum == signal.SIGINT and stopped == []
+        assert called.wait(5)  # a shutdown that hangs still ends
+    assert got == [signal.SIGINT]
+    err = capsys.readouterr().err
+    assert err.count("the study is done; Ray is shutting down") == 1
+
+
 def test_a_full_disk_is_told_apart_from_other_errors(tmp_path):
     import errno
     import sqlite3

@@ -238,6 +238,21 @@ def test_a_paused_study_run_again_after_it_finished_trains_nothing(tmp_path, scr
     assert "done: 2 of 2 trials finished (2 completed)" in capsys.readouterr().out.splitlines()[-1]
 
 
+def test_a_ctrl_c_while_ray_shuts_down_after_a_finished_study_pauses_nothing(
+    tmp_path, script, capsys, monkeypatch
+):
+    from vae_study.study import driver
+
+    study = _study(tmp_path, **{"search.num_trials": 2})
+    monkeypatch.setattr(driver.ray, "is_initialized", lambda: False)  # started here
+    monkeypatch.setattr(driver.ray, "shutdown", lambda: signal.raise_signal(signal.SIGINT))
+    folder = _run(study)  # returns: no StudyPaused
+    assert set(_table(folder)["status"]) == {COMPLETED}
+    out, err = capsys.readouterr()
+    assert "done: 2 of 2 trials finished (2 completed)" in out
+    assert "the study is done; Ray is shutting down" in err and "interrupted" not in err
+
+
 # ---------------------------------------------------------------------------------------
 # Failures: a divergence, a worker that dies, a trial that keeps failing, a scheduler's stop.
 

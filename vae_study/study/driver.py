@@ -78,7 +78,9 @@ def _run_locked(
         f"vae_study run: study {study.name!r} in {folder}" + (" (continuing)" if resume else ""),
         flush=True,
     )
-    pause = Pause(on_deadline=lambda signum: _pause_now(study, stages, signum))
+    pause = Pause(
+        on_deadline=lambda signum: _pause_now(study, stages, signum, done=pause.phase == Pause.DONE)
+    )
     # Every process of the study carries its driver's pid: the fault hook kills by it, and
     # tests find the Ray processes a driver left.
     env = {**TUNE_ENV, DRIVER_PID_ENV: str(os.getpid())}
@@ -143,15 +145,25 @@ def _run_stages(
             from vae_study.study.confirm import run_confirmation
 
             run_confirmation(study, stages[1], source, resources, verbose=verbose, pause=pause)
+        if not pause.requested:
+            pause.phase = Pause.DONE  # a signal from here on interrupts nothing
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _pause_now(study: StudyConfig, stages: list[Stage], signum: int) -> None:
+def _pause_now(study: StudyConfig, stages: list[Stage], signum: int, *, done: bool) -> None:
     """The pause's deadline passed (a cluster that does not answer): the record already
     holds every finished epoch and optuna.db every told configuration, so write the tables,
-    say how to continue and end the process with the pause's status."""
+    say how to continue and end the process with the pause's status. A ``done`` study (only
+    Ray's shutdown was left) ends with status 0 and nothing to continue."""
+    if done:
+        print(
+            "vae_study run: the study is done; Ray did not shut down in time, leaving it",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(0)
     try:
         for stage in stages:
             if stage.folder.is_dir():

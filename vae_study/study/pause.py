@@ -71,7 +71,9 @@ class Pause:
     loop, the first one asks Tune to stop through the SIGUSR1 handler Tune installs for that
     purpose: the trials stop, and the searcher leaves their configurations RUNNING in
     optuna.db (``requested``). From then until the driver has written its tables and Ray has
-    shut down, another signal is only noted.
+    shut down, another signal is only noted. Once the study is done (``DONE``: every stage
+    ran to its end and is recorded, only Ray's shutdown is left) a signal pauses nothing:
+    ``requested`` stays False, and it is only noted.
 
     If the driver is not done ``deadline_s`` seconds after the first signal (a cluster that
     no longer answers), ``on_deadline`` is called from a watchdog thread: it records what it
@@ -79,7 +81,7 @@ class Pause:
     ``requested`` says whether a signal came, ``signum`` which came first.
     """
 
-    BEFORE, TUNING, SAVING = "before", "tuning", "saving"
+    BEFORE, TUNING, SAVING, DONE = "before", "tuning", "saving", "done"
     _RAY_LINES = (
         "Stop signal received",
         "Experiment has been interrupted",
@@ -144,6 +146,17 @@ class Pause:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.phase == self.BEFORE:
             raise StudyPaused(signum)
+        if self.phase == self.DONE:
+            if self.signum is None:
+                self.signum = signum
+                print(
+                    f"vae_study run: {_name(signum)}: the study is done; Ray is shutting down "
+                    "(a few seconds)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._start_watchdog()
+            return
         first, self.requested = not self.requested, True
         if first:
             self.signum = signum
