@@ -22,7 +22,8 @@ above the floor. The last line is
 
 a trial's ratio being its wall time over the sum of its parts' floors, and the study's its
 wall time (the command, start to end) over the sum of its trials' floors divided by the
-cores. MLP models only (the shipped studies' ``arch: mlp``).
+trials that run at a time (the cores over the threads a trial: each floor is at the trial's
+thread count already). MLP models only (the shipped studies' ``arch: mlp``).
 
     VAE_STUDY_DATA=../shared/data python benchmarks/bench_trial.py [--study studies/beta_sweep.yaml]
         [--epochs N] [--set KEY=VALUE ...] [--skip-study] [--study-trials 6]
@@ -355,16 +356,18 @@ def main(argv: list[str] | None = None) -> int:
         wall = run_study(shortened, timings)
         trials = trials_of(timings, rates)
         floors = sum(t.total_floor() for t in trials)
+        slots = max(1, cores // threads)  # each floor is at the trial's threads already
         print(
             f"\nthe study, {len(trials)} trials: wall {wall:.1f} s; trials' floors "
-            f"{floors:.1f} s over {cores} cores = {floors / cores:.1f} s"
+            f"{floors:.1f} s over {slots} trial(s) at a time ({cores} cores, {threads} "
+            f"thread(s) a trial) = {floors / slots:.1f} s"
         )
         for t in trials:
             print(
                 f"  trial {t.id}: K={t.k}, latent {t.latent}: wall {t.wall:.1f} s, "
                 f"floor {t.total_floor():.1f} s, {t.ratio():.2f}x"
             )
-        summary.append(f"study {wall / (floors / cores):.2f}x")
+        summary.append(f"study {wall / (floors / slots):.2f}x")
     print("\nbench_trial: " + " | ".join(summary))
     if not args.keep:
         print(f"(runs and timings in {work})")
