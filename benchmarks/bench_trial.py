@@ -112,6 +112,12 @@ def part_flops(member: dict[str, Any], splits: dict[str, int], d_in: int) -> dic
     }
 
 
+def trials_at_once(cores: int, threads: int) -> int:
+    """How many trials of ``threads`` threads a study runs side by side on ``cores``: what a
+    study's summed floors are divided by (each floor is at the trial's thread count)."""
+    return max(1, cores // max(1, threads))
+
+
 def gemm_rate(dtype: str, threads: int, n: int = 2048, reps: int = 5) -> float:
     """FLOP/s of an (n, n) @ (n, n) product at ``threads`` threads, the best of ``reps``."""
     import torch
@@ -356,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = run_study(shortened, timings)
         trials = trials_of(timings, rates)
         floors = sum(t.total_floor() for t in trials)
-        slots = max(1, cores // threads)  # each floor is at the trial's threads already
+        slots = trials_at_once(cores, threads)
         print(
             f"\nthe study, {len(trials)} trials: wall {wall:.1f} s; trials' floors "
             f"{floors:.1f} s over {slots} trial(s) at a time ({cores} cores, {threads} "

@@ -3,6 +3,7 @@ phase lines, every part of a trial with its floor, and the summary line."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -55,3 +56,15 @@ def test_bench_trial_prints_every_part_and_the_summary_line(tmp_path):
         assert text.count(part) == 2, part  # in each of the two base trials
     assert re.search(r"training epochs\s+2\s", text), text  # both epochs timed
     assert text.count("the study, 2 trials") == 1
+
+
+def test_a_studys_floor_is_divided_by_the_trials_it_runs_at_once_not_by_the_cores():
+    spec = importlib.util.spec_from_file_location(
+        "bench_trial", ROOT / "benchmarks" / "bench_trial.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.trials_at_once(2, 1) == 2
+    assert bench.trials_at_once(2, 2) == 1  # one two-thread trial: its floor is at 2 threads
+    assert bench.trials_at_once(16, 3) == 5
+    assert bench.trials_at_once(1, 2) == 1
